@@ -1,0 +1,64 @@
+"""The engine's input: a CT as an array with its exact geometry, and the radiologist's seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import VolumeGeometry
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One click on one lymph node. `node_id` is the radiologist's label for the node."""
+
+    node_id: str
+    ras: tuple[float, float, float]
+
+
+@dataclass
+class Case:
+    """A CT (HU, array indexed [k, j, i]) plus geometry, seeds and identifiers carried to outputs."""
+
+    image: np.ndarray
+    geometry: VolumeGeometry
+    seeds: list[Seed] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.image.ndim != 3:
+            raise InputError(
+                f"the CT must be a 3-D volume, got {self.image.ndim}-D; load a single CT series"
+            )
+        if min(self.image.shape) < 2:
+            raise InputError(
+                f"the CT has a single slice along one axis (size {self.image.shape[::-1]}); "
+                "load the whole 3-D series, not one image"
+            )
+        if tuple(self.image.shape) != tuple(self.geometry.shape_kji):
+            raise ValueError("image shape and geometry shape differ")
+
+    def seed_array(self) -> np.ndarray:
+        return np.array([s.ras for s in self.seeds], dtype=float).reshape(-1, 3)
+
+    def validate_seeds(self) -> None:
+        """Refuse seed sets the engine cannot place: empty, duplicate ids, outside the CT."""
+        if not self.seeds:
+            raise InputError("no seeds given; place at least one seed on a lymph node")
+        ids = [s.node_id for s in self.seeds]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise InputError(
+                f"duplicate seed id(s) {', '.join(duplicates)}; give every node its own id"
+            )
+        inside = self.geometry.contains_ras(self.seed_array())
+        if not np.all(inside):
+            bad = [s for s, ok in zip(self.seeds, inside) if not ok]
+            s = bad[0]
+            raise InputError(
+                f"seed {s.node_id} at RAS ({s.ras[0]:.1f}, {s.ras[1]:.1f}, {s.ras[2]:.1f}) mm is "
+                "outside the CT volume; check that the seeds belong to this CT and their "
+                "coordinate system (RAS vs LPS)"
+            )

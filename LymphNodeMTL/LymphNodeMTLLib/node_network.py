@@ -1,0 +1,119 @@
+"""The multi-task network: shared 3-D encoder, node-mask decoder and metastasis head.
+
+Built from MONAI's DynUNet blocks. The metastasis head pools encoder features under the softly
+expanded mask (M2ANet, see soft_mask_pooling.py). The mask it pools under is, in order of
+preference: the one passed in (ground truth while training, a radiologist's corrected mask when
+re-classifying), else the network's own thresholded prediction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
+from torch import nn
+
+from .soft_mask_pooling import SoftMaskPooling
+
+
+class MultiTaskNodeNet(nn.Module):
+    """Patch in, node-mask logits and metastasis logit out.
+
+    Args:
+        in_channels: image channels (windowed CT + seed guidance = 2).
+        channels: feature channels per encoder scale; each scale after the first halves the grid.
+        head_hidden: width of the metastasis MLP.
+        pool_sigma_mm: context margin of the soft mask pooling.
+        patch_spacing_mm: patch voxel size, so the margin is in mm.
+        dropout: dropout before the head's last layer.
+        norm: MONAI norm name (instance norm keeps batched and one-by-one inference identical).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        channels: tuple[int, ...] = (16, 32, 64, 128),
+        head_hidden: int = 64,
+        pool_sigma_mm: float = 3.0,
+        patch_spacing_mm: float = 1.0,
+        dropout: float = 0.1,
+        norm: str = "instance",
+    ):
+        super().__init__()
+        self.channels = tuple(int(c) for c in channels)
+        norm_name = (norm, {"affine": True}) if norm == "instance" else norm
+        self.encoder = nn.ModuleList()
+        prev = in_channels
+        for level, ch in enumerate(self.channels):
+            stride = 1 if level == 0 else 2
+            self.encoder.append(
+                UnetResBlock(3, prev, ch, kernel_size=3, stride=stride, norm_name=norm_name)
+            )
+            prev = ch
+        self.decoder = nn.ModuleList(
+            UnetUpBlock(
+                3,
+                self.channels[level],
+                self.channels[level - 1],
+                kernel_size=3,
+                stride=1,
+                upsample_kernel_size=2,
+                norm_name=norm_name,
+            )
+            for level in range(len(self.channels) - 1, 0, -1)
+        )
+        self.mask_out = UnetOutBlock(3, self.channels[0], 1)
+        self.pooling = SoftMaskPooling(pool_sigma_mm, patch_spacing_mm)
+        self.patch_voxel_mm3 = float(patch_spacing_mm) ** 3
+        # +1: log mask volume, a free size cue that mean pooling otherwise normalises away
+        self.head = nn.Sequential(
+            nn.Linear(sum(self.channels) + 1, head_hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden, 1),
+        )
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for up, skip in zip(self.decoder, reversed(feats[:-1])):
+            x = up(x, skip)
+        return self.mask_out(x)
+
+    def classify(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Metastasis logit (B,) from encoder features pooled under `mask` (B, 1, D, H, W)."""
+        pooled = self.pooling(feats, mask)
+        volume = mask.float().sum(dim=(1, 2, 3, 4)) * self.patch_voxel_mm3
+        size_cue = torch.log1p(volume).unsqueeze(1) / math.log(1e4)
+        return self.head(torch.cat([pooled, size_cue.to(pooled.dtype)], dim=1)).squeeze(1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """x: (B, C, D, H, W). mask: optional (B, 1, D, H, W) mask to pool under.
+
+        Returns {"mask_logits": (B, 1, D, H, W), "metastasis_logit": (B,), "pool_mask": used mask}.
+        """
+        feats = self.encode(x)
+        mask_logits = self.decode(feats)
+        if mask is None:
+            mask = self.fallback_mask(mask_logits.detach() > 0, x)
+        return {
+            "mask_logits": mask_logits,
+            "metastasis_logit": self.classify(feats, mask),
+            "pool_mask": mask,
+        }
+
+    @staticmethod
+    def fallback_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Where the predicted mask is empty, pool around the seed (guidance channel > 0.5)."""
+        empty = mask.flatten(1).sum(1) == 0
+        if bool(empty.any()) and x.shape[1] > 1:
+            seed_ball = x[:, -1:] > 0.5
+            mask = torch.where(empty.view(-1, 1, 1, 1, 1), seed_ball, mask)
+        return mask.float()

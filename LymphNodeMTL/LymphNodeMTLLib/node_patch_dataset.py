@@ -1,0 +1,153 @@
+"""Per-node training patches: sampled once from the manifest's CTs (cached), augmented per step.
+
+Each node is cached as a patch slightly larger than the network's, so a random crop moves the seed
+by up to `jitter_mm` (the radiologist's click is never exactly central) without re-sampling the CT.
+Augmentation (MONAI): flips, small rotations, intensity scale/shift; guidance dropout so the model
+also works without a seed prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
+
+from .errors import InputError
+from .patch_sampler import sample_patches, volume_tensor
+from .preprocessing import PreprocessingConfig
+from .training_manifest import ManifestCase
+from .volume_reader import read_volume
+
+
+@dataclass
+class PatchCache:
+    """Cached node patches. images: (N, 1, M, M, M) float16 HU; masks uint8; labels float32
+    (NaN where unknown); has_mask bool; node ids and case ids for reports."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    labels: torch.Tensor
+    has_mask: torch.Tensor
+    node_ids: list[str]
+    case_ids: list[str]
+    margin: int
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    def subset(self, idx) -> "PatchCache":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return PatchCache(
+            self.images[idx], self.masks[idx], self.labels[idx], self.has_mask[idx],
+            [self.node_ids[i] for i in idx.tolist()], [self.case_ids[i] for i in idx.tolist()],
+            self.margin,
+        )
+
+
+def jitter_margin(pre: PreprocessingConfig, jitter_mm: float) -> int:
+    return int(math.ceil(jitter_mm / pre.patch_spacing_mm))
+
+
+def build_patch_cache(cases: list[ManifestCase], pre: PreprocessingConfig, jitter_mm: float = 3.0,
+                      progress=None) -> PatchCache:
+    margin = jitter_margin(pre, jitter_mm)
+    size = pre.patch_size + 2 * margin
+    images, masks, labels, has_mask, node_ids, case_ids = [], [], [], [], [], []
+    for n, case in enumerate(cases):
+        if not case.nodes:
+            continue
+        image, geometry, _ = read_volume(case.image)
+        centres = np.array([node.ras for node in case.nodes], dtype=float)
+        patches = sample_patches(volume_tensor(image, "cpu"), geometry, centres, size, pre.patch_spacing_mm)
+        images.append(patches.half())
+        label_tensor = None
+        if case.label_map is not None:
+            label_map, label_geom, _ = read_volume(case.label_map)
+            if not label_geom.same_grid(geometry, tol=1e-3):
+                raise InputError(f"label map {case.label_map} is not on the grid of {case.image}; resample it to the CT")
+            label_tensor = volume_tensor(label_map, "cpu")
+        for k, node in enumerate(case.nodes):
+            node_ids.append(node.node_id)
+            case_ids.append(case.case_id)
+            labels.append(float("nan") if node.label is None else float(node.label))
+            if label_tensor is not None and node.mask_value is not None:
+                lab = sample_patches(label_tensor, geometry, centres[k : k + 1], size,
+                                     pre.patch_spacing_mm, mode="nearest", outside_value=0.0)
+                masks.append((lab == node.mask_value).to(torch.uint8))
+                has_mask.append(True)
+            else:
+                masks.append(torch.zeros(1, 1, size, size, size, dtype=torch.uint8))
+                has_mask.append(False)
+        if progress:
+            progress("cases", n + 1, len(cases))
+    if not node_ids:
+        raise InputError("the manifest has no nodes; list nodes in each case's nodes CSV")
+    return PatchCache(
+        torch.cat(images), torch.cat(masks), torch.tensor(labels, dtype=torch.float32),
+        torch.tensor(has_mask), node_ids, case_ids, margin,
+    )
+
+
+class NodePatchDataset(torch.utils.data.Dataset):
+    """Augmented training samples from a PatchCache.
+
+    Args:
+        cache: the cached patches.
+        pre: preprocessing (patch size).
+        augment: False for validation (central crop, no augmentation).
+        jitter_mm: maximum seed displacement (a ball, not a box).
+        seed: base of the per-sample random streams (reproducible runs).
+    """
+
+    def __init__(self, cache: PatchCache, pre: PreprocessingConfig, augment: bool,
+                 jitter_mm: float = 3.0, seed: int = 0):
+        self.cache, self.pre, self.augment = cache, pre, augment
+        self.jitter_vox = jitter_mm / pre.patch_spacing_mm
+        self.seed = seed
+        self.epoch = 0
+        self.transforms = Compose([
+            RandFlipd(["image", "mask"], prob=0.5, spatial_axis=0),
+            RandFlipd(["image", "mask"], prob=0.5, spatial_axis=1),
+            RandFlipd(["image", "mask"], prob=0.5, spatial_axis=2),
+            RandRotated(["image", "mask"], range_x=0.2, range_y=0.2, range_z=0.2, prob=0.2,
+                        mode=["bilinear", "nearest"], padding_mode="border", keep_size=True),
+            RandScaleIntensityd("image", factors=0.05, prob=0.5),
+            RandShiftIntensityd("image", offsets=15.0, prob=0.5),
+        ])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, idx: int) -> dict:
+        m, n = self.cache.margin, self.pre.patch_size
+        image = self.cache.images[idx].float()
+        mask = self.cache.masks[idx].float()
+        offset = np.zeros(3, dtype=int)
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, idx))
+            offset = self._ball_offset(rng)
+            self.transforms.set_random_state(seed=int(rng.integers(2**31)))
+        crop = tuple(slice(m + o, m + o + n) for o in offset)
+        sample = {"image": image[(slice(None), *crop)], "mask": mask[(slice(None), *crop)]}
+        if self.augment:
+            sample = self.transforms(sample)
+        return {
+            "image": torch.as_tensor(sample["image"]).float(),
+            "mask": (torch.as_tensor(sample["mask"]) > 0.5).float(),
+            "label": self.cache.labels[idx],
+            "has_mask": self.cache.has_mask[idx],
+            "index": idx,
+        }
+
+    def _ball_offset(self, rng) -> np.ndarray:
+        r = self.jitter_vox
+        while True:
+            o = rng.integers(-int(r), int(r) + 1, size=3)
+            if (o**2).sum() <= r * r + 1e-9:
+                return o

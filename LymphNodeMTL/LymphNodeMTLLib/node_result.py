@@ -1,0 +1,44 @@
+"""The engine's output for one node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class NodeResult:
+    """One node's mask, metastasis probability and measurements.
+
+    The mask is stored as a bounding box in the CT grid plus a boolean sub-array, so 200 nodes in a
+    512x512x300 CT cost kilobytes, not gigabytes. `bbox_start_kji`/`bbox_stop_kji` are half-open
+    voxel index ranges [start, stop) along k, j, i.
+    """
+
+    node_id: str
+    seed_ras: tuple[float, float, float]
+    bbox_start_kji: tuple[int, int, int]
+    bbox_stop_kji: tuple[int, int, int]
+    mask: np.ndarray  # bool, shape = stop - start
+    probability: float = float("nan")
+    predicted_label: int = 0
+    volume_mm3: float = 0.0
+    short_axis_mm: float = 0.0
+    long_axis_mm: float = 0.0
+    mean_hu: float = float("nan")
+    sd_hu: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.bbox_start_kji, self.bbox_stop_kji))
+
+    def full_mask(self, shape_kji) -> np.ndarray:
+        """The mask in the whole CT grid (allocates a full volume: for writers and tests)."""
+        out = np.zeros(shape_kji, dtype=bool)
+        out[self.slices()] = self.mask
+        return out
+
+    @property
+    def is_empty(self) -> bool:
+        return not bool(self.mask.any())

@@ -1,0 +1,57 @@
+"""Patch preprocessing shared by training and inference: CT window and the seed-guidance channel."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """How a node patch is built; saved in the model's config.json so inference matches training.
+
+    Attributes:
+        patch_size: voxels per side of the cubic patch.
+        patch_spacing_mm: isotropic patch voxel size; the patch covers size x spacing mm.
+        hu_window: HU range kept (soft tissue, fat, necrosis, contrast vessels); clipped outside.
+        guidance_sigma_vox: width of the Gaussian seed-guidance channel.
+    """
+
+    patch_size: int = 48
+    patch_spacing_mm: float = 1.0
+    hu_window: tuple[float, float] = (-250.0, 350.0)
+    guidance_sigma_vox: float = 2.5
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessingConfig":
+        d = dict(d)
+        if "hu_window" in d:
+            d["hu_window"] = tuple(float(v) for v in d["hu_window"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hu_window"] = list(self.hu_window)
+        return d
+
+
+def window_hu(patches_hu: torch.Tensor, config: PreprocessingConfig) -> torch.Tensor:
+    """Clip to the HU window and scale it to [-1, 1]."""
+    lo, hi = config.hu_window
+    centre, half = (lo + hi) / 2.0, (hi - lo) / 2.0
+    return (patches_hu.clamp(lo, hi) - centre) / half
+
+
+def guidance_channel(config: PreprocessingConfig, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(1, 1, N, N, N) Gaussian centred on the patch centre, where the seed is."""
+    n = config.patch_size
+    coords = torch.arange(n, device=device, dtype=dtype) - (n - 1) / 2.0
+    d2 = coords.view(-1, 1, 1) ** 2 + coords.view(1, -1, 1) ** 2 + coords.view(1, 1, -1) ** 2
+    return torch.exp(-d2 / (2.0 * config.guidance_sigma_vox**2)).view(1, 1, n, n, n)
+
+
+def network_input(patches_hu: torch.Tensor, config: PreprocessingConfig) -> torch.Tensor:
+    """(B, 1, N, N, N) HU patches -> (B, 2, N, N, N) network input."""
+    guide = guidance_channel(config, patches_hu.device, patches_hu.dtype)
+    return torch.cat([window_hu(patches_hu, config), guide.expand_as(patches_hu)], dim=1)

@@ -1,0 +1,271 @@
+"""Training: manifest -> cached node patches -> multi-task network -> calibrated model folder.
+
+AdamW with a cosine schedule, uncertainty-weighted multi-task loss, AMP on CUDA, a checkpoint
+every epoch (resumable), early stopping on the validation loss, temperature calibration on the
+validation nodes, reproducible seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .classification_metrics import roc_auc
+from .device import resolve_device
+from .model_store import ModelConfig, save_model
+from .multitask_loss import MultiTaskLoss
+from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache
+from .preprocessing import PreprocessingConfig, guidance_channel, window_hu
+from .temperature_scaling import fit_temperature
+from .training_manifest import read_manifest
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe; saved into the model's config.json under "training"."""
+
+    model_id: str = "lymphnode-mtl-custom"
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.15
+    patience: int = 5
+    seed: int = 0
+    jitter_mm: float = 2.0
+    teacher_forcing: float = 0.5  # share of steps where the head pools under the true mask
+    guidance_dropout: float = 0.1
+    max_minutes: float | None = None
+    device: str = "auto"
+    network: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64]})
+    preprocessing: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def split_by_case(cache: PatchCache, val_fraction: float, seed: int):
+    """Validation nodes come from whole held-out cases (no leakage between a case's nodes)."""
+    cases = sorted(set(cache.case_ids))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(cases)
+    n_val = max(1, int(round(len(cases) * val_fraction))) if len(cases) > 1 else 0
+    val_cases = set(cases[:n_val])
+    val = [i for i, c in enumerate(cache.case_ids) if c in val_cases]
+    train = [i for i, c in enumerate(cache.case_ids) if c not in val_cases]
+    return train, val
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out_dir, log=print):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.log = log
+        self.pre = PreprocessingConfig.from_dict(config.preprocessing)
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+        self.model_config = ModelConfig(
+            config.model_id, network=dict(config.network), preprocessing=self.pre,
+            training=asdict(config),
+        )
+        self.network = self.model_config.build_network().to(self.device)
+        self.loss = MultiTaskLoss().to(self.device)
+        params = list(self.network.parameters()) + list(self.loss.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, config.epochs))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.epoch = 0
+        self.best_val = math.inf
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+
+    # --- data ---------------------------------------------------------------------------------
+    def prepare(self, manifest) -> None:
+        t0 = time.perf_counter()
+        cache = build_patch_cache(read_manifest(manifest), self.pre, self.config.jitter_mm)
+        self.set_cache(cache)
+        self.log(f"cached {len(cache)} nodes in {time.perf_counter() - t0:.1f} s "
+                 f"({len(self.train_idx)} train, {len(self.val_idx)} validation)")
+
+    def set_cache(self, cache: PatchCache) -> None:
+        self.cache = cache
+        self.train_idx, self.val_idx = split_by_case(cache, self.config.val_fraction, self.config.seed)
+        self.train_set = NodePatchDataset(cache.subset(self.train_idx), self.pre, True,
+                                          self.config.jitter_mm, self.config.seed)
+        self.val_set = NodePatchDataset(cache.subset(self.val_idx), self.pre, False) if self.val_idx else None
+
+    def _loader(self, dataset, shuffle: bool):
+        g = torch.Generator().manual_seed(self.config.seed + self.epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size,
+                                           shuffle=shuffle, generator=g, num_workers=0)
+
+    def _inputs(self, batch, train: bool):
+        image = window_hu(batch["image"].to(self.device), self.pre)
+        guide = guidance_channel(self.pre, self.device).expand_as(image).clone()
+        if train and self.config.guidance_dropout > 0:
+            drop = torch.rand(image.shape[0], device=self.device) < self.config.guidance_dropout
+            guide[drop] = 0.0
+        return torch.cat([image, guide], dim=1)
+
+    # --- steps --------------------------------------------------------------------------------
+    def train_step(self, batch) -> dict:
+        self.network.train()
+        x = self._inputs(batch, train=True)
+        mask = batch["mask"].to(self.device)
+        has_mask = batch["has_mask"].to(self.device)
+        label = batch["label"].to(self.device)
+        has_label = ~torch.isnan(label)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            feats = self.network.encode(x)
+            mask_logits = self.network.decode(feats)
+            # teacher forcing: pool under the true mask where known, on a share of the nodes
+            predicted = self.network.fallback_mask(mask_logits.detach() > 0, x)
+            forced = (torch.rand(x.shape[0], device=self.device) < self.config.teacher_forcing) & has_mask
+            pool_mask = torch.where(forced.view(-1, 1, 1, 1, 1), mask, predicted)
+            out = {"mask_logits": mask_logits, "metastasis_logit": self.network.classify(feats, pool_mask)}
+            losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: float(v) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def evaluate(self, dataset) -> dict:
+        """Validation loss, AUC, mean patch Dice, and the raw logits for calibration."""
+        self.network.eval()
+        totals, logits, labels, dices = [], [], [], []
+        for batch in self._loader(dataset, shuffle=False):
+            x = self._inputs(batch, train=False)
+            mask = batch["mask"].to(self.device)
+            has_mask = batch["has_mask"].to(self.device)
+            label = batch["label"].to(self.device)
+            out = self.network(x)
+            losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), ~torch.isnan(label))
+            totals.append(float(losses["seg"] + losses["cls"]) * x.shape[0])
+            logits.append(out["metastasis_logit"].float().cpu())
+            labels.append(batch["label"])
+            pred = (out["mask_logits"] > 0).float()
+            inter = (pred * mask).flatten(1).sum(1)
+            denom = pred.flatten(1).sum(1) + mask.flatten(1).sum(1)
+            dice = (2 * inter / denom.clamp_min(1))[has_mask]
+            dices.append(dice.cpu())
+        logits_t, labels_t = torch.cat(logits), torch.cat(labels)
+        known = ~torch.isnan(labels_t)
+        auc = roc_auc(labels_t[known].numpy(), logits_t[known].numpy()) if known.any() else float("nan")
+        dice_all = torch.cat(dices)
+        return {
+            "loss": sum(totals) / len(dataset),
+            "auc": auc,
+            "dice": float(dice_all.mean()) if len(dice_all) else float("nan"),
+            "logits": logits_t,
+            "labels": labels_t,
+        }
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "network": self.network.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": torch.tensor(self.epoch),
+            "best_val": torch.tensor(self.best_val),
+            "bad_epochs": torch.tensor(self.bad_epochs),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.out_dir / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.out_dir / CHECKPOINT)
+
+    def load_checkpoint(self, path) -> None:
+        # weights_only: a checkpoint is data, never code
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state["network"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_val = float(state["best_val"])
+        self.bad_epochs = int(state["bad_epochs"])
+        torch.set_rng_state(state["torch_rng"])
+
+    # --- main loop ----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.config
+        start = time.perf_counter()
+        best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        while self.epoch < cfg.epochs:
+            self.train_set.set_epoch(self.epoch)
+            sums, steps = {"total": 0.0, "seg": 0.0, "cls": 0.0}, 0
+            for batch in self._loader(self.train_set, shuffle=True):
+                for k, v in self.train_step(batch).items():
+                    sums[k] += v
+                steps += 1
+            self.scheduler.step()
+            self.epoch += 1
+            record = {"epoch": self.epoch, **{f"train_{k}": v / max(steps, 1) for k, v in sums.items()}}
+            if self.val_set is not None:
+                val = self.evaluate(self.val_set)
+                record.update(val_loss=val["loss"], val_auc=val["auc"], val_dice=val["dice"])
+                if val["loss"] < self.best_val:
+                    self.best_val, self.bad_epochs = val["loss"], 0
+                    best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+                else:
+                    self.bad_epochs += 1
+            else:
+                best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+            record["minutes"] = (time.perf_counter() - start) / 60
+            self.history.append(record)
+            self.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+            self.save_checkpoint()
+            if self.bad_epochs >= cfg.patience:
+                self.log("early stop: validation loss has not improved")
+                break
+            if cfg.max_minutes and record["minutes"] >= cfg.max_minutes:
+                self.log("stop: time budget reached")
+                break
+        self.network.load_state_dict(best_state)
+        return self.history[-1] if self.history else {}
+
+    def finish(self, card_text_fn=None) -> dict:
+        """Calibrate on validation nodes and write the model folder. Returns validation metrics."""
+        metrics = {}
+        if self.val_set is not None:
+            val = self.evaluate(self.val_set)
+            known = ~torch.isnan(val["labels"])
+            temperature = fit_temperature(val["logits"][known], val["labels"][known])
+            self.model_config.temperature = temperature
+            metrics = {"val_auc": val["auc"], "val_dice": val["dice"], "temperature": temperature,
+                       "val_nodes": int(len(self.val_set))}
+        self.model_config.training["history"] = self.history
+        self.model_config.training["validation"] = metrics
+        card = card_text_fn(self.model_config, metrics) if card_text_fn else default_card(self.model_config, metrics)
+        save_model(self.out_dir, self.model_config, self.network, card)
+        return metrics
+
+
+def default_card(config: ModelConfig, metrics: dict) -> str:
+    lines = [f"# Model card: {config.model_id}", "",
+             "Trained with `lymphnode-mtl train`.", "", "## Validation", ""]
+    lines += [f"- {k}: {v}" for k, v in metrics.items()] or ["- no validation split"]
+    lines += ["", "## Intended use", "",
+              "Not for clinical use unless validated locally by the hospital that trained it.", ""]
+    return "\n".join(lines)

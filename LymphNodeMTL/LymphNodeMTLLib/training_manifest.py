@@ -1,0 +1,88 @@
+"""The training manifest: one CSV row per case, one nodes CSV per case.
+
+manifest.csv: case_id,image,nodes[,label_map]   (paths relative to the manifest's folder)
+nodes.csv:    id,r,a,s[,label][,mask_value]     (RAS mm; label 0/1 or empty; mask_value = the
+                                                 node's value in the label map, or empty)
+Nodes without a mask or without a label are kept: they train only the head they have.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+
+@dataclass
+class ManifestNode:
+    node_id: str
+    ras: tuple[float, float, float]
+    label: int | None = None
+    mask_value: int | None = None
+
+
+@dataclass
+class ManifestCase:
+    case_id: str
+    image: Path
+    label_map: Path | None
+    nodes: list[ManifestNode] = field(default_factory=list)
+
+
+def _optional_int(text: str, what: str, where: str) -> int | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        raise InputError(f"{where}: {what} {text!r} is not a number; use an integer or leave it empty") from None
+
+
+def _rows(path: Path, required: set[str]) -> list[dict]:
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; check the manifest paths")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = {h.strip().lower() for h in (reader.fieldnames or [])}
+        if not required <= fields:
+            raise InputError(
+                f"{path} needs columns {', '.join(sorted(required))}; it has {', '.join(sorted(fields)) or 'none'}"
+            )
+        return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+def read_nodes_csv(path: Path) -> list[ManifestNode]:
+    nodes = []
+    for n, row in enumerate(_rows(path, {"id", "r", "a", "s"}), start=2):
+        where = f"{path} line {n}"
+        try:
+            ras = (float(row["r"]), float(row["a"]), float(row["s"]))
+        except ValueError:
+            raise InputError(f"{where}: r, a, s must be numbers in mm") from None
+        label = _optional_int(row.get("label", ""), "label", where)
+        if label not in (None, 0, 1):
+            raise InputError(f"{where}: label must be 0, 1 or empty, got {label}")
+        nodes.append(ManifestNode(row["id"], ras, label, _optional_int(row.get("mask_value", ""), "mask_value", where)))
+    return nodes
+
+
+def read_manifest(path) -> list[ManifestCase]:
+    path = Path(path)
+    root = path.parent
+    cases = []
+    for row in _rows(path, {"case_id", "image", "nodes"}):
+        label_map = row.get("label_map") or ""
+        cases.append(
+            ManifestCase(
+                row["case_id"],
+                root / row["image"],
+                (root / label_map) if label_map else None,
+                read_nodes_csv(root / row["nodes"]),
+            )
+        )
+    if not cases:
+        raise InputError(f"{path} lists no cases; add one row per case")
+    return cases
