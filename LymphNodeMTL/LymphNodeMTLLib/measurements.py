@@ -46,7 +46,9 @@ def mask_in_sar_order(mask: np.ndarray, geometry: VolumeGeometry, start_kji):
 
 
 def _resample_to_sar(mask: np.ndarray, geometry: VolumeGeometry):
-    step = float(geometry.spacing.min())
+    # smooth, then sample at half the finest spacing: re-binarising an oblique staircase on a
+    # coarse grid would add a second pixel of digitisation error
+    step = float(geometry.spacing.min()) / 2.0
     shape_ijk = np.asarray(mask.shape[::-1])
     corners = np.array(
         [[x, y, z] for x in (-0.5, shape_ijk[0] - 0.5) for y in (-0.5, shape_ijk[1] - 0.5)
@@ -58,16 +60,50 @@ def _resample_to_sar(mask: np.ndarray, geometry: VolumeGeometry):
     s, a, r = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
     ijk = geometry.ras_to_ijk_points(np.stack([r, a, s], axis=-1).reshape(-1, 3))
     coords = ijk[:, ::-1].T  # map_coordinates wants (k, j, i)
-    sampled = ndimage.map_coordinates(mask.astype(np.float32), coords, order=1, cval=0.0)
+    smooth = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 2), 0.7)
+    sampled = ndimage.map_coordinates(smooth, coords + 2.0, order=1, cval=0.0)
     sar = sampled.reshape(s.shape) > 0.5
     return sar, np.array([step, step, step]), axes[2]
 
 
-def _feret(points: np.ndarray, spacing_ar: np.ndarray):
-    """Longest chord of a 2-D point set and its perpendicular extent, from pixel centres (mm),
-    widened by one pixel along each direction so a disc of diameter D measures about D."""
-    if len(points) == 1:
-        return float(spacing_ar.max()), float(spacing_ar.min())
+def boundary_points(mask2d: np.ndarray, spacing_ar: np.ndarray, sigma_px: float = 0.7) -> np.ndarray:
+    """Sub-pixel outline of a 2-D mask, in mm.
+
+    The max chord of raw pixel edges is biased up by about a pixel (it picks the staircase's
+    outermost steps). The mask is lightly smoothed and its 0.5 level found by linear
+    interpolation between neighbouring pixels, which averages the staircase out. Tiny masks that
+    vanish under smoothing fall back to the pixel-edge midpoints.
+    """
+    padded = np.pad(mask2d.astype(float), 3)
+    field = ndimage.gaussian_filter(padded, sigma_px)
+    points = []
+    for axis in (0, 1):
+        v0 = field.take(np.arange(field.shape[axis] - 1), axis=axis)
+        v1 = field.take(np.arange(1, field.shape[axis]), axis=axis)
+        cross = (v0 >= 0.5) != (v1 >= 0.5)
+        idx = np.argwhere(cross).astype(float)
+        t = (0.5 - v0[cross]) / (v1[cross] - v0[cross])
+        idx[:, axis] += t
+        points.append(idx)
+    points = np.concatenate(points)
+    if len(points) < 3:
+        points = _pixel_edge_midpoints(np.pad(mask2d, 3))
+    return (points - 3.0) * spacing_ar
+
+
+def _pixel_edge_midpoints(mask2d: np.ndarray) -> np.ndarray:
+    points = []
+    for axis in (0, 1):
+        for step in (1, -1):
+            outside = ~np.roll(mask2d, -step, axis=axis)
+            edge = np.argwhere(mask2d & outside).astype(float)
+            edge[:, axis] += 0.5 * step
+            points.append(edge)
+    return np.concatenate(points)
+
+
+def _feret(points: np.ndarray):
+    """Longest chord of a 2-D outline and its extent perpendicular to that chord (mm)."""
     try:
         hull = points[ConvexHull(points).vertices]
     except (QhullError, ValueError):
@@ -76,11 +112,15 @@ def _feret(points: np.ndarray, spacing_ar: np.ndarray):
     d2 = (diff**2).sum(-1)
     a, b = np.unravel_index(int(np.argmax(d2)), d2.shape)
     u = diff[a, b] / np.sqrt(d2[a, b])
-    v = np.array([-u[1], u[0]])
-    proj = points @ v
-    pixel_u = float(np.hypot(u[0] * spacing_ar[0], u[1] * spacing_ar[1]))
-    pixel_v = float(np.hypot(v[0] * spacing_ar[0], v[1] * spacing_ar[1]))
-    return float(np.sqrt(d2[a, b])) + pixel_u, float(proj.max() - proj.min()) + pixel_v
+    proj = points @ np.array([-u[1], u[0]])
+    return float(np.sqrt(d2[a, b])), float(proj.max() - proj.min())
+
+
+def _better(value, s_mm, best, best_s) -> bool:
+    """Larger wins; a tie goes to the more inferior slice, so flipped encodings pick the same one."""
+    if abs(value - best) > 1e-6:
+        return value > best
+    return np.isnan(best_s) or s_mm < best_s
 
 
 def axial_diameters(mask: np.ndarray, geometry: VolumeGeometry, start_kji) -> AxialDiameters:
@@ -90,14 +130,13 @@ def axial_diameters(mask: np.ndarray, geometry: VolumeGeometry, start_kji) -> Ax
     if not mask.any():
         return out
     sar, spacing, s_coords = mask_in_sar_order(mask, geometry, start_kji)
-    spacing_ar = spacing[1:]
     for z in np.flatnonzero(sar.any(axis=(1, 2))):
-        pts = np.argwhere(sar[z]) * spacing_ar
-        long_mm, short_mm = _feret(pts.astype(float), spacing_ar)
-        if long_mm > out.long_axis_mm:
-            out.long_axis_mm, out.long_slice_s_mm = long_mm, float(s_coords[z])
-        if short_mm > out.short_axis_mm:
-            out.short_axis_mm, out.short_slice_s_mm = short_mm, float(s_coords[z])
+        long_mm, short_mm = _feret(boundary_points(sar[z], spacing[1:]))
+        s_mm = float(s_coords[z])
+        if _better(long_mm, s_mm, out.long_axis_mm, out.long_slice_s_mm):
+            out.long_axis_mm, out.long_slice_s_mm = long_mm, s_mm
+        if _better(short_mm, s_mm, out.short_axis_mm, out.short_slice_s_mm):
+            out.short_axis_mm, out.short_slice_s_mm = short_mm, s_mm
     return out
 
 

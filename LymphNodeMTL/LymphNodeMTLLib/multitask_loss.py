@@ -19,7 +19,7 @@ class MultiTaskLoss(nn.Module):
 
     def __init__(self, seg_weight_ce: float = 1.0):
         super().__init__()
-        self.seg = DiceCELoss(sigmoid=True, batch=False, reduction="none", lambda_ce=seg_weight_ce)
+        self.seg = DiceCELoss(sigmoid=True, batch=False, reduction="mean", lambda_ce=seg_weight_ce)
         self.balance = UncertaintyWeighting(2)
 
     def forward(self, out: dict, mask: torch.Tensor, has_mask: torch.Tensor,
@@ -29,8 +29,7 @@ class MultiTaskLoss(nn.Module):
         seg = zero
         if bool(has_mask.any()):
             idx = has_mask.nonzero().flatten()
-            per = self.seg(out["mask_logits"][idx], mask[idx])
-            seg = per.mean()
+            seg = self.seg(out["mask_logits"][idx], mask[idx])
         cls = zero
         if bool(has_label.any()):
             idx = has_label.nonzero().flatten()

@@ -51,32 +51,57 @@ def jitter_margin(pre: PreprocessingConfig, jitter_mm: float) -> int:
     return int(math.ceil(jitter_mm / pre.patch_spacing_mm))
 
 
-def build_patch_cache(cases: list[ManifestCase], pre: PreprocessingConfig, jitter_mm: float = 3.0,
-                      progress=None) -> PatchCache:
+@dataclass
+class CaseNodes:
+    """One case's CT and nodes, from a manifest or straight from the phantom generator."""
+
+    case_id: str
+    image: np.ndarray
+    geometry: object  # VolumeGeometry
+    centres_ras: np.ndarray  # (N, 3) seeds
+    node_ids: list[str]
+    labels: list[int | None]
+    mask_values: list[int | None]
+    label_map: np.ndarray | None = None
+
+
+def manifest_case_nodes(case: ManifestCase) -> CaseNodes:
+    image, geometry, _ = read_volume(case.image)
+    label_map = None
+    if case.label_map is not None:
+        label_map, label_geom, _ = read_volume(case.label_map)
+        if not label_geom.same_grid(geometry, tol=1e-3):
+            raise InputError(f"label map {case.label_map} is not on the grid of {case.image}; resample it to the CT")
+    return CaseNodes(
+        case.case_id, image, geometry, np.array([n.ras for n in case.nodes], dtype=float).reshape(-1, 3),
+        [n.node_id for n in case.nodes], [n.label for n in case.nodes],
+        [n.mask_value if label_map is not None else None for n in case.nodes], label_map,
+    )
+
+
+def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, progress=None) -> PatchCache:
+    """Cache every node of `cases` (ManifestCase or CaseNodes items, read lazily one at a time)."""
     margin = jitter_margin(pre, jitter_mm)
     size = pre.patch_size + 2 * margin
     images, masks, labels, has_mask, node_ids, case_ids = [], [], [], [], [], []
-    for n, case in enumerate(cases):
-        if not case.nodes:
+    cases = list(cases) if not hasattr(cases, "__len__") else cases
+    for n, item in enumerate(cases):
+        case = manifest_case_nodes(item) if isinstance(item, ManifestCase) else item
+        if not case.node_ids:
             continue
-        image, geometry, _ = read_volume(case.image)
-        centres = np.array([node.ras for node in case.nodes], dtype=float)
-        patches = sample_patches(volume_tensor(image, "cpu"), geometry, centres, size, pre.patch_spacing_mm)
+        patches = sample_patches(volume_tensor(case.image, "cpu"), case.geometry, case.centres_ras,
+                                 size, pre.patch_spacing_mm)
         images.append(patches.half())
-        label_tensor = None
-        if case.label_map is not None:
-            label_map, label_geom, _ = read_volume(case.label_map)
-            if not label_geom.same_grid(geometry, tol=1e-3):
-                raise InputError(f"label map {case.label_map} is not on the grid of {case.image}; resample it to the CT")
-            label_tensor = volume_tensor(label_map, "cpu")
-        for k, node in enumerate(case.nodes):
-            node_ids.append(node.node_id)
+        label_tensor = None if case.label_map is None else volume_tensor(case.label_map, "cpu")
+        for k, node_id in enumerate(case.node_ids):
+            node_ids.append(node_id)
             case_ids.append(case.case_id)
-            labels.append(float("nan") if node.label is None else float(node.label))
-            if label_tensor is not None and node.mask_value is not None:
-                lab = sample_patches(label_tensor, geometry, centres[k : k + 1], size,
+            labels.append(float("nan") if case.labels[k] is None else float(case.labels[k]))
+            value = case.mask_values[k]
+            if label_tensor is not None and value is not None:
+                lab = sample_patches(label_tensor, case.geometry, case.centres_ras[k : k + 1], size,
                                      pre.patch_spacing_mm, mode="nearest", outside_value=0.0)
-                masks.append((lab == node.mask_value).to(torch.uint8))
+                masks.append((lab == value).to(torch.uint8))
                 has_mask.append(True)
             else:
                 masks.append(torch.zeros(1, 1, size, size, size, dtype=torch.uint8))

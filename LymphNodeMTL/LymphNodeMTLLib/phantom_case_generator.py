@@ -16,12 +16,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .case import Case, Seed
+from .errors import InputError
 from .geometry import VolumeGeometry, ras_to_lps_points
 from .phantom_features import NodeFeatures, sample_feature_arrays, sample_labels
 from .phantom_node_renderer import (
     NodeAppearance,
     NodeRender,
-    node_box,
     node_mask,
     random_rotation,
     render_node,
@@ -91,7 +91,7 @@ def generate_phantom_case(
     spacing=None,
     direction=None,
     chest: bool | None = None,
-    field_of_view_mm=DEFAULT_FIELD_OF_VIEW_MM,
+    field_of_view_mm=None,
 ) -> PhantomCase:
     """Generate one phantom case.
 
@@ -105,10 +105,17 @@ def generate_phantom_case(
         direction: 3x3 direction in LPS (SimpleITK's convention, columns = axes); default random
             (mostly axial identity, sometimes flipped, permuted or oblique), or the background's.
         chest: whether the synthetic body has lungs; default random. Ignored with a background.
-        field_of_view_mm: (i, j, k) extent of the grid; a larger background is cropped around its
-            centre.
+        field_of_view_mm: (i, j, k) extent of the grid in mm. Synthetic default
+            DEFAULT_FIELD_OF_VIEW_MM; a background is cropped (or resampled) to it around its
+            centre, and kept whole by default.
+
+    Raises:
+        InputError: when the nodes do not fit into the fat (a background with too little fat).
     """
+    original = None  # the real CT, kept to add only the nodes' change to it
     if background is None:
+        if field_of_view_mm is None:
+            field_of_view_mm = DEFAULT_FIELD_OF_VIEW_MM
         geometry = _synthetic_geometry(rng, spacing, direction, field_of_view_mm)
         chest = bool(rng.random() < 0.5) if chest is None else bool(chest)
         contrast = bool(rng.random() < 0.5)
@@ -119,7 +126,7 @@ def generate_phantom_case(
         scene, geometry, source = _prepare_background(background, field_of_view_mm, spacing, direction)
         free_fat = _real_fat(scene, geometry)
         metadata = {"background": source}
-    original = scene.copy() if background is not None else None
+        original = scene.copy()
 
     label_map, nodes, renders, redraws = _place_nodes(rng, scene, geometry, free_fat, n_nodes)
     noise_sigma = float(rng.uniform(*NOISE_SIGMA_HU))
@@ -198,7 +205,8 @@ def _box_of_ras_aabb(geometry: VolumeGeometry, low_ras, high_ras):
 def _synthetic_scene(rng, geometry: VolumeGeometry, chest: bool, contrast: bool):
     """HU (float32) and tissue classes (uint8) of a body: wall, fat, organs, vessels, lungs.
 
-    The body is an elliptic cylinder along S, centred in the grid, sized from the field of view.
+    The body is an elliptic cylinder along S, centred in the grid, sized from the field of view;
+    its wall, organs and vessels scale with it, so a small field of view still leaves fat.
     """
     shape = geometry.shape_kji
     centre = _centre_ras(geometry)
@@ -206,8 +214,9 @@ def _synthetic_scene(rng, geometry: VolumeGeometry, chest: bool, contrast: bool)
     tissue = np.zeros(shape, dtype=np.uint8)
     r, a, _ = _ras_components(geometry, (0, 0, 0), shape, centre)
     half = 0.5 * float(np.median(geometry.spacing * np.asarray(shape[::-1])))
+    scale = half / (0.5 * DEFAULT_FIELD_OF_VIEW_MM[0])
     body_axes = (half * rng.uniform(0.85, 0.98), half * rng.uniform(0.70, 0.85))
-    wall = rng.uniform(4.0, 10.0)
+    wall = scale * rng.uniform(4.0, 10.0)
     inner_axes = np.subtract(body_axes, wall)
     _paint(hu, tissue, _in_ellipse(r, a, (0.0, 0.0), body_axes), SOFT)
     _paint(hu, tissue, _in_ellipse(r, a, (0.0, 0.0), inner_axes), FAT)
@@ -217,11 +226,11 @@ def _synthetic_scene(rng, geometry: VolumeGeometry, chest: bool, contrast: bool)
             lung_axes = inner_axes * np.array([rng.uniform(0.28, 0.34), rng.uniform(0.65, 0.8)])
             lung = _in_ellipse(r, a, centre_ra, lung_axes) & (tissue == FAT)
             _paint(hu, tissue, lung, LUNG)
-    for _ in range(rng.integers(2, 5)):
-        _add_organ(rng, hu, tissue, geometry, centre, inner_axes)
-    for _ in range(rng.integers(3, 7)):
+    for _ in range(rng.integers(1, 4)):
+        _add_organ(rng, hu, tissue, geometry, centre, inner_axes, scale)
+    for _ in range(rng.integers(2, 6)):
         vessel_hu = rng.uniform(150.0, 250.0) if contrast else TISSUE_HU[VESSEL]
-        _add_vessel(rng, hu, tissue, geometry, centre, inner_axes, vessel_hu)
+        _add_vessel(rng, hu, tissue, geometry, centre, inner_axes, scale, vessel_hu)
     texture = _smooth_noise(rng, shape, geometry.spacing[::-1], correlation_mm=6.0)
     hu += TISSUE_TEXTURE_HU[tissue] * texture
     return hu, tissue
@@ -238,15 +247,15 @@ def _paint(hu, tissue, where, tissue_class, value=None):
     hu[where] = TISSUE_HU[tissue_class] if value is None else value
 
 
-def _add_organ(rng, hu, tissue, geometry, centre, inner_axes):
+def _add_organ(rng, hu, tissue, geometry, centre, inner_axes, scale):
     """A soft-tissue ellipsoid (organ, muscle, heart) somewhere inside the body."""
-    semi = rng.uniform(8.0, 22.0, 3)
+    semi = scale * rng.uniform(8.0, 18.0, 3)
     angle = rng.uniform(0.0, 2.0 * np.pi)
     position = centre + np.array(
         [
             0.7 * inner_axes[0] * np.sqrt(rng.random()) * np.cos(angle),
             0.7 * inner_axes[1] * np.sqrt(rng.random()) * np.sin(angle),
-            rng.uniform(-40.0, 40.0),
+            scale * rng.uniform(-40.0, 40.0),
         ]
     )
     start, stop = _box_of_ras_aabb(geometry, position - semi, position + semi)
@@ -257,9 +266,9 @@ def _add_organ(rng, hu, tissue, geometry, centre, inner_axes):
     _paint(hu[box], tissue[box], inside & (tissue[box] != AIR), SOFT)
 
 
-def _add_vessel(rng, hu, tissue, geometry, centre, inner_axes, vessel_hu):
+def _add_vessel(rng, hu, tissue, geometry, centre, inner_axes, scale, vessel_hu):
     """A straight tube through the volume: mostly cranio-caudal, one in three in any direction."""
-    radius = rng.uniform(2.5, 8.0)
+    radius = scale * rng.uniform(2.5, 7.0)
     if rng.random() < 1.0 / 3.0:
         axis = rng.normal(size=3)
     else:
@@ -317,7 +326,8 @@ def _prepare_background(background, field_of_view_mm, spacing, direction):
         array, geometry = background
         array, source = np.asarray(array, dtype=np.float32), "array"
     if spacing is None and direction is None:
-        array, geometry = _crop_centre(array, geometry, field_of_view_mm)
+        if field_of_view_mm is not None:
+            array, geometry = _crop_centre(array, geometry, field_of_view_mm)
     else:
         array, geometry = _resample(array, geometry, field_of_view_mm, spacing, direction)
     return array, geometry, source
@@ -337,6 +347,8 @@ def _resample(array, geometry: VolumeGeometry, field_of_view_mm, spacing, direct
     _, own_spacing, own_direction = geometry.lps_terms()
     spacing = np.asarray(own_spacing if spacing is None else spacing, dtype=float)
     direction = own_direction if direction is None else direction
+    if field_of_view_mm is None:
+        field_of_view_mm = geometry.spacing * np.asarray(geometry.shape_kji[::-1])
     shape_ijk = np.maximum(1, np.round(np.asarray(field_of_view_mm) / spacing)).astype(int)
     target = _grid_around(_centre_ras(geometry), spacing, direction, shape_ijk)
     moving = sitk.GetImageFromArray(array)
@@ -378,14 +390,21 @@ def _place_nodes(rng, scene, geometry, free_fat, n_nodes):
     features = _features_largest_first(rng, n_nodes)
     mask_values = rng.permutation(n_nodes) + 1  # so ids say nothing about size
     label_map = np.zeros(geometry.shape_kji, dtype=np.int16)
+    _clear_border(free_fat)  # nodes keep a voxel off the grid's faces, so none is cut off
     room = _RoomMap(free_fat, geometry)
     nodes, renders, redraws = [], [], 0
     for value, node_features in zip(mask_values, features):
         placed = _try_place(rng, geometry, free_fat, room, node_features)
+        if placed is None:  # the map ignores the nodes placed since it was made: refresh, retry
+            room = _RoomMap(free_fat, geometry)
+            placed = _try_place(rng, geometry, free_fat, room, node_features)
         while placed is None:
             redraws += 1
             if redraws > FEATURE_REDRAWS * n_nodes:
-                raise RuntimeError("no room for the phantom nodes; enlarge the field of view")
+                raise InputError(
+                    f"no room for {n_nodes} phantom nodes with 2 mm of fat around each; use fewer "
+                    "nodes, a larger field of view or a background with more fat"
+                )
             node_features = _features_largest_first(rng, 1)[0]
             placed = _try_place(rng, geometry, free_fat, room, node_features)
         centre, appearance = placed
@@ -413,6 +432,13 @@ def _place_nodes(rng, scene, geometry, free_fat, n_nodes):
     ]
     truth.sort(key=lambda node: node.mask_value)
     return label_map, truth, renders, redraws
+
+
+def _clear_border(volume: np.ndarray) -> None:
+    for axis in range(volume.ndim):
+        index = [slice(None)] * volume.ndim
+        index[axis] = [0, -1]
+        volume[tuple(index)] = False
 
 
 def _features_largest_first(rng, count) -> list[NodeFeatures]:
@@ -479,20 +505,25 @@ def _jittered_centre(rng, geometry, voxel_kji, appearance) -> np.ndarray:
 
 
 def _fits(geometry, free_fat, centre_ras, appearance) -> bool:
-    """Whether the node and every voxel within 2 mm of it lie in free fat, inside the grid."""
-    spacing_kji = geometry.spacing[::-1]
-    margin = np.ceil(NODE_GAP_MM / spacing_kji).astype(int) + 1
-    start, stop = node_box(geometry, centre_ras, appearance)
-    low, high = np.asarray(start) - margin, np.asarray(stop) + margin
-    if np.any(low < 0) or np.any(high > geometry.shape_kji):
-        return False
+    """Whether the node and every voxel within 2 mm of it lie in free fat (inside the grid)."""
     if not _core_in_free_fat(geometry, free_fat, centre_ras, appearance):
         return False  # cheap early rejection; the exact test follows
-    mask = node_mask(geometry, centre_ras, appearance).mask
-    local = np.zeros(tuple(high - low), dtype=bool)
-    local[tuple(slice(m, m + n) for m, n in zip(margin, mask.shape))] = mask
-    near = ndimage.distance_transform_edt(~local, sampling=spacing_kji) <= NODE_GAP_MM
-    return bool(free_fat[tuple(slice(a, b) for a, b in zip(low, high))][near].all())
+    spacing_kji = geometry.spacing[::-1]
+    margin = np.ceil(NODE_GAP_MM / spacing_kji).astype(int) + 1
+    render = node_mask(geometry, centre_ras, appearance)
+    low, high = np.asarray(render.start_kji) - margin, np.asarray(render.stop_kji) + margin
+    # Voxels beyond the grid count as taken, so a node never touches the grid's edge.
+    local_free = np.zeros(tuple(high - low), dtype=bool)
+    inner_low, inner_high = np.maximum(low, 0), np.minimum(high, geometry.shape_kji)
+    local_free[_box(inner_low - low, inner_high - low)] = free_fat[_box(inner_low, inner_high)]
+    local_mask = np.zeros_like(local_free)
+    local_mask[_box(margin, margin + render.mask.shape)] = render.mask
+    near = ndimage.distance_transform_edt(~local_mask, sampling=spacing_kji) <= NODE_GAP_MM
+    return bool(local_free[near].all())
+
+
+def _box(start, stop) -> tuple[slice, slice, slice]:
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
 
 
 # Directions to points deep inside any node: its axes and the diagonals between them.
@@ -508,6 +539,8 @@ def _core_in_free_fat(geometry, free_fat, centre_ras, appearance) -> bool:
     semi = appearance.semi_axes_mm * (1.0 - appearance.margin_amplitude)
     points = centre_ras + (_CORE_DIRECTIONS * semi) @ appearance.rotation.T
     kji = np.round(geometry.ras_to_ijk_points(points)).astype(int)[:, ::-1]
+    if np.any(kji < 0) or np.any(kji >= free_fat.shape):
+        return False
     return bool(free_fat[tuple(kji.T)].all())
 
 

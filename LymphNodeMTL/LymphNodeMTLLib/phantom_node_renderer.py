@@ -25,7 +25,7 @@ HILUM_INNER_RADIUS = 0.75
 HILUM_HALF_ANGLE_RAD = np.deg2rad(40.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
 class SmoothField:
     """A smooth random function of position: a weighted sum of cosine waves, bounded by [-1, 1].
 
@@ -56,7 +56,7 @@ class SmoothField:
         return np.cos(points @ self.frequencies.T + self.phases) @ self.weights
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
 class NodeAppearance:
     """Everything needed to draw one node; drawn once per node from its features.
 

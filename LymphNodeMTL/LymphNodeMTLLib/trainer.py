@@ -1,6 +1,7 @@
 """Training: manifest -> cached node patches -> multi-task network -> calibrated model folder.
 
-AdamW with a cosine schedule, uncertainty-weighted multi-task loss, AMP on CUDA, a checkpoint
+AdamW with a cosine schedule, uncertainty-weighted multi-task loss, mixed precision (bf16 on GPUs and
+AMX/AVX512-BF16 CPUs; fp16 with loss scaling on older GPUs), a checkpoint
 every epoch (resumable), early stopping on the validation loss, temperature calibration on the
 validation nodes, reproducible seeds.
 """
@@ -19,6 +20,7 @@ import torch
 
 from .classification_metrics import roc_auc
 from .device import resolve_device
+from .mixed_precision import autocast_dtype
 from .model_store import ModelConfig, save_model
 from .multitask_loss import MultiTaskLoss
 from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache
@@ -46,6 +48,7 @@ class TrainConfig:
     guidance_dropout: float = 0.1
     max_minutes: float | None = None
     device: str = "auto"
+    mixed_precision: bool = True
     network: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64]})
     preprocessing: dict = field(default_factory=dict)
 
@@ -89,7 +92,8 @@ class Trainer:
         params = list(self.network.parameters()) + list(self.loss.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, config.epochs))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.amp_dtype = autocast_dtype(self.device) if config.mixed_precision else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.epoch = 0
         self.best_val = math.inf
         self.bad_epochs = 0
@@ -131,7 +135,8 @@ class Trainer:
         has_mask = batch["has_mask"].to(self.device)
         label = batch["label"].to(self.device)
         has_label = ~torch.isnan(label)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
             feats = self.network.encode(x)
             mask_logits = self.network.decode(feats)
             # teacher forcing: pool under the true mask where known, on a share of the nodes
@@ -139,12 +144,13 @@ class Trainer:
             forced = (torch.rand(x.shape[0], device=self.device) < self.config.teacher_forcing) & has_mask
             pool_mask = torch.where(forced.view(-1, 1, 1, 1, 1), mask, predicted)
             out = {"mask_logits": mask_logits, "metastasis_logit": self.network.classify(feats, pool_mask)}
-            losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label)
+        out = {k: v.float() for k, v in out.items()}  # losses in fp32
+        losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     @torch.no_grad()
     def evaluate(self, dataset) -> dict:

@@ -1,0 +1,90 @@
+"""Model folders: round trip, and every broken folder refused with one clear line."""
+
+import json
+
+import pytest
+import torch
+
+from LymphNodeMTLLib.errors import ModelError
+from LymphNodeMTLLib.model_store import (
+    CONFIG_FILE, HASH_FILE, WEIGHTS_FILE, ModelConfig, load_model, save_model, sha256_of,
+)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig("test-model", network={"channels": [4, 8]}, temperature=1.7)
+    net = config.build_network()
+    folder = tmp_path / "model"
+    save_model(folder, config, net, "# card\n")
+    return folder, net
+
+
+def test_round_trip(model_dir):
+    folder, net = model_dir
+    loaded = load_model(folder)
+    assert loaded.config.model_id == "test-model"
+    assert loaded.config.temperature == pytest.approx(1.7)
+    assert loaded.weights_sha256 == sha256_of(folder / WEIGHTS_FILE)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(loaded.network.state_dict()[k], v)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [CONFIG_FILE, WEIGHTS_FILE, HASH_FILE, "model-card.md"])
+
+
+def _expect_one_line(folder, fragment):
+    with pytest.raises(ModelError) as err:
+        load_model(folder)
+    message = str(err.value)
+    assert "\n" not in message and fragment in message
+    return message
+
+
+def test_missing_folder(tmp_path):
+    _expect_one_line(tmp_path / "nope", "does not exist")
+
+
+@pytest.mark.parametrize("name", [CONFIG_FILE, WEIGHTS_FILE, HASH_FILE])
+def test_missing_file(model_dir, name):
+    folder, _ = model_dir
+    (folder / name).unlink()
+    _expect_one_line(folder, name)
+
+
+def test_hash_mismatch(model_dir):
+    folder, _ = model_dir
+    data = bytearray((folder / WEIGHTS_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (folder / WEIGHTS_FILE).write_bytes(bytes(data))
+    _expect_one_line(folder, "SHA-256")
+
+
+def test_corrupt_weights_with_matching_hash(model_dir):
+    folder, _ = model_dir
+    (folder / WEIGHTS_FILE).write_bytes(b"not a safetensors file at all")
+    (folder / HASH_FILE).write_text(f"{sha256_of(folder / WEIGHTS_FILE)}  {WEIGHTS_FILE}\n")
+    _expect_one_line(folder, "cannot load weights")
+
+
+def test_corrupt_config(model_dir):
+    folder, _ = model_dir
+    (folder / CONFIG_FILE).write_text("{ not json")
+    _expect_one_line(folder, "not a valid model config")
+
+
+def test_weights_of_another_architecture(model_dir):
+    folder, _ = model_dir
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["network"]["channels"] = [4, 8, 16]
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    _expect_one_line(folder, "cannot load weights")
+
+
+def test_no_pickle_in_weights(model_dir):
+    """The weights file is safetensors: a JSON header then raw tensors, no pickle opcodes."""
+    folder, _ = model_dir
+    raw = (folder / WEIGHTS_FILE).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    assert header["__metadata__"]["model_id"] == "test-model"

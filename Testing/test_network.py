@@ -1,0 +1,112 @@
+"""The network's components: soft mask expansion and pooling, uncertainty weighting, the loss."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from LymphNodeMTLLib.multitask_loss import MultiTaskLoss
+from LymphNodeMTLLib.node_network import MultiTaskNodeNet
+from LymphNodeMTLLib.soft_mask_pooling import SoftMaskPooling, soft_expand_mask
+from LymphNodeMTLLib.uncertainty_weighting import UncertaintyWeighting
+
+
+def _blob(shape=(20, 20, 20)):
+    mask = np.zeros(shape, bool)
+    mask[6:11, 8:14, 7:10] = True
+    mask[12, 12, 12] = True
+    return mask
+
+
+@pytest.mark.parametrize("spacing", [1.0, 0.5])
+def test_soft_expansion_equals_gaussian_of_distance(spacing):
+    """w = 1 inside, exp(-d^2 / 2 sigma^2) outside, d the exact Euclidean distance in mm."""
+    mask = _blob()
+    sigma = 2.0
+    d = ndimage.distance_transform_edt(~mask) * spacing
+    expected = np.exp(-(d**2) / (2 * sigma**2))
+    radius = math.ceil(3 * sigma / spacing) * spacing
+    w = soft_expand_mask(torch.from_numpy(mask)[None, None], sigma, spacing)[0, 0].numpy()
+    near = d <= radius  # each 1-D pass is truncated at 3 sigma; exact within that distance
+    np.testing.assert_allclose(w[near], expected[near], atol=1e-6)
+    assert np.all(w[~near] <= math.exp(-(radius**2) / (2 * sigma**2)) + 1e-6)
+    assert np.all(w[mask] == 1.0)
+
+
+def test_soft_pooling_is_a_weighted_mean_per_scale():
+    pool = SoftMaskPooling(sigma_mm=1.0)
+    mask = torch.zeros(1, 1, 8, 8, 8)
+    mask[0, 0, 2:6, 2:6, 2:6] = 1
+    fine = torch.randn(1, 3, 8, 8, 8)
+    coarse = torch.randn(1, 2, 4, 4, 4)
+    out = pool([fine, coarse], mask)
+    assert out.shape == (1, 5)
+    w = soft_expand_mask(mask, 1.0, 1.0)
+    expected = (fine * w).sum(dim=(2, 3, 4)) / w.sum()
+    torch.testing.assert_close(out[:, :3], expected, rtol=1e-5, atol=1e-5)
+    # a constant feature pools to that constant, whatever the mask
+    const = torch.full((1, 1, 8, 8, 8), 3.5)
+    assert float(pool([const], mask)) == pytest.approx(3.5, rel=1e-5)
+
+
+def test_uncertainty_weighting_formula_and_gradient():
+    uw = UncertaintyWeighting(2)
+    with torch.no_grad():
+        uw.sigma.copy_(torch.tensor([1.0, 2.0]))
+    losses = [torch.tensor(0.8), torch.tensor(0.3)]
+    expected = 0.5 * 0.8 + math.log(2) + 0.5 / 4 * 0.3 + math.log(5)
+    total = uw(losses)
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    total.backward()
+    assert uw.sigma.grad is not None and torch.all(uw.sigma.grad != 0)
+
+
+def test_network_shapes_and_given_mask_changes_only_the_head():
+    torch.manual_seed(0)
+    net = MultiTaskNodeNet(channels=(4, 8, 16)).eval()
+    x = torch.randn(3, 2, 24, 24, 24)
+    with torch.no_grad():
+        out = net(x)
+        assert out["mask_logits"].shape == (3, 1, 24, 24, 24)
+        assert out["metastasis_logit"].shape == (3,)
+        mask = torch.zeros(3, 1, 24, 24, 24)
+        mask[:, :, 8:16, 8:16, 8:16] = 1
+        given = net(x, mask)
+    torch.testing.assert_close(given["mask_logits"], out["mask_logits"])
+    assert not torch.allclose(given["metastasis_logit"], out["metastasis_logit"])
+
+
+def test_loss_trains_only_the_heads_it_has_labels_for():
+    torch.manual_seed(0)
+    net = MultiTaskNodeNet(channels=(4, 8)).train()
+    loss_fn = MultiTaskLoss()
+    x = torch.randn(2, 2, 16, 16, 16)
+    mask = (torch.rand(2, 1, 16, 16, 16) > 0.7).float()
+    out = net(x, mask)
+    # no masks: the decoder's output layer gets no gradient from the segmentation loss
+    losses = loss_fn(out, mask, torch.tensor([False, False]), torch.tensor([1.0, 0.0]), torch.tensor([True, True]))
+    assert float(losses["seg"]) == 0.0 and float(losses["cls"]) > 0
+    losses["total"].backward()
+    assert net.mask_out.conv.conv.weight.grad is None or float(net.mask_out.conv.conv.weight.grad.abs().sum()) == 0
+    assert float(net.head[-1].weight.grad.abs().sum()) > 0
+    # no labels: classification loss is zero, segmentation loss is not
+    net.zero_grad()
+    out = net(x, mask)
+    losses = loss_fn(out, mask, torch.tensor([True, True]), torch.zeros(2), torch.tensor([False, False]))
+    assert float(losses["cls"]) == 0.0 and float(losses["seg"]) > 0
+
+
+def test_batched_equals_one_by_one():
+    """Instance norm keeps every sample independent of its batch mates."""
+    torch.manual_seed(1)
+    net = MultiTaskNodeNet(channels=(4, 8, 16)).eval()
+    x = torch.randn(4, 2, 16, 16, 16)
+    with torch.no_grad():
+        batched = net(x)
+        single = [net(x[i : i + 1]) for i in range(4)]
+    torch.testing.assert_close(batched["mask_logits"], torch.cat([s["mask_logits"] for s in single]),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched["metastasis_logit"],
+                               torch.cat([s["metastasis_logit"] for s in single]), rtol=1e-4, atol=1e-5)
