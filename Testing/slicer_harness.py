@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
+
 import pytest
 
 # Module-logic classes by the names Slicer's `slicer.modules.<name>.logic()` uses.
@@ -150,3 +152,32 @@ def mrml_scene():
     """A fresh, fully wired MRML scene (`slicer.mrmlScene`); skipped without slicer-core."""
     with SlicerHarness() as harness:
         yield harness.scene
+
+
+# --- reading segmentation files as Slicer does (for tests) ---------------------------------------
+def load_segmentation_node(path):
+    import slicer
+
+    node = slicer.modules.segmentations.logic().LoadSegmentationFromFile(str(path), False)
+    assert node is not None, "Slicer could not read the file"
+    return node
+
+
+def segments_of(segmentation_node):
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def segment_tag(segment, key) -> str:
+    import vtk
+
+    value = vtk.reference("")
+    assert segment.GetTag(key, value), f"segment {segment.GetName()} lacks tag {key}"
+    return str(value)
+
+
+def reference_volume(geometry):
+    import slicer
+
+    return slicer.util.addVolumeFromArray(np.zeros(geometry.shape_kji, np.int16),
+                                          geometry.ijk_to_ras, name="CT")

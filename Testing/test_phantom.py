@@ -94,9 +94,8 @@ def test_node_features_object_agrees_with_the_vectorised_model():
     nodes = sample_node_features(rng, 50)
     arrays = {name: np.array([getattr(n, name) for n in nodes]) for name in nodes[0].as_dict()}
     assert np.allclose([n.probability for n in nodes], metastasis_probability(**arrays))
-    assert _features(short_axis_mm=10, axis_ratio=1.8, margin_irregularity=0.3, heterogeneity=0.3).logit == (
-        pytest.approx(-0.3)
-    )
+    reference = _features(axis_ratio=1.8, margin_irregularity=0.3, heterogeneity=0.3)
+    assert reference.logit == pytest.approx(-0.3)  # every term of the logit is zero
 
 
 # --- one node --------------------------------------------------------------------------------
@@ -139,7 +138,9 @@ def test_plain_node_hu_is_its_solid_attenuation_around_45():
 
 def test_necrotic_core_and_fatty_hilum_are_drawn():
     geometry = _grid((0.5, 0.5, 0.5), (60, 60, 60))
-    features = _features(short_axis_mm=14.0, axis_ratio=1.2, necrosis_fraction=0.4, fatty_hilum=True)
+    features = _features(
+        short_axis_mm=14.0, axis_ratio=1.2, necrosis_fraction=0.4, fatty_hilum=True
+    )
     appearance = sample_node_appearance(np.random.default_rng(4), features)
     image = np.zeros(geometry.shape_kji, dtype=np.float32)
     render = render_node(image, geometry, (10.0, -20.0, 30.0), appearance)
@@ -168,7 +169,8 @@ def _assert_case_truth(case):
         others = (case.label_map[box] > 0) & ~mask[box]
         assert not others.any() or distance[others].min() >= 2.0
         # The seed's voxel is in the mask and the seed is within 3 mm of the centre.
-        seed_kji = tuple(np.round(case.geometry.ras_to_ijk_points(node.seed_ras)[0]).astype(int)[::-1])
+        seed_ijk = np.round(case.geometry.ras_to_ijk_points(node.seed_ras)[0]).astype(int)
+        seed_kji = tuple(seed_ijk[::-1])
         assert case.label_map[seed_kji] == node.mask_value
         assert np.linalg.norm(np.subtract(node.seed_ras, node.centre_ras)) <= 3.0 + 1e-9
         assert node.probability == pytest.approx(node.features.probability)
@@ -187,7 +189,11 @@ def test_random_cases_keep_their_truth(seed):
 
 @pytest.mark.parametrize(
     "direction",
-    [np.diag([-1.0, 1.0, -1.0]), np.eye(3)[:, [1, 2, 0]], random_direction(np.random.default_rng(17))],
+    [
+        np.diag([-1.0, 1.0, -1.0]),
+        np.eye(3)[:, [1, 2, 0]],
+        random_direction(np.random.default_rng(17)),
+    ],
     ids=["flipped", "permuted", "oblique"],
 )
 def test_any_direction_gives_nodes_where_the_truth_says(direction):
@@ -206,11 +212,16 @@ def test_any_direction_gives_nodes_where_the_truth_says(direction):
 
 def test_scanner_noise_and_fat_around_nodes():
     case = generate_phantom_case(
-        np.random.default_rng(21), 6, spacing=(0.8, 0.8, 1.0), chest=True, field_of_view_mm=(96, 96, 48)
+        np.random.default_rng(21),
+        6,
+        spacing=(0.8, 0.8, 1.0),
+        chest=True,
+        field_of_view_mm=(96, 96, 48),
     )
     assert 10.0 <= case.metadata["noise_sigma_hu"] <= 25.0
     nodes = case.label_map > 0
-    ring = ndimage.binary_dilation(nodes, iterations=4) & ~ndimage.binary_dilation(nodes, iterations=2)
+    near, nearer = (ndimage.binary_dilation(nodes, iterations=n) for n in (4, 2))
+    ring = near & ~nearer
     assert np.median(case.image[ring]) == pytest.approx(-100.0, abs=15.0)
 
 
@@ -225,7 +236,9 @@ def test_same_seed_same_case():
 
 
 def _synthetic_background():
-    case = generate_phantom_case(np.random.default_rng(31), 1, direction=np.eye(3), field_of_view_mm=(96, 96, 40))
+    case = generate_phantom_case(
+        np.random.default_rng(31), 1, direction=np.eye(3), field_of_view_mm=(96, 96, 40)
+    )
     return case.image, case.geometry
 
 
@@ -238,7 +251,9 @@ def test_nodes_inserted_into_a_real_background_leave_it_untouched_elsewhere(sour
         if not path.exists():
             pytest.skip(f"{path} not present")
         background, fov = path, (160.0, 160.0, 60.0)
-    case = generate_phantom_case(np.random.default_rng(1), 5, background=background, field_of_view_mm=fov)
+    case = generate_phantom_case(
+        np.random.default_rng(1), 5, background=background, field_of_view_mm=fov
+    )
     _assert_case_truth(case)
     if source == "synthetic":
         far = ~ndimage.binary_dilation(case.label_map > 0, iterations=6)

@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
+
 from LymphNodeMTLLib.geometry import VolumeGeometry
 from LymphNodeMTLLib.node_result import NodeResult
 from LymphNodeMTLLib.results_table import COLUMNS, read_results_csv, write_results_csv
@@ -71,44 +73,16 @@ def seg_path(tmp_path, results, geometry):
 
 
 # --- the file as Slicer reads it -----------------------------------------------------------------
-def _load_in_slicer(path):
-    import slicer
-
-    node = slicer.modules.segmentations.logic().LoadSegmentationFromFile(str(path), False)
-    assert node is not None, "Slicer could not read the file"
-    return node
-
-
-def _segments(segmentation_node):
-    segmentation = segmentation_node.GetSegmentation()
-    return [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
-
-
-def _tag(segment, key) -> str:
-    import vtk
-
-    value = vtk.reference("")
-    assert segment.GetTag(key, value), f"segment {segment.GetName()} lacks tag {key}"
-    return str(value)
-
-
-def _reference_volume(geometry):
-    import slicer
-
-    return slicer.util.addVolumeFromArray(np.zeros(geometry.shape_kji, np.int16),
-                                          geometry.ijk_to_ras, name="CT")
-
-
 def test_slicer_reads_one_named_tagged_segment_per_node(mrml_scene, seg_path, results):
     import slicer
 
-    segments = _segments(_load_in_slicer(seg_path))
+    segments = segments_of(load_segmentation_node(seg_path))
 
     assert [s.GetName() for s in segments] == ["LN 10L", "LN 4R", "LN 7"]
-    assert [_tag(s, "LymphNodeMTL.SeedId") for s in segments] == ["10L", "4R", "7"]
-    assert [_tag(s, "LymphNodeMTL.Probability") for s in segments] == ["nan", "0.1235", "0.9877"]
-    assert {_tag(s, "LymphNodeMTL.ModelId") for s in segments} == {"mtl-v1"}
-    assert _tag(segments[1], "LymphNodeMTL.ShortAxisMm") == "4.26"
+    assert [segment_tag(s, "LymphNodeMTL.SeedId") for s in segments] == ["10L", "4R", "7"]
+    assert [segment_tag(s, "LymphNodeMTL.Probability") for s in segments] == ["nan", "0.1235", "0.9877"]
+    assert {segment_tag(s, "LymphNodeMTL.ModelId") for s in segments} == {"mtl-v1"}
+    assert segment_tag(segments[1], "LymphNodeMTL.ShortAxisMm") == "4.26"
     entry = slicer.vtkSlicerTerminologyEntry()
     assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(
         segments[1].GetTerminology(), entry
@@ -124,8 +98,8 @@ def test_slicer_voxels_and_grid_equal_the_masks_and_the_ct(mrml_scene, seg_path,
     import slicer
     import vtk
 
-    segmentation_node = _load_in_slicer(seg_path)
-    ct = _reference_volume(geometry)
+    segmentation_node = load_segmentation_node(seg_path)
+    ct = reference_volume(geometry)
     for segment_id, result in zip(_segment_ids(segmentation_node), results):
         exported = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, ct)
         np.testing.assert_array_equal(exported > 0, result.full_mask(geometry.shape_kji))
@@ -144,7 +118,7 @@ def test_slicer_voxels_and_grid_equal_the_masks_and_the_ct(mrml_scene, seg_path,
 def test_slicer_takes_the_ct_as_reference_geometry(mrml_scene, seg_path, geometry):
     import slicer
 
-    segmentation = _load_in_slicer(seg_path).GetSegmentation()
+    segmentation = load_segmentation_node(seg_path).GetSegmentation()
     reference = slicer.vtkOrientedImageData()
     serialized = segmentation.GetConversionParameter("Reference image geometry")
     assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, reference, False)
@@ -155,7 +129,7 @@ def test_slicer_takes_the_ct_as_reference_geometry(mrml_scene, seg_path, geometr
 
 def test_file_saved_again_by_slicer_reads_back(mrml_scene, seg_path, tmp_path, results, geometry):
     """After a user edits and saves in Slicer, our reader still gets each node's mask."""
-    segmentation_node = _load_in_slicer(seg_path)
+    segmentation_node = load_segmentation_node(seg_path)
     storage = segmentation_node.GetStorageNode()
     storage.SetFileName(str(tmp_path / "saved-by-slicer.seg.nrrd"))
     assert storage.WriteData(segmentation_node)
@@ -172,7 +146,7 @@ def test_file_saved_again_by_slicer_reads_back(mrml_scene, seg_path, tmp_path, r
 def test_no_nodes_gives_an_empty_segmentation_on_the_ct_grid(mrml_scene, tmp_path, geometry):
     path = write_segmentation(tmp_path / "none.seg.nrrd", [], geometry)
 
-    assert _load_in_slicer(path).GetSegmentation().GetNumberOfSegments() == 0
+    assert load_segmentation_node(path).GetSegmentation().GetNumberOfSegments() == 0
     labelmap, file_geometry, segments = read_segmentation(path)
     assert segments == [] and not labelmap.any() and file_geometry.same_grid(geometry)
 

@@ -19,6 +19,7 @@ import torch
 from LymphNodeMTLLib.node_patch_dataset import CaseNodes, build_patch_cache
 from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
 from LymphNodeMTLLib.trainer import TrainConfig, Trainer
+from LymphNodeMTLLib.volume_reader import read_volume
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 BACKGROUNDS = ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz", "dicom_abdomen_series"]
@@ -26,10 +27,10 @@ BACKGROUNDS = ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz
 
 def phantom_cases(n_synthetic: int, n_real: int, seed: int):
     rng = np.random.default_rng(seed)
-    backgrounds = [SHARED_CT / b for b in BACKGROUNDS if (SHARED_CT / b).exists()]
-    plan = ["synthetic"] * n_synthetic + [str(backgrounds[i % len(backgrounds)]) for i in range(n_real if backgrounds else 0)]
-    for n, source in enumerate(plan):
-        bg = None if source == "synthetic" else source
+    # read each real background once; the generator takes (array, geometry) pairs
+    backgrounds = [read_volume(SHARED_CT / b)[:2] for b in BACKGROUNDS if (SHARED_CT / b).exists()]
+    plan = [None] * n_synthetic + [backgrounds[i % len(backgrounds)] for i in range(n_real if backgrounds else 0)]
+    for n, bg in enumerate(plan):
         case = generate_phantom_case(rng, int(rng.integers(6, 13)), background=bg)
         yield CaseNodes(
             f"case{n:04d}", case.image, case.geometry,

@@ -2,8 +2,8 @@
 
 Follows shared/docs/phantom-spec.md (v1). All randomness comes from the caller's
 np.random.Generator, so a seed fixes a case exactly. Anatomy is built in patient space (RAS mm) and
-sampled through the grid's exact ijk->RAS matrix, so oblique, flipped or permuted grids show the same
-anatomy, and every truth position is exact.
+sampled through the grid's exact ijk->RAS matrix, so oblique, flipped or permuted grids show the
+same anatomy, and every truth position is exact.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from scipy import ndimage
 from .case import Case, Seed
 from .errors import InputError
 from .geometry import VolumeGeometry, ras_to_lps_points
+from .volume_reader import read_volume
 from .phantom_features import NodeFeatures, sample_feature_arrays, sample_labels
 from .phantom_node_renderer import (
     NodeAppearance,
@@ -123,7 +124,9 @@ def generate_phantom_case(
         free_fat = tissue == FAT
         metadata = {"background": "synthetic", "chest": chest, "contrast": contrast}
     else:
-        scene, geometry, source = _prepare_background(background, field_of_view_mm, spacing, direction)
+        scene, geometry, source = _prepare_background(
+            background, field_of_view_mm, spacing, direction
+        )
         free_fat = _real_fat(scene, geometry)
         metadata = {"background": source}
         original = scene.copy()
@@ -176,7 +179,8 @@ def _grid_around(centre_ras, spacing, direction_lps, shape_ijk) -> VolumeGeometr
     direction = np.asarray(direction_lps, dtype=float).reshape(3, 3)
     half = np.asarray(spacing, dtype=float) * (np.asarray(shape_ijk) - 1) / 2.0
     origin_lps = ras_to_lps_points(centre_ras)[0] - direction @ half
-    return VolumeGeometry.from_lps(origin_lps, spacing, direction, tuple(np.asarray(shape_ijk)[::-1]))
+    shape_kji = tuple(np.asarray(shape_ijk)[::-1])
+    return VolumeGeometry.from_lps(origin_lps, spacing, direction, shape_kji)
 
 
 def _centre_ras(geometry: VolumeGeometry) -> np.ndarray:
@@ -287,7 +291,8 @@ def _add_vessel(rng, hu, tissue, geometry, centre, inner_axes, scale, vessel_hu)
     along = r * ur + a * ua + s * us
     distance_sq = r**2 + a**2 + s**2 - along**2
     box = tuple(slice(b, e) for b, e in zip(start, stop))
-    _paint(hu[box], tissue[box], (distance_sq <= radius**2) & (tissue[box] != AIR), VESSEL, vessel_hu)
+    inside = (distance_sq <= radius**2) & (tissue[box] != AIR)
+    _paint(hu[box], tissue[box], inside, VESSEL, vessel_hu)
 
 
 def _smooth_noise(rng, shape_kji, spacing_kji, correlation_mm: float) -> np.ndarray:
@@ -296,7 +301,9 @@ def _smooth_noise(rng, shape_kji, spacing_kji, correlation_mm: float) -> np.ndar
     Interpolation is separable (one small matrix per axis), which is far cheaper than filtering
     a full-resolution white-noise volume.
     """
-    coarse_shape = [int(np.ceil(n * s / correlation_mm)) + 2 for n, s in zip(shape_kji, spacing_kji)]
+    coarse_shape = [
+        int(np.ceil(n * s / correlation_mm)) + 2 for n, s in zip(shape_kji, spacing_kji)
+    ]
     field = rng.standard_normal(coarse_shape).astype(np.float32)
     for axis, (n, m) in enumerate(zip(shape_kji, coarse_shape)):
         weights = _linear_interpolation_matrix(n, m, rng.uniform(0.0, 1.0))
@@ -319,9 +326,8 @@ def _linear_interpolation_matrix(n_out: int, n_in: int, shift: float) -> np.ndar
 def _prepare_background(background, field_of_view_mm, spacing, direction):
     """The real CT as float32 HU and geometry: cropped to the field of view, resampled if asked."""
     if isinstance(background, (str, Path)):
-        image = sitk.ReadImage(str(background))
-        array = sitk.GetArrayFromImage(image).astype(np.float32)
-        geometry, source = VolumeGeometry.from_sitk(image), str(background)
+        array, geometry, _ = read_volume(background)  # files and DICOM series folders alike
+        source = str(background)
     else:
         array, geometry = background
         array, source = np.asarray(array, dtype=np.float32), "array"
@@ -462,7 +468,9 @@ class _RoomMap:
         blocks = cropped.reshape(
             shape[0], self.factors[0], shape[1], self.factors[1], shape[2], self.factors[2]
         ).all(axis=(1, 3, 5))
-        self.distance_mm = ndimage.distance_transform_edt(blocks, sampling=spacing_kji * self.factors)
+        self.distance_mm = ndimage.distance_transform_edt(
+            blocks, sampling=spacing_kji * self.factors
+        )
         self.slack_mm = float(np.linalg.norm(spacing_kji * self.factors))
 
     def blocks_with_room(self, radius_mm: float) -> np.ndarray:
@@ -470,7 +478,8 @@ class _RoomMap:
         return np.flatnonzero(self.distance_mm >= radius_mm - self.slack_mm)
 
     def random_voxel(self, rng, blocks: np.ndarray) -> np.ndarray:
-        block = np.array(np.unravel_index(blocks[rng.integers(len(blocks))], self.distance_mm.shape))
+        flat = blocks[rng.integers(len(blocks))]
+        block = np.array(np.unravel_index(flat, self.distance_mm.shape))
         return block * self.factors + rng.integers(0, self.factors)
 
 
@@ -528,9 +537,8 @@ def _box(start, stop) -> tuple[slice, slice, slice]:
 
 # Directions to points deep inside any node: its axes and the diagonals between them.
 _CORE_DIRECTIONS = np.array(
-    [[x, y, z] for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)],
-    dtype=float,
-)
+    [v for v in np.ndindex(3, 3, 3) if v != (1, 1, 1)], dtype=float
+) - 1.0
 _CORE_DIRECTIONS /= np.linalg.norm(_CORE_DIRECTIONS, axis=1, keepdims=True)
 
 

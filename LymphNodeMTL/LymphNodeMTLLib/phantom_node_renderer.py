@@ -87,10 +87,6 @@ class NodeAppearance:
     hilum_hu: float
 
     @property
-    def max_radius_mm(self) -> float:
-        return float(self.semi_axes_mm.max() * (1.0 + self.margin_amplitude))
-
-    @property
     def min_radius_mm(self) -> float:
         """Radius of the largest ball around the centre that is surely inside the node."""
         return float(self.semi_axes_mm.min() * (1.0 - self.margin_amplitude))
@@ -183,10 +179,10 @@ def evaluate_node(appearance: NodeAppearance, local_mm: np.ndarray):
 
 
 def node_box(geometry: VolumeGeometry, centre_ras, appearance: NodeAppearance):
-    """Voxel box (start_kji, stop_kji) of every voxel the node can touch, not clipped to the grid."""
+    """Voxel box (start_kji, stop_kji) of all voxels the node can touch, not clipped to the grid."""
     ras_to_ijk = geometry.ras_to_ijk
     scaled = appearance.rotation * (appearance.semi_axes_mm * (1.0 + appearance.margin_amplitude))
-    # Exact half-extent of the rotated ellipsoid along each index axis, plus a voxel for sub-samples.
+    # Exact half-extent of the rotated ellipsoid along each index axis, + a voxel for sub-samples.
     half_ijk = np.linalg.norm(ras_to_ijk[:3, :3] @ scaled, axis=1) + 1.0
     centre_ijk = geometry.ras_to_ijk_points(centre_ras)[0]
     start = np.floor(centre_ijk - half_ijk).astype(int)

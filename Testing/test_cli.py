@@ -1,0 +1,228 @@
+"""The CLI end to end: outputs of predict, and every bad input refused with one line, exit 2,
+and nothing written."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from geometry_cases import SPHERE_CENTRE_RAS, other_lattice_encodings, sphere_volume
+from LymphNodeMTLLib.case import Seed
+from LymphNodeMTLLib.cli import main
+from LymphNodeMTLLib.model_store import HASH_FILE, WEIGHTS_FILE, default_model_dir
+from LymphNodeMTLLib.results_table import COLUMNS
+from LymphNodeMTLLib.segmentation_writer import read_segmentation
+from LymphNodeMTLLib.seed_reader import write_markups_json, write_seeds_csv
+from LymphNodeMTLLib.volume_reader import read_volume, write_volume
+
+EXPECTED_COLUMNS = ["id", "seed_r", "seed_a", "seed_s", "probability", "predicted_label",
+                    "volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu", "sd_hu"]
+
+
+@pytest.fixture
+def ct_and_seeds(tmp_path):
+    """A CT with a sphere 'node' and a seed file: one seed on it, one in plain fat."""
+    geom = other_lattice_encodings()["oblique"]
+    image, _ = sphere_volume(geom)
+    rng = np.random.default_rng(0)
+    image = image + rng.normal(0, 10, image.shape).astype(np.float32)
+    ct = tmp_path / "ct.nrrd"
+    write_volume(ct, image, geom)
+    seeds = tmp_path / "seeds.mrk.json"
+    write_markups_json(seeds, [Seed("4R", tuple(SPHERE_CENTRE_RAS)),
+                               Seed("7", tuple(SPHERE_CENTRE_RAS + [0, 0, 13.0]))])
+    return ct, seeds
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def expect_refusal(args, capsys, out_dir, fragment):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lymphnode-mtl: error: ") and fragment in lines[0], lines[0]
+    assert not any((out_dir / name).exists() for name in ("nodes.seg.nrrd", "nodes.csv", "run.json"))
+
+
+def test_help_speaks_plainly(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for words in ("--volume", "--seeds", "--out", "DICOM", "RAS", "LPS", "nodes.seg.nrrd", "example"):
+        assert words in text
+
+
+def test_predict_writes_all_outputs(ct_and_seeds, tmp_path, capsys):
+    ct, seeds = ct_and_seeds
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(["predict", "--volume", ct, "--seeds", seeds, "--out", out, "--device", "cpu"], capsys)
+    assert code == 0
+    assert "nodes.seg.nrrd" in stdout
+
+    with open(out / "nodes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0].keys()) == EXPECTED_COLUMNS == list(COLUMNS)
+    assert [r["id"] for r in rows] == ["4R", "7"]
+    assert float(rows[0]["seed_r"]) == pytest.approx(SPHERE_CENTRE_RAS[0], abs=0.01)
+    for r in rows:
+        assert 0.0 <= float(r["probability"]) <= 1.0
+        assert r["predicted_label"] in ("0", "1")
+
+    record = json.loads((out / "run.json").read_text())
+    assert record["model_id"] and len(record["weights_sha256"]) == 64
+    assert record["device"] == "cpu"
+    assert {"torch", "monai", "SimpleITK", "numpy"} <= set(record["packages"])
+    assert {"sample_patches", "forward", "paste_back", "measurements", "write_outputs"} <= set(record["timings_s"])
+
+    labelmap, geometry, segments = read_segmentation(out / "nodes.seg.nrrd")
+    _, ct_geometry, _ = read_volume(ct)
+    assert geometry.same_grid(ct_geometry, tol=1e-6)
+    assert [s["name"] for s in segments] == ["LN 4R", "LN 7"]
+    assert segments[0]["tags"]["LymphNodeMTL.SeedId"] == "4R"
+    assert "59441001" in segments[0]["tags"]["TerminologyEntry"]
+    assert float(segments[0]["tags"]["LymphNodeMTL.Probability"]) == pytest.approx(float(rows[0]["probability"]), abs=1e-4)
+
+
+def test_existing_results_are_not_overwritten(ct_and_seeds, tmp_path, capsys):
+    ct, seeds = ct_and_seeds
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "nodes.seg.nrrd").write_text("a radiologist's edited masks")
+    code, _, err = run_cli(["predict", "--volume", ct, "--seeds", seeds, "--out", out], capsys)
+    assert code == 2 and "--overwrite" in err
+    assert (out / "nodes.seg.nrrd").read_text() == "a radiologist's edited masks"
+
+
+# --- bad input --------------------------------------------------------------------------------
+def _predict(ct, seeds, out, *extra):
+    return ["predict", "--volume", ct, "--seeds", seeds, "--out", out, "--device", "cpu", *extra]
+
+
+def test_missing_ct(ct_and_seeds, tmp_path, capsys):
+    _, seeds = ct_and_seeds
+    out = tmp_path / "out"
+    expect_refusal(_predict(tmp_path / "nope.nrrd", seeds, out), capsys, out, "nope.nrrd")
+
+
+def test_unreadable_ct(ct_and_seeds, tmp_path, capsys):
+    _, seeds = ct_and_seeds
+    bad = tmp_path / "broken.nrrd"
+    bad.write_bytes(b"NRRD0004\ngarbage that is not a header\n\x00\x01")
+    out = tmp_path / "out"
+    expect_refusal(_predict(bad, seeds, out), capsys, out, "broken.nrrd")
+
+
+def test_2d_image(ct_and_seeds, tmp_path, capsys):
+    _, seeds = ct_and_seeds
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.Image([64, 64], sitk.sitkInt16), str(path))
+    out = tmp_path / "out"
+    expect_refusal(_predict(path, seeds, out), capsys, out, "2-D")
+
+
+def test_4d_image(ct_and_seeds, tmp_path, capsys):
+    _, seeds = ct_and_seeds
+    path = tmp_path / "series.nrrd"
+    sitk.WriteImage(sitk.Image([16, 16, 16, 3], sitk.sitkInt16), str(path))
+    out = tmp_path / "out"
+    expect_refusal(_predict(path, seeds, out), capsys, out, "4-D")
+
+
+def test_seed_outside_volume(ct_and_seeds, tmp_path, capsys):
+    ct, _ = ct_and_seeds
+    seeds = tmp_path / "far.csv"
+    write_seeds_csv(seeds, [Seed("1", tuple(SPHERE_CENTRE_RAS)), Seed("2", (500.0, 0.0, 0.0))])
+    out = tmp_path / "out"
+    expect_refusal(_predict(ct, seeds, out), capsys, out, "seed 2")
+
+
+def test_duplicate_seed_ids(ct_and_seeds, tmp_path, capsys):
+    ct, _ = ct_and_seeds
+    seeds = tmp_path / "dup.csv"
+    write_seeds_csv(seeds, [Seed("1", tuple(SPHERE_CENTRE_RAS)), Seed("1", tuple(SPHERE_CENTRE_RAS + 2))])
+    out = tmp_path / "out"
+    expect_refusal(_predict(ct, seeds, out), capsys, out, "duplicate")
+
+
+def test_empty_seed_file(ct_and_seeds, tmp_path, capsys):
+    ct, _ = ct_and_seeds
+    seeds = tmp_path / "empty.csv"
+    seeds.write_text("")
+    out = tmp_path / "out"
+    expect_refusal(_predict(ct, seeds, out), capsys, out, "empty.csv")
+
+
+def test_bad_csv_header(ct_and_seeds, tmp_path, capsys):
+    ct, _ = ct_and_seeds
+    seeds = tmp_path / "bad.csv"
+    seeds.write_text("name,x,y,z\n1,0,0,0\n")
+    out = tmp_path / "out"
+    expect_refusal(_predict(ct, seeds, out), capsys, out, "id,r,a,s")
+
+
+def test_missing_model_folder(ct_and_seeds, tmp_path, capsys):
+    ct, seeds = ct_and_seeds
+    out = tmp_path / "out"
+    expect_refusal(_predict(ct, seeds, out, "--model", tmp_path / "no-model"), capsys, out, "does not exist")
+
+
+def _copy_model(tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder)
+    return folder
+
+
+def test_corrupt_model_folder(ct_and_seeds, tmp_path, capsys):
+    ct, seeds = ct_and_seeds
+    folder = _copy_model(tmp_path)
+    (folder / "config.json").write_text("{")
+    out = tmp_path / "out"
+    expect_refusal(_predict(ct, seeds, out, "--model", folder), capsys, out, "config")
+
+
+def test_model_hash_mismatch(ct_and_seeds, tmp_path, capsys):
+    ct, seeds = ct_and_seeds
+    folder = _copy_model(tmp_path)
+    (folder / HASH_FILE).write_text("0" * 64 + f"  {WEIGHTS_FILE}\n")
+    out = tmp_path / "out"
+    expect_refusal(_predict(ct, seeds, out, "--model", folder), capsys, out, "SHA-256")
+
+
+def test_predict_output_opens_in_slicer_unchanged(ct_and_seeds, tmp_path, capsys, mrml_scene):
+    """nodes.seg.nrrd in real MRML (slicer-core): one segment per seed, names, tags, CT geometry."""
+    import slicer
+    import vtk
+
+    from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
+
+    ct, seeds = ct_and_seeds
+    out = tmp_path / "out"
+    assert run_cli(_predict(ct, seeds, out), capsys)[0] == 0
+    node = load_segmentation_node(out / "nodes.seg.nrrd")
+    segments = segments_of(node)
+    assert [s.GetName() for s in segments] == ["LN 4R", "LN 7"]
+    assert [segment_tag(s, "LymphNodeMTL.SeedId") for s in segments] == ["4R", "7"]
+    with open(out / "nodes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for s, row in zip(segments, rows):
+        assert float(segment_tag(s, "LymphNodeMTL.Probability")) == pytest.approx(float(row["probability"]), abs=1e-4)
+    _, ct_geometry, _ = read_volume(ct)
+    labelmap_node = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    node.GetSegmentation().GetSegmentIDs(ids)
+    assert slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+        node, ids, labelmap_node, reference_volume(ct_geometry))
+    matrix = vtk.vtkMatrix4x4()
+    labelmap_node.GetIJKToRASMatrix(matrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), ct_geometry.ijk_to_ras, atol=1e-6)
+    labelmap, _, _ = read_segmentation(out / "nodes.seg.nrrd")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmap_node) > 0, labelmap > 0)

@@ -1,0 +1,75 @@
+"""Real CT from ../shared/data/ct: loads (files and the DICOM series) and predict runs on it with
+hand-picked seeds. Skipped where ../shared is absent."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from LymphNodeMTLLib.case import Case, Seed
+from LymphNodeMTLLib.engine import NodeEngine
+from LymphNodeMTLLib.node_result import NodeResult
+from LymphNodeMTLLib.predict_command import predict_to_folder
+from LymphNodeMTLLib.seed_reader import write_seeds_csv
+from LymphNodeMTLLib.segmentation_writer import read_segmentation
+from LymphNodeMTLLib.volume_reader import read_volume
+
+SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
+
+
+def shared(name: str) -> Path:
+    path = SHARED_CT / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared/data/ct not available here)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return NodeEngine(device="cpu")
+
+
+def _centre_ras(path):
+    image, geometry, _ = read_volume(path)
+    centre = (np.asarray(geometry.shape_kji[::-1]) - 1) / 2.0
+    return geometry.ijk_to_ras_points(centre)[0]
+
+
+@pytest.mark.parametrize("name", ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz",
+                                  "dicom_abdomen_series"])
+def test_predict_runs_on_real_ct(name, tmp_path, engine):
+    path = shared(name)
+    centre = _centre_ras(path)
+    seeds = tmp_path / "seeds.csv"
+    write_seeds_csv(seeds, [Seed("a", tuple(centre)), Seed("b", tuple(centre + [15.0, -10.0, 0.0]))])
+    results = predict_to_folder(path, seeds, tmp_path / "out", device="cpu", engine=engine)
+    assert [r.node_id for r in results] == ["a", "b"]
+    for r in results:
+        assert 0.0 <= r.probability <= 1.0
+        assert r.volume_mm3 >= 0.0
+    labelmap, geometry, segments = read_segmentation(tmp_path / "out" / "nodes.seg.nrrd")
+    _, ct_geometry, _ = read_volume(path)
+    assert geometry.same_grid(ct_geometry, tol=1e-4)
+    assert [s["name"] for s in segments] == ["LN a", "LN b"]
+    for r, seg in zip(results, segments):
+        assert int((labelmap == seg["label_value"]).sum()) == int(r.mask.sum())
+
+
+def test_reclassify_real_lesion_from_its_label(engine):
+    """The lung1 lesion label stands in for a radiologist-drawn mask: re-classification uses it
+    unchanged and gives a probability."""
+    image, geometry, _ = read_volume(shared("chest_noncontrast_lung1.nrrd"))
+    label, label_geometry, _ = read_volume(shared("chest_noncontrast_lung1_lesion.nrrd"))
+    assert label_geometry.same_grid(geometry, tol=1e-4)
+    mask = label > 0
+    idx = np.argwhere(mask)
+    start, stop = idx.min(0), idx.max(0) + 1
+    centre = geometry.ijk_to_ras_points(idx.mean(0)[::-1])[0]
+    given = NodeResult("lesion", tuple(centre), tuple(start), tuple(stop),
+                       mask[tuple(slice(a, b) for a, b in zip(start, stop))])
+    case = Case(image, geometry, [Seed("lesion", tuple(centre))])
+    (updated,) = engine.classify_masks(case, [given])
+    np.testing.assert_array_equal(updated.mask, given.mask)
+    assert 0.0 <= updated.probability <= 1.0
+    assert updated.volume_mm3 == pytest.approx(mask.sum() * geometry.voxel_volume_mm3)
+    assert updated.short_axis_mm > 0 and updated.long_axis_mm >= updated.short_axis_mm
