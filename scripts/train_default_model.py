@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from LymphNodeMTLLib.errors import InputError
 from LymphNodeMTLLib.node_patch_dataset import CaseNodes, build_patch_cache
 from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
 from LymphNodeMTLLib.trainer import TrainConfig, Trainer
@@ -31,12 +32,24 @@ def phantom_cases(n_synthetic: int, n_real: int, seed: int):
     backgrounds = [read_volume(SHARED_CT / b)[:2] for b in BACKGROUNDS if (SHARED_CT / b).exists()]
     plan = [None] * n_synthetic + [backgrounds[i % len(backgrounds)] for i in range(n_real if backgrounds else 0)]
     for n, bg in enumerate(plan):
-        case = generate_phantom_case(rng, int(rng.integers(6, 13)), background=bg)
+        case = _generate(rng, bg)
         yield CaseNodes(
             f"case{n:04d}", case.image, case.geometry,
             np.array([p.seed_ras for p in case.nodes]), [p.node_id for p in case.nodes],
             [p.label for p in case.nodes], [p.mask_value for p in case.nodes], case.label_map,
         )
+
+
+def _generate(rng, background):
+    """Real backgrounds hold less fat than a synthetic body: fewer nodes, fewer still if crowded."""
+    n_nodes = int(rng.integers(6, 13)) if background is None else int(rng.integers(3, 7))
+    while True:
+        try:
+            return generate_phantom_case(rng, n_nodes, background=background)
+        except InputError:
+            if n_nodes == 1:
+                raise
+            n_nodes = max(1, n_nodes // 2)
 
 
 def card(config, metrics: dict, n_nodes: int, recipe: str) -> str:

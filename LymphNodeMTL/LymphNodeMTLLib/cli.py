@@ -20,6 +20,7 @@ LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one se
   demo      make a synthetic phantom CT with seeds and run predict on it
   phantom   write a phantom training set (CTs, seeds, masks, labels) in manifest format
   train     train a model folder from a training manifest
+  evaluate  score a model folder on a manifest (AUC, Dice, calibration, plots)
 
 The bundled model is trained on synthetic phantoms: a demonstration, not a clinical model.
 Run `lymphnode-mtl COMMAND --help` for each command's options.
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="MODELDIR")
     t.add_argument("--config", metavar="C", help="training config JSON (see TrainConfig)")
     t.add_argument("--resume", action="store_true", help="continue from MODELDIR/checkpoint.pt")
+
+    e = sub.add_parser("evaluate", help="score a model on a manifest with per-node truth")
+    e.add_argument("--model", metavar="MODELDIR", help="model folder (default: the bundled demo model)")
+    e.add_argument("--manifest", required=True, metavar="M")
+    e.add_argument("--out", required=True, metavar="DIR", help="folder for predictions.csv and the report")
+    e.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
     return parser
 
 
@@ -110,6 +117,10 @@ def main(argv=None) -> int:
             from .train_command import run_train
 
             run_train(args)
+        elif args.command == "evaluate":
+            from .evaluate_command import run_evaluate
+
+            run_evaluate(args)
     except InputError as e:
         print(f"lymphnode-mtl: error: {e}", file=sys.stderr)
         return 2

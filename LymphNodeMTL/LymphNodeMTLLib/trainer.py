@@ -3,7 +3,8 @@
 AdamW with a cosine schedule, uncertainty-weighted multi-task loss, mixed precision (bf16 on GPUs and
 AMX/AVX512-BF16 CPUs; fp16 with loss scaling on older GPUs), a checkpoint
 every epoch (resumable), early stopping on the validation loss, temperature calibration on the
-validation nodes, reproducible seeds.
+validation nodes, reproducible seeds. Under `torchrun` it trains with DistributedDataParallel
+(NCCL on GPUs, gloo on CPUs) with no code change; only rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from .classification_metrics import roc_auc
 from .device import resolve_device
 from .mixed_precision import autocast_dtype
 from .model_store import ModelConfig, save_model
-from .multitask_loss import MultiTaskLoss
+from . import distributed
 from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache
 from .preprocessing import PreprocessingConfig, guidance_channel, window_hu
 from .temperature_scaling import fit_temperature
+from .training_module import MultiTaskTrainingModule
 from .training_manifest import read_manifest
 
 CHECKPOINT = "checkpoint.pt"
@@ -81,16 +83,18 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.log = log
         self.pre = PreprocessingConfig.from_dict(config.preprocessing)
-        self.device = resolve_device(config.device)
+        self.dist = distributed.setup(config.device)
+        self.device = self.dist.device or resolve_device(config.device)
         seed_everything(config.seed)
         self.model_config = ModelConfig(
             config.model_id, network=dict(config.network), preprocessing=self.pre,
             training=asdict(config),
         )
         self.network = self.model_config.build_network().to(self.device)
-        self.loss = MultiTaskLoss().to(self.device)
-        params = list(self.network.parameters()) + list(self.loss.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.module = MultiTaskTrainingModule(self.network, config.teacher_forcing).to(self.device)
+        self.loss = self.module.loss
+        self.train_module = distributed.wrap(self.module, self.dist)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, config.epochs))
         self.amp_dtype = autocast_dtype(self.device) if config.mixed_precision else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -116,8 +120,9 @@ class Trainer:
 
     def _loader(self, dataset, shuffle: bool):
         g = torch.Generator().manual_seed(self.config.seed + self.epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size,
-                                           shuffle=shuffle, generator=g, num_workers=0)
+        sampler = distributed.sampler(dataset, self.dist, shuffle, self.config.seed, self.epoch) if shuffle else None
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler,
+                                           shuffle=shuffle and sampler is None, generator=g, num_workers=0)
 
     def _inputs(self, batch, train: bool):
         image = window_hu(batch["image"].to(self.device), self.pre)
@@ -128,42 +133,30 @@ class Trainer:
         return torch.cat([image, guide], dim=1)
 
     # --- steps --------------------------------------------------------------------------------
-    def train_step(self, batch) -> dict:
-        self.network.train()
-        x = self._inputs(batch, train=True)
-        mask = batch["mask"].to(self.device)
-        has_mask = batch["has_mask"].to(self.device)
+    def _targets(self, batch):
         label = batch["label"].to(self.device)
-        has_label = ~torch.isnan(label)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            feats = self.network.encode(x)
-            mask_logits = self.network.decode(feats)
-            # teacher forcing: pool under the true mask where known, on a share of the nodes
-            predicted = self.network.fallback_mask(mask_logits.detach() > 0, x)
-            forced = (torch.rand(x.shape[0], device=self.device) < self.config.teacher_forcing) & has_mask
-            pool_mask = torch.where(forced.view(-1, 1, 1, 1, 1), mask, predicted)
-            out = {"mask_logits": mask_logits, "metastasis_logit": self.network.classify(feats, pool_mask)}
-        out = {k: v.float() for k, v in out.items()}  # losses in fp32
-        losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label)
+        return (batch["mask"].to(self.device), batch["has_mask"].to(self.device), label, ~torch.isnan(label))
+
+    def train_step(self, batch) -> dict:
+        self.train_module.train()
+        x = self._inputs(batch, train=True)
+        losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {k: float(losses[k].detach()) for k in ("total", "seg", "cls")}
 
     @torch.no_grad()
     def evaluate(self, dataset) -> dict:
         """Validation loss, AUC, mean patch Dice, and the raw logits for calibration."""
-        self.network.eval()
+        self.module.eval()
         totals, logits, labels, dices = [], [], [], []
         for batch in self._loader(dataset, shuffle=False):
             x = self._inputs(batch, train=False)
-            mask = batch["mask"].to(self.device)
-            has_mask = batch["has_mask"].to(self.device)
-            label = batch["label"].to(self.device)
-            out = self.network(x)
-            losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), ~torch.isnan(label))
+            mask, has_mask, label, has_label = self._targets(batch)
+            losses = self.module(x, mask, has_mask, label, has_label)
+            out = losses["outputs"]
             totals.append(float(losses["seg"] + losses["cls"]) * x.shape[0])
             logits.append(out["metastasis_logit"].float().cpu())
             labels.append(batch["label"])
@@ -186,6 +179,8 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "network": self.network.state_dict(),
@@ -240,12 +235,14 @@ class Trainer:
                 best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
             record["minutes"] = (time.perf_counter() - start) / 60
             self.history.append(record)
-            self.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+            if self.dist.is_main:
+                self.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
             self.save_checkpoint()
+            # every rank takes the same decision (same validation set, same clock budget agreed)
             if self.bad_epochs >= cfg.patience:
                 self.log("early stop: validation loss has not improved")
                 break
-            if cfg.max_minutes and record["minutes"] >= cfg.max_minutes:
+            if cfg.max_minutes and distributed.any_rank(record["minutes"] >= cfg.max_minutes, self.dist):
                 self.log("stop: time budget reached")
                 break
         self.network.load_state_dict(best_state)
@@ -262,9 +259,12 @@ class Trainer:
             metrics = {"val_auc": val["auc"], "val_dice": val["dice"], "temperature": temperature,
                        "val_nodes": int(len(self.val_set))}
         self.model_config.training["history"] = self.history
+        self.model_config.training["world_size"] = self.dist.world_size
         self.model_config.training["validation"] = metrics
         card = card_text_fn(self.model_config, metrics) if card_text_fn else default_card(self.model_config, metrics)
-        save_model(self.out_dir, self.model_config, self.network, card)
+        if self.dist.is_main:
+            save_model(self.out_dir, self.model_config, self.network, card)
+        distributed.barrier(self.dist)
         return metrics
 
 

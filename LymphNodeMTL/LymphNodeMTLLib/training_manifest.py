@@ -29,6 +29,7 @@ class ManifestCase:
     image: Path
     label_map: Path | None
     nodes: list[ManifestNode] = field(default_factory=list)
+    nodes_csv: Path | None = None
 
 
 def _optional_int(text: str, what: str, where: str) -> int | None:
@@ -81,6 +82,7 @@ def read_manifest(path) -> list[ManifestCase]:
                 root / row["image"],
                 (root / label_map) if label_map else None,
                 read_nodes_csv(root / row["nodes"]),
+                root / row["nodes"],
             )
         )
     if not cases:

@@ -1,0 +1,79 @@
+"""Evaluation metrics against hand-computed values, and the evaluate command's report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from LymphNodeMTLLib.classification_metrics import expected_calibration_error, roc_auc
+from LymphNodeMTLLib.cli import main
+from LymphNodeMTLLib.evaluation import NodeScore, binary_metrics, bootstrap_ci, dice_score, hd95_mm, summarise
+from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
+
+LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+PROBS = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+
+
+def test_auc_by_hand():
+    # positives at ranks (descending) 1,3,4,7; count negatives below each positive:
+    # 0.9 -> 4, 0.7 -> 3, 0.6 -> 3, 0.2 -> 1  => 11 of 16 pairs
+    assert roc_auc(LABELS, PROBS) == pytest.approx(11 / 16)
+    assert roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)  # ties count one half
+
+
+def test_accuracy_sensitivity_specificity_by_hand():
+    m = binary_metrics(LABELS, PROBS >= 0.5)
+    # predicted positive: 0.9(1) 0.8(0) 0.7(1) 0.6(1) -> TP 3, FP 1; negatives: 0.4(0) 0.3(0) 0.2(1) 0.1(0) -> TN 3, FN 1
+    assert m == pytest.approx({"accuracy": 6 / 8, "sensitivity": 3 / 4, "specificity": 3 / 4})
+
+
+def test_ece_by_hand():
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.95, 0.95, 0.15, 0.15])
+    # bin 9: mean p .95, rate .5 -> |.45| * 2/4 ; bin 1: mean p .15, rate .5 -> |.35| * 2/4
+    assert expected_calibration_error(y, p) == pytest.approx(0.5 * 0.45 + 0.5 * 0.35)
+
+
+def test_bootstrap_ci_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(y * 0.3 + rng.uniform(0, 0.7, 400), 0, 1)
+    lo, hi = bootstrap_ci(roc_auc, y, p, n_boot=300)
+    assert lo < roc_auc(y, p) < hi and hi - lo < 0.15
+
+
+def test_dice_and_hd95_by_hand():
+    a = np.zeros((1, 10, 10), bool)
+    b = np.zeros((1, 10, 10), bool)
+    a[0, 2:6, 2:6] = True  # 16 voxels
+    b[0, 2:6, 4:8] = True  # 16 voxels, 8 shared
+    assert dice_score(a, b) == pytest.approx(0.5)
+    # the boxes are shifted by 2 voxels of 0.5 mm along the last axis: every surface distance <= 1 mm
+    assert hd95_mm(a, b, (1.0, 1.0, 0.5)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_summary_includes_the_size_rule_and_bayes_ceiling():
+    scores = [NodeScore("c", str(i), int(y), float(p), short_axis_mm=12.0 if p > 0.5 else 6.0,
+                        true_short_axis_mm=11.0 if y else 7.0, dice=0.9, hd95_mm=1.0, true_probability=float(p))
+              for i, (y, p) in enumerate(zip(LABELS, PROBS))]
+    s = summarise(scores, n_boot=50)
+    assert s["auc"] == pytest.approx(11 / 16)
+    assert s["bayes_ceiling_auc"] == pytest.approx(11 / 16)
+    assert s["short_axis_rule_true_mask"]["sensitivity"] == pytest.approx(1.0)
+    assert s["short_axis_rule_predicted_mask"]["sensitivity"] == pytest.approx(0.75)
+    assert s["dice_mean"] == pytest.approx(0.9)
+
+
+def test_evaluate_command_writes_the_report(tmp_path, capsys):
+    manifest = write_phantom_dataset(tmp_path / "set", n_cases=2, seed=99, nodes_per_case=(4, 5),
+                                     field_of_view_mm=(80.0, 80.0, 60.0))
+    out = tmp_path / "report"
+    assert main(["evaluate", "--manifest", str(manifest), "--out", str(out), "--device", "cpu"]) == 0
+    for name in ("predictions.csv", "report.json", "report.md", "roc.png", "calibration.png", "dice.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["nodes"] >= 8
+    assert 0.0 <= report["dice_mean"] <= 1.0
+    assert 0.0 <= report["bayes_ceiling_auc"] <= 1.0
+    assert "short_axis_rule_true_mask" in report
+    assert "auc" in (out / "report.md").read_text()
