@@ -3,6 +3,7 @@ equals one-by-one; overlaps resolved; re-classification leaves masks untouched."
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from geometry_cases import (
@@ -126,3 +127,51 @@ def test_reclassify_uses_the_edited_mask_and_changes_only_that_node(engine):
     assert updated[0].probability != pytest.approx(original[0].probability, abs=1e-6)
     # the untouched node, re-classified from its own predicted mask, keeps its probability
     assert updated[1].probability == pytest.approx(original[1].probability, abs=1e-4)
+
+
+class _OomAbove:
+    """Wraps the network: raises CUDA-style out-of-memory for batches larger than `limit`, or for
+    every batch while `always` is set (a GPU too small for even one node)."""
+
+    def __init__(self, network, limit, always=False):
+        self.network, self.limit, self.always = network, limit, always
+        self.calls = []
+
+    def __call__(self, x, mask=None):
+        self.calls.append(x.shape[0])
+        if self.always or x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.network(x, mask)
+
+    def to(self, device):
+        self.always = False  # the CPU has room
+        self.network = self.network.to(device)
+        return self
+
+
+def test_out_of_memory_halves_the_batch_with_the_same_results():
+    case = _two_touching_spheres()
+    case.seeds = case.seeds + [Seed("C", tuple(np.asarray(case.seeds[0].ras) + [0, 8.0, 0]))]
+    reference = NodeEngine(device="cpu", batch_size=1).predict(case)
+    engine = NodeEngine(device="cpu", batch_size=8)
+    engine.network = _OomAbove(engine.network, limit=1)
+    results = engine.predict(case)
+    assert engine.batch_size == 1 and engine.network.calls[:4] == [3, 3, 2, 1]
+    assert len(engine.fallbacks) == 3
+    for a, b in zip(results, reference):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.probability == pytest.approx(b.probability, abs=1e-6)
+
+
+def test_out_of_memory_at_batch_one_moves_to_the_cpu():
+    case = _two_touching_spheres()
+    reference = NodeEngine(device="cpu").predict(case)
+    engine = NodeEngine(device="cpu", batch_size=1)
+    engine.device = torch.device("meta")  # stands in for a GPU: any device that is not the CPU
+    engine.network = _OomAbove(engine.network, limit=8, always=True)
+    results = engine.predict(case)
+    assert engine.device.type == "cpu"
+    assert "CPU" in engine.fallbacks[-1]
+    for a, b in zip(results, reference):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.probability == pytest.approx(b.probability, abs=1e-6)

@@ -48,6 +48,10 @@ class NodeEngine:
             self.network = self.model.network.to(self.device).eval()
         self.config = self.model.config
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.fallbacks: list[str] = []  # what the OOM handling did, for run.json
+        self._volume, self._volume_key = None, None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch shape: autotuned kernels pay off
 
     @property
     def model_id(self) -> str:
@@ -103,26 +107,65 @@ class NodeEngine:
 
     # --- internals ----------------------------------------------------------------------------
     def _run_network(self, case, centres, mask_patches, progress):
-        pre = self.config.preprocessing
-        with self._timed("sample_patches"):
-            volume = volume_tensor(case.image, self.device)
+        """Mask probabilities (on the CPU) and metastasis logits for every centre.
+
+        Batches shrink on CUDA out-of-memory (halving down to one node), then the engine moves to
+        the CPU, so a small GPU slows a run down instead of failing it.
+        """
         probs, logits = [], []
-        total = len(centres)
-        for start in range(0, total, self.batch_size):
+        total, start = len(centres), 0
+        while start < total:
             stop = min(start + self.batch_size, total)
-            with self._timed("sample_patches"):
-                patches = sample_patches(
-                    volume, case.geometry, centres[start:stop], pre.patch_size, pre.patch_spacing_mm
-                )
-                x = network_input(patches, pre)
-            with self._timed("forward"), torch.inference_mode():
-                given = None if mask_patches is None else mask_patches[start:stop].to(self.device)
-                out = self.network(x, given)
-                probs.append(torch.sigmoid(out["mask_logits"][:, 0]).cpu())
-                logits.append(out["metastasis_logit"].float().cpu())
+            try:
+                p, l = self._run_batch(case, centres[start:stop],
+                                       None if mask_patches is None else mask_patches[start:stop])
+            except torch.OutOfMemoryError:
+                self._recover_from_oom()
+                continue
+            probs.append(p)
+            logits.append(l)
+            start = stop
             if progress:
                 progress("nodes", stop, total)
         return torch.cat(probs), torch.cat(logits).numpy()
+
+    def _run_batch(self, case, centres, mask_patches):
+        pre = self.config.preprocessing
+        with self._timed("sample_patches"):
+            volume = self._volume_on_device(case.image)
+            patches = sample_patches(volume, case.geometry, centres, pre.patch_size, pre.patch_spacing_mm)
+            x = network_input(patches, pre)
+        with self._timed("forward"), torch.inference_mode():
+            given = None if mask_patches is None else mask_patches.to(self.device)
+            out = self.network(x, given)
+            return torch.sigmoid(out["mask_logits"][:, 0]).float().cpu(), out["metastasis_logit"].float().cpu()
+
+    def clear_volume_cache(self) -> None:
+        """Forget the device copy of the CT (call after editing the CT array in place)."""
+        self._volume, self._volume_key = None, None
+
+    def _volume_on_device(self, image: np.ndarray) -> torch.Tensor:
+        """The CT on the device, copied once per image (re-classifying a node re-uses it)."""
+        key = (id(image), image.__array_interface__["data"][0], image.shape, str(self.device))
+        if self._volume_key != key:
+            self._volume = None  # free the old copy before making the new one
+            self._volume = volume_tensor(image, self.device)
+            self._volume_key = key
+        return self._volume
+
+    def _recover_from_oom(self) -> None:
+        self.clear_volume_cache()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size = max(1, self.batch_size // 2)
+            self.fallbacks.append(f"out of memory: batch size {self.batch_size}")
+        elif self.device.type != "cpu":
+            self.device = torch.device("cpu")
+            self.network = self.network.to(self.device)
+            self.fallbacks.append("out of memory at batch size 1: continuing on the CPU")
+        else:
+            raise MemoryError("out of memory on the CPU even one node at a time; close other programs")
 
     def _mask_patches(self, case, results, centres) -> torch.Tensor:
         """Given masks, resampled onto each node's patch grid (nearest neighbour)."""

@@ -40,4 +40,6 @@ def run_record(engine, inputs: dict, n_nodes: int, case_metadata: dict) -> dict:
         "case": case_metadata,
         "nodes": n_nodes,
         "timings_s": {k: round(v, 4) for k, v in engine.timings.items()},
+        "batch_size": engine.batch_size,
+        "fallbacks": list(engine.fallbacks),
     }
