@@ -88,3 +88,12 @@ def test_no_pickle_in_weights(model_dir):
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_len])
     assert header["__metadata__"]["model_id"] == "test-model"
+
+
+def test_saving_leaves_other_files_and_no_temporaries(model_dir):
+    folder, net = model_dir
+    (folder / "checkpoint.pt").write_bytes(b"training state")
+    save_model(folder, ModelConfig("test-model-2", network={"channels": [4, 8]}), net, "# card 2\n")
+    assert (folder / "checkpoint.pt").read_bytes() == b"training state"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp")]
+    assert load_model(folder).config.model_id == "test-model-2"

@@ -77,11 +77,15 @@ class ModelConfig:
         )
 
     def build_network(self) -> MultiTaskNodeNet:
+        """The base MultiTaskNodeNet, or a ComponentNodeNet when the network dict names components
+        (network_variants.py)."""
+        from .network_variants import build_network
+
         net = dict(self.network)
         net.setdefault("patch_spacing_mm", self.preprocessing.patch_spacing_mm)
         if "channels" in net:
             net["channels"] = tuple(net["channels"])
-        return MultiTaskNodeNet(**net)
+        return build_network(net)
 
 
 @dataclass
@@ -110,23 +114,27 @@ def default_model_dir() -> Path:
 
 
 def save_model(folder, config: ModelConfig, network: torch.nn.Module, card_text: str) -> str:
-    """Write a complete model folder atomically (temp folder, then rename). Returns the hash."""
+    """Write the model files into `folder` (created if needed). Returns the weights' hash.
+
+    Each file is written to a temporary name in the folder and then renamed over the old one, so
+    no file is ever half-written; other files in the folder (a training checkpoint, the user's
+    own) are left alone. The weights go in before their hash and the config last, and a reader
+    that races a rewrite sees a hash mismatch, never silently mixed files.
+    """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=folder.parent))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=folder))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"model_id": config.model_id})
         digest = sha256_of(tmp / WEIGHTS_FILE)
         (tmp / HASH_FILE).write_text(f"{digest}  {WEIGHTS_FILE}\n")
-        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         (tmp / CARD_FILE).write_text(card_text)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        for name in (WEIGHTS_FILE, HASH_FILE, CARD_FILE, CONFIG_FILE):
+            os.replace(tmp / name, folder / name)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return digest
 
 

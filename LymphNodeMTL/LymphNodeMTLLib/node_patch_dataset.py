@@ -84,7 +84,8 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
     margin = jitter_margin(pre, jitter_mm)
     size = pre.patch_size + 2 * margin
     images, masks, labels, has_mask, node_ids, case_ids = [], [], [], [], [], []
-    cases = list(cases) if not hasattr(cases, "__len__") else cases
+    # a generator is consumed one case at a time: only the patches are kept, never the CTs
+    total = len(cases) if hasattr(cases, "__len__") else None
     for n, item in enumerate(cases):
         case = manifest_case_nodes(item) if isinstance(item, ManifestCase) else item
         if not case.node_ids:
@@ -107,7 +108,7 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
                 masks.append(torch.zeros(1, 1, size, size, size, dtype=torch.uint8))
                 has_mask.append(False)
         if progress:
-            progress("cases", n + 1, len(cases))
+            progress("cases", n + 1, total)
     if not node_ids:
         raise InputError("the manifest has no nodes; list nodes in each case's nodes CSV")
     return PatchCache(
