@@ -22,10 +22,13 @@ import torch
 from .classification_metrics import roc_auc
 from .device import resolve_device
 from .mixed_precision import autocast_dtype
+from .gradient_balancer import GradientBalancer
 from .model_store import ModelConfig, save_model
+from .network_variants import build_loss, shared_parameters
 from . import distributed
 from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache
 from .preprocessing import PreprocessingConfig, guidance_channel, window_hu
+from .self_distillation import DistillationConfig, teacher_logits
 from .temperature_scaling import fit_temperature
 from .training_module import MultiTaskTrainingModule
 from .training_manifest import read_manifest
@@ -53,6 +56,11 @@ class TrainConfig:
     mixed_precision: bool = True
     network: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64]})
     preprocessing: dict = field(default_factory=dict)
+    # optional training components (docs/ablation.md); empty/None = the default recipe
+    loss: dict = field(default_factory=dict)  # segmentation, mixed_lambda, deep_supervision_weights, ...
+    gradient_balancer: dict | None = None  # MT-IDS DD-GB: {"momentum": 0.9}
+    distillation: dict | None = None  # SD-MdaNet: {"teachers": [model dirs], "weights", "beta", "temperature"}
+    pseudo_masks: dict | None = None  # LA-Net: {"threshold": 0.8, "weight": 0.1, "stage1_epochs": 1}
 
     @classmethod
     def from_json(cls, path) -> "TrainConfig":
@@ -91,7 +99,14 @@ class Trainer:
             training=asdict(config),
         )
         self.network = self.model_config.build_network().to(self.device)
-        self.module = MultiTaskTrainingModule(self.network, config.teacher_forcing).to(self.device)
+        self.distillation = DistillationConfig.from_dict(config.distillation)
+        loss = build_loss(self.network, config.loss, config.pseudo_masks,
+                          self.distillation.loss() if self.distillation else None, self.pre.patch_spacing_mm)
+        self.module = MultiTaskTrainingModule(self.network, config.teacher_forcing, loss).to(self.device)
+        self.balancer = GradientBalancer(**config.gradient_balancer) if config.gradient_balancer is not None else None
+        if self.balancer is not None and self.dist.enabled:
+            raise ValueError("gradient_balancer works on one process; train it without torchrun")
+        self.teacher_logits = None
         self.loss = self.module.loss
         self.train_module = distributed.wrap(self.module, self.dist)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -117,6 +132,9 @@ class Trainer:
         self.train_set = NodePatchDataset(cache.subset(self.train_idx), self.pre, True,
                                           self.config.jitter_mm, self.config.seed)
         self.val_set = NodePatchDataset(cache.subset(self.val_idx), self.pre, False) if self.val_idx else None
+        if self.distillation is not None:
+            full = teacher_logits(self.distillation.teachers, cache, self.pre, self.device)
+            self.teacher_logits = full[:, torch.as_tensor(self.train_idx, dtype=torch.long)]
 
     def _loader(self, dataset, shuffle: bool):
         g = torch.Generator().manual_seed(self.config.seed + self.epoch)
@@ -140,12 +158,24 @@ class Trainer:
     def train_step(self, batch) -> dict:
         self.train_module.train()
         x = self._inputs(batch, train=True)
-        losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype)
+        losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype, **self._extras(batch))
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["total"]).backward()
+        if self.balancer is not None:
+            self.balancer.backward([self.scaler.scale(t) for t in losses["terms"]], shared_parameters(self.network))
+        else:
+            self.scaler.scale(losses["total"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {k: float(losses[k].detach()) for k in ("total", "seg", "cls")}
+
+    def _extras(self, batch) -> dict:
+        """Loss inputs beyond the targets: teacher logits (distillation), stations (when the data carry them)."""
+        extras = {}
+        if self.teacher_logits is not None:
+            extras["teacher_logits"] = self.teacher_logits[:, batch["index"]].to(self.device)
+        if "station" in batch:
+            extras["station"] = batch["station"].to(self.device)
+        return extras
 
     @torch.no_grad()
     def evaluate(self, dataset) -> dict:
@@ -192,6 +222,8 @@ class Trainer:
             "bad_epochs": torch.tensor(self.bad_epochs),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.balancer is not None and self.balancer.norm_ema is not None:
+            state["balancer_norm_ema"] = torch.tensor(self.balancer.norm_ema)
         tmp = self.out_dir / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.out_dir / CHECKPOINT)
@@ -207,6 +239,8 @@ class Trainer:
         self.best_val = float(state["best_val"])
         self.bad_epochs = int(state["bad_epochs"])
         torch.set_rng_state(state["torch_rng"])
+        if self.balancer is not None and "balancer_norm_ema" in state:
+            self.balancer.load_state_dict({"norm_ema": float(state["balancer_norm_ema"])})
 
     # --- main loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -215,6 +249,7 @@ class Trainer:
         best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
         while self.epoch < cfg.epochs:
             self.train_set.set_epoch(self.epoch)
+            self.loss.epoch = self.epoch  # two-stage schedules (pseudo-masks)
             sums, steps = {"total": 0.0, "seg": 0.0, "cls": 0.0}, 0
             for batch in self._loader(self.train_set, shuffle=True):
                 for k, v in self.train_step(batch).items():

@@ -17,13 +17,16 @@ class MultiTaskTrainingModule(nn.Module):
             true mask instead of the predicted one.
     """
 
-    def __init__(self, network: MultiTaskNodeNet, teacher_forcing: float = 0.5):
+    def __init__(self, network: MultiTaskNodeNet, teacher_forcing: float = 0.5, loss: MultiTaskLoss | None = None):
         super().__init__()
         self.network = network
-        self.loss = MultiTaskLoss()
+        self.loss = loss if loss is not None else MultiTaskLoss()
         self.teacher_forcing = float(teacher_forcing)
 
-    def forward(self, x, mask, has_mask, label, has_label, amp_dtype=None) -> dict:
+    def forward(self, x, mask, has_mask, label, has_label, amp_dtype=None, **extras) -> dict:
+        """extras (component networks' losses): teacher_logits (T, B), station (B,)."""
+        if getattr(self.network, "component_net", False):
+            return self._component_forward(x, mask, has_mask, label, has_label, amp_dtype, extras)
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             feats = self.network.encode(x)
             mask_logits = self.network.decode(feats)
@@ -35,6 +38,31 @@ class MultiTaskTrainingModule(nn.Module):
             pool_mask = torch.where(forced.view(-1, 1, 1, 1, 1), mask, predicted)
             logit = self.network.classify(feats, pool_mask)
         out = {"mask_logits": mask_logits.float(), "metastasis_logit": logit.float()}  # losses in fp32
-        losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label)
+        losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label, **extras)
         losses["outputs"] = out
         return losses
+
+    def _component_forward(self, x, mask, has_mask, label, has_label, amp_dtype, extras) -> dict:
+        """The same step for a ComponentNodeNet (network_variants.py): one forward call with
+        per-node teacher forcing; a network without a mask branch always pools where it would at
+        inference (teacher forcing would show it masks it never sees there)."""
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            if self.training and self.network.segments:
+                forced = (torch.rand(x.shape[0], device=x.device) < self.teacher_forcing) & has_mask
+            else:
+                forced = torch.zeros_like(has_mask)
+            out = self.network(x, mask, use_mask=forced)
+        out = _to_float(out)  # losses in fp32
+        losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label, **extras)
+        losses["outputs"] = out
+        return losses
+
+
+def _to_float(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _to_float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    return value

@@ -26,3 +26,9 @@ class UncertaintyWeighting(nn.Module):
         for i, loss in enumerate(losses):
             total = total + 0.5 / sigma2[i] * loss + torch.log1p(sigma2[i])
         return total
+
+    def terms(self, losses: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The per-task terms 0.5 / sigma_i^2 * L_i + log(1 + sigma_i^2) (they sum to forward's total);
+        the gradient balancer needs them one by one."""
+        sigma2 = self.sigma**2
+        return [0.5 / sigma2[i] * loss + torch.log1p(sigma2[i]) for i, loss in enumerate(losses)]

@@ -1,0 +1,138 @@
+"""`lymphnode-mtl ablate` on a tiny budget: every variant trained on the same cached nodes, scored on
+a test manifest, one table (markdown + JSON) with the command, budget and inapplicable cells blank."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from LymphNodeMTLLib.ablation import (
+    DEFAULT_VARIANTS, VARIANTS, choose_best, combine_variants, hide_annotations, paired_auc_difference, verdict,
+)
+from LymphNodeMTLLib.cli import main
+from LymphNodeMTLLib.model_store import load_model
+from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
+
+CONFIG = {"batch_size": 4, "lr": 3e-3, "val_fraction": 0.25, "seed": 3, "device": "cpu",
+          "network": {"channels": [4, 8]}, "preprocessing": {"patch_size": 16, "patch_spacing_mm": 2.0},
+          "mixed_precision": False, "model_id": "unused"}
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation-data")
+    fov = (70.0, 70.0, 50.0)
+    train = write_phantom_dataset(root / "train", n_cases=4, seed=11, nodes_per_case=(4, 5), field_of_view_mm=fov)
+    test = write_phantom_dataset(root / "test", n_cases=1, seed=99, nodes_per_case=(5, 6), field_of_view_mm=fov)
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def ablation_run(manifests, tmp_path_factory):
+    train, test = manifests
+    out = tmp_path_factory.mktemp("ablation")
+    config = out / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is fastest and leaves the other core alone
+    try:
+        rc = main(["ablate", "--manifest", str(train), "--test-manifest", str(test), "--out", str(out / "run"),
+                   "--config", str(config), "--epochs", "2", "--budget-minutes", "0.5",
+                   "--mask-fraction", "0.75", "--bootstrap", "20"])
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0
+    return out / "run"
+
+
+def test_table_has_every_variant_with_its_metrics(ablation_run):
+    result = json.loads((ablation_run / "ablation.json").read_text())
+    names = [v["name"] for v in result["variants"]]
+    assert names[:7] == [n for n in DEFAULT_VARIANTS if n != "best"]
+    assert result["budget_minutes_per_variant"] == 0.5 and result["max_epochs"] == 2
+    assert result["training_nodes_with_mask"] < result["training_nodes"]  # --mask-fraction applied
+    rows = {v["name"]: v for v in result["variants"]}
+    for name, row in rows.items():
+        test = row["test"]
+        assert test["parameters"] > 0 and test["forward_ms_per_node"] > 0
+        assert 1 <= row["epochs"] <= 2
+        if name != "single_task_segmenter":
+            assert test["auc"] is not None and len(test["auc_ci95"]) == 2
+            for k in ("accuracy", "sensitivity", "specificity", "ece"):
+                assert k in test
+        if name != "single_task_classifier":
+            assert test["dice_mean"] is not None
+    # inapplicable cells are blank, not misleading numbers
+    assert "auc" not in rows["single_task_segmenter"]["test"]
+    assert "dice_mean" not in rows["single_task_classifier"]["test"]
+    # components are compared with the base, paired, with a verdict
+    for name in ("ma_mtln", "mt_ids", "sd_mdanet", "la_net", "single_task_classifier"):
+        assert rows[name]["verdict"] in ("helps", "hurts", "no clear difference", "n/a")
+    assert rows["sd_mdanet"]["teachers"] == ["base", "single_task_classifier"]
+    assert "bayes_ceiling_auc" in result["baselines"]
+    assert "short_axis_rule_true_mask" in result["baselines"]
+    # "best" is either trained, an alias of one component, or explained in the notes
+    assert "best" in names or any("best combination" in n for n in result["notes"])
+
+
+def test_markdown_states_command_and_budget(ablation_run):
+    md = (ablation_run / "ablation.md").read_text()
+    assert "lymphnode-mtl ablate --manifest" in md and "--budget-minutes 0.5" in md
+    assert "Budget per variant: 0.5 min" in md
+    assert "| Variant | AUC | Accuracy | Sensitivity | Specificity | Dice | ECE | Params | ms/node |" in md
+    assert md.count("\n| ") >= 1 + 7
+
+
+def test_variant_model_folders_load(ablation_run):
+    for name in ("base", "ma_mtln", "la_net"):
+        loaded = load_model(ablation_run / "models" / name)
+        assert loaded.config.model_id == f"ablation-{name}"
+        assert not (ablation_run / "models" / name / "checkpoint.pt").exists()
+
+
+def test_unknown_variant_is_one_line_error(manifests, tmp_path, capsys):
+    train, test = manifests
+    rc = main(["ablate", "--manifest", str(train), "--test-manifest", str(test), "--out", str(tmp_path),
+               "--variants", "base", "resnet"])
+    assert rc == 2
+    assert "unknown resnet" in capsys.readouterr().err
+
+
+def test_best_uses_validation_auc_only():
+    records = {"base": {"validation": {"val_auc": 0.70}},
+               "ma_mtln": {"validation": {"val_auc": 0.72}}, "mt_ids": {"validation": {"val_auc": 0.65}},
+               "la_net": {"validation": {"val_auc": 0.75}}}
+    assert choose_best(records) == ["ma_mtln", "la_net"]
+    assert choose_best({"base": {"validation": {"val_auc": 0.9}}, "la_net": {"validation": {"val_auc": 0.8}}}) is None
+    best = combine_variants(["ma_mtln", "sd_mdanet", "la_net"])
+    assert best.network["fusion"] == "ma_mtln" and best.network["head"] == "lesion_attention"
+    assert best.train["loss"] == {"segmentation": "jaccard_focal", "mixed_lambda": 0.1}
+    assert best.teachers == VARIANTS["sd_mdanet"].teachers
+
+
+def test_paired_auc_difference_and_verdict():
+    y = [0, 0, 1, 1, 0, 1, 0, 1] * 5
+    good = [0.1, 0.2, 0.9, 0.8, 0.3, 0.7, 0.2, 0.95] * 5
+    bad = [0.9, 0.2, 0.1, 0.8, 0.7, 0.3, 0.6, 0.4] * 5
+    diff, ci = paired_auc_difference(y, good, bad, n_boot=200)
+    assert diff > 0 and ci[0] > 0
+    assert verdict(diff, ci) == "helps"
+    assert verdict(-diff, (-ci[1], -ci[0])) == "hurts"
+    assert verdict(0.01, (-0.02, 0.04)) == "no clear difference"
+    same, ci_same = paired_auc_difference(y, good, good, n_boot=50)
+    assert same == 0.0 and ci_same == (0.0, 0.0)
+    assert verdict(math.nan, (0.0, 0.0)) == "n/a"
+
+
+def test_hidden_annotations_are_reproducible():
+    from LymphNodeMTLLib.node_patch_dataset import PatchCache
+
+    n = 200
+    cache = PatchCache(torch.zeros(n, 1, 2, 2, 2), torch.zeros(n, 1, 2, 2, 2), torch.ones(n),
+                       torch.ones(n, dtype=torch.bool), [str(i) for i in range(n)], ["c"] * n, 0)
+    a = hide_annotations(cache, 0.5, 0.8, seed=1)
+    b = hide_annotations(cache, 0.5, 0.8, seed=1)
+    assert torch.equal(a.has_mask, b.has_mask) and torch.equal(a.labels.isnan(), b.labels.isnan())
+    assert 60 < int(a.has_mask.sum()) < 140 and 140 < int((~a.labels.isnan()).sum()) < 190
+    assert bool(cache.has_mask.all())  # the original is untouched
