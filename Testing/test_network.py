@@ -110,3 +110,17 @@ def test_batched_equals_one_by_one():
                                rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batched["metastasis_logit"],
                                torch.cat([s["metastasis_logit"] for s in single]), rtol=1e-4, atol=1e-5)
+
+
+def test_node_descriptors_measure_an_ellipsoid():
+    from LymphNodeMTLLib.node_descriptors import node_descriptors, principal_diameters_mm
+
+    c = torch.arange(40).float() - 19.5
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    ellipsoid = ((x / 9) ** 2 + (y / 6) ** 2 + (z / 3) ** 2 <= 1).float()[None, None]
+    torch.testing.assert_close(principal_diameters_mm(ellipsoid, 1.0), torch.tensor([[6.0, 12.0, 18.0]]),
+                               atol=0.5, rtol=0)
+    image = torch.where(ellipsoid > 0, 0.3, -1.0)
+    desc = node_descriptors(ellipsoid, image, 1.0)[0]
+    assert float(desc[5]) == pytest.approx(0.3) and float(desc[6]) == pytest.approx(0.0, abs=1e-4)
+    assert torch.all(node_descriptors(torch.zeros_like(ellipsoid), image, 1.0) == 0)

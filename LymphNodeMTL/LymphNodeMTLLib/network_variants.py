@@ -26,7 +26,6 @@ the training config; `build_loss` turns them into the loss module.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
@@ -40,7 +39,7 @@ from .mixed_head import MixedHead
 from .multiscale_fusion import MultiScaleFusion
 from .node_network import MultiTaskNodeNet
 from .routing_gate import RoutingGate
-from .soft_mask_pooling import SoftMaskPooling
+from .node_descriptors import NodeHeadInput
 from .task_aware_attention import ClassificationAwarePath, SegmentationAwareDecoder
 from .task_specific_attention import TaskSpecificAttention
 
@@ -145,7 +144,6 @@ class ComponentNodeNet(nn.Module):
         self.pool_region = pool_region
         self.seed_ball_radius_mm = float(seed_ball_radius_mm)
         self.patch_spacing_mm = float(patch_spacing_mm)
-        self.patch_voxel_mm3 = float(patch_spacing_mm) ** 3
         norm_name = _norm(norm)
         ch = self.channels
 
@@ -199,8 +197,8 @@ class ComponentNodeNet(nn.Module):
                 self.deep_supervision = DeepSupervisionHeads(sources[len(sources) - num_aux:])
 
         # metastasis branch
-        self.pooling = SoftMaskPooling(pool_sigma_mm, patch_spacing_mm)
-        pooled_width = sum(ch) + 1  # + log mask volume, as in the base head
+        self.head_input = NodeHeadInput(ch, pool_sigma_mm, patch_spacing_mm)  # as in the base head
+        pooled_width = self.head_input.width
         self.mixed = bool(mixed_head)
         self.head_kind = head
         if self.classifies:
@@ -256,11 +254,8 @@ class ComponentNodeNet(nn.Module):
         ball = (d2 <= self.seed_ball_radius_mm**2).to(x.dtype)
         return ball.expand(b, 1, *size)
 
-    def _pooled(self, feats, mask) -> torch.Tensor:
-        pooled = self.pooling(feats, mask)
-        volume = mask.float().sum(dim=(1, 2, 3, 4)) * self.patch_voxel_mm3
-        size_cue = torch.log1p(volume).unsqueeze(1) / math.log(1e4)
-        return torch.cat([pooled, size_cue.to(pooled.dtype)], dim=1)
+    def _pooled(self, feats, mask, x) -> torch.Tensor:
+        return self.head_input(feats, mask, x[:, :1])
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
@@ -304,7 +299,7 @@ class ComponentNodeNet(nn.Module):
                 logit, value = res["logit"], res["value"]
                 out["lesion_map_logits"] = res["map_logits"]
             else:
-                pooled = self._pooled(cls_feats, pool_mask)
+                pooled = self._pooled(cls_feats, pool_mask, x)
                 if self.mixed:
                     logit, value = self.head(pooled)
                 else:
@@ -314,10 +309,10 @@ class ComponentNodeNet(nn.Module):
         else:
             logit = mask_logits.new_zeros(x.shape[0])
         if self.short_axis_head is not None:
-            out["short_axis"] = self.short_axis_head(self._pooled(branch[SHORT_AXIS], pool_mask))
+            out["short_axis"] = self.short_axis_head(self._pooled(branch[SHORT_AXIS], pool_mask, x))
         if self.station_head is not None:
             source = branch[CLASSIFICATION] if self.classifies else feats
-            out["station_logits"] = self.station_head(self._pooled(source, pool_mask))
+            out["station_logits"] = self.station_head(self._pooled(source, pool_mask, x))
         out.update(mask_logits=mask_logits, metastasis_logit=logit, pool_mask=pool_mask)
         return out
 

@@ -8,13 +8,11 @@ re-classifying), else the network's own thresholded prediction.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
 from torch import nn
 
-from .soft_mask_pooling import SoftMaskPooling
+from .node_descriptors import NodeHeadInput
 
 
 class MultiTaskNodeNet(nn.Module):
@@ -64,11 +62,9 @@ class MultiTaskNodeNet(nn.Module):
             for level in range(len(self.channels) - 1, 0, -1)
         )
         self.mask_out = UnetOutBlock(3, self.channels[0], 1)
-        self.pooling = SoftMaskPooling(pool_sigma_mm, patch_spacing_mm)
-        self.patch_voxel_mm3 = float(patch_spacing_mm) ** 3
-        # +1: log mask volume, a free size cue that mean pooling otherwise normalises away
+        self.head_input = NodeHeadInput(self.channels, pool_sigma_mm, patch_spacing_mm)
         self.head = nn.Sequential(
-            nn.Linear(sum(self.channels) + 1, head_hidden),
+            nn.Linear(self.head_input.width, head_hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(head_hidden, 1),
@@ -87,12 +83,10 @@ class MultiTaskNodeNet(nn.Module):
             x = up(x, skip)
         return self.mask_out(x)
 
-    def classify(self, feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """Metastasis logit (B,) from encoder features pooled under `mask` (B, 1, D, H, W)."""
-        pooled = self.pooling(feats, mask)
-        volume = mask.float().sum(dim=(1, 2, 3, 4)) * self.patch_voxel_mm3
-        size_cue = torch.log1p(volume).unsqueeze(1) / math.log(1e4)
-        return self.head(torch.cat([pooled, size_cue.to(pooled.dtype)], dim=1)).squeeze(1)
+    def classify(self, feats: list[torch.Tensor], mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Metastasis logit (B,) from encoder features pooled under `mask` (B, 1, D, H, W) and the
+        node's shape and CT statistics under it (x: the network input, channel 0 = CT)."""
+        return self.head(self.head_input(feats, mask, x[:, :1])).squeeze(1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
         """x: (B, C, D, H, W). mask: optional (B, 1, D, H, W) mask to pool under.
@@ -105,7 +99,7 @@ class MultiTaskNodeNet(nn.Module):
             mask = self.fallback_mask(mask_logits.detach() > 0, x)
         return {
             "mask_logits": mask_logits,
-            "metastasis_logit": self.classify(feats, mask),
+            "metastasis_logit": self.classify(feats, mask, x),
             "pool_mask": mask,
         }
 

@@ -54,28 +54,34 @@ class SoftMaskPooling(nn.Module):
         sigma_mm: width of the context margin outside the mask (methods.md: 2-5 mm).
         spacing_mm: patch voxel size in mm at the finest scale.
         eps: avoids division by zero for an empty mask.
+        second_moment: also return the weighted SD of every channel (texture, heterogeneity).
     """
 
-    def __init__(self, sigma_mm: float = 3.0, spacing_mm: float = 1.0, eps: float = 1e-6):
+    def __init__(self, sigma_mm: float = 3.0, spacing_mm: float = 1.0, eps: float = 1e-6,
+                 second_moment: bool = False):
         super().__init__()
         self.sigma_mm = float(sigma_mm)
         self.spacing_mm = float(spacing_mm)
         self.eps = float(eps)
+        self.second_moment = bool(second_moment)
 
     def forward(self, features: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """features: list of (B, C_s, D_s, H_s, W_s); mask: (B, 1, D, H, W) in {0, 1}.
 
-        Returns (B, sum C_s) pooled features.
+        Returns (B, sum C_s) pooled means, followed by (B, sum C_s) SDs with second_moment.
         """
         weights = soft_expand_mask(mask, self.sigma_mm, self.spacing_mm)
-        pooled = []
+        pooled, sds = [], []
         for feat in features:
             w = weights
             if w.shape[2:] != feat.shape[2:]:
                 # area averaging keeps the weight mass per coarse voxel
                 w = F.adaptive_avg_pool3d(w, feat.shape[2:])
             w = w.to(feat.dtype)
-            num = (feat * w).sum(dim=(2, 3, 4))
             den = w.sum(dim=(2, 3, 4)) + self.eps
-            pooled.append(num / den)
-        return torch.cat(pooled, dim=1)
+            mean = (feat * w).sum(dim=(2, 3, 4)) / den
+            pooled.append(mean)
+            if self.second_moment:
+                var = (feat.float() ** 2 * w).sum(dim=(2, 3, 4)) / den - mean.float() ** 2
+                sds.append(var.clamp_min(0.0).add(self.eps).sqrt().to(mean.dtype))
+        return torch.cat(pooled + sds, dim=1)

@@ -36,7 +36,7 @@ class MultiTaskTrainingModule(nn.Module):
             else:
                 forced = torch.zeros_like(has_mask)
             pool_mask = torch.where(forced.view(-1, 1, 1, 1, 1), mask, predicted)
-            logit = self.network.classify(feats, pool_mask)
+            logit = self.network.classify(feats, pool_mask, x)
         out = {"mask_logits": mask_logits.float(), "metastasis_logit": logit.float()}  # losses in fp32
         losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label, **extras)
         losses["outputs"] = out
