@@ -181,3 +181,56 @@ def reference_volume(geometry):
 
     return slicer.util.addVolumeFromArray(np.zeros(geometry.shape_kji, np.int16),
                                           geometry.ijk_to_ras, name="CT")
+
+
+# --- saving and reloading scenes without the application (for tests) -----------------------------
+# Data nodes written with a scene (built-in colour tables and the like are not).
+_SAVED_NODE_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode",
+                       "vtkMRMLMarkupsNode", "vtkMRMLModelNode")
+
+
+def write_scene_mrml(scene, mrml_path) -> None:
+    """Write the data nodes (volumes, segmentations, tables, markups, models) next to `mrml_path`,
+    each in its default format, then the .mrml itself.
+
+    slicer.util.saveScene needs slicer.app; this is what it does for a plain .mrml scene.
+    """
+    from pathlib import Path
+
+    folder = Path(mrml_path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes = [scene.GetNthNodeByClass(index, class_name)
+             for class_name in _SAVED_NODE_CLASSES
+             for index in range(scene.GetNumberOfNodesByClass(class_name))]
+    for node in nodes:
+        if node.GetStorageNode() is None:
+            assert node.AddDefaultStorageNode(), f"no storage node for {node.GetName()}"
+        storage = node.GetStorageNode()
+        name = f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"
+        storage.SetFileName(str(folder / name))
+        assert storage.WriteData(node), f"could not write {node.GetName()}"
+    scene.SetURL(str(mrml_path))
+    assert scene.Commit(), f"could not write {mrml_path}"
+
+
+def read_scene_mrml(scene, mrml_path) -> None:
+    """Load a .mrml scene (and its data files) into `scene`, replacing what is there."""
+    scene.Clear(False)
+    scene.SetURL(str(mrml_path))
+    assert scene.Connect(), f"could not read {mrml_path}"
+
+
+def enable_mrb_reading(scene, cache_dir):
+    """Give `scene` the cache and data-I/O managers that .mrb reading needs; keep the returned
+    pair referenced for as long as the scene reads files."""
+    import slicer
+    from pathlib import Path
+
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(str(cache_dir))
+    data_io = slicer.vtkDataIOManager()
+    data_io.SetCacheManager(cache)
+    scene.SetCacheManager(cache)
+    scene.SetDataIOManager(data_io)
+    return cache, data_io

@@ -124,6 +124,8 @@ class _Anything:
         pass
 
     def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
         return _Anything()
 
     def __call__(self, *args, **kwargs):
@@ -132,8 +134,14 @@ class _Anything:
 
 def _fake_qt_module(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
-    module.__getattr__ = lambda attr: _Anything  # any class name resolves to the placeholder
-    module.__is_stand_in__ = True
+
+    def class_named(attr):  # any class name resolves to the placeholder; dunders stay missing
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Anything
+
+    module.__getattr__ = class_named
+    module.__file__ = __file__
     return module
 
 
