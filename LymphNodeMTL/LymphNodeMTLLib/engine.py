@@ -49,7 +49,7 @@ class NodeEngine:
         self.config = self.model.config
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.fallbacks: list[str] = []  # what the OOM handling did, for run.json
-        self._volume, self._volume_key = None, None
+        self._volume, self._volume_key, self._volume_device = None, None, None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shape: autotuned kernels pay off
 
@@ -142,15 +142,16 @@ class NodeEngine:
 
     def clear_volume_cache(self) -> None:
         """Forget the device copy of the CT (call after editing the CT array in place)."""
-        self._volume, self._volume_key = None, None
+        self._volume, self._volume_key, self._volume_device = None, None, None
 
     def _volume_on_device(self, image: np.ndarray) -> torch.Tensor:
         """The CT on the device, copied once per image (re-classifying a node re-uses it)."""
-        key = (id(image), image.__array_interface__["data"][0], image.shape, str(self.device))
-        if self._volume_key != key:
+        # holding the array itself (not its id) means a freed array's address can never be mistaken
+        # for it; an array edited in place needs clear_volume_cache()
+        if self._volume_key is not image or self._volume_device != self.device:
             self._volume = None  # free the old copy before making the new one
             self._volume = volume_tensor(image, self.device)
-            self._volume_key = key
+            self._volume_key, self._volume_device = image, self.device
         return self._volume
 
     def _recover_from_oom(self) -> None:

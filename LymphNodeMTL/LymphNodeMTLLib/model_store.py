@@ -105,12 +105,18 @@ def sha256_of(path: Path) -> str:
 
 
 def default_model_dir() -> Path:
-    """The bundled demonstration model (override with LYMPHNODE_MTL_MODEL)."""
+    """The bundled demonstration model (override with LYMPHNODE_MTL_MODEL).
+
+    Looked for beside the Lib inside an installed Slicer module (<module>/Resources/Models), then
+    in the source tree's top-level Resources/Models.
+    """
     env = os.environ.get("LYMPHNODE_MTL_MODEL")
     if env:
         return Path(env)
-    # LymphNodeMTL/LymphNodeMTLLib/model_store.py -> repository root -> Resources/Models
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models" / "phantom-demo"
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "Resources" / "Models" / "phantom-demo",
+                  here.parents[1] / "Resources" / "Models" / "phantom-demo"]
+    return next((c for c in candidates if (c / CONFIG_FILE).is_file()), candidates[-1])
 
 
 def save_model(folder, config: ModelConfig, network: torch.nn.Module, card_text: str) -> str:
