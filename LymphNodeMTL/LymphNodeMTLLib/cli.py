@@ -21,6 +21,7 @@ LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one se
   phantom   write a phantom training set (CTs, seeds, masks, labels) in manifest format
   train     train a model folder from a training manifest
   evaluate  score a model folder on a manifest (AUC, Dice, calibration, plots)
+  ablate    train the published components' variants and compare them in one table
 
 The bundled model is trained on synthetic phantoms: a demonstration, not a clinical model.
 Run `lymphnode-mtl COMMAND --help` for each command's options.
@@ -36,6 +37,9 @@ outputs in DIR:
   nodes.seg.nrrd  one segment per seed, "LN <id>", opens in 3D Slicer as a segmentation
   nodes.csv       one row per node: probability, label, volume, short/long axis, mean/SD HU
   run.json        model id, weights hash, software versions, device and timings
+  nodes.dcm       with --dicom-seg: DICOM SEG, one segment per node, referencing the CT series
+  report.png      with --report: per-node axial/coronal/sagittal thumbnails, probability, axes
+  report.html     with --report: the same as one self-contained web page
 
 example:
   lymphnode-mtl predict --volume ct.nrrd --seeds seeds.mrk.json --out results/
@@ -65,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series-uid", metavar="UID", help="which series, when the DICOM folder holds several")
     p.add_argument("--seeds", required=True, metavar="SEEDS", help=".mrk.json or .csv seed file")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the results (created)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write DIR/nodes.dcm, a DICOM SEG (for PACS and DICOM viewers)")
+    p.add_argument("--report", action="store_true",
+                   help="also write DIR/report.png and DIR/report.html for review")
     _add_predict_args(p)
 
     d = sub.add_parser("demo", help="run predict on a synthetic phantom CT")
@@ -90,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--manifest", required=True, metavar="M")
     e.add_argument("--out", required=True, metavar="DIR", help="folder for predictions.csv and the report")
     e.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
+
+    from .ablate_command import add_ablate_parser
+
+    add_ablate_parser(sub)
     return parser
 
 
@@ -121,6 +133,10 @@ def main(argv=None) -> int:
             from .evaluate_command import run_evaluate
 
             run_evaluate(args)
+        elif args.command == "ablate":
+            from .ablate_command import run_ablate
+
+            run_ablate(args)
     except InputError as e:
         print(f"lymphnode-mtl: error: {e}", file=sys.stderr)
         return 2
