@@ -61,7 +61,8 @@ def header_text(model_id: str, clinical_use: bool, n_nodes: int) -> str:
     """The report's one-line header."""
     text = f"LymphNodeMTL | model {model_id} | {n_nodes} node{'s' * (n_nodes != 1)}, " \
            "highest probability first"
-    return text if clinical_use else f"{text} | {NOT_CLINICAL}"
+    # the warning leads, so it is the one part of the line that can never be cut off
+    return text if clinical_use else f"{NOT_CLINICAL} | {text}"
 
 
 def write_case_report(out_dir, case: Case, results: list[NodeResult], model_id: str,
@@ -271,9 +272,9 @@ def _render_header(text: str, width_px: int, clinical_use: bool) -> np.ndarray:
     for _ in range(5):  # a long model id: shrink the line rather than cut it off
         figure.canvas.draw()
         right = label.get_window_extent().x1
-        if right <= 0.99 * width_px:
+        if right <= 0.97 * width_px:
             break
-        label.set_fontsize(label.get_fontsize() * 0.97 * (0.99 * width_px) / right)
+        label.set_fontsize(label.get_fontsize() * 0.95 * (0.97 * width_px) / right)
     return _to_rgb(figure)
 
 
