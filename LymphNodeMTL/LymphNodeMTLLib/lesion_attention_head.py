@@ -21,6 +21,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from .mixed_head import MixedHead
+from .multiscale_fusion import resize_to
 
 
 class CBAM(nn.Module):
@@ -77,7 +78,7 @@ class LesionAttentionHead(nn.Module):
         which nodes use it (all when None). Returns {"logit", "value" (or None), "map_logits"}."""
         refined = [cbam(f) for cbam, f in zip(self.cbam, feats)]
         grid = refined[self.map_scale].shape[2:]
-        maps = [_resize(m(a), grid) for m, a in zip(self.to_map, refined)]
+        maps = [resize_to(m(a), grid) for m, a in zip(self.to_map, refined)]
         map_logits = self.fuse(torch.cat(maps, dim=1))
         attention = torch.sigmoid(map_logits)
         if mask is not None:
@@ -88,7 +89,7 @@ class LesionAttentionHead(nn.Module):
                 attention = torch.where(use_mask.view(-1, 1, 1, 1, 1), given, attention)
         pooled = []
         for a in refined:
-            m = _resize(attention, a.shape[2:]).to(a.dtype)
+            m = resize_to(attention, a.shape[2:]).to(a.dtype)
             pooled.append((a + m * a).mean(dim=(2, 3, 4)))
         features = torch.cat(pooled, dim=1)
         if self.mixed:
@@ -97,10 +98,3 @@ class LesionAttentionHead(nn.Module):
             logit, value = self.classifier(features).squeeze(1), None
         return {"logit": logit, "value": value, "map_logits": map_logits}
 
-
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    if all(s <= t for s, t in zip(size, x.shape[2:])):
-        return F.adaptive_avg_pool3d(x, size)
-    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)

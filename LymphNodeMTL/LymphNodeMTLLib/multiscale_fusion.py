@@ -27,7 +27,8 @@ def normalised_fusion_weights(p: torch.Tensor, eps: float = FUSION_EPS) -> torch
     return w / (w.sum() + eps)
 
 
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
+def resize_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Area-average down (keeps mass), trilinear up, to a feature map's spatial size."""
     if tuple(x.shape[2:]) == tuple(size):
         return x
     if all(s <= t for s, t in zip(size, x.shape[2:])):
@@ -70,9 +71,9 @@ class MultiScaleFusion(nn.Module):
         projected = [proj(f) for proj, f in zip(self.project, features)]
         grid = projected[self.fusion_scale].shape[2:]
         w = self.fusion_weights().to(projected[0].dtype)
-        g = sum(w[s] * _resize(p, grid) for s, p in enumerate(projected))
+        g = sum(w[s] * resize_to(p, grid) for s, p in enumerate(projected))
         g = self.visual_attention(g)
         out = []
         for f, p, att, back in zip(features, projected, self.spatial_attention, self.back):
-            out.append(f + back(att(p, _resize(g, p.shape[2:]))))
+            out.append(f + back(att(p, resize_to(g, p.shape[2:]))))
         return out
