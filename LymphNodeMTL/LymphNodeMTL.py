@@ -6,7 +6,6 @@ MONAI are imported only when the engine is first needed, so the module loads wit
 """
 
 import csv
-import hashlib
 import importlib.util
 import os
 import queue
@@ -44,6 +43,8 @@ from LymphNodeMTLLib import segmentation_writer as segw
 from LymphNodeMTLLib.case import Case, Seed
 from LymphNodeMTLLib.errors import InputError
 from LymphNodeMTLLib.geometry import VolumeGeometry
+from LymphNodeMTLLib.mask_checksum import mask_bounds as _maskBounds
+from LymphNodeMTLLib.mask_checksum import mask_checksum as maskChecksum
 from LymphNodeMTLLib.node_result import NodeResult
 
 # --- dependencies (installed into Slicer's Python on first use) -----------------------------------
@@ -58,7 +59,7 @@ PIP_REQUIREMENTS = {  # import name -> pip requirement
 }
 
 # Segment tag holding a checksum of the mask the engine wrote: a different mask means edited.
-TAG_MASK_HASH = segw.TAG_PREFIX + "MaskHash"
+TAG_MASK_HASH = segw.TAG_MASK_HASH
 # Table node reference to the segmentation its rows describe.
 TABLE_SEGMENTATION_REFERENCE = "lymphNodeSegmentation"
 # Results table: column, value type, unit, description.
@@ -75,7 +76,7 @@ _DECIMALS = {"probability": 4, "volume_mm3": 2, "short_axis_mm": 2, "long_axis_m
 DEFAULT_LABELS = ("benign", "metastatic")
 SEED_MOVED_MM = 0.01  # a seed further than this from the one a segment was made from has moved
 # Segment tag with the SHA-256 of the weights that made the segment (DICOM SEG records it).
-TAG_WEIGHTS_SHA256 = segw.TAG_PREFIX + "WeightsSha256"
+TAG_WEIGHTS_SHA256 = segw.TAG_WEIGHTS_SHA256
 SLICER_DICOM_EXPORT = ("Slicer's own DICOM export also writes DICOM SEG: Data module, right-click the "
                        "segmentation, Export to DICOM (needs the QuantitativeReporting extension).")
 
@@ -842,16 +843,13 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         ):
             raise RuntimeError(f"could not write the mask of node {result.node_id}")
         segment = segmentation.GetSegment(segmentId)
-        self._setSegmentFacts(segment, result)
-        segment.SetTag(TAG_MASK_HASH, maskChecksum(result.mask, result.bbox_start_kji))
+        self._setSegmentFacts(segment, result)  # segment_tags include the mask checksum
         return segmentId
 
     def _setSegmentFacts(self, segment, result: NodeResult) -> None:
         """Terminology, colour by probability and the result tags, as the .seg.nrrd writer gives them."""
         for key, value in segw.segment_tags(result, result.extra.get("model_id", "")).items():
             segment.SetTag(key, value)
-        if result.extra.get("weights_sha256"):
-            segment.SetTag(TAG_WEIGHTS_SHA256, result.extra["weights_sha256"])
         segment.SetColor(*segw.probability_color(result.probability))
 
     @staticmethod
@@ -1141,34 +1139,6 @@ def bundledModelFolder() -> Optional[str]:
         return None
     installed = Path(__file__).resolve().parent / "Resources" / "Models" / "phantom-demo"
     return str(installed) if installed.is_dir() else None
-
-
-def _maskBounds(mask: np.ndarray):
-    """Half-open [start, stop) box of a mask's true voxels along k, j, i; a 1-voxel box if empty."""
-    start, stop = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=other))
-        if hits.size == 0:
-            return (0, 0, 0), (1, 1, 1)
-        start.append(int(hits[0]))
-        stop.append(int(hits[-1]) + 1)
-    return tuple(start), tuple(stop)
-
-
-def maskChecksum(mask: np.ndarray, start_kji=(0, 0, 0)) -> str:
-    """SHA-1 of a mask's voxels and where they sit in the CT grid; padding does not change it, so a
-    bounding-box sub-mask and the same mask in the whole grid give the same checksum."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return "empty"
-    start, stop = _maskBounds(mask)
-    tight = mask[tuple(slice(a, b) for a, b in zip(start, stop))]
-    digest = hashlib.sha1()
-    digest.update(np.add(start, start_kji).astype(np.int64).tobytes())
-    digest.update(np.asarray(tight.shape, dtype=np.int64).tobytes())
-    digest.update(np.packbits(tight).tobytes())
-    return digest.hexdigest()
 
 
 def _rowFromResult(result: NodeResult, labels) -> dict:

@@ -288,3 +288,19 @@ def test_results_csv_missing_column_is_named(tmp_path):
     path.write_text("id,probability\n1,0.5\n")
     with pytest.raises(ValueError, match="seed_r"):
         read_results_csv(path)
+
+
+def test_each_segment_records_the_checksum_of_its_own_mask(seg_path, results):
+    """A freshly written file reads as unedited: every segment's mask matches its MaskHash tag,
+    and editing one voxel breaks only that segment's match."""
+    from LymphNodeMTLLib.mask_checksum import mask_checksum
+    from LymphNodeMTLLib.segmentation_writer import TAG_MASK_HASH
+
+    labelmap, _, segments = read_segmentation(seg_path)
+    masks = [segment_mask(labelmap, s) for s in segments]
+    assert [s["tags"][TAG_MASK_HASH] for s in segments] == [mask_checksum(m) for m in masks]
+    assert segments[0]["tags"][TAG_MASK_HASH] == "empty" or masks[0].any()
+    edited = masks[1].copy()
+    edited[tuple(np.argwhere(edited)[0])] = False
+    assert mask_checksum(edited) != segments[1]["tags"][TAG_MASK_HASH]
+    assert mask_checksum(masks[2]) == segments[2]["tags"][TAG_MASK_HASH]

@@ -24,6 +24,7 @@ import numpy as np
 
 from .geometry import VolumeGeometry
 from .node_result import NodeResult
+from .mask_checksum import mask_checksum
 
 LABELMAP_REPRESENTATION = "Binary labelmap"
 TAG_PREFIX = "LymphNodeMTL."
@@ -35,6 +36,10 @@ TAG_SHORT_AXIS = TAG_PREFIX + "ShortAxisMm"
 TAG_LONG_AXIS = TAG_PREFIX + "LongAxisMm"
 TAG_VOLUME = TAG_PREFIX + "VolumeMm3"
 TAG_MODEL_ID = TAG_PREFIX + "ModelId"
+TAG_MEAN_HU = TAG_PREFIX + "MeanHu"
+# checksum of the mask the engine wrote: a segment whose mask differs was edited by a person
+TAG_MASK_HASH = TAG_PREFIX + "MaskHash"
+TAG_WEIGHTS_SHA256 = TAG_PREFIX + "WeightsSha256"
 # Slicer's segment tag holding the terminology (vtkSegment::GetTerminologyEntryTagName()).
 TERMINOLOGY_TAG = "TerminologyEntry"
 # Slicer's serialised terminology entry, fields joined by '~', codes as scheme^value^meaning:
@@ -95,8 +100,12 @@ def segment_tags(result: NodeResult, model_id: str = "") -> dict[str, str]:
         TAG_SHORT_AXIS: _fixed(result.short_axis_mm, 2),
         TAG_LONG_AXIS: _fixed(result.long_axis_mm, 2),
         TAG_VOLUME: _fixed(result.volume_mm3, 2),
+        TAG_MEAN_HU: _fixed(result.mean_hu, 1),
         TAG_MODEL_ID: model_id,
+        TAG_MASK_HASH: mask_checksum(result.mask, result.bbox_start_kji),
     }
+    if result.extra.get("weights_sha256"):
+        tags[TAG_WEIGHTS_SHA256] = result.extra["weights_sha256"]
     return {key: _tag_value(value) for key, value in tags.items()}
 
 
