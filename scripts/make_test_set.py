@@ -1,0 +1,47 @@
+"""The held-out phantom test set of the bundled model's card (seeds 777/778, never used in training).
+
+    .venv/bin/python scripts/make_test_set.py --out work-tmp/testset
+    .venv/bin/lymphnode-mtl evaluate --manifest work-tmp/testset/manifest.csv --out work-tmp/eval-demo --device cpu
+
+110 synthetic cases plus 20 cases with nodes inserted into the real chest and mediastinal CT of
+../shared/data/ct (about 1080 nodes), merged into one manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
+
+SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="work-tmp/testset")
+    args = p.parse_args()
+    root = Path(args.out)
+    parts = [("synthetic", write_phantom_dataset(root / "synthetic", n_cases=110, seed=777))]
+    backgrounds = [str(SHARED_CT / n) for n in ("chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz")
+                   if (SHARED_CT / n).exists()]
+    if backgrounds:
+        parts.append(("real", write_phantom_dataset(root / "real", n_cases=20, seed=778, background=backgrounds,
+                                                    nodes_per_case=(3, 6))))
+    rows = []
+    for sub, manifest in parts:
+        with open(manifest, newline="") as f:
+            for row in csv.DictReader(f):
+                row = {k: (f"{sub}/{v}" if k in ("image", "nodes", "label_map") and v else v) for k, v in row.items()}
+                row["case_id"] = f"{sub}-{row['case_id']}"
+                rows.append(row)
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{len(rows)} cases: {root / 'manifest.csv'}")
+
+
+if __name__ == "__main__":
+    main()
