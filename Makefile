@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lymphnode-mtl demo --out demo-output
+	$(VENV)/bin/lymphnode-mtl demo --out demo-output --overwrite  # the demo owns this folder
 
 test: $(STAMP)
 	$(PY) -m pytest -q
