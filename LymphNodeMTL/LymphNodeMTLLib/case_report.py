@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 from .case import Case
 from .geometry import VolumeGeometry
-from .measurements import boundary_points, mask_in_sar_order
+from .measurements import boundary_points, feret_caliper, mask_in_sar_order
 from .node_result import NodeResult
 from .segmentation_writer import atomic_output, probability_color, segment_name
 
@@ -186,68 +185,18 @@ def recist_axes(result: NodeResult, geometry: VolumeGeometry) -> RecistAxes | No
     """
     if not result.mask.any():
         return None
-    sar, spacing, s_coords = mask_in_sar_order(result.mask, geometry, result.bbox_start_kji)
-    origin, columns = _sar_index_to_ras(result.mask.shape, geometry, result.bbox_start_kji)
-    if not np.allclose(origin[2] + columns[2, 0] * np.arange(len(s_coords)), s_coords, atol=1e-3):
-        return None  # measurements.py changed how it orders the mask: draw no axes rather than wrong ones
-    filled = np.flatnonzero(sar.any(axis=(1, 2)))
+    sar = mask_in_sar_order(result.mask, geometry, result.bbox_start_kji)
+    s_coords = sar.s_coords
+    filled = np.flatnonzero(sar.mask.any(axis=(1, 2)))
     target = result.extra.get("short_axis_slice_s_mm", float("nan"))
     if target is None or not math.isfinite(target):
-        z = int(filled[np.argmax(sar[filled].sum(axis=(1, 2)))])
+        z = int(filled[np.argmax(sar.mask[filled].sum(axis=(1, 2)))])
     else:
         z = int(filled[np.argmin(np.abs(s_coords[filled] - target))])
-    # the caliper works on measurements.py's own outline points (same order, so same tie-breaks)
-    points_mm = boundary_points(sar[z], spacing[1:])  # (a, r) in array millimetres
-
-    def to_ras(ends_mm):
-        index = ends_mm / spacing[1:]
-        return origin + z * columns[:, 0] + index[:, :1] * columns[:, 1] + index[:, 1:] * columns[:, 2]
-
-    long_mm, short_mm = _caliper(points_mm)
-    return RecistAxes(float(s_coords[z]), to_ras(long_mm), to_ras(short_mm))
-
-
-def _sar_index_to_ras(mask_shape, geometry: VolumeGeometry, start_kji):
-    """Origin and columns (for the S, A, R array axes) of mask_in_sar_order's array in RAS mm.
-
-    Mirrors measurements.mask_in_sar_order: an axis-aligned grid is only transposed (axes may run
-    towards -R, -A or -S); any other grid is resampled onto an ascending RAS grid at half its
-    finest spacing, starting half a step inside the box of the mask's voxel corners.
-    """
-    sub = geometry.crop(start_kji, np.add(start_kji, mask_shape))
-    if geometry.is_axis_aligned():
-        ras_axis_of_ijk = np.argmax(np.abs(sub.direction_ras), axis=0)
-        array_axis_of_ras = {int(ras_axis_of_ijk[ijk]): 2 - ijk for ijk in range(3)}
-        order = [array_axis_of_ras[2], array_axis_of_ras[1], array_axis_of_ras[0]]
-        columns = np.stack([sub.ijk_to_ras[:3, 2 - order[n]] for n in range(3)], axis=1)
-        return sub.ijk_to_ras[:3, 3].copy(), columns
-    step = float(sub.spacing.min()) / 2.0
-    shape_ijk = np.asarray(mask_shape[::-1])
-    corners = np.array([[x, y, z] for x in (-0.5, shape_ijk[0] - 0.5)
-                        for y in (-0.5, shape_ijk[1] - 0.5) for z in (-0.5, shape_ijk[2] - 0.5)])
-    low = sub.ijk_to_ras_points(corners).min(axis=0)
-    origin = low + step / 2.0
-    columns = np.array([[0.0, 0.0, step], [0.0, step, 0.0], [step, 0.0, 0.0]])  # S, A, R
-    return origin, columns
-
-
-def _caliper(plane: np.ndarray):
-    """Long axis (longest chord) and short axis (extent perpendicular to it) of a 2-D outline,
-    as two (2, 2) endpoint arrays; the same chord choice as measurements._feret."""
-    try:
-        hull = plane[ConvexHull(plane).vertices]
-    except (QhullError, ValueError):
-        hull = plane
-    d2 = ((hull[:, None, :] - hull[None, :, :]) ** 2).sum(-1)
-    a, b = np.unravel_index(int(np.argmax(d2)), d2.shape)
-    p, q = hull[a], hull[b]
-    u = (q - p) / max(np.linalg.norm(q - p), 1e-9)
-    v = np.array([-u[1], u[0]])
-    along, across = plane @ u, plane @ v
-    low, high = int(np.argmin(across)), int(np.argmax(across))
-    middle = (along[low] + along[high]) / 2.0
-    short = np.array([middle * u + across[low] * v, middle * u + across[high] * v])
-    return np.array([p, q]), short
+    # the same outline and caliper measurements.py measured with, so drawn = reported
+    caliper = feret_caliper(boundary_points(sar.mask[z], sar.spacing[1:]))
+    return RecistAxes(float(s_coords[z]), sar.to_ras(z, caliper.long_ends),
+                      sar.to_ras(z, caliper.short_ends))
 
 
 # --- rendering ------------------------------------------------------------------------------------

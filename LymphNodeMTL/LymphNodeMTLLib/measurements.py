@@ -24,28 +24,50 @@ class AxialDiameters:
     short_slice_s_mm: float = float("nan")
 
 
-def mask_in_sar_order(mask: np.ndarray, geometry: VolumeGeometry, start_kji):
-    """The mask as an array indexed (S, A, R) with its spacing (s, a, r) and the S coordinate of
-    each plane. Exact (no interpolation) for axis-aligned CTs."""
+@dataclass
+class SarMask:
+    """A node mask indexed (S, A, R), and where its voxels sit in RAS.
+
+    Attributes:
+        mask: bool array, axes (S, A, R).
+        spacing: voxel size along (S, A, R) in mm.
+        origin_ras: RAS of voxel (0, 0, 0).
+        columns: 3x3; column n is the RAS step of one voxel along array axis n (S, A or R, possibly
+            running towards -S, -A or -R).
+    """
+
+    mask: np.ndarray
+    spacing: np.ndarray
+    origin_ras: np.ndarray
+    columns: np.ndarray
+
+    @property
+    def s_coords(self) -> np.ndarray:
+        """S coordinate (mm) of each axial plane."""
+        return self.origin_ras[2] + self.columns[2, 0] * np.arange(self.mask.shape[0])
+
+    def to_ras(self, z: int, points_ar_mm: np.ndarray) -> np.ndarray:
+        """RAS of (a, r) points in array millimetres on plane z."""
+        index = points_ar_mm / self.spacing[1:]
+        return (self.origin_ras + z * self.columns[:, 0]
+                + index[:, :1] * self.columns[:, 1] + index[:, 1:] * self.columns[:, 2])
+
+
+def mask_in_sar_order(mask: np.ndarray, geometry: VolumeGeometry, start_kji) -> SarMask:
+    """The mask in (S, A, R) order. Exact (a transpose, no interpolation) for axis-aligned CTs."""
     sub_geom = geometry.crop(start_kji, np.add(start_kji, mask.shape))
     if geometry.is_axis_aligned():
-        direction = sub_geom.direction_ras  # columns: i, j, k axes in RAS
-        ras_axis_of_ijk = np.argmax(np.abs(direction), axis=0)
-        # array axes are (k, j, i); target order is (S=2, A=1, R=0)
+        ras_axis_of_ijk = np.argmax(np.abs(sub_geom.direction_ras), axis=0)
+        # array axes are (k, j, i) = 2 - ijk; target order is (S=2, A=1, R=0)
         array_axis_of_ras = {int(ras_axis_of_ijk[ijk]): 2 - ijk for ijk in range(3)}
         order = [array_axis_of_ras[2], array_axis_of_ras[1], array_axis_of_ras[0]]
-        sar = np.transpose(mask, order)
-        spacing_ijk = sub_geom.spacing
-        spacing_sar = np.array([spacing_ijk[2 - order[n]] for n in range(3)])
-        s_axis_ijk = 2 - order[0]
-        ijk = np.zeros((sar.shape[0], 3))
-        ijk[:, s_axis_ijk] = np.arange(sar.shape[0])
-        s_coords = sub_geom.ijk_to_ras_points(ijk)[:, 2]
-        return sar, spacing_sar, s_coords
+        columns = np.stack([sub_geom.ijk_to_ras[:3, 2 - order[n]] for n in range(3)], axis=1)
+        return SarMask(np.transpose(mask, order), np.linalg.norm(columns, axis=0),
+                       sub_geom.ijk_to_ras[:3, 3].copy(), columns)
     return _resample_to_sar(mask, sub_geom)
 
 
-def _resample_to_sar(mask: np.ndarray, geometry: VolumeGeometry):
+def _resample_to_sar(mask: np.ndarray, geometry: VolumeGeometry) -> SarMask:
     # smooth, then sample at half the finest spacing: re-binarising an oblique staircase on a
     # coarse grid would add a second pixel of digitisation error
     step = float(geometry.spacing.min()) / 2.0
@@ -62,8 +84,9 @@ def _resample_to_sar(mask: np.ndarray, geometry: VolumeGeometry):
     coords = ijk[:, ::-1].T  # map_coordinates wants (k, j, i)
     smooth = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 2), 0.7)
     sampled = ndimage.map_coordinates(smooth, coords + 2.0, order=1, cval=0.0)
-    sar = sampled.reshape(s.shape) > 0.5
-    return sar, np.array([step, step, step]), axes[2]
+    origin = np.array([axes[0][0], axes[1][0], axes[2][0]])
+    columns = np.array([[0.0, 0.0, step], [0.0, step, 0.0], [step, 0.0, 0.0]])  # S, A, R
+    return SarMask(sampled.reshape(s.shape) > 0.5, np.array([step, step, step]), origin, columns)
 
 
 def boundary_points(mask2d: np.ndarray, spacing_ar: np.ndarray, sigma_px: float = 0.7) -> np.ndarray:
@@ -102,18 +125,39 @@ def _pixel_edge_midpoints(mask2d: np.ndarray) -> np.ndarray:
     return np.concatenate(points)
 
 
-def _feret(points: np.ndarray):
-    """Longest chord of a 2-D outline and its extent perpendicular to that chord (mm)."""
+@dataclass
+class Caliper:
+    """RECIST calipers on one axial outline: endpoints as (2, 2) arrays of (a, r) mm."""
+
+    long_ends: np.ndarray
+    short_ends: np.ndarray
+
+    @property
+    def long_mm(self) -> float:
+        return float(np.linalg.norm(self.long_ends[1] - self.long_ends[0]))
+
+    @property
+    def short_mm(self) -> float:
+        return float(np.linalg.norm(self.short_ends[1] - self.short_ends[0]))
+
+
+def feret_caliper(points: np.ndarray) -> Caliper:
+    """Longest chord of a 2-D outline, and its extent perpendicular to that chord drawn through the
+    middle of that extent along the chord."""
     try:
         hull = points[ConvexHull(points).vertices]
     except (QhullError, ValueError):
         hull = points  # collinear or tiny: brute force over all points
-    diff = hull[:, None, :] - hull[None, :, :]
-    d2 = (diff**2).sum(-1)
+    d2 = ((hull[:, None, :] - hull[None, :, :]) ** 2).sum(-1)
     a, b = np.unravel_index(int(np.argmax(d2)), d2.shape)
-    u = diff[a, b] / np.sqrt(d2[a, b])
-    proj = points @ np.array([-u[1], u[0]])
-    return float(np.sqrt(d2[a, b])), float(proj.max() - proj.min())
+    p, q = hull[a], hull[b]
+    u = (q - p) / max(float(np.linalg.norm(q - p)), 1e-9)
+    v = np.array([-u[1], u[0]])
+    along, across = points @ u, points @ v
+    low, high = int(np.argmin(across)), int(np.argmax(across))
+    middle = (along[low] + along[high]) / 2.0
+    short = np.array([middle * u + across[low] * v, middle * u + across[high] * v])
+    return Caliper(np.array([p, q]), short)
 
 
 def _better(value, s_mm, best, best_s) -> bool:
@@ -129,10 +173,11 @@ def axial_diameters(mask: np.ndarray, geometry: VolumeGeometry, start_kji) -> Ax
     out = AxialDiameters()
     if not mask.any():
         return out
-    sar, spacing, s_coords = mask_in_sar_order(mask, geometry, start_kji)
-    for z in np.flatnonzero(sar.any(axis=(1, 2))):
-        long_mm, short_mm = _feret(boundary_points(sar[z], spacing[1:]))
-        s_mm = float(s_coords[z])
+    sar = mask_in_sar_order(mask, geometry, start_kji)
+    s_coords = sar.s_coords
+    for z in np.flatnonzero(sar.mask.any(axis=(1, 2))):
+        caliper = feret_caliper(boundary_points(sar.mask[z], sar.spacing[1:]))
+        long_mm, short_mm, s_mm = caliper.long_mm, caliper.short_mm, float(s_coords[z])
         if _better(long_mm, s_mm, out.long_axis_mm, out.long_slice_s_mm):
             out.long_axis_mm, out.long_slice_s_mm = long_mm, s_mm
         if _better(short_mm, s_mm, out.short_axis_mm, out.short_slice_s_mm):
