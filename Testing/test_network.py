@@ -90,7 +90,7 @@ def test_loss_trains_only_the_heads_it_has_labels_for():
     assert float(losses["seg"]) == 0.0 and float(losses["cls"]) > 0
     losses["total"].backward()
     assert net.mask_out.conv.conv.weight.grad is None or float(net.mask_out.conv.conv.weight.grad.abs().sum()) == 0
-    assert float(net.head[-1].weight.grad.abs().sum()) > 0
+    assert float(net.head.mlp[-1].weight.grad.abs().sum()) > 0
     # no labels: classification loss is zero, segmentation loss is not
     net.zero_grad()
     out = net(x, mask)
@@ -124,3 +124,46 @@ def test_node_descriptors_measure_an_ellipsoid():
     desc = node_descriptors(ellipsoid, image, 1.0)[0]
     assert float(desc[5]) == pytest.approx(0.3) and float(desc[6]) == pytest.approx(0.0, abs=1e-4)
     assert torch.all(node_descriptors(torch.zeros_like(ellipsoid), image, 1.0) == 0)
+
+
+def _phantom_node(core: bool, hilum: bool):
+    """A 14 x 10 x 8 mm ellipsoid node of 45 HU in fat, optionally with a 15 HU necrotic core and
+    a fat wedge reaching a quarter of the radius in; returns (drawn mask, windowed image)."""
+    from LymphNodeMTLLib.preprocessing import PreprocessingConfig, window_hu
+
+    c = torch.arange(40).float() - 19.5
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    rho = ((x / 7) ** 2 + (y / 5) ** 2 + (z / 4) ** 2).sqrt()
+    node = rho <= 1
+    hu = torch.full(node.shape, -100.0)
+    hu[node] = 45.0
+    if core:
+        hu[rho < 0.45] = 15.0
+    if hilum:
+        wedge = node & (rho >= 0.75) & (y > 0) & (y.abs() > 1.7 * x.abs())
+        hu[wedge] = -60.0
+    return node.float()[None, None], window_hu(hu[None, None], PreprocessingConfig())
+
+
+def test_node_descriptors_see_necrosis_and_a_fatty_hilum():
+    from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS, node_descriptors
+
+    assert len(DESCRIPTOR_NAMES) == NUM_DESCRIPTORS
+    col = {name: i for i, name in enumerate(DESCRIPTOR_NAMES)}
+    plain = node_descriptors(*_phantom_node(False, False), 1.0)[0]
+    necrotic = node_descriptors(*_phantom_node(True, False), 1.0)[0]
+    mask, hilum_image = _phantom_node(False, True)
+    hilum = node_descriptors(mask, hilum_image, 1.0)[0]
+    # a 30 HU drop in the core reads as about 1 (in units of 30 HU); none without a core
+    assert float(plain[col["core_drop"]]) == pytest.approx(0.0, abs=0.05)
+    assert float(necrotic[col["core_drop"]]) == pytest.approx(1.0, abs=0.25)
+    # the wedge's fat shows inside the ellipsoid; a solid node has none
+    assert float(plain[col["fat_inside"]]) == pytest.approx(0.0, abs=1e-6)
+    assert float(hilum[col["fat_inside"]]) > 0.05
+    assert float(hilum[col["lowest_smoothed"]]) > float(plain[col["lowest_smoothed"]]) + 0.2
+    # a mask that leaves the hilum's fat out shows it as a notch instead: it departs further
+    # from its moment ellipsoid than the solid node's mask does
+    without_wedge = mask * (hilum_image > -0.25).float()  # above -25 HU
+    assert float(without_wedge.sum()) < float(mask.sum())
+    hilum_excluded = node_descriptors(without_wedge, hilum_image, 1.0)[0]
+    assert float(hilum_excluded[col["ellipsoid_mismatch"]]) > float(plain[col["ellipsoid_mismatch"]]) + 0.02

@@ -83,6 +83,7 @@ class ModelConfig:
 
         net = dict(self.network)
         net.setdefault("patch_spacing_mm", self.preprocessing.patch_spacing_mm)
+        net.setdefault("hu_window", tuple(self.preprocessing.hu_window))
         if "channels" in net:
             net["channels"] = tuple(net["channels"])
         return build_network(net)

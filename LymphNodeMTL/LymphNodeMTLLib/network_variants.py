@@ -40,6 +40,7 @@ from .multiscale_fusion import MultiScaleFusion
 from .node_network import MultiTaskNodeNet
 from .routing_gate import RoutingGate
 from .node_descriptors import NodeHeadInput
+from .node_head import NodeHead
 from .task_aware_attention import ClassificationAwarePath, SegmentationAwareDecoder
 from .task_specific_attention import TaskSpecificAttention
 
@@ -128,6 +129,7 @@ class ComponentNodeNet(nn.Module):
         lesion_map_scale: int = 1,
         pool_region: str = "seed_ball",
         seed_ball_radius_mm: float = 5.0,
+        hu_window: tuple[float, float] = (-250.0, 350.0),
     ):
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
@@ -197,7 +199,7 @@ class ComponentNodeNet(nn.Module):
                 self.deep_supervision = DeepSupervisionHeads(sources[len(sources) - num_aux:])
 
         # metastasis branch
-        self.head_input = NodeHeadInput(ch, pool_sigma_mm, patch_spacing_mm)  # as in the base head
+        self.head_input = NodeHeadInput(ch, pool_sigma_mm, patch_spacing_mm, hu_window)  # as in the base head
         pooled_width = self.head_input.width
         self.mixed = bool(mixed_head)
         self.head_kind = head
@@ -208,8 +210,7 @@ class ComponentNodeNet(nn.Module):
             elif self.mixed:
                 self.head = MixedHead(pooled_width, head_hidden, dropout)
             else:
-                self.head = nn.Sequential(nn.Linear(pooled_width, head_hidden), nn.GELU(), nn.Dropout(dropout),
-                                          nn.Linear(head_hidden, 1))
+                self.head = NodeHead(pooled_width, head_hidden, dropout)  # as in the base head
         self.short_axis_head = ShortAxisHead(pooled_width) if aux_short_axis else None
         self.station_head = StationHead(pooled_width, stations) if stations else None
 

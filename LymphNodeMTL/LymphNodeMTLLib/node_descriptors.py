@@ -1,11 +1,12 @@
-"""What the metastasis head reads besides pooled features: the node's shape and intensity under
-its mask.
+"""What the metastasis head reads besides pooled features: the node's size, shape and CT signs.
 
-Mean pooling under the mask is size-blind by construction, yet size, elongation, margin and
-internal density are what radiologists stage nodes by (short axis, long/short ratio, irregular
-margin, necrosis, fatty hilum). These descriptors hand the head that information explicitly,
-computed from the same (predicted, given or corrected) mask it pools under, so re-classifying an
-edited mask changes them too.
+Mean pooling under the mask is size-blind by construction, yet size, elongation, margin,
+central necrosis and a fatty hilum are what radiologists stage nodes by. These descriptors hand
+the head that information explicitly, computed from the same (predicted, given or corrected) mask
+it pools under, so re-classifying an edited mask changes them too. The CT signs are read inside
+the mask's moment ellipsoid rather than under the mask itself, so a mask that leaves a fatty
+hilum out (as a network's tends to) and one that includes it (as a radiologist draws it) describe
+the node alike.
 """
 
 from __future__ import annotations
@@ -16,32 +17,84 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NUM_DESCRIPTORS = 7
+# HU thresholds of the radiologic signs: fat (a fatty hilum) is below FAT_HU; solid node tissue
+# is around SOLID_HU and a necrotic core some CONTRAST_HU lower.
+FAT_HU = -30.0
+SOLID_HU = 45.0
+CONTRAST_HU = 30.0
+# Shells of relative radius (moment ellipsoid = 1) for the radial profile: necrosis is a
+# concentric core, a fatty hilum a notch in the outer quarter.
+PROFILE_EDGES = (0.0, 0.25, 0.45, 0.65, 0.85, 1.0)
+CORE_RADIUS = 0.35
+BODY_RADII = (0.5, 0.85)
+RADIOLOGIC_RADIUS = BODY_RADII[1]
+DESCRIPTOR_NAMES = (
+    "log_volume", "log_diameter_short", "log_diameter_mid", "log_diameter_long", "compactness",
+    "mean_windowed", "sd_windowed", "ellipsoid_mismatch", "core_drop", "core_drop_z", "noise",
+    "lowest_smoothed", "fat_inside", "texture",
+    *(f"profile_hu_{i}" for i in range(len(PROFILE_EDGES) - 1)),
+    *(f"profile_fat_{i}" for i in range(len(PROFILE_EDGES) - 1)),
+)
+NUM_DESCRIPTORS = len(DESCRIPTOR_NAMES)
+
+
+def _moments(m: torch.Tensor, spacing_mm: float):
+    """Centroid (B, 3), covariance (B, 3, 3) and voxel coordinates (1, N, 3) in mm of mask m."""
+    b, _, d, h, w = m.shape
+    weights = m.float().flatten(1)
+    n = weights.sum(1).clamp_min(1.0)
+    axes = [torch.arange(s, device=m.device, dtype=torch.float32) * spacing_mm for s in (d, h, w)]
+    zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
+    coords = torch.stack([xx, yy, zz], dim=-1).view(1, -1, 3)
+    mean = (weights.unsqueeze(-1) * coords).sum(1) / n.unsqueeze(-1)
+    centred = coords - mean.unsqueeze(1)
+    cov = torch.einsum("bn,bni,bnj->bij", weights, centred, centred) / n.view(-1, 1, 1)
+    cov = cov + torch.eye(3, device=m.device) * (spacing_mm**2 / 12.0)  # a voxel's own extent
+    return mean, cov, coords
 
 
 def principal_diameters_mm(mask: torch.Tensor, spacing_mm: float) -> torch.Tensor:
     """(B, 3) ascending diameters of the ellipsoid with the mask's second moments: a solid
     ellipsoid of semi-axis a has variance a^2 / 5 along that axis, so d = 2 sqrt(5 lambda)."""
-    b, _, d, h, w = mask.shape
-    m = mask.float().flatten(1)
-    n = m.sum(1).clamp_min(1.0)
-    axes = [torch.arange(s, device=mask.device, dtype=torch.float32) * spacing_mm for s in (d, h, w)]
-    zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
-    coords = torch.stack([xx, yy, zz], dim=-1).view(1, -1, 3)
-    mean = (m.unsqueeze(-1) * coords).sum(1) / n.unsqueeze(-1)
-    centred = coords - mean.unsqueeze(1)
-    cov = torch.einsum("bn,bni,bnj->bij", m, centred, centred) / n.view(-1, 1, 1)
-    cov = cov + torch.eye(3, device=mask.device) * (spacing_mm**2 / 12.0)  # a voxel's own extent
+    _, cov, _ = _moments(mask, spacing_mm)
     eig = torch.linalg.eigvalsh(cov.double()).float().clamp_min(0.0)
     return 2.0 * torch.sqrt(5.0 * eig)
 
 
-def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float) -> torch.Tensor:
-    """(B, 7): log volume, log principal diameters (3), surface-to-volume compactness, mean and SD
-    of the windowed CT under the mask. All zero for an empty mask."""
+def relative_radius(mask: torch.Tensor, spacing_mm: float) -> torch.Tensor:
+    """(B, N) each voxel's radius relative to the mask's moment ellipsoid: 0 at the centroid,
+    1 on the ellipsoid's surface. Necrosis is a concentric core and a fatty hilum notches the
+    surface, so both are read along this radius, whatever the node's size and orientation."""
+    mean, cov, coords = _moments(mask, spacing_mm)
+    centred = coords - mean.unsqueeze(1)
+    inv = torch.linalg.inv((5.0 * cov).double()).float()
+    return torch.einsum("bni,bij,bnj->bn", centred, inv, centred).clamp_min(0.0).sqrt()
+
+
+def _masked_mean(values: torch.Tensor, weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    total = weights.sum(1)
+    mean = (values * weights).sum(1) / total.clamp_min(1.0)
+    return torch.where(total > 0, mean, fallback)
+
+
+def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
+                     hu_window: tuple[float, float] = (-250.0, 350.0)) -> torch.Tensor:
+    """(B, NUM_DESCRIPTORS), in the order of DESCRIPTOR_NAMES, of the binarised mask and the
+    windowed CT (as the network reads it).
+
+    Size and shape (from the mask): log volume, log principal diameters, surface compactness, the
+    mask's disagreement with its moment ellipsoid (an irregular margin). Inside the ellipsoid:
+    mean and SD of the windowed CT; the core-to-body HU drop of non-fat tissue (central necrosis),
+    also in units of its standard error; the residual noise (so the head can weigh a drop against
+    noise); the lowest smoothed HU and the share of smoothed voxels below fat level (a fatty
+    hilum); the SD of the smoothed HU (heterogeneity); and a radial profile over ellipsoid shells
+    of the mean non-fat HU and the fat fraction. HU figures are scaled to about unit range. All
+    zero for an empty mask.
+    """
     m = (mask > 0.5).float()
     voxels = m.flatten(1).sum(1)
     present = (voxels > 0).float().unsqueeze(1)
+    zeros = torch.zeros_like(voxels)
     volume = voxels * spacing_mm**3
     diam = principal_diameters_mm(m, spacing_mm)
     eroded = -F.max_pool3d(-m, kernel_size=3, stride=1, padding=1)
@@ -49,9 +102,37 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float)
     # surface voxels against a sphere's for this volume: 1 for a ball, larger when irregular
     compactness = surface / (4.84 * voxels.clamp_min(1.0) ** (2.0 / 3.0))
     inside = m.flatten(1)
+    lo, hi = hu_window
+    hu_img = image.float() * (hi - lo) / 2.0 + (hi + lo) / 2.0
+    hu = hu_img.flatten(1)
+    smooth = F.avg_pool3d(hu_img, 3, stride=1, padding=1, count_include_pad=False).flatten(1)
+    rho = relative_radius(m, spacing_mm)
+    mismatch = ((rho <= 1.0).float() - inside).abs().sum(1) / voxels.clamp_min(1.0)
+    # Intensities are read inside the moment ellipsoid, not under the mask itself: a predicted
+    # mask tends to leave a fatty hilum out where a drawn one includes it, and the ellipsoid of
+    # either is nearly the same.
+    within = (rho < RADIOLOGIC_RADIUS).float()
+    solid = within * (hu > FAT_HU).float()
     values = image.float().flatten(1)
-    mean = (values * inside).sum(1) / voxels.clamp_min(1.0)
-    sd = (((values - mean.unsqueeze(1)) ** 2 * inside).sum(1) / voxels.clamp_min(1.0)).sqrt()
+    mean = _masked_mean(values, within, zeros)
+    sd = _masked_mean((values - mean.unsqueeze(1)) ** 2, within, zeros).sqrt()
+    solid_hu = _masked_mean(hu, solid, torch.full_like(voxels, SOLID_HU))
+    body = solid * (rho >= BODY_RADII[0]).float()
+    body_hu = _masked_mean(hu, body, solid_hu)
+    core = solid * (rho < CORE_RADIUS).float()
+    core_hu = _masked_mean(hu, core, body_hu)
+    noise = _masked_mean((hu - smooth) ** 2, solid, zeros).sqrt()
+    texture = _masked_mean((smooth - solid_hu.unsqueeze(1)) ** 2, solid, zeros).sqrt()
+    # fat reaching into the node (a hilum), on the smoothed HU
+    lowest = torch.where(within > 0, smooth, torch.full_like(smooth, 1e4)).amin(1)
+    lowest = torch.where(within.sum(1) > 0, lowest, solid_hu)
+    fat_inside = _masked_mean((smooth <= FAT_HU / 2).float(), within, zeros)
+    fat = (hu <= FAT_HU).float()
+    profile_hu, profile_fat = [], []
+    for r0, r1 in zip(PROFILE_EDGES[:-1], PROFILE_EDGES[1:]):
+        shell = ((rho >= r0) & (rho < r1)).float()
+        profile_hu.append((_masked_mean(hu, shell * (hu > FAT_HU).float(), solid_hu) - SOLID_HU) / CONTRAST_HU)
+        profile_fat.append(_masked_mean(fat, shell, zeros) * 4.0)
     feats = torch.stack([
         torch.log1p(volume) / math.log(1e4),
         torch.log1p(diam[:, 0]) / math.log(30.0),
@@ -60,6 +141,16 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float)
         compactness,
         mean,
         sd,
+        mismatch,
+        (body_hu - core_hu) / CONTRAST_HU,
+        # the same drop in units of its standard error: how sure the necrosis is
+        ((body_hu - core_hu) * core.sum(1).sqrt() / (noise + 1.0) / 10.0).clamp(-3.0, 3.0),
+        noise / 10.0,
+        (SOLID_HU - lowest.clamp(-150.0, 150.0)) / 100.0,
+        fat_inside * 4.0,
+        texture / 10.0,
+        *profile_hu,
+        *profile_fat,
     ], dim=1)
     return feats * present
 
@@ -71,17 +162,20 @@ class NodeHeadInput(nn.Module):
         channels: feature channels per scale.
         pool_sigma_mm: context margin of the soft mask pooling (M2ANet).
         spacing_mm: patch voxel size.
+        hu_window: the preprocessing HU window, to read HU back from the network input.
     """
 
-    def __init__(self, channels, pool_sigma_mm: float = 3.0, spacing_mm: float = 1.0):
+    def __init__(self, channels, pool_sigma_mm: float = 3.0, spacing_mm: float = 1.0,
+                 hu_window: tuple[float, float] = (-250.0, 350.0)):
         super().__init__()
         from .soft_mask_pooling import SoftMaskPooling
 
         self.pooling = SoftMaskPooling(pool_sigma_mm, spacing_mm, second_moment=True)
         self.spacing_mm = float(spacing_mm)
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.width = 2 * sum(int(c) for c in channels) + NUM_DESCRIPTORS
 
     def forward(self, feats, mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         pooled = self.pooling(feats, mask)
-        desc = node_descriptors(mask, image, self.spacing_mm)
+        desc = node_descriptors(mask, image, self.spacing_mm, self.hu_window)
         return torch.cat([pooled, desc.to(pooled.dtype)], dim=1)

@@ -13,6 +13,7 @@ from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, Unet
 from torch import nn
 
 from .node_descriptors import NodeHeadInput
+from .node_head import NodeHead
 
 
 class MultiTaskNodeNet(nn.Module):
@@ -26,6 +27,7 @@ class MultiTaskNodeNet(nn.Module):
         patch_spacing_mm: patch voxel size, so the margin is in mm.
         dropout: dropout before the head's last layer.
         norm: MONAI norm name (instance norm keeps batched and one-by-one inference identical).
+        hu_window: the preprocessing HU window (the head's descriptors are in HU).
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class MultiTaskNodeNet(nn.Module):
         patch_spacing_mm: float = 1.0,
         dropout: float = 0.1,
         norm: str = "instance",
+        hu_window: tuple[float, float] = (-250.0, 350.0),
     ):
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
@@ -62,13 +65,8 @@ class MultiTaskNodeNet(nn.Module):
             for level in range(len(self.channels) - 1, 0, -1)
         )
         self.mask_out = UnetOutBlock(3, self.channels[0], 1)
-        self.head_input = NodeHeadInput(self.channels, pool_sigma_mm, patch_spacing_mm)
-        self.head = nn.Sequential(
-            nn.Linear(self.head_input.width, head_hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(head_hidden, 1),
-        )
+        self.head_input = NodeHeadInput(self.channels, pool_sigma_mm, patch_spacing_mm, hu_window)
+        self.head = NodeHead(self.head_input.width, head_hidden, dropout)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
