@@ -136,3 +136,32 @@ def test_hidden_annotations_are_reproducible():
     assert torch.equal(a.has_mask, b.has_mask) and torch.equal(a.labels.isnan(), b.labels.isnan())
     assert 60 < int(a.has_mask.sum()) < 140 and 140 < int((~a.labels.isnan()).sum()) < 190
     assert bool(cache.has_mask.all())  # the original is untouched
+
+
+def test_resume_reuses_variants_trained_with_the_same_config_only(manifests, ablation_run, monkeypatch):
+    from LymphNodeMTLLib.ablation import finished_variant, variant_config
+    from LymphNodeMTLLib.trainer import TrainConfig, Trainer
+
+    train, test = manifests
+    config = ablation_run.parent / "config.json"
+    base = TrainConfig(**{**CONFIG, "epochs": 2, "max_minutes": 0.5})
+    folder = ablation_run / "models" / "base"
+    assert finished_variant(folder, variant_config(base, VARIANTS["base"], [])) is not None
+    other = TrainConfig(**{**CONFIG, "epochs": 3, "max_minutes": 0.5})
+    assert finished_variant(folder, variant_config(other, VARIANTS["base"], [])) is None
+
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("retrained a finished variant"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main(["ablate", "--manifest", str(train), "--test-manifest", str(test), "--out", str(ablation_run),
+                   "--config", str(config), "--epochs", "2", "--budget-minutes", "0.5",
+                   "--mask-fraction", "0.75", "--bootstrap", "20", "--variants", "single_task_classifier", "base",
+                   "--resume"])
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0
+    result = json.loads((ablation_run / "ablation.json").read_text())
+    assert [v["name"] for v in result["variants"]] == ["single_task_classifier", "base"]
+    assert all(v["reused"] and v["epochs"] >= 1 and "auc" in v["test"] for v in result["variants"])
+    assert "--resume" in result["command"]

@@ -45,6 +45,9 @@ def add_ablate_parser(sub) -> argparse.ArgumentParser:
     a.add_argument("--label-fraction", type=float, default=1.0, metavar="F",
                    help="keep labels on this share of training nodes (distillation experiments; default 1)")
     a.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
+    a.add_argument("--resume", action="store_true",
+                   help="reuse variants already trained in DIR/models with the same config (a run cut off "
+                        "part-way goes on where it stopped)")
     return a
 
 
@@ -58,6 +61,8 @@ def command_line(args) -> str:
             parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if args.variants:
         parts += ["--variants", *args.variants]
+    if getattr(args, "resume", False):
+        parts.append("--resume")
     for flag, value, default in (("--mask-fraction", args.mask_fraction, 1.0),
                                  ("--label-fraction", args.label_fraction, 1.0),
                                  ("--bootstrap", args.bootstrap, 1000)):
@@ -89,4 +94,4 @@ def run_ablate(args) -> dict:
     return run_ablation(args.manifest, args.test_manifest, args.out, base=base,
                         variants=tuple(args.variants or DEFAULT_VARIANTS), n_boot=args.bootstrap,
                         mask_fraction=args.mask_fraction, label_fraction=args.label_fraction,
-                        command=command_line(args))
+                        command=command_line(args), resume=args.resume)

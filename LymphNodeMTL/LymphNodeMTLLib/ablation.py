@@ -172,9 +172,14 @@ def run_ablation(
     mask_fraction: float = 1.0,
     label_fraction: float = 1.0,
     command: str = "",
+    resume: bool = False,
     log=print,
 ) -> dict:
-    """Train and score `variants` (names from VARIANT_NAMES); write ablation.md/.json into out_dir."""
+    """Train and score `variants` (names from VARIANT_NAMES); write ablation.md/.json into out_dir.
+
+    resume: reuse a variant's model folder left in out_dir/models by an earlier (perhaps cut off)
+    run when it was trained with exactly this variant's training config; otherwise train it.
+    """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     models_dir = out_dir / "models"
@@ -201,6 +206,17 @@ def run_ablation(
                          f"{', '.join(t for t in variant.teachers if t in records) or 'none (no distillation)'}")
         config = variant_config(base, variant, teacher_dirs)
         folder = models_dir / variant.name
+        record = {
+            "name": variant.name, "title": variant.title, "paper": variant.paper,
+            "network": variant.network, "training_components": config_components(config),
+            "teachers": [p.name for p in teacher_dirs], "folder": str(folder),
+        }
+        earlier = finished_variant(folder, config) if resume else None
+        if earlier is not None:
+            records[variant.name] = {**record, **earlier, "reused": True}
+            log(f"  reused {variant.name} from {folder}: {earlier['epochs']} epochs, validation AUC "
+                f"{earlier['validation'].get('val_auc', float('nan')):.3f}")
+            return
         seed_everything(config.seed)
         t0 = time.perf_counter()
         trainer = Trainer(config, folder, log=lambda *_: None)
@@ -208,13 +224,8 @@ def run_ablation(
         trainer.fit()
         validation = trainer.finish()
         (folder / "checkpoint.pt").unlink(missing_ok=True)
-        records[variant.name] = {
-            "name": variant.name, "title": variant.title, "paper": variant.paper,
-            "network": variant.network, "training_components": config_components(config),
-            "teachers": [p.name for p in teacher_dirs],
-            "epochs": len(trainer.history), "train_minutes": (time.perf_counter() - t0) / 60,
-            "validation": validation, "folder": str(folder),
-        }
+        records[variant.name] = {**record, "epochs": len(trainer.history),
+                                 "train_minutes": (time.perf_counter() - t0) / 60, "validation": validation}
         log(f"  trained {variant.name}: {len(trainer.history)} epochs in {records[variant.name]['train_minutes']:.2f} "
             f"min, validation AUC {validation.get('val_auc', float('nan')):.3f}")
 
@@ -278,6 +289,28 @@ def run_ablation(
     (out_dir / "ablation.md").write_text(ablation_markdown(result))
     log(f"ablation table: {out_dir / 'ablation.md'}")
     return result
+
+
+# what the trainer adds to the saved training config after the run
+_RUN_OUTCOME_KEYS = ("history", "validation", "world_size")
+
+
+def finished_variant(folder: Path, config: TrainConfig) -> dict | None:
+    """{"epochs", "train_minutes", "validation"} of a model folder trained with exactly `config`
+    (its saved training config, less the run's outcome), else None."""
+    from .errors import ModelError
+    from .model_store import load_model
+
+    try:
+        saved = load_model(folder).config.training
+    except ModelError:
+        return None
+    wanted = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as in config.json
+    if {k: v for k, v in saved.items() if k not in _RUN_OUTCOME_KEYS} != wanted:
+        return None
+    history = saved.get("history") or []
+    return {"epochs": len(history), "train_minutes": history[-1]["minutes"] if history else float("nan"),
+            "validation": saved.get("validation") or {}}
 
 
 def config_components(config: TrainConfig) -> dict:
