@@ -59,8 +59,9 @@ def card(config, metrics: dict, n_nodes: int, recipe: str) -> str:
 
 ## What it is
 LymphNodeMTL multi-task network (MONAI DynUNet blocks, channels {config.network.get('channels')}):
-node mask from a seed plus a metastasis probability from M2ANet-style soft-mask pooling, trained with
-MA-MTLN uncertainty weighting; probabilities temperature-calibrated on held-out phantom cases
+node mask from a seed plus a metastasis probability from M2ANet-style soft-mask pooling and the node's
+radiologic descriptors (size, shape, central necrosis, fat inside the node; node_descriptors.py),
+trained with MA-MTLN uncertainty weighting; probabilities temperature-calibrated on held-out phantom cases
 (T = {config.temperature:.3f}). Patch {config.preprocessing.patch_size}^3 voxels at
 {config.preprocessing.patch_spacing_mm} mm, HU window {list(config.preprocessing.hu_window)}.
 

@@ -170,6 +170,8 @@ def load_model(folder) -> LoadedModel:
         network.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"cannot load weights from {folder}: {first}") from None
+        raise ModelError(f"cannot load weights from {folder}: {first} (a model written by an older "
+                         "LymphNodeMTL, before the head read radiologic descriptors, must be retrained "
+                         "with `lymphnode-mtl train`)") from None
     network.eval()
     return LoadedModel(config, network, actual, folder)
