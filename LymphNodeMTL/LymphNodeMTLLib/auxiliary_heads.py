@@ -13,25 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .node_descriptors import principal_diameters_mm
+
 SHORT_AXIS_UNIT_MM = 10.0
 
 
 def short_axis_from_mask(mask: torch.Tensor, spacing_mm: float = 1.0) -> torch.Tensor:
     """(B, 1, D, H, W) binary masks -> (B,) smallest principal diameter in mm (0 for empty masks)."""
-    m = mask.float().flatten(2)[:, 0]  # (B, N)
-    d, h, w = mask.shape[2:]
-    grid = torch.stack(torch.meshgrid(
-        torch.arange(d, device=mask.device, dtype=torch.float32),
-        torch.arange(h, device=mask.device, dtype=torch.float32),
-        torch.arange(w, device=mask.device, dtype=torch.float32), indexing="ij"), dim=-1).view(-1, 3)
-    count = m.sum(1).clamp_min(1.0)
-    mean = (m @ grid) / count[:, None]  # (B, 3)
-    second = torch.einsum("bn,ni,nj->bij", m, grid, grid) / count[:, None, None]
-    cov = second - mean[:, :, None] * mean[:, None, :]
-    lam = torch.linalg.eigvalsh(cov).clamp_min(0.0)[:, 0]
-    # + 1/12: a voxel is a cube, not a point (variance of a uniform unit interval)
-    diameter = 2.0 * torch.sqrt(5.0 * (lam + 1.0 / 12.0)) * float(spacing_mm)
-    return torch.where(m.sum(1) > 0, diameter, torch.zeros_like(diameter))
+    diameter = principal_diameters_mm(mask, float(spacing_mm))[:, 0]
+    present = mask.flatten(1).sum(1) > 0
+    return torch.where(present, diameter, torch.zeros_like(diameter))
 
 
 class ShortAxisHead(nn.Module):

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .preprocessing import unwindow_hu
+
 # HU thresholds of the radiologic signs: fat (a fatty hilum) is below FAT_HU; solid node tissue
 # is around SOLID_HU and a necrotic core some CONTRAST_HU lower.
 FAT_HU = -30.0
@@ -53,22 +55,28 @@ def _moments(m: torch.Tensor, spacing_mm: float):
     return mean, cov, coords
 
 
+def _diameters(cov: torch.Tensor) -> torch.Tensor:
+    eig = torch.linalg.eigvalsh(cov.double()).float().clamp_min(0.0)
+    return 2.0 * torch.sqrt(5.0 * eig)
+
+
+def _relative_radius(mean: torch.Tensor, cov: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    centred = coords - mean.unsqueeze(1)
+    inv = torch.linalg.inv((5.0 * cov).double()).float()
+    return torch.einsum("bni,bij,bnj->bn", centred, inv, centred).clamp_min(0.0).sqrt()
+
+
 def principal_diameters_mm(mask: torch.Tensor, spacing_mm: float) -> torch.Tensor:
     """(B, 3) ascending diameters of the ellipsoid with the mask's second moments: a solid
     ellipsoid of semi-axis a has variance a^2 / 5 along that axis, so d = 2 sqrt(5 lambda)."""
-    _, cov, _ = _moments(mask, spacing_mm)
-    eig = torch.linalg.eigvalsh(cov.double()).float().clamp_min(0.0)
-    return 2.0 * torch.sqrt(5.0 * eig)
+    return _diameters(_moments(mask, spacing_mm)[1])
 
 
 def relative_radius(mask: torch.Tensor, spacing_mm: float) -> torch.Tensor:
     """(B, N) each voxel's radius relative to the mask's moment ellipsoid: 0 at the centroid,
     1 on the ellipsoid's surface. Necrosis is a concentric core and a fatty hilum notches the
     surface, so both are read along this radius, whatever the node's size and orientation."""
-    mean, cov, coords = _moments(mask, spacing_mm)
-    centred = coords - mean.unsqueeze(1)
-    inv = torch.linalg.inv((5.0 * cov).double()).float()
-    return torch.einsum("bni,bij,bnj->bn", centred, inv, centred).clamp_min(0.0).sqrt()
+    return _relative_radius(*_moments(mask, spacing_mm))
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
@@ -96,23 +104,24 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
     present = (voxels > 0).float().unsqueeze(1)
     zeros = torch.zeros_like(voxels)
     volume = voxels * spacing_mm**3
-    diam = principal_diameters_mm(m, spacing_mm)
+    moments = _moments(m, spacing_mm)  # one pass serves the diameters and the relative radius
+    diam = _diameters(moments[1])
     eroded = -F.max_pool3d(-m, kernel_size=3, stride=1, padding=1)
     surface = (m - eroded).flatten(1).sum(1)
     # surface voxels against a sphere's for this volume: 1 for a ball, larger when irregular
     compactness = surface / (4.84 * voxels.clamp_min(1.0) ** (2.0 / 3.0))
     inside = m.flatten(1)
-    lo, hi = hu_window
-    hu_img = image.float() * (hi - lo) / 2.0 + (hi + lo) / 2.0
+    hu_img = unwindow_hu(image.float(), hu_window)
     hu = hu_img.flatten(1)
     smooth = F.avg_pool3d(hu_img, 3, stride=1, padding=1, count_include_pad=False).flatten(1)
-    rho = relative_radius(m, spacing_mm)
+    rho = _relative_radius(*moments)
     mismatch = ((rho <= 1.0).float() - inside).abs().sum(1) / voxels.clamp_min(1.0)
     # Intensities are read inside the moment ellipsoid, not under the mask itself: a predicted
     # mask tends to leave a fatty hilum out where a drawn one includes it, and the ellipsoid of
     # either is nearly the same.
     within = (rho < RADIOLOGIC_RADIUS).float()
-    solid = within * (hu > FAT_HU).float()
+    nonfat = (hu > FAT_HU).float()
+    solid = within * nonfat
     values = image.float().flatten(1)
     mean = _masked_mean(values, within, zeros)
     sd = _masked_mean((values - mean.unsqueeze(1)) ** 2, within, zeros).sqrt()
@@ -127,11 +136,11 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
     lowest = torch.where(within > 0, smooth, torch.full_like(smooth, 1e4)).amin(1)
     lowest = torch.where(within.sum(1) > 0, lowest, solid_hu)
     fat_inside = _masked_mean((smooth <= FAT_HU / 2).float(), within, zeros)
-    fat = (hu <= FAT_HU).float()
+    fat = 1.0 - nonfat
     profile_hu, profile_fat = [], []
     for r0, r1 in zip(PROFILE_EDGES[:-1], PROFILE_EDGES[1:]):
         shell = ((rho >= r0) & (rho < r1)).float()
-        profile_hu.append((_masked_mean(hu, shell * (hu > FAT_HU).float(), solid_hu) - SOLID_HU) / CONTRAST_HU)
+        profile_hu.append((_masked_mean(hu, shell * nonfat, solid_hu) - SOLID_HU) / CONTRAST_HU)
         profile_fat.append(_masked_mean(fat, shell, zeros) * 4.0)
     feats = torch.stack([
         torch.log1p(volume) / math.log(1e4),

@@ -36,11 +36,21 @@ class PreprocessingConfig:
         return d
 
 
+def _centre_half(hu_window) -> tuple[float, float]:
+    lo, hi = hu_window
+    return (lo + hi) / 2.0, (hi - lo) / 2.0
+
+
 def window_hu(patches_hu: torch.Tensor, config: PreprocessingConfig) -> torch.Tensor:
     """Clip to the HU window and scale it to [-1, 1]."""
-    lo, hi = config.hu_window
-    centre, half = (lo + hi) / 2.0, (hi - lo) / 2.0
-    return (patches_hu.clamp(lo, hi) - centre) / half
+    centre, half = _centre_half(config.hu_window)
+    return (patches_hu.clamp(*config.hu_window) - centre) / half
+
+
+def unwindow_hu(windowed: torch.Tensor, hu_window) -> torch.Tensor:
+    """HU back from window_hu's [-1, 1] (values outside the window stay at its bounds)."""
+    centre, half = _centre_half(hu_window)
+    return windowed * half + centre
 
 
 def guidance_channel(config: PreprocessingConfig, device=None, dtype=torch.float32) -> torch.Tensor:
