@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
+from merge_manifests import merge_manifests  # scripts/ is on sys.path when run as a script
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 
@@ -28,25 +28,15 @@ def main():
     p.add_argument("--seed", type=int, default=777, help="synthetic seed; the real-background part uses seed + 1")
     args = p.parse_args()
     root = Path(args.out)
-    parts = [("synthetic", write_phantom_dataset(root / "synthetic", n_cases=args.synthetic, seed=args.seed))]
+    # each part in its own folder, whose name prefixes its case ids in the merged manifest
+    parts = [write_phantom_dataset(root / "synthetic", n_cases=args.synthetic, seed=args.seed)]
     backgrounds = [str(SHARED_CT / n) for n in ("chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz")
                    if (SHARED_CT / n).exists()]
     if backgrounds and args.real:
-        parts.append(("real", write_phantom_dataset(root / "real", n_cases=args.real, seed=args.seed + 1,
-                                                    background=backgrounds,
-                                                    nodes_per_case=(3, 6))))
-    rows = []
-    for sub, manifest in parts:
-        with open(manifest, newline="") as f:
-            for row in csv.DictReader(f):
-                row = {k: (f"{sub}/{v}" if k in ("image", "nodes", "label_map") and v else v) for k, v in row.items()}
-                row["case_id"] = f"{sub}-{row['case_id']}"
-                rows.append(row)
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{len(rows)} cases: {root / 'manifest.csv'}")
+        parts.append(write_phantom_dataset(root / "real", n_cases=args.real, seed=args.seed + 1,
+                                           background=backgrounds, nodes_per_case=(3, 6)))
+    out = root / "manifest.csv"
+    print(f"{merge_manifests(out, parts)} cases: {out}")
 
 
 if __name__ == "__main__":

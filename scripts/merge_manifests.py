@@ -17,15 +17,12 @@ from pathlib import Path
 PATH_COLUMNS = ("image", "nodes", "label_map")
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True, help="the merged manifest.csv")
-    p.add_argument("manifests", nargs="+")
-    args = p.parse_args()
-    out = Path(args.out)
+def merge_manifests(out: Path, manifests) -> int:
+    """Write one manifest at `out` with every case of `manifests`; returns the case count."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for manifest in map(Path, args.manifests):
+    for manifest in map(Path, manifests):
         with open(manifest, newline="") as f:
             for row in csv.DictReader(f):
                 for k in PATH_COLUMNS:
@@ -37,7 +34,15 @@ def main():
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"{len(rows)} cases: {out}")
+    return len(rows)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True, help="the merged manifest.csv")
+    p.add_argument("manifests", nargs="+")
+    args = p.parse_args()
+    print(f"{merge_manifests(Path(args.out), args.manifests)} cases: {args.out}")
 
 
 if __name__ == "__main__":
