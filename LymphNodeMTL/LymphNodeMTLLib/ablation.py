@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from .classification_metrics import roc_auc
+from .errors import ModelError
 from .evaluation import score_case, summarise, summary_json
+from .model_store import load_model
 from .node_patch_dataset import PatchCache, build_patch_cache
 from .preprocessing import PreprocessingConfig
 from .trainer import TrainConfig, Trainer, seed_everything
@@ -298,9 +300,6 @@ _RUN_OUTCOME_KEYS = ("history", "validation", "world_size")
 def finished_variant(folder: Path, config: TrainConfig) -> dict | None:
     """{"epochs", "train_minutes", "validation"} of a model folder trained with exactly `config`
     (its saved training config, less the run's outcome), else None."""
-    from .errors import ModelError
-    from .model_store import load_model
-
     try:
         saved = load_model(folder).config.training
     except ModelError:
