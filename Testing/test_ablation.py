@@ -165,3 +165,35 @@ def test_resume_reuses_variants_trained_with_the_same_config_only(manifests, abl
     assert [v["name"] for v in result["variants"]] == ["single_task_classifier", "base"]
     assert all(v["reused"] and v["epochs"] >= 1 and "auc" in v["test"] for v in result["variants"])
     assert "--resume" in result["command"]
+
+
+def test_resume_ignores_options_that_were_off_and_loader_workers(ablation_run, tmp_path):
+    """A folder saved by a version with an extra (off) option, or without a newer one, or trained
+    with other data-loader workers is the same variant; an option that was on is not."""
+    import shutil
+
+    from LymphNodeMTLLib.ablation import finished_variant, variant_config
+    from LymphNodeMTLLib.trainer import TrainConfig
+
+    wanted = variant_config(TrainConfig(**{**CONFIG, "epochs": 2, "max_minutes": 0.5}), VARIANTS["base"], [])
+    folder = tmp_path / "base"
+    shutil.copytree(ablation_run / "models" / "base", folder)
+    config_file = folder / "config.json"
+    original = json.loads(config_file.read_text())
+
+    def saved_with(**changes):
+        data = json.loads(json.dumps(original))
+        for key, value in changes.items():
+            if value is _DROP:
+                data["training"].pop(key)
+            else:
+                data["training"][key] = value
+        config_file.write_text(json.dumps(data))
+        return finished_variant(folder, wanted)
+
+    assert saved_with(retired_option=0, init_from=_DROP, num_workers=7) is not None
+    assert saved_with(retired_option=3) is None
+    assert saved_with(lr=original["training"]["lr"] * 2) is None
+
+
+_DROP = object()

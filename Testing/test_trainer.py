@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from LymphNodeMTLLib.cli import main
+from LymphNodeMTLLib.errors import InputError
 from LymphNodeMTLLib.model_store import load_model
 from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
 from LymphNodeMTLLib.trainer import CHECKPOINT, TrainConfig, Trainer
@@ -102,3 +103,35 @@ def test_torchrun_two_cpu_processes(manifest, tmp_path):
     assert loaded.config.model_id == "tiny-test"
     assert loaded.config.training["world_size"] == 2
     assert proc.stdout.count('"epoch": 1') == 1  # only rank 0 logs
+
+
+def test_init_from_starts_from_the_saved_weights_and_refuses_another_network(manifest, tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    source = tmp_path / "source"
+    assert main(["train", "--manifest", str(manifest), "--out", str(source), "--config", str(config)]) == 0
+    saved = load_model(source).network.state_dict()
+
+    tuned = Trainer(TrainConfig(**{**TINY, "init_from": str(source)}), tmp_path / "tuned", log=lambda *_: None)
+    for k, v in tuned.network.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+    fresh = Trainer(TrainConfig(**TINY), tmp_path / "fresh", log=lambda *_: None)
+    assert any(not torch.equal(v, saved[k]) for k, v in fresh.network.state_dict().items())
+
+    with pytest.raises(InputError, match="network or preprocessing differ"):
+        Trainer(TrainConfig(**{**TINY, "network": {"channels": [4, 8, 16]}, "init_from": str(source)}),
+                tmp_path / "other", log=lambda *_: None)
+
+
+def test_loader_workers_give_the_same_augmented_batches(cached_trainer):
+    """Samples are seeded per index and epoch, so worker processes change speed, not data."""
+    cached_trainer.config.num_workers = 0
+    serial = next(iter(cached_trainer._loader(cached_trainer.train_set, shuffle=True)))
+    cached_trainer.config.num_workers = 2
+    try:
+        parallel = next(iter(cached_trainer._loader(cached_trainer.train_set, shuffle=True)))
+    finally:
+        cached_trainer.config.num_workers = 0
+    assert torch.equal(serial["index"], parallel["index"])
+    torch.testing.assert_close(serial["image"], parallel["image"])
+    assert torch.equal(serial["mask"], parallel["mask"])

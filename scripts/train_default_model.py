@@ -10,6 +10,7 @@ then the standard Trainer. Sized to finish on a 2-core CPU; pass --minutes to ch
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.node_patch_dataset import CaseNodes, build_patch_cache
+from LymphNodeMTLLib.node_patch_dataset import CaseNodes, PatchCache, build_patch_cache
 from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
 from LymphNodeMTLLib.trainer import TrainConfig, Trainer
 from LymphNodeMTLLib.volume_reader import read_volume
@@ -26,18 +27,38 @@ SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 BACKGROUNDS = ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz", "dicom_abdomen_series"]
 
 
-def phantom_cases(n_synthetic: int, n_real: int, seed: int):
-    rng = np.random.default_rng(seed)
+def phantom_caches(n_synthetic: int, n_real: int, seed: int, pre, jitter_mm: float, ct_dir: Path,
+                   workers: int = 1) -> PatchCache:
+    """Node patches of n_synthetic whole-synthetic and n_real real-background phantom cases.
+
+    Each case draws from its own SeedSequence child, so the data do not depend on the worker count."""
+    global _BACKGROUNDS
     # read each real background once; the generator takes (array, geometry) pairs
-    backgrounds = [read_volume(SHARED_CT / b)[:2] for b in BACKGROUNDS if (SHARED_CT / b).exists()]
-    plan = [None] * n_synthetic + [backgrounds[i % len(backgrounds)] for i in range(n_real if backgrounds else 0)]
-    for n, bg in enumerate(plan):
-        case = _generate(rng, bg)
-        yield CaseNodes(
-            f"case{n:04d}", case.image, case.geometry,
-            np.array([p.seed_ras for p in case.nodes]), [p.node_id for p in case.nodes],
-            [p.label for p in case.nodes], [p.mask_value for p in case.nodes], case.label_map,
-        )
+    _BACKGROUNDS = [read_volume(ct_dir / b)[:2] for b in BACKGROUNDS if (ct_dir / b).exists()]
+    if n_real and not _BACKGROUNDS:
+        print(f"no real CT backgrounds under {ct_dir}: synthetic cases only", flush=True)
+    plan = [None] * n_synthetic + [i % len(_BACKGROUNDS) for i in range(n_real if _BACKGROUNDS else 0)]
+    jobs = [(n, child, bg, pre, jitter_mm)
+            for n, (child, bg) in enumerate(zip(np.random.SeedSequence(seed).spawn(len(plan)), plan))]
+    if workers <= 1:
+        return PatchCache.concatenate(map(_case_cache, jobs))
+    # fork: the workers inherit the backgrounds instead of receiving a copy per case
+    with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return PatchCache.concatenate(pool.imap(_case_cache, jobs, chunksize=2))
+
+
+_BACKGROUNDS: list = []
+
+
+def _case_cache(job) -> PatchCache:
+    n, seed_seq, bg, pre, jitter_mm = job
+    case = _generate(np.random.default_rng(seed_seq), None if bg is None else _BACKGROUNDS[bg])
+    nodes = CaseNodes(
+        f"case{n:04d}", case.image, case.geometry,
+        np.array([p.seed_ras for p in case.nodes]), [p.node_id for p in case.nodes],
+        [p.label for p in case.nodes], [p.mask_value for p in case.nodes], case.label_map,
+    )
+    return build_patch_cache([nodes], pre, jitter_mm)
 
 
 def _generate(rng, background):
@@ -93,19 +114,27 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--channels", default="12,24,48,96")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--workers", type=int, default=1, help="processes generating phantoms and loading batches")
+    p.add_argument("--init-from", default=None, help="fine-tune from this model folder (same network)")
+    p.add_argument("--ct-dir", type=Path, default=SHARED_CT, help="folder holding the real CT backgrounds")
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     config = TrainConfig(model_id="lymphnode-mtl-phantom-demo-v1", epochs=args.epochs, max_minutes=args.minutes,
-                         seed=args.seed, device=args.device, patience=args.epochs,
+                         seed=args.seed, device=args.device, patience=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, init_from=args.init_from, num_workers=args.workers if args.workers > 1 else 0,
                          network={"channels": [int(c) for c in args.channels.split(",")]})
     trainer = Trainer(config, args.out)
     t0 = time.perf_counter()
-    cache = build_patch_cache(phantom_cases(args.synthetic, args.real, args.seed), trainer.pre, config.jitter_mm)
+    cache = phantom_caches(args.synthetic, args.real, args.seed, trainer.pre, config.jitter_mm, args.ct_dir,
+                           args.workers)
     print(f"cached {len(cache)} nodes in {time.perf_counter() - t0:.0f} s", flush=True)
     trainer.set_cache(cache)
     trainer.fit()
     recipe = (f"scripts/train_default_model.py --synthetic {args.synthetic} --real {args.real} "
-              f"--epochs {args.epochs} --minutes {args.minutes} --seed {args.seed} --channels {args.channels}")
+              f"--epochs {args.epochs} --minutes {args.minutes} --seed {args.seed} --channels {args.channels} "
+              f"--batch-size {args.batch_size} --lr {args.lr} --device {trainer.device.type}"
+              + (f" --init-from {args.init_from}" if args.init_from else ""))
     metrics = trainer.finish(lambda cfg, m: card(cfg, m, len(cache), recipe))
     print(metrics)
 

@@ -293,8 +293,9 @@ def run_ablation(
     return result
 
 
-# what the trainer adds to the saved training config after the run
-_RUN_OUTCOME_KEYS = ("history", "validation", "world_size")
+# what the trainer adds to the saved training config after the run, and settings that change
+# only how fast it runs (a variant trained with other data-loader workers is the same variant)
+_RUN_OUTCOME_KEYS = ("history", "validation", "world_size", "num_workers")
 
 
 def finished_variant(folder: Path, config: TrainConfig) -> dict | None:
@@ -305,7 +306,10 @@ def finished_variant(folder: Path, config: TrainConfig) -> dict | None:
     except ModelError:
         return None
     wanted = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as in config.json
-    if {k: v for k, v in saved.items() if k not in _RUN_OUTCOME_KEYS} != wanted:
+    keys = (set(saved) | set(wanted)) - set(_RUN_OUTCOME_KEYS)
+    # an option known to only one of the two versions matches where it is off (0, None, empty)
+    if any(saved[k] != wanted[k] if k in saved and k in wanted else bool(saved.get(k) or wanted.get(k))
+           for k in keys):
         return None
     history = saved.get("history") or []
     return {"epochs": len(history), "train_minutes": history[-1]["minutes"] if history else float("nan"),

@@ -38,6 +38,18 @@ class PatchCache:
     def __len__(self) -> int:
         return len(self.node_ids)
 
+    @classmethod
+    def concatenate(cls, caches) -> "PatchCache":
+        """One cache from several built with the same preprocessing (e.g. by parallel workers)."""
+        caches = list(caches)
+        if len({c.margin for c in caches}) != 1:
+            raise ValueError("caches built with different jitter margins cannot be joined")
+        return cls(
+            torch.cat([c.images for c in caches]), torch.cat([c.masks for c in caches]),
+            torch.cat([c.labels for c in caches]), torch.cat([c.has_mask for c in caches]),
+            [n for c in caches for n in c.node_ids], [n for c in caches for n in c.case_ids], caches[0].margin,
+        )
+
     def subset(self, idx) -> "PatchCache":
         idx = torch.as_tensor(idx, dtype=torch.long)
         return PatchCache(

@@ -23,7 +23,8 @@ from .classification_metrics import roc_auc
 from .device import resolve_device
 from .mixed_precision import autocast_dtype
 from .gradient_balancer import GradientBalancer
-from .model_store import ModelConfig, save_model
+from .errors import InputError
+from .model_store import ModelConfig, load_model, save_model
 from .network_variants import build_loss, shared_parameters
 from . import distributed
 from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache
@@ -54,6 +55,8 @@ class TrainConfig:
     max_minutes: float | None = None
     device: str = "auto"
     mixed_precision: bool = True
+    init_from: str | None = None  # fine-tuning: start from this model folder's weights (same network)
+    num_workers: int = 0  # data-loader processes; samples are seeded per index, so results do not depend on it
     network: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64]})
     preprocessing: dict = field(default_factory=dict)
     # optional training components (docs/ablation.md); empty/None = the default recipe
@@ -71,6 +74,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def initial_weights(model_dir, model_config: ModelConfig) -> dict:
+    """The weights of a saved model to fine-tune, refused unless its network and preprocessing match."""
+    source = load_model(model_dir)
+    if (source.config.network != model_config.network
+            or source.config.preprocessing.to_dict() != model_config.preprocessing.to_dict()):
+        raise InputError(f"init_from {model_dir}: its network or preprocessing differ from this training "
+                         "config's; copy them from its config.json or train from scratch")
+    return source.network.state_dict()
 
 
 def split_by_case(cache: PatchCache, val_fraction: float, seed: int):
@@ -94,11 +107,16 @@ class Trainer:
         self.dist = distributed.setup(config.device)
         self.device = self.dist.device or resolve_device(config.device)
         seed_everything(config.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest 3-D convolutions
         self.model_config = ModelConfig(
             config.model_id, network=dict(config.network), preprocessing=self.pre,
             training=asdict(config),
         )
-        self.network = self.model_config.build_network().to(self.device)
+        self.network = self.model_config.build_network()
+        if config.init_from:
+            self.network.load_state_dict(initial_weights(config.init_from, self.model_config))
+        self.network.to(self.device)
         self.distillation = DistillationConfig.from_dict(config.distillation)
         loss = build_loss(self.network, config.loss, config.pseudo_masks,
                           self.distillation.loss() if self.distillation else None, self.pre.patch_spacing_mm)
@@ -139,8 +157,10 @@ class Trainer:
     def _loader(self, dataset, shuffle: bool):
         g = torch.Generator().manual_seed(self.config.seed + self.epoch)
         sampler = distributed.sampler(dataset, self.dist, shuffle, self.config.seed, self.epoch) if shuffle else None
+        workers = self.config.num_workers
         return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler,
-                                           shuffle=shuffle and sampler is None, generator=g, num_workers=0)
+                                           shuffle=shuffle and sampler is None, generator=g, num_workers=workers,
+                                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def _inputs(self, batch, train: bool):
         image = window_hu(batch["image"].to(self.device), self.pre)
