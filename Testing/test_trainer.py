@@ -135,3 +135,19 @@ def test_loader_workers_give_the_same_augmented_batches(cached_trainer):
     assert torch.equal(serial["index"], parallel["index"])
     torch.testing.assert_close(serial["image"], parallel["image"])
     assert torch.equal(serial["mask"], parallel["mask"])
+
+
+def test_patch_caches_concatenate_in_order_and_refuse_other_margins(cached_trainer):
+    from LymphNodeMTLLib.node_patch_dataset import PatchCache
+
+    cache = cached_trainer.cache
+    n = len(cache)
+    joined = PatchCache.concatenate([cache.subset(range(0, 3)), cache.subset(range(3, n))])
+    assert joined.node_ids == cache.node_ids and joined.case_ids == cache.case_ids
+    assert torch.equal(joined.images, cache.images) and torch.equal(joined.masks, cache.masks)
+    assert torch.equal(joined.has_mask, cache.has_mask)
+    torch.testing.assert_close(joined.labels, cache.labels, equal_nan=True)
+    other = cache.subset([0])
+    other.margin += 1
+    with pytest.raises(ValueError, match="margins"):
+        PatchCache.concatenate([cache, other])
