@@ -85,6 +85,8 @@ def test_train_command_writes_a_loadable_calibrated_model(manifest, tmp_path, ca
     assert loaded.config.preprocessing.patch_size == 24
     assert loaded.config.temperature > 0
     assert "validation" in loaded.config.training
+    # ~15 training nodes hold too few of each class for the descriptor refit: it says so
+    assert loaded.config.training["validation"]["descriptor_refit"] is False
 
 
 def test_torchrun_two_cpu_processes(manifest, tmp_path):
@@ -115,6 +117,9 @@ def test_init_from_starts_from_the_saved_weights_and_refuses_another_network(man
     tuned = Trainer(TrainConfig(**{**TINY, "init_from": str(source)}), tmp_path / "tuned", log=lambda *_: None)
     for k, v in tuned.network.state_dict().items():
         torch.testing.assert_close(v, saved[k])
+    provenance = tuned.model_config.training["initial_weights"]
+    assert provenance["weights_sha256"] == load_model(source).weights_sha256
+    assert len(provenance["history"]) == 1 and provenance["recipe"]["epochs"] == 1
     fresh = Trainer(TrainConfig(**TINY), tmp_path / "fresh", log=lambda *_: None)
     assert any(not torch.equal(v, saved[k]) for k, v in fresh.network.state_dict().items())
 
@@ -151,3 +156,17 @@ def test_patch_caches_concatenate_in_order_and_refuse_other_margins(cached_train
     other.margin += 1
     with pytest.raises(ValueError, match="margins"):
         PatchCache.concatenate([cache, other])
+
+
+def test_descriptor_refit_rewrites_the_head_from_inference_time_inputs(cached_trainer, monkeypatch):
+    import LymphNodeMTLLib.descriptor_refit as refit
+
+    monkeypatch.setattr(refit, "MIN_NODES_PER_CLASS", 1)  # the tiny data set has a handful of each class
+    head = cached_trainer.network.head
+    wide_before = head.wide.weight.detach().clone()
+    result = cached_trainer.refit_descriptors()
+    assert result["descriptor_refit"] is True
+    assert result["descriptor_nodes"] == int((~torch.isnan(cached_trainer.train_set.cache.labels)).sum())
+    assert result["descriptor_train_loss_after"] <= result["descriptor_train_loss_before"] + 1e-9
+    assert "val_auc_before_refit" in result
+    assert not torch.equal(head.wide.weight, wide_before)

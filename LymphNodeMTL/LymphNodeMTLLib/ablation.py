@@ -295,7 +295,7 @@ def run_ablation(
 
 # what the trainer adds to the saved training config after the run, and settings that change
 # only how fast it runs (a variant trained with other data-loader workers is the same variant)
-_RUN_OUTCOME_KEYS = ("history", "validation", "world_size", "num_workers")
+_RUN_OUTCOME_KEYS = ("history", "validation", "world_size", "num_workers", "initial_weights")
 
 
 def finished_variant(folder: Path, config: TrainConfig) -> dict | None:

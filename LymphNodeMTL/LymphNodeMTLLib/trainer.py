@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .classification_metrics import roc_auc
+from .descriptor_refit import collect_head_inputs, refit_descriptor_path, refittable
 from .device import resolve_device
 from .mixed_precision import autocast_dtype
 from .gradient_balancer import GradientBalancer
@@ -55,6 +56,7 @@ class TrainConfig:
     max_minutes: float | None = None
     device: str = "auto"
     mixed_precision: bool = True
+    descriptor_refit: bool = True  # after training, refit the head's descriptor path (descriptor_refit.py)
     init_from: str | None = None  # fine-tuning: start from this model folder's weights (same network)
     num_workers: int = 0  # data-loader processes; samples are seeded per index, so results do not depend on it
     network: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64]})
@@ -77,13 +79,18 @@ def seed_everything(seed: int) -> None:
 
 
 def initial_weights(model_dir, model_config: ModelConfig) -> dict:
-    """The weights of a saved model to fine-tune, refused unless its network and preprocessing match."""
+    """The weights of a saved model to fine-tune (refused unless its network and preprocessing match),
+    and where they came from: its id, weights hash and training, kept in the new model's config."""
     source = load_model(model_dir)
     if (source.config.network != model_config.network
             or source.config.preprocessing.to_dict() != model_config.preprocessing.to_dict()):
         raise InputError(f"init_from {model_dir}: its network or preprocessing differ from this training "
                          "config's; copy them from its config.json or train from scratch")
-    return source.network.state_dict()
+    provenance = {"model_id": source.config.model_id, "weights_sha256": source.weights_sha256,
+                  "history": source.config.training.get("history", []),
+                  "recipe": {k: v for k, v in source.config.training.items()
+                             if k not in ("history", "validation", "initial_weights")}}
+    return source.network.state_dict(), provenance
 
 
 def split_by_case(cache: PatchCache, val_fraction: float, seed: int):
@@ -115,7 +122,9 @@ class Trainer:
         )
         self.network = self.model_config.build_network()
         if config.init_from:
-            self.network.load_state_dict(initial_weights(config.init_from, self.model_config))
+            state, provenance = initial_weights(config.init_from, self.model_config)
+            self.network.load_state_dict(state)
+            self.model_config.training["initial_weights"] = provenance
         self.network.to(self.device)
         self.distillation = DistillationConfig.from_dict(config.distillation)
         loss = build_loss(self.network, config.loss, config.pseudo_masks,
@@ -303,16 +312,31 @@ class Trainer:
         self.network.load_state_dict(best_state)
         return self.history[-1] if self.history else {}
 
+    def refit_descriptors(self) -> dict:
+        """Refit the head's descriptor path on the training nodes as inference reads them."""
+        if self.val_set is not None:
+            before = self.evaluate(self.val_set)["auc"]
+        nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
+        inputs = (self._inputs(batch, train=False) for batch in self._loader(nodes, shuffle=False))
+        head_inputs = collect_head_inputs(self.network, inputs)
+        result = refit_descriptor_path(self.network.head, head_inputs, nodes.cache.labels)
+        if self.val_set is not None and result["refit"]:
+            result["val_auc_before_refit"] = before
+        self.log(f"descriptor refit: {json.dumps(result)}")
+        return {f"descriptor_{k}" if not k.startswith("val") else k: v for k, v in result.items()}
+
     def finish(self, card_text_fn=None) -> dict:
         """Calibrate on validation nodes and write the model folder. Returns validation metrics."""
         metrics = {}
+        if self.config.descriptor_refit and refittable(self.network):
+            metrics.update(self.refit_descriptors())
         if self.val_set is not None:
             val = self.evaluate(self.val_set)
             known = ~torch.isnan(val["labels"])
             temperature = fit_temperature(val["logits"][known], val["labels"][known])
             self.model_config.temperature = temperature
-            metrics = {"val_auc": val["auc"], "val_dice": val["dice"], "temperature": temperature,
-                       "val_nodes": int(len(self.val_set))}
+            metrics.update({"val_auc": val["auc"], "val_dice": val["dice"], "temperature": temperature,
+                            "val_nodes": int(len(self.val_set))})
         self.model_config.training["history"] = self.history
         self.model_config.training["world_size"] = self.dist.world_size
         self.model_config.training["validation"] = metrics
