@@ -3,6 +3,8 @@
 Phantoms per shared/docs/phantom-spec.md, part whole-synthetic and part inserted into the real CT
 backgrounds of ../shared/data/ct, generated in memory (the same sampler as a manifest would use),
 then the standard Trainer. Sized to finish on a 2-core CPU; pass --minutes to change the budget.
+On a GPU machine pass --device cuda and --workers (phantom generation and batch loading in parallel
+processes); the bundled model's exact two-step recipe is in its model card.
 
     .venv/bin/python scripts/train_default_model.py --out Resources/Models/phantom-demo --minutes 40
 """
@@ -82,7 +84,8 @@ def card(config, metrics: dict, n_nodes: int, recipe: str) -> str:
 LymphNodeMTL multi-task network (MONAI DynUNet blocks, channels {config.network.get('channels')}):
 node mask from a seed plus a metastasis probability from M2ANet-style soft-mask pooling and the node's
 radiologic descriptors (size, shape, central necrosis, fat inside the node; node_descriptors.py),
-trained with MA-MTLN uncertainty weighting; probabilities temperature-calibrated on held-out phantom cases
+trained with MA-MTLN uncertainty weighting; descriptor path refitted by logistic regression on the
+training nodes (descriptor_refit.py); probabilities temperature-calibrated on held-out phantom cases
 (T = {config.temperature:.3f}). Patch {config.preprocessing.patch_size}^3 voxels at
 {config.preprocessing.patch_spacing_mm} mm, HU window {list(config.preprocessing.hu_window)}.
 
