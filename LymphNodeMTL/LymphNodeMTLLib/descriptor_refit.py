@@ -62,10 +62,11 @@ def refit_descriptor_path(head: NodeHead, head_inputs: torch.Tensor, labels: tor
 
 def _fit(head: NodeHead, x: torch.Tensor, y: torch.Tensor, l2: float) -> dict:
     dtype = head.wide.weight.dtype
+    desc = x[:, -NUM_DESCRIPTORS:]
     with torch.no_grad():
         deep = head.mlp(x.to(dtype)).double().squeeze(1)
-        before = F.binary_cross_entropy_with_logits(head(x.to(dtype)).double().squeeze(1), y)
-    desc = x[:, -NUM_DESCRIPTORS:]
+        # the head's logit is its MLP plus its descriptor path: no second pass through the MLP
+        before = F.binary_cross_entropy_with_logits(deep + head.wide(desc.to(dtype)).double().squeeze(1), y)
     mu, sd = desc.mean(0), desc.std(0).clamp_min(1e-6)
     features = torch.cat([(desc - mu) / sd, deep.unsqueeze(1)], dim=1)
     w = torch.zeros(features.shape[1] + 1, dtype=torch.float64, requires_grad=True)

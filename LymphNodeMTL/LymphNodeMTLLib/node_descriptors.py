@@ -61,6 +61,9 @@ def _diameters(cov: torch.Tensor) -> torch.Tensor:
 
 
 def _relative_radius(mean: torch.Tensor, cov: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """(B, N) each voxel's radius relative to the moment ellipsoid: 0 at the centroid, 1 on its
+    surface. Necrosis is a concentric core and a fatty hilum notches the surface, so both are
+    read along this radius, whatever the node's size and orientation."""
     centred = coords - mean.unsqueeze(1)
     inv = torch.linalg.inv((5.0 * cov).double()).float()
     return torch.einsum("bni,bij,bnj->bn", centred, inv, centred).clamp_min(0.0).sqrt()
@@ -70,13 +73,6 @@ def principal_diameters_mm(mask: torch.Tensor, spacing_mm: float) -> torch.Tenso
     """(B, 3) ascending diameters of the ellipsoid with the mask's second moments: a solid
     ellipsoid of semi-axis a has variance a^2 / 5 along that axis, so d = 2 sqrt(5 lambda)."""
     return _diameters(_moments(mask, spacing_mm)[1])
-
-
-def relative_radius(mask: torch.Tensor, spacing_mm: float) -> torch.Tensor:
-    """(B, N) each voxel's radius relative to the mask's moment ellipsoid: 0 at the centroid,
-    1 on the ellipsoid's surface. Necrosis is a concentric core and a fatty hilum notches the
-    surface, so both are read along this radius, whatever the node's size and orientation."""
-    return _relative_radius(*_moments(mask, spacing_mm))
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:

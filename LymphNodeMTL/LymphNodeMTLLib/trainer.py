@@ -78,7 +78,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def initial_weights(model_dir, model_config: ModelConfig) -> dict:
+def initial_weights(model_dir, model_config: ModelConfig) -> tuple[dict, dict]:
     """The weights of a saved model to fine-tune (refused unless its network and preprocessing match),
     and where they came from: its id, weights hash and training, kept in the new model's config."""
     source = load_model(model_dir)
