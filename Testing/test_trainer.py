@@ -120,6 +120,15 @@ def test_init_from_starts_from_the_saved_weights_and_refuses_another_network(man
     provenance = tuned.model_config.training["initial_weights"]
     assert provenance["weights_sha256"] == load_model(source).weights_sha256
     assert len(provenance["history"]) == 1 and provenance["recipe"]["epochs"] == 1
+    # a model tuned from a tuned model keeps the whole chain of sources
+    tuned_config = tmp_path / "tuned.json"
+    tuned_config.write_text(json.dumps({**TINY, "epochs": 0, "init_from": str(source)}))
+    assert main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "tuned"),
+                 "--config", str(tuned_config)]) == 0
+    again = Trainer(TrainConfig(**{**TINY, "init_from": str(tmp_path / "tuned")}), tmp_path / "again",
+                    log=lambda *_: None).model_config.training["initial_weights"]
+    assert again["weights_sha256"] == load_model(tmp_path / "tuned").weights_sha256
+    assert again["initial_weights"]["weights_sha256"] == load_model(source).weights_sha256
     fresh = Trainer(TrainConfig(**TINY), tmp_path / "fresh", log=lambda *_: None)
     assert any(not torch.equal(v, saved[k]) for k, v in fresh.network.state_dict().items())
 
@@ -170,3 +179,19 @@ def test_descriptor_refit_rewrites_the_head_from_inference_time_inputs(cached_tr
     assert result["descriptor_train_loss_after"] <= result["descriptor_train_loss_before"] + 1e-9
     assert "val_auc_before_refit" in result
     assert not torch.equal(head.wide.weight, wide_before)
+    # the refit leaves held-out logits of the training nodes for the temperature
+    logits, labels = cached_trainer.calibration_nodes
+    assert len(logits) == len(labels) and torch.isfinite(logits).all() and not torch.isnan(labels).any()
+    assert 0 < len(labels) <= result["descriptor_nodes"]
+
+
+def test_temperature_is_fitted_on_validation_and_cross_fitted_training_nodes(cached_trainer, monkeypatch):
+    import LymphNodeMTLLib.descriptor_refit as refit
+
+    monkeypatch.setattr(refit, "MIN_NODES_PER_CLASS", 1)
+    metrics = cached_trainer.finish()
+    val_labelled = int((~torch.isnan(cached_trainer.val_set.cache.labels)).sum())
+    assert metrics["calibration_nodes"] == val_labelled + len(cached_trainer.calibration_nodes[1])
+    assert metrics["calibration_nodes"] > val_labelled
+    saved = load_model(cached_trainer.out_dir)
+    assert saved.config.temperature == pytest.approx(metrics["temperature"])

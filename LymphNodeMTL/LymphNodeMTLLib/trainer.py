@@ -3,7 +3,8 @@
 AdamW with a cosine schedule, uncertainty-weighted multi-task loss, mixed precision (bf16 on GPUs and
 AMX/AVX512-BF16 CPUs; fp16 with loss scaling on older GPUs), a checkpoint
 every epoch (resumable), early stopping on the validation loss, temperature calibration on the
-validation nodes, reproducible seeds. Under `torchrun` it trains with DistributedDataParallel
+validation nodes (and, after a descriptor refit, on the training nodes' cross-fitted logits too),
+reproducible seeds. Under `torchrun` it trains with DistributedDataParallel
 (NCCL on GPUs, gloo on CPUs) with no code change; only rank 0 logs and writes.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from .classification_metrics import roc_auc
-from .descriptor_refit import collect_head_inputs, refit_descriptor_path, refittable
+from .descriptor_refit import collect_head_inputs, cross_fitted_logits, refit_descriptor_path, refittable
 from .device import resolve_device
 from .mixed_precision import autocast_dtype
 from .gradient_balancer import GradientBalancer
@@ -90,6 +91,8 @@ def initial_weights(model_dir, model_config: ModelConfig) -> tuple[dict, dict]:
                   "history": source.config.training.get("history", []),
                   "recipe": {k: v for k, v in source.config.training.items()
                              if k not in ("history", "validation", "initial_weights")}}
+    if "initial_weights" in source.config.training:  # a fine-tuned source: keep the whole chain
+        provenance["initial_weights"] = source.config.training["initial_weights"]
     return source.network.state_dict(), provenance
 
 
@@ -144,6 +147,7 @@ class Trainer:
         self.best_val = math.inf
         self.bad_epochs = 0
         self.history: list[dict] = []
+        self.calibration_nodes = None  # (logits, labels) held out from the descriptor refit, if it ran
 
     # --- data ---------------------------------------------------------------------------------
     def prepare(self, manifest) -> None:
@@ -319,7 +323,15 @@ class Trainer:
         nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
         inputs = (self._inputs(batch, train=False) for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
-        result = refit_descriptor_path(self.network.head, head_inputs, nodes.cache.labels)
+        labels = nodes.cache.labels
+        # held-out logits of the training nodes, for the temperature (from the head as trained)
+        held_out = cross_fitted_logits(self.network.head, head_inputs, labels, nodes.cache.case_ids,
+                                       seed=self.config.seed)
+        result = refit_descriptor_path(self.network.head, head_inputs, labels)
+        if result["refit"]:
+            known = ~torch.isnan(held_out)
+            self.calibration_nodes = (held_out[known].float(), labels[known])
+            result["cross_fitted_auc"] = roc_auc(labels[known].numpy(), held_out[known].numpy())
         if self.val_set is not None and result["refit"]:
             result["val_auc_before_refit"] = before
         self.log(f"descriptor refit: {json.dumps(result)}")
@@ -330,13 +342,20 @@ class Trainer:
         metrics = {}
         if self.config.descriptor_refit and refittable(self.network):
             metrics.update(self.refit_descriptors())
+        logits, labels = [], []
         if self.val_set is not None:
             val = self.evaluate(self.val_set)
             known = ~torch.isnan(val["labels"])
-            temperature = fit_temperature(val["logits"][known], val["labels"][known])
+            logits.append(val["logits"][known])
+            labels.append(val["labels"][known])
+            metrics.update({"val_auc": val["auc"], "val_dice": val["dice"], "val_nodes": int(len(self.val_set))})
+        if self.calibration_nodes is not None:  # the refit's cross-fitted training nodes
+            logits.append(self.calibration_nodes[0])
+            labels.append(self.calibration_nodes[1])
+        if logits:
+            temperature = fit_temperature(torch.cat(logits), torch.cat(labels))
             self.model_config.temperature = temperature
-            metrics.update({"val_auc": val["auc"], "val_dice": val["dice"], "temperature": temperature,
-                            "val_nodes": int(len(self.val_set))})
+            metrics.update({"temperature": temperature, "calibration_nodes": int(sum(len(t) for t in labels))})
         self.model_config.training["history"] = self.history
         self.model_config.training["world_size"] = self.dist.world_size
         self.model_config.training["validation"] = metrics
