@@ -7,7 +7,8 @@ import pytest
 
 from LymphNodeMTLLib.classification_metrics import expected_calibration_error, roc_auc
 from LymphNodeMTLLib.cli import main
-from LymphNodeMTLLib.evaluation import NodeScore, binary_metrics, bootstrap_ci, dice_score, hd95_mm, summarise
+from LymphNodeMTLLib.evaluation import (NodeScore, binary_metrics, bootstrap_ci, dice_score, hd95_mm, slice_stratum,
+                                        summarise, summarise_by_slice_thickness)
 from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
 
 LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0])
@@ -64,6 +65,22 @@ def test_summary_includes_the_size_rule_and_bayes_ceiling():
     assert s["dice_mean"] == pytest.approx(0.9)
 
 
+def test_figures_per_slice_thickness_stratum_by_hand():
+    assert [slice_stratum(v) for v in (0.6, 1.5, 1.51, 3.0, 3.01, 5.0)] == [
+        "slices 0-1.5 mm", "slices 0-1.5 mm", "slices 1.5-3 mm", "slices 1.5-3 mm", "slices > 3 mm", "slices > 3 mm"]
+    thickness = [5.0, 1.0, 1.0, 5.0, 1.0, 5.0, 1.0, 5.0]
+    scores = [NodeScore("c", str(i), int(y), float(p), short_axis_mm=8.0, slice_mm=t)
+              for i, (y, p, t) in enumerate(zip(LABELS, PROBS, thickness))]
+    scores.append(NodeScore("c", "no-ct", 1, 0.5, 8.0))  # unknown thickness: in no stratum
+    strata = summarise_by_slice_thickness(scores, n_boot=20)
+    assert list(strata) == ["slices 0-1.5 mm", "slices > 3 mm"]  # ascending; the empty middle one left out
+    thin = np.array(thickness) == 1.0
+    # thin: labels 0,1,0,1 at 0.8,0.7,0.4,0.2 -> 1 of 4 pairs ordered; thick: 1,1,0,0 at 0.9,0.6,0.3,0.1 -> all
+    assert strata["slices 0-1.5 mm"]["auc"] == pytest.approx(roc_auc(LABELS[thin], PROBS[thin])) == pytest.approx(0.25)
+    assert strata["slices > 3 mm"]["auc"] == pytest.approx(1.0)
+    assert strata["slices 0-1.5 mm"]["nodes"] == 4 and strata["slices > 3 mm"]["nodes"] == 4
+
+
 def test_evaluate_command_writes_the_report(tmp_path, capsys):
     manifest = write_phantom_dataset(tmp_path / "set", n_cases=2, seed=99, nodes_per_case=(4, 5),
                                      field_of_view_mm=(80.0, 80.0, 60.0))
@@ -77,3 +94,17 @@ def test_evaluate_command_writes_the_report(tmp_path, capsys):
     assert 0.0 <= report["bayes_ceiling_auc"] <= 1.0
     assert "short_axis_rule_true_mask" in report
     assert "auc" in (out / "report.md").read_text()
+    # each node in its CT's slice-thickness stratum, in the report and the predictions
+    import csv
+
+    import SimpleITK as sitk
+
+    from LymphNodeMTLLib.training_manifest import read_manifest
+
+    slices = {c.case_id: max(sitk.ReadImage(str(c.image)).GetSpacing()) for c in read_manifest(manifest)}
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert all(float(r["slice_mm"]) == pytest.approx(slices[r["case_id"]], abs=0.01) for r in rows)
+    strata = report["by_slice_thickness"]
+    assert sum(s["nodes"] for s in strata.values()) == report["nodes"]
+    assert set(strata) == {slice_stratum(v) for v in slices.values()}
+    assert "By slice thickness" in (out / "report.md").read_text()

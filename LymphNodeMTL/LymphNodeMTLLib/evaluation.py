@@ -4,7 +4,10 @@ Everything is measured the way a radiologist would meet it: the engine predicts 
 the manifest on the CT grid; masks are compared with the label map on that grid.
 Report: AUC, accuracy, sensitivity, specificity (bootstrap 95% CIs), Dice, HD95, expected
 calibration error, the short-axis >= 10 mm rule on predicted and on true masks, and, on phantoms
-(truth.csv beside nodes.csv), the Bayes ceiling: the AUC of the true probability P.
+(truth.csv beside nodes.csv), the Bayes ceiling: the AUC of the true probability P. The same figures
+are also given per slice-thickness stratum of the source CT: thick slices hide the small signs
+(a necrotic core, a fatty hilum) by partial volume, so a pooled AUC alone would not tell a hospital
+how the model does on its own protocol.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from .training_manifest import read_manifest
 from .volume_reader import read_volume
 
 SHORT_AXIS_RULE_MM = 10.0
+# Upper bounds (mm) of the slice-thickness strata; the last stratum is open-ended. Thin-slice CT
+# is <= 1.5 mm; 3 mm and more is the thick end of routine protocols.
+SLICE_STRATA_MM = (1.5, 3.0)
 
 
 @dataclass
@@ -40,6 +46,7 @@ class NodeScore:
     dice: float = float("nan")
     hd95_mm: float = float("nan")
     true_probability: float = float("nan")
+    slice_mm: float = float("nan")  # the source CT's coarsest voxel spacing (its slice spacing)
     extra: dict = field(default_factory=dict)
 
 
@@ -123,6 +130,25 @@ def summarise(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 100
     return out
 
 
+def slice_stratum(slice_mm: float) -> str:
+    """Name of the slice-thickness stratum of a CT whose coarsest spacing is `slice_mm`."""
+    lower = 0.0
+    for upper in SLICE_STRATA_MM:
+        if slice_mm <= upper:
+            return f"slices {lower:g}-{upper:g} mm"
+        lower = upper
+    return f"slices > {lower:g} mm"
+
+
+def summarise_by_slice_thickness(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 1000) -> dict:
+    """summarise() within each slice-thickness stratum that holds nodes, in ascending order."""
+    groups: dict[str, list[NodeScore]] = {}
+    for score in sorted(scores, key=lambda s: s.slice_mm):
+        if not math.isnan(score.slice_mm):
+            groups.setdefault(slice_stratum(score.slice_mm), []).append(score)
+    return {name: summarise(group, threshold, n_boot) for name, group in groups.items()}
+
+
 # --- running a model on a manifest ----------------------------------------------------------------
 def _truth_probabilities(nodes_csv: Path) -> dict:
     truth = nodes_csv.parent / "truth.csv"
@@ -148,7 +174,8 @@ def score_case(engine, manifest_case) -> list[NodeScore]:
     scores = []
     for node, result in zip(manifest_case.nodes, results):
         score = NodeScore(manifest_case.case_id, node.node_id, node.label, result.probability,
-                          result.short_axis_mm, true_probability=truth_p.get(node.node_id, float("nan")))
+                          result.short_axis_mm, true_probability=truth_p.get(node.node_id, float("nan")),
+                          slice_mm=float(max(geometry.spacing)))
         if label_map is not None and node.mask_value is not None:
             truth = label_map == node.mask_value
             if truth.any():
@@ -173,6 +200,7 @@ def evaluate_manifest(engine, manifest, out_dir, progress=None, n_boot: int = 10
         if progress:
             progress("cases", n + 1, len(cases))
     summary = summarise(scores, engine.config.metastasis_threshold, n_boot)
+    summary["by_slice_thickness"] = summarise_by_slice_thickness(scores, engine.config.metastasis_threshold, n_boot)
     summary["model_id"] = engine.model_id
     summary["weights_sha256"] = engine.model.weights_sha256
     summary["manifest"] = str(manifest)
@@ -184,14 +212,14 @@ def evaluate_manifest(engine, manifest, out_dir, progress=None, n_boot: int = 10
 
 def write_predictions_csv(path: Path, scores: list[NodeScore]) -> None:
     columns = ["case_id", "node_id", "label", "probability", "short_axis_mm", "true_short_axis_mm",
-               "dice", "hd95_mm", "true_probability"]
+               "dice", "hd95_mm", "true_probability", "slice_mm"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for s in scores:
             w.writerow([s.case_id, s.node_id, "" if s.label is None else s.label, f"{s.probability:.4f}",
                         f"{s.short_axis_mm:.2f}", f"{s.true_short_axis_mm:.2f}", f"{s.dice:.4f}",
-                        f"{s.hd95_mm:.2f}", f"{s.true_probability:.4f}"])
+                        f"{s.hd95_mm:.2f}", f"{s.true_probability:.4f}", f"{s.slice_mm:.2f}"])
 
 
 def summary_json(summary: dict) -> str:

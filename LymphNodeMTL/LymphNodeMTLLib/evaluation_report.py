@@ -88,6 +88,21 @@ def _fmt(summary: dict, key: str) -> str:
     return f"{v:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
+def _strata_table(strata: dict) -> list[str]:
+    """The headline figures per slice-thickness stratum of the source CT."""
+    if not strata:
+        return []
+    lines = ["", "By slice thickness of the source CT:", "",
+             "| stratum | nodes | AUC | Bayes ceiling | AUC of short axis | ECE | Dice mean |", "|---|---|---|---|---|---|---|"]
+    for name, s in strata.items():
+        rule = s.get("short_axis_rule_predicted_mask") or {}
+        cells = [_fmt(s, "auc"), _fmt(s, "bayes_ceiling_auc"),
+                 "n/a" if "auc_of_short_axis" not in rule else f"{rule['auc_of_short_axis']:.3f}",
+                 _fmt(s, "ece"), _fmt(s, "dice_mean")]
+        lines.append(f"| {name} | {s['nodes']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(summary: dict) -> str:
     lines = [f"# Evaluation of {summary.get('model_id')}", "",
              f"Manifest: `{summary.get('manifest')}`; {summary['nodes']} nodes, "
@@ -101,6 +116,7 @@ def markdown(summary: dict) -> str:
         if rule:
             lines.append(f"| {key} | sens {rule['sensitivity']:.3f}, spec {rule['specificity']:.3f}, "
                          f"acc {rule['accuracy']:.3f}, AUC of short axis {rule['auc_of_short_axis']:.3f} |")
+    lines += _strata_table(summary.get("by_slice_thickness") or {})
     lines += ["", "![ROC](roc.png) ![calibration](calibration.png) ![Dice](dice.png)", ""]
     return "\n".join(lines)
 
