@@ -328,8 +328,8 @@ class Trainer:
         held_out = cross_fitted_logits(self.network.head, head_inputs, labels, nodes.cache.case_ids,
                                        seed=self.config.seed)
         result = refit_descriptor_path(self.network.head, head_inputs, labels)
-        if result["refit"]:
-            known = ~torch.isnan(held_out)
+        known = ~torch.isnan(held_out)
+        if result["refit"] and known.any():
             self.calibration_nodes = (held_out[known].float(), labels[known])
             result["cross_fitted_auc"] = roc_auc(labels[known].numpy(), held_out[known].numpy())
         if self.val_set is not None and result["refit"]:
