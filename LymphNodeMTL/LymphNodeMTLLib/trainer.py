@@ -324,6 +324,7 @@ class Trainer:
         inputs = (self._inputs(batch, train=False) for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
         labels = nodes.cache.labels
+        self.calibration_nodes = None  # never an earlier refit's logits
         # held-out logits of the training nodes, for the temperature (from the head as trained)
         held_out = cross_fitted_logits(self.network.head, head_inputs, labels, nodes.cache.case_ids,
                                        seed=self.config.seed)
