@@ -38,6 +38,8 @@ for c in cases:
             truth[(c.case_id, row["id"])] = [float(row[k]) for k in TRUTH]
 cache = build_patch_cache(cases, pre, 0.0)
 heads, deep = [], []
+
+
 def keep(module, args, _output):  # returns None, so the head's output passes on unchanged
     heads.append(args[0])
     deep.append(module.mlp(args[0]).squeeze(1))

@@ -8,7 +8,6 @@ scales with the number of training nodes. Inputs: two captures from capture_head
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,8 +64,8 @@ def mlp_on_soft_targets(a, target, b, hidden, seeds=5, steps=1500):
 base = list(range(NUM_DESCRIPTORS + 1))  # descriptors + the MLP's output: what the refit reads
 thick = base + [NUM_DESCRIPTORS + 1]
 print(f"train {len(xtr)} nodes, test {len(xte)} nodes")
-print("LR refit on labels (product)        AUC %.4f" % roc_auc(y, logistic(xtr[:, base], tr["label"], xte[:, base]).numpy()))
-print("LR on labels + slice thickness      AUC %.4f" % roc_auc(y, logistic(xtr[:, thick], tr["label"], xte[:, thick]).numpy()))
+print("LR on labels, the refit's inputs     AUC %.4f" % roc_auc(y, logistic(xtr[:, base], tr["label"], xte[:, base]).numpy()))
+print("LR on labels + slice thickness       AUC %.4f" % roc_auc(y, logistic(xtr[:, thick], tr["label"], xte[:, thick]).numpy()))
 for name, cols in (("descriptors", base), ("descriptors + slice thickness", thick)):
     for hidden in (16, 32):
         p = mlp_on_soft_targets(xtr[:, cols], soft, xte[:, cols], hidden)
