@@ -97,3 +97,28 @@ def test_saving_leaves_other_files_and_no_temporaries(model_dir):
     assert (folder / "checkpoint.pt").read_bytes() == b"training state"
     assert not [p for p in folder.iterdir() if p.name.startswith(".tmp")]
     assert load_model(folder).config.model_id == "test-model-2"
+
+
+def test_a_model_saved_before_the_last_descriptor_loads_and_predicts_as_before(model_dir):
+    """Weights from before noise_anisotropy was appended (24 descriptors): the new column gets zero
+    weights, so the old model's logits are exactly what they were."""
+    from safetensors.torch import load_file, save_file
+
+    from LymphNodeMTLLib.node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
+
+    folder, net = model_dir
+    added = NUM_DESCRIPTORS - EARLIER_NUM_DESCRIPTORS[-1]
+    state = load_file(str(folder / WEIGHTS_FILE))
+    old = dict(state)
+    for key in ("head.mlp.0.weight", "head.wide.weight"):
+        old[key] = state[key][:, :-added].contiguous()
+    save_file(old, str(folder / WEIGHTS_FILE))
+    (folder / HASH_FILE).write_text(f"{sha256_of(folder / WEIGHTS_FILE)}  {WEIGHTS_FILE}\n")
+    loaded = load_model(folder)
+    for key in ("head.mlp.0.weight", "head.wide.weight"):
+        assert torch.equal(loaded.network.state_dict()[key][:, -added:], torch.zeros(state[key].shape[0], added))
+    with torch.no_grad():
+        for key in ("head.mlp.0.weight", "head.wide.weight"):
+            net.state_dict()[key][:, -added:] = 0.0  # what the old model was: blind to the new column
+        patch = torch.randn(2, 2, 16, 16, 16)
+        torch.testing.assert_close(loaded.network(patch)["metastasis_logit"], net.eval()(patch)["metastasis_logit"])

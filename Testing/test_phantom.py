@@ -294,13 +294,14 @@ def test_written_case_round_trips(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(labels), case.label_map)
 
     rows = _read_csv(tmp_path / "c/nodes.csv")
-    assert list(rows[0]) == ["id", "r", "a", "s", "label", "mask_value"]
+    assert list(rows[0]) == ["id", "r", "a", "s", "label", "mask_value", "soft_label"]
     truth = {n.node_id: n for n in case.nodes}
     for row in rows:
         node = truth[row["id"]]
         seed = np.array([float(row[k]) for k in "ras"])
         assert np.array_equal(seed, node.seed_ras)
         assert (int(row["label"]), int(row["mask_value"])) == (node.label, node.mask_value)
+        assert float(row["soft_label"]) == node.probability  # P, every digit
     truth_rows = _read_csv(tmp_path / "c/truth.csv")
     assert float(truth_rows[0]["probability"]) == truth[truth_rows[0]["id"]].probability
     assert {"short_axis_mm", "fatty_hilum", "centre_r", "seed_s"} <= set(truth_rows[0])

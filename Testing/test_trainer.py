@@ -195,3 +195,32 @@ def test_temperature_is_fitted_on_validation_and_cross_fitted_training_nodes(cac
     assert metrics["calibration_nodes"] > val_labelled
     saved = load_model(cached_trainer.out_dir)
     assert saved.config.temperature == pytest.approx(metrics["temperature"])
+
+
+def test_soft_labels_refit_a_refine_mlp_that_the_saved_model_rebuilds(manifest, tmp_path, monkeypatch):
+    """The phantom manifest carries P as soft labels: the refit fits the refine MLP, the saved
+    config names its width, and the loaded model gives the trainer's own logits."""
+    import LymphNodeMTLLib.descriptor_refit as refit
+    from LymphNodeMTLLib.node_patch_dataset import NodePatchDataset
+
+    monkeypatch.setattr(refit, "MIN_SOFT_NODES", 5)  # the tiny data set has about fifteen training nodes
+    monkeypatch.setattr(refit, "REFINE_STEPS", 200)
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 0}), tmp_path / "m", log=lambda *_: None)
+    trainer.prepare(manifest)
+    assert trainer.cache.soft_labels is not None and not torch.isnan(trainer.cache.soft_labels).any()
+    metrics = trainer.finish()
+    assert metrics["descriptor_kind"] == "soft-label MLP"
+    assert metrics["calibration_nodes"] > int((~torch.isnan(trainer.val_set.cache.labels)).sum())
+    saved = load_model(tmp_path / "m")
+    width = saved.config.network["head_refine_hidden"]
+    assert width == trainer.network.head.refine[0].out_features
+    val = NodePatchDataset(trainer.val_set.cache, trainer.pre, augment=False)
+    x = trainer._inputs(next(iter(trainer._loader(val, shuffle=False))), train=False)
+    with torch.no_grad():
+        torch.testing.assert_close(saved.network(x)["metastasis_logit"],
+                                   trainer.network.eval()(x)["metastasis_logit"])
+    # fine-tuning from the refined model starts from its deep + wide head; its own refit refits
+    again = Trainer(TrainConfig(**{**TINY, "epochs": 0, "init_from": str(tmp_path / "m")}), tmp_path / "again",
+                    log=lambda *_: None)
+    assert again.network.head.refine is None and "head_refine_hidden" not in again.model_config.network
+    torch.testing.assert_close(again.network.head.wide.weight, saved.network.head.wide.weight)

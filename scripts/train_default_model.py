@@ -59,6 +59,7 @@ def _case_cache(job) -> PatchCache:
         f"case{n:04d}", case.image, case.geometry,
         np.array([p.seed_ras for p in case.nodes]), [p.node_id for p in case.nodes],
         [p.label for p in case.nodes], [p.mask_value for p in case.nodes], case.label_map,
+        [p.probability for p in case.nodes],
     )
     return build_patch_cache([nodes], pre, jitter_mm)
 

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelError
+from .node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
 from .node_network import MultiTaskNodeNet
 from .preprocessing import PreprocessingConfig
 
@@ -145,6 +146,23 @@ def save_model(folder, config: ModelConfig, network: torch.nn.Module, card_text:
     return digest
 
 
+def widen_for_new_descriptors(state: dict, expected: dict) -> dict:
+    """Weights saved before the last descriptors were added: zero weights for the new columns.
+
+    Descriptors are the last columns of every head input and new ones are appended after them,
+    so a layer that read the head input is short by exactly the added descriptors, at its end;
+    zero weights there make the old model predict exactly as it did."""
+    out = dict(state)
+    for key, tensor in state.items():
+        want = expected.get(key)
+        if want is None or tensor.dim() != 2 or want.dim() != 2 or want.shape[0] != tensor.shape[0]:
+            continue
+        added = want.shape[1] - tensor.shape[1]
+        if added > 0 and NUM_DESCRIPTORS - added in EARLIER_NUM_DESCRIPTORS:
+            out[key] = torch.cat([tensor, tensor.new_zeros(tensor.shape[0], added)], dim=1)
+    return out
+
+
 def load_model(folder) -> LoadedModel:
     """Load and verify a model folder; every problem is a one-line ModelError."""
     folder = Path(folder)
@@ -166,7 +184,7 @@ def load_model(folder) -> LoadedModel:
         )
     try:
         network = config.build_network()
-        state = load_file(str(folder / WEIGHTS_FILE))
+        state = widen_for_new_descriptors(load_file(str(folder / WEIGHTS_FILE)), network.state_dict())
         network.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -130,6 +130,7 @@ class ComponentNodeNet(nn.Module):
         pool_region: str = "seed_ball",
         seed_ball_radius_mm: float = 5.0,
         hu_window: tuple[float, float] = (-250.0, 350.0),
+        head_refine_hidden: int = 0,
     ):
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
@@ -210,7 +211,8 @@ class ComponentNodeNet(nn.Module):
             elif self.mixed:
                 self.head = MixedHead(pooled_width, head_hidden, dropout)
             else:
-                self.head = NodeHead(pooled_width, head_hidden, dropout)  # as in the base head
+                self.head = NodeHead(pooled_width, head_hidden, dropout,  # as in the base head
+                                     refine_hidden=head_refine_hidden)
         self.short_axis_head = ShortAxisHead(pooled_width) if aux_short_axis else None
         self.station_head = StationHead(pooled_width, stations) if stations else None
 

@@ -30,14 +30,18 @@ PROFILE_EDGES = (0.0, 0.25, 0.45, 0.65, 0.85, 1.0)
 CORE_RADIUS = 0.35
 BODY_RADII = (0.5, 0.85)
 RADIOLOGIC_RADIUS = BODY_RADII[1]
+MIN_NOISE_VOXELS = 500  # unclipped voxels a patch needs for its noise anisotropy
 DESCRIPTOR_NAMES = (
     "log_volume", "log_diameter_short", "log_diameter_mid", "log_diameter_long", "compactness",
     "mean_windowed", "sd_windowed", "ellipsoid_mismatch", "core_drop", "core_drop_z", "noise",
     "lowest_smoothed", "fat_inside", "texture",
     *(f"profile_hu_{i}" for i in range(len(PROFILE_EDGES) - 1)),
     *(f"profile_fat_{i}" for i in range(len(PROFILE_EDGES) - 1)),
+    "noise_anisotropy",  # appended last, so a model saved with the 24 before it still loads (model_store)
 )
 NUM_DESCRIPTORS = len(DESCRIPTOR_NAMES)
+# descriptor counts of models saved by earlier versions; each added descriptor was appended last
+EARLIER_NUM_DESCRIPTORS = (24,)
 
 
 def _moments(m: torch.Tensor, spacing_mm: float):
@@ -75,6 +79,42 @@ def principal_diameters_mm(mask: torch.Tensor, spacing_mm: float) -> torch.Tenso
     return _diameters(_moments(mask, spacing_mm)[1])
 
 
+def noise_anisotropy(hu: torch.Tensor, smooth: torch.Tensor, hu_window: tuple[float, float],
+                     flat_share: float = 0.25) -> torch.Tensor:
+    """(B,) half the log ratio of the largest to the smallest eigenvalue of the covariance of the
+    patch's voxel-to-voxel HU differences, over its flattest voxels: about log(slice spacing /
+    in-plane spacing) of the CT the patch was resampled from.
+
+    A CT's noise is independent from voxel to voxel, so a patch resampled from thick slices has
+    noise that varies slowly along the slice axis, whatever way the volume is oriented (hence the
+    eigenvalues, not the patch axes). Thick slices blur a node's size, shape and CT signs, so the
+    head needs to know how far to trust them; the patch carries that itself, so a re-classified or
+    re-oriented volume needs nothing else. Only voxels whose 2x2x2 cell lies inside the HU window
+    (clipped voxels have no noise) and, of those, the `flat_share` with the smallest smoothed
+    gradient (away from edges, which would swamp the noise) are read. 0 where too few are left.
+    """
+    b = hu.shape[0]
+
+    def differences(v):  # (B, N, 3) forward differences along x, y, z
+        base = v[:, :, :-1, :-1, :-1]
+        return torch.stack([v[:, :, :-1, :-1, 1:] - base, v[:, :, :-1, 1:, :-1] - base,
+                            v[:, :, 1:, :-1, :-1] - base], dim=-1).flatten(1, -2)
+
+    unclipped = ((hu > hu_window[0] + 0.5) & (hu < hu_window[1] - 0.5)).float()
+    cell = (-F.max_pool3d(-unclipped, 2, stride=1)).flatten(1)
+    steep = differences(smooth).norm(dim=-1)
+    steep = torch.where(cell > 0, steep, torch.full_like(steep, float("inf")))
+    count = cell.sum(1)
+    kth = (flat_share * count).long().clamp_min(1)
+    threshold = steep.sort(1).values.gather(1, (kth - 1).unsqueeze(1))
+    weights = (steep <= threshold).float() * cell
+    g = differences(hu)
+    cov = torch.einsum("bn,bni,bnj->bij", weights, g, g) / weights.sum(1).clamp_min(1.0).view(b, 1, 1)
+    eig = torch.linalg.eigvalsh(cov.double()).clamp_min(1e-6)
+    ratio = (0.5 * torch.log(eig[:, 2] / eig[:, 0])).float()
+    return torch.where(count >= MIN_NOISE_VOXELS, ratio, torch.zeros_like(ratio))
+
+
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     total = weights.sum(1)
     mean = (values * weights).sum(1) / total.clamp_min(1.0)
@@ -91,9 +131,9 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
     mean and SD of the windowed CT; the core-to-body HU drop of non-fat tissue (central necrosis),
     also in units of its standard error; the residual noise (so the head can weigh a drop against
     noise); the lowest smoothed HU and the share of smoothed voxels below fat level (a fatty
-    hilum); the SD of the smoothed HU (heterogeneity); and a radial profile over ellipsoid shells
-    of the mean non-fat HU and the fat fraction. HU figures are scaled to about unit range. All
-    zero for an empty mask.
+    hilum); the SD of the smoothed HU (heterogeneity); a radial profile over ellipsoid shells
+    of the mean non-fat HU and the fat fraction; and the patch's noise anisotropy (how thick the
+    source slices were). HU figures are scaled to about unit range. All zero for an empty mask.
     """
     m = (mask > 0.5).float()
     voxels = m.flatten(1).sum(1)
@@ -109,7 +149,8 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
     inside = m.flatten(1)
     hu_img = unwindow_hu(image.float(), hu_window)
     hu = hu_img.flatten(1)
-    smooth = F.avg_pool3d(hu_img, 3, stride=1, padding=1, count_include_pad=False).flatten(1)
+    smooth_img = F.avg_pool3d(hu_img, 3, stride=1, padding=1, count_include_pad=False)
+    smooth = smooth_img.flatten(1)
     rho = _relative_radius(*moments)
     mismatch = ((rho <= 1.0).float() - inside).abs().sum(1) / voxels.clamp_min(1.0)
     # Intensities are read inside the moment ellipsoid, not under the mask itself: a predicted
@@ -156,6 +197,7 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
         texture / 10.0,
         *profile_hu,
         *profile_fat,
+        noise_anisotropy(hu_img, smooth_img, hu_window),
     ], dim=1)
     return feats * present
 

@@ -28,6 +28,7 @@ class MultiTaskNodeNet(nn.Module):
         dropout: dropout before the head's last layer.
         norm: MONAI norm name (instance norm keeps batched and one-by-one inference identical).
         hu_window: the preprocessing HU window (the head's descriptors are in HU).
+        head_refine_hidden: width of the head's refine MLP, set by a soft-label refit (0: none).
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class MultiTaskNodeNet(nn.Module):
         dropout: float = 0.1,
         norm: str = "instance",
         hu_window: tuple[float, float] = (-250.0, 350.0),
+        head_refine_hidden: int = 0,
     ):
         super().__init__()
         self.channels = tuple(int(c) for c in channels)
@@ -66,7 +68,7 @@ class MultiTaskNodeNet(nn.Module):
         )
         self.mask_out = UnetOutBlock(3, self.channels[0], 1)
         self.head_input = NodeHeadInput(self.channels, pool_sigma_mm, patch_spacing_mm, hu_window)
-        self.head = NodeHead(self.head_input.width, head_hidden, dropout)
+        self.head = NodeHead(self.head_input.width, head_hidden, dropout, refine_hidden=head_refine_hidden)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []

@@ -4,7 +4,7 @@ Layout (paths in the manifest are relative to its folder):
     manifest.csv              case_id,image,nodes,label_map
     <case_id>/image.nrrd      int16 HU, geometry from VolumeGeometry (LPS on disk)
     <case_id>/label_map.nrrd  int16, node mask values, 0 background
-    <case_id>/nodes.csv       id,r,a,s,label,mask_value  (the seed in RAS mm)
+    <case_id>/nodes.csv       id,r,a,s,label,mask_value,soft_label  (the seed in RAS mm; soft_label = P)
     <case_id>/truth.csv       id, centre and seed RAS, every latent feature, P, label, mask_value
 """
 
@@ -21,7 +21,7 @@ from .phantom_case_generator import PhantomCase, generate_phantom_case
 from .phantom_features import FEATURE_NAMES
 
 MANIFEST_COLUMNS = ("case_id", "image", "nodes", "label_map")
-NODES_COLUMNS = ("id", "r", "a", "s", "label", "mask_value")
+NODES_COLUMNS = ("id", "r", "a", "s", "label", "mask_value", "soft_label")
 TRUTH_COLUMNS = (
     ("id", "centre_r", "centre_a", "centre_s", "seed_r", "seed_a", "seed_s")
     + FEATURE_NAMES
@@ -78,7 +78,8 @@ def write_phantom_case(case_dir: Path, case: PhantomCase) -> dict:
         case_dir / "nodes.csv",
         NODES_COLUMNS,
         [
-            {"id": n.node_id, **_xyz(n.seed_ras, ""), "label": n.label, "mask_value": n.mask_value}
+            {"id": n.node_id, **_xyz(n.seed_ras, ""), "label": n.label, "mask_value": n.mask_value,
+             "soft_label": repr(float(n.probability))}
             for n in case.nodes
         ],
     )

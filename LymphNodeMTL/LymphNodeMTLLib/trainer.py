@@ -83,7 +83,7 @@ def initial_weights(model_dir, model_config: ModelConfig) -> tuple[dict, dict]:
     """The weights of a saved model to fine-tune (refused unless its network and preprocessing match),
     and where they came from: its id, weights hash and training, kept in the new model's config."""
     source = load_model(model_dir)
-    if (source.config.network != model_config.network
+    if (_recipe_network(source.config.network) != _recipe_network(model_config.network)
             or source.config.preprocessing.to_dict() != model_config.preprocessing.to_dict()):
         raise InputError(f"init_from {model_dir}: its network or preprocessing differ from this training "
                          "config's; copy them from its config.json or train from scratch")
@@ -93,7 +93,14 @@ def initial_weights(model_dir, model_config: ModelConfig) -> tuple[dict, dict]:
                              if k not in ("history", "validation", "initial_weights")}}
     if "initial_weights" in source.config.training:  # a fine-tuned source: keep the whole chain
         provenance["initial_weights"] = source.config.training["initial_weights"]
-    return source.network.state_dict(), provenance
+    # a refine MLP is the product of the source's refit, not of its recipe: this training's refit
+    # fits its own, and until then the head is the source's deep + wide path
+    state = {k: v for k, v in source.network.state_dict().items() if not k.startswith("head.refine.")}
+    return state, provenance
+
+
+def _recipe_network(network: dict) -> dict:
+    return {k: v for k, v in network.items() if k != "head_refine_hidden"}
 
 
 def split_by_case(cache: PatchCache, val_fraction: float, seed: int):
@@ -120,7 +127,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest 3-D convolutions
         self.model_config = ModelConfig(
-            config.model_id, network=dict(config.network), preprocessing=self.pre,
+            config.model_id, network=_recipe_network(config.network), preprocessing=self.pre,
             training=asdict(config),
         )
         self.network = self.model_config.build_network()
@@ -323,12 +330,17 @@ class Trainer:
         nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
         inputs = (self._inputs(batch, train=False) for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
-        labels = nodes.cache.labels
+        labels, soft = nodes.cache.labels, nodes.cache.soft_labels
         self.calibration_nodes = None  # never an earlier refit's logits
         # held-out logits of the training nodes, for the temperature (from the head as trained)
         held_out = cross_fitted_logits(self.network.head, head_inputs, labels, nodes.cache.case_ids,
-                                       seed=self.config.seed)
-        result = refit_descriptor_path(self.network.head, head_inputs, labels)
+                                       seed=self.config.seed, soft_labels=soft)
+        result = refit_descriptor_path(self.network.head, head_inputs, labels, soft_labels=soft)
+        # a refined head rebuilds with its refine MLP only if the saved config says so
+        refine = self.network.head.refine
+        self.model_config.network.pop("head_refine_hidden", None)
+        if refine is not None:
+            self.model_config.network["head_refine_hidden"] = refine[0].out_features
         known = ~torch.isnan(held_out)
         if result["refit"] and known.any():
             self.calibration_nodes = (held_out[known].float(), labels[known])

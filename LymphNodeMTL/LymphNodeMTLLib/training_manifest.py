@@ -1,14 +1,18 @@
 """The training manifest: one CSV row per case, one nodes CSV per case.
 
 manifest.csv: case_id,image,nodes[,label_map]   (paths relative to the manifest's folder)
-nodes.csv:    id,r,a,s[,label][,mask_value]     (RAS mm; label 0/1 or empty; mask_value = the
-                                                 node's value in the label map, or empty)
+nodes.csv:    id,r,a,s[,label][,mask_value][,soft_label]
+              (RAS mm; label 0/1 or empty; mask_value = the node's value in the label map, or
+              empty; soft_label = the probability that the node is metastatic, in [0, 1], or empty)
 Nodes without a mask or without a label are kept: they train only the head they have.
+A soft label is what a phantom knows exactly (its P) and what a hospital may have as a consensus
+or follow-up confidence; where given, the descriptor refit fits the head to it (descriptor_refit.py).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,7 @@ class ManifestNode:
     ras: tuple[float, float, float]
     label: int | None = None
     mask_value: int | None = None
+    soft_label: float | None = None
 
 
 @dataclass
@@ -40,6 +45,19 @@ def _optional_int(text: str, what: str, where: str) -> int | None:
         return int(float(text))
     except ValueError:
         raise InputError(f"{where}: {what} {text!r} is not a number; use an integer or leave it empty") from None
+
+
+def _optional_probability(text: str, where: str) -> float | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also catches NaN
+        raise InputError(f"{where}: soft_label {text!r} is not a probability; use a number from 0 to 1 or leave it empty")
+    return value
 
 
 def _rows(path: Path, required: set[str]) -> list[dict]:
@@ -66,7 +84,8 @@ def read_nodes_csv(path: Path) -> list[ManifestNode]:
         label = _optional_int(row.get("label", ""), "label", where)
         if label not in (None, 0, 1):
             raise InputError(f"{where}: label must be 0, 1 or empty, got {label}")
-        nodes.append(ManifestNode(row["id"], ras, label, _optional_int(row.get("mask_value", ""), "mask_value", where)))
+        nodes.append(ManifestNode(row["id"], ras, label, _optional_int(row.get("mask_value", ""), "mask_value", where),
+                                  _optional_probability(row.get("soft_label", ""), where)))
     return nodes
 
 

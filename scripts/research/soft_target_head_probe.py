@@ -1,7 +1,7 @@
 """Research probe for issue 4 (not product code): how far a small MLP over the node descriptors gets
 when it is fitted to the phantoms' true logit (soft targets) instead of the 0/1 labels, with and
-without the source slice thickness, against the product's logistic-regression refit; and how it
-scales with the number of training nodes. Inputs: two captures from capture_head_inputs.py.
+without the slice thickness (the patch's own estimate, or the source CT's true spacing), against a
+logistic refit on the 0/1 labels; and how it scales with the number of training nodes. Inputs: two captures from capture_head_inputs.py.
 
     .venv/bin/python scripts/research/soft_target_head_probe.py TRAIN.pt TEST.pt
 """
@@ -61,17 +61,21 @@ def mlp_on_soft_targets(a, target, b, hidden, seeds=5, steps=1500):
     return torch.stack(out).mean(0)
 
 
-base = list(range(NUM_DESCRIPTORS + 1))  # descriptors + the MLP's output: what the refit reads
+# columns: the descriptors (the last one, noise_anisotropy, is the patch's own slice-thickness
+# estimate), the MLP's output, the true log slice thickness of the source CT
+base = list(range(NUM_DESCRIPTORS - 1)) + [NUM_DESCRIPTORS]  # without any thickness
+estimate = list(range(NUM_DESCRIPTORS + 1))  # what the product's refit reads
 thick = base + [NUM_DESCRIPTORS + 1]
 print(f"train {len(xtr)} nodes, test {len(xte)} nodes")
-print("LR on labels, the refit's inputs     AUC %.4f" % roc_auc(y, logistic(xtr[:, base], tr["label"], xte[:, base]).numpy()))
-print("LR on labels + slice thickness       AUC %.4f" % roc_auc(y, logistic(xtr[:, thick], tr["label"], xte[:, thick]).numpy()))
-for name, cols in (("descriptors", base), ("descriptors + slice thickness", thick)):
-    for hidden in (16, 32):
+print("LR on labels, no thickness           AUC %.4f" % roc_auc(y, logistic(xtr[:, base], tr["label"], xte[:, base]).numpy()))
+print("LR on labels + thickness estimate    AUC %.4f" % roc_auc(y, logistic(xtr[:, estimate], tr["label"], xte[:, estimate]).numpy()))
+print("LR on labels + true slice thickness  AUC %.4f" % roc_auc(y, logistic(xtr[:, thick], tr["label"], xte[:, thick]).numpy()))
+for name, cols in (("no thickness", base), ("thickness estimate", estimate), ("true slice thickness", thick)):
+    for hidden in (16,):
         p = mlp_on_soft_targets(xtr[:, cols], soft, xte[:, cols], hidden)
         print(f"MLP({hidden}) on true logit, {name:30s} AUC %.4f" % roc_auc(y, p.numpy()))
 rng = torch.Generator().manual_seed(1)
 for frac in (0.33, 0.66, 1.0):
     idx = torch.randperm(len(xtr), generator=rng)[: int(frac * len(xtr))]
-    p = mlp_on_soft_targets(xtr[idx][:, thick], soft[idx], xte[:, thick], 16)
+    p = mlp_on_soft_targets(xtr[idx][:, estimate], soft[idx], xte[:, estimate], 16)
     print(f"learning curve: {len(idx)} training nodes -> AUC %.4f" % roc_auc(y, p.numpy()))
