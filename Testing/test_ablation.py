@@ -130,12 +130,14 @@ def test_hidden_annotations_are_reproducible():
 
     n = 200
     cache = PatchCache(torch.zeros(n, 1, 2, 2, 2), torch.zeros(n, 1, 2, 2, 2), torch.ones(n),
-                       torch.ones(n, dtype=torch.bool), [str(i) for i in range(n)], ["c"] * n, 0)
+                       torch.ones(n, dtype=torch.bool), [str(i) for i in range(n)], ["c"] * n, 0,
+                       torch.full((n,), 0.7))
     a = hide_annotations(cache, 0.5, 0.8, seed=1)
     b = hide_annotations(cache, 0.5, 0.8, seed=1)
     assert torch.equal(a.has_mask, b.has_mask) and torch.equal(a.labels.isnan(), b.labels.isnan())
     assert 60 < int(a.has_mask.sum()) < 140 and 140 < int((~a.labels.isnan()).sum()) < 190
-    assert bool(cache.has_mask.all())  # the original is untouched
+    assert torch.equal(a.soft_labels.isnan(), a.labels.isnan())  # a hidden label hides its probability
+    assert bool(cache.has_mask.all()) and not cache.soft_labels.isnan().any()  # the original is untouched
 
 
 def test_resume_reuses_variants_trained_with_the_same_config_only(manifests, ablation_run, monkeypatch):

@@ -116,6 +116,8 @@ def hide_annotations(cache: PatchCache, mask_fraction: float, label_fraction: fl
     if label_fraction < 1.0:
         keep = torch.from_numpy(rng.random(n) < label_fraction)
         cache.labels = torch.where(keep, cache.labels, torch.full_like(cache.labels, float("nan")))
+        if cache.soft_labels is not None:  # a hidden label hides its probability too
+            cache.soft_labels = torch.where(keep, cache.soft_labels, torch.full_like(cache.soft_labels, float("nan")))
     return cache
 
 
