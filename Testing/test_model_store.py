@@ -99,26 +99,40 @@ def test_saving_leaves_other_files_and_no_temporaries(model_dir):
     assert load_model(folder).config.model_id == "test-model-2"
 
 
-def test_a_model_saved_before_the_last_descriptor_loads_and_predicts_as_before(model_dir):
-    """Weights from before noise_anisotropy was appended (24 descriptors): the new column gets zero
-    weights, so the old model's logits are exactly what they were."""
+@pytest.mark.parametrize("refine_hidden", [0, 6])
+@pytest.mark.parametrize("earlier", [24, 25])
+def test_a_model_saved_with_fewer_descriptors_loads_and_predicts_as_before(tmp_path, earlier, refine_hidden):
+    """Weights from before descriptors were appended (24 before noise_anisotropy, 25 before the
+    hilum sectors), with or without a soft-label refine MLP: the new columns get zero weights, in
+    the refine MLP just before the deep logit it reads last, so the old model's logits are exactly
+    what they were."""
     from safetensors.torch import load_file, save_file
 
     from LymphNodeMTLLib.node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
 
-    folder, net = model_dir
-    added = NUM_DESCRIPTORS - EARLIER_NUM_DESCRIPTORS[-1]
+    assert earlier in EARLIER_NUM_DESCRIPTORS
+    torch.manual_seed(0)
+    network = {"channels": [4, 8]} | ({"head_refine_hidden": refine_hidden} if refine_hidden else {})
+    config = ModelConfig("test-model", network=network)
+    net = config.build_network().eval()
+    folder = tmp_path / "model"
+    save_model(folder, config, net, "# card\n")
+    added = NUM_DESCRIPTORS - earlier
+    new_columns = {"head.mlp.0.weight": slice(-added, None), "head.wide.weight": slice(-added, None)}
+    if refine_hidden:
+        new_columns["head.refine.0.weight"] = slice(-added - 1, -1)
     state = load_file(str(folder / WEIGHTS_FILE))
     old = dict(state)
-    for key in ("head.mlp.0.weight", "head.wide.weight"):
-        old[key] = state[key][:, :-added].contiguous()
+    for key, columns in new_columns.items():
+        keep = torch.ones(state[key].shape[1], dtype=torch.bool)
+        keep[columns] = False
+        old[key] = state[key][:, keep].contiguous()
     save_file(old, str(folder / WEIGHTS_FILE))
     (folder / HASH_FILE).write_text(f"{sha256_of(folder / WEIGHTS_FILE)}  {WEIGHTS_FILE}\n")
     loaded = load_model(folder)
-    for key in ("head.mlp.0.weight", "head.wide.weight"):
-        assert torch.equal(loaded.network.state_dict()[key][:, -added:], torch.zeros(state[key].shape[0], added))
     with torch.no_grad():
-        for key in ("head.mlp.0.weight", "head.wide.weight"):
-            net.state_dict()[key][:, -added:] = 0.0  # what the old model was: blind to the new column
+        for key, columns in new_columns.items():
+            assert torch.equal(loaded.network.state_dict()[key][:, columns], torch.zeros(state[key].shape[0], added))
+            net.state_dict()[key][:, columns] = 0.0  # what the old model was: blind to the new columns
         patch = torch.randn(2, 2, 16, 16, 16)
-        torch.testing.assert_close(loaded.network(patch)["metastasis_logit"], net.eval()(patch)["metastasis_logit"])
+        torch.testing.assert_close(loaded.network(patch)["metastasis_logit"], net(patch)["metastasis_logit"])

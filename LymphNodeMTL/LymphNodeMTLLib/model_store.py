@@ -146,12 +146,16 @@ def save_model(folder, config: ModelConfig, network: torch.nn.Module, card_text:
     return digest
 
 
+REFINE_INPUT_LAYER = "head.refine.0.weight"
+
+
 def widen_for_new_descriptors(state: dict, expected: dict) -> dict:
     """Weights saved before the last descriptors were added: zero weights for the new columns.
 
     Descriptors are the last columns of every head input and new ones are appended after them,
-    so a layer that read the head input is short by exactly the added descriptors, at its end;
-    zero weights there make the old model predict exactly as it did."""
+    so a layer that read the head input is short by exactly the added descriptors, at its end
+    (in the refine MLP's first layer, just before its last column, the deep logit); zero weights
+    there make the old model predict exactly as it did."""
     out = dict(state)
     for key, tensor in state.items():
         want = expected.get(key)
@@ -159,7 +163,11 @@ def widen_for_new_descriptors(state: dict, expected: dict) -> dict:
             continue
         added = want.shape[1] - tensor.shape[1]
         if added > 0 and NUM_DESCRIPTORS - added in EARLIER_NUM_DESCRIPTORS:
-            out[key] = torch.cat([tensor, tensor.new_zeros(tensor.shape[0], added)], dim=1)
+            zeros = tensor.new_zeros(tensor.shape[0], added)
+            if key.endswith(REFINE_INPUT_LAYER):  # reads the descriptors, then the deep logit last
+                out[key] = torch.cat([tensor[:, :-1], zeros, tensor[:, -1:]], dim=1)
+            else:
+                out[key] = torch.cat([tensor, zeros], dim=1)
     return out
 
 

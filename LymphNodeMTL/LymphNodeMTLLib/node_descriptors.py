@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hilum_sectors import ellipsoid_frame, hilum_sector_signs
 from .preprocessing import unwindow_hu
 
 # HU thresholds of the radiologic signs: fat (a fatty hilum) is below FAT_HU; solid node tissue
@@ -37,11 +38,13 @@ DESCRIPTOR_NAMES = (
     "lowest_smoothed", "fat_inside", "texture",
     *(f"profile_hu_{i}" for i in range(len(PROFILE_EDGES) - 1)),
     *(f"profile_fat_{i}" for i in range(len(PROFILE_EDGES) - 1)),
-    "noise_anisotropy",  # appended last, so a model saved with the 24 before it still loads (model_store)
+    # appended last, so a model saved with the descriptors before them still loads (model_store)
+    "noise_anisotropy",
+    "hilum_sector_drop", "hilum_sector_drop_z", "hilum_mask_gap",
 )
 NUM_DESCRIPTORS = len(DESCRIPTOR_NAMES)
 # descriptor counts of models saved by earlier versions; each added descriptor was appended last
-EARLIER_NUM_DESCRIPTORS = (24,)
+EARLIER_NUM_DESCRIPTORS = (24, 25)
 
 
 def _moments(m: torch.Tensor, spacing_mm: float):
@@ -134,8 +137,9 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
     also in units of its standard error; the residual noise (so the head can weigh a drop against
     noise); the lowest smoothed HU and the share of smoothed voxels below fat level (a fatty
     hilum); the SD of the smoothed HU (heterogeneity); a radial profile over ellipsoid shells
-    of the mean non-fat HU and the fat fraction; and the patch's noise anisotropy (how thick the
-    source slices were). HU figures are scaled to about unit range. All zero for an empty mask.
+    of the mean non-fat HU and the fat fraction; the patch's noise anisotropy (how thick the
+    source slices were); and the fatty-hilum signs of its darkest sector around the long axis
+    (hilum_sectors.py). HU figures are scaled to about unit range. All zero for an empty mask.
     """
     m = (mask > 0.5).float()
     voxels = m.flatten(1).sum(1)
@@ -201,6 +205,8 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
         *profile_fat,
         noise_anisotropy(hu_img, smooth_img, hu_window),
     ], dim=1)
+    hilum = hilum_sector_signs(ellipsoid_frame(*moments), hu, inside, noise)
+    feats = torch.cat([feats, hilum], dim=1)
     return feats * present
 
 
