@@ -14,7 +14,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
 from LymphNodeMTLLib.classification_metrics import roc_auc  # noqa: E402
-from LymphNodeMTLLib.node_descriptors import NUM_DESCRIPTORS  # noqa: E402
+from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS  # noqa: E402
 
 torch.set_num_threads(2)
 tr, te = torch.load(sys.argv[1], weights_only=False), torch.load(sys.argv[2], weights_only=False)
@@ -61,9 +61,10 @@ def mlp_on_soft_targets(a, target, b, hidden, seeds=5, steps=1500):
     return torch.stack(out).mean(0)
 
 
-# columns: the descriptors (the last one, noise_anisotropy, is the patch's own slice-thickness
-# estimate), the MLP's output, the true log slice thickness of the source CT
-base = list(range(NUM_DESCRIPTORS - 1)) + [NUM_DESCRIPTORS]  # without any thickness
+# columns: the descriptors (noise_anisotropy is the patch's own slice-thickness estimate), the
+# MLP's output, the true log slice thickness of the source CT
+ESTIMATE = DESCRIPTOR_NAMES.index("noise_anisotropy")
+base = [c for c in range(NUM_DESCRIPTORS + 1) if c != ESTIMATE]  # without any thickness
 estimate = list(range(NUM_DESCRIPTORS + 1))  # what the product's refit reads
 thick = base + [NUM_DESCRIPTORS + 1]
 print(f"train {len(xtr)} nodes, test {len(xte)} nodes")
