@@ -23,6 +23,12 @@ def _lattice(spacing, shape_ijk, direction_lps, centre_ras=SPHERE_CENTRE_RAS, of
     return VolumeGeometry.from_lps(origin, spacing, direction.flatten(), tuple(shape_ijk[::-1]))
 
 
+def lattice_around(centre_ras, spacing, direction_lps, half_extent_mm: float) -> VolumeGeometry:
+    """A lattice whose middle voxel lies on `centre_ras` and that covers a ball of half_extent_mm."""
+    shape_ijk = (2 * np.ceil(half_extent_mm / np.asarray(spacing, float)) + 1).astype(int)
+    return _lattice(spacing, shape_ijk, direction_lps, centre_ras=np.asarray(centre_ras, float))
+
+
 def same_lattice_encodings() -> dict[str, VolumeGeometry]:
     """Four encodings of one voxel lattice: the voxel centres are the same physical points."""
     spacing, shape = (0.8, 0.7, 1.0), (41, 47, 33)

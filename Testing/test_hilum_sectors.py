@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from LymphNodeMTLLib.geometry import VolumeGeometry
+from geometry_cases import lattice_around, voxel_centres_ras
 from LymphNodeMTLLib.hilum_sectors import ellipsoid_frame, hilum_sector_signs
 from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, _moments, node_descriptors
 from LymphNodeMTLLib.patch_sampler import sample_patches, volume_tensor
@@ -21,11 +21,7 @@ HILUM = ("hilum_sector_drop", "hilum_sector_drop_z", "hilum_mask_gap")
 
 
 def _geometry(spacing, direction_lps, half_extent_mm=38.0):
-    spacing = np.asarray(spacing, float)
-    shape_ijk = (2 * np.ceil(half_extent_mm / spacing) + 1).astype(int)
-    direction = np.asarray(direction_lps, float)
-    origin = CENTRE_RAS * np.array([-1, -1, 1]) - direction @ (spacing * (shape_ijk - 1) / 2.0)
-    return VolumeGeometry.from_lps(origin, spacing, direction.flatten(), tuple(shape_ijk[::-1]))
+    return lattice_around(CENTRE_RAS, spacing, direction_lps, half_extent_mm)
 
 
 def _node(geometry, hilum: bool, mask_leaves_hilum_out: bool = False, seed=0):
@@ -33,8 +29,7 @@ def _node(geometry, hilum: bool, mask_leaves_hilum_out: bool = False, seed=0):
     hilum: fat (-60 HU) within 30 degrees of one side around the long axis, from relative radius
     0.75 to the surface."""
     rng = np.random.default_rng(seed)
-    kji = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape_kji], indexing="ij"), -1)
-    ras = geometry.ijk_to_ras_points(kji[..., ::-1].reshape(-1, 3)).reshape(*geometry.shape_kji, 3)
+    ras = voxel_centres_ras(geometry)
     local = (ras - CENTRE_RAS) @ NODE_ROTATION
     relative = np.linalg.norm(local / SEMI_AXES_MM, axis=-1)
     inside = relative <= 1.0

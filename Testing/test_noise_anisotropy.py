@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from LymphNodeMTLLib.geometry import VolumeGeometry
+from geometry_cases import lattice_around, voxel_centres_ras
 from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, node_descriptors
 from LymphNodeMTLLib.patch_sampler import sample_patches, volume_tensor
 from LymphNodeMTLLib.preprocessing import PreprocessingConfig, window_hu
@@ -17,19 +17,13 @@ COLUMN = DESCRIPTOR_NAMES.index("noise_anisotropy")
 
 
 def _geometry(spacing, direction_lps, half_extent_mm=46.0):
-    """A lattice whose centre voxel lies on CENTRE_RAS and that covers a ball of half_extent_mm."""
-    spacing = np.asarray(spacing, float)
-    shape_ijk = (2 * np.ceil(half_extent_mm / spacing) + 1).astype(int)
-    direction = np.asarray(direction_lps, float)
-    origin = CENTRE_RAS * np.array([-1, -1, 1]) - direction @ (spacing * (shape_ijk - 1) / 2.0)
-    return VolumeGeometry.from_lps(origin, spacing, direction.flatten(), tuple(shape_ijk[::-1]))
+    return lattice_around(CENTRE_RAS, spacing, direction_lps, half_extent_mm)
 
 
 def _anisotropy(geometry, seed=0):
     """The descriptor of a node in fat, scanned with white noise (20 HU) on `geometry`'s lattice."""
     rng = np.random.default_rng(seed)
-    kji = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape_kji], indexing="ij"), -1)
-    ras = geometry.ijk_to_ras_points(kji[..., ::-1].reshape(-1, 3)).reshape(*geometry.shape_kji, 3)
+    ras = voxel_centres_ras(geometry)
     inside = np.linalg.norm(ras - CENTRE_RAS, axis=-1) < 7.0
     image = np.where(inside, 45.0, -100.0) + rng.normal(0.0, 20.0, geometry.shape_kji)
     patch = sample_patches(volume_tensor(image.astype(np.float32), "cpu"), geometry, CENTRE_RAS[None],
