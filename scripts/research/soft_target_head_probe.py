@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
 from LymphNodeMTLLib.classification_metrics import roc_auc  # noqa: E402
 from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS  # noqa: E402
+from probe_tools import mlp_on_soft_targets  # noqa: E402
 
 torch.set_num_threads(2)
 tr, te = torch.load(sys.argv[1], weights_only=False), torch.load(sys.argv[2], weights_only=False)
@@ -43,22 +43,6 @@ def logistic(a, labels, b, l2=1e-3):
 
     opt.step(closure)
     return (b @ w[:-1] + w[-1]).detach()
-
-
-def mlp_on_soft_targets(a, target, b, hidden, seeds=5, steps=1500):
-    out = []
-    for s in range(seeds):
-        torch.manual_seed(s)
-        net = nn.Sequential(nn.Linear(a.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 1)).double()
-        opt = torch.optim.AdamW(net.parameters(), 3e-3, weight_decay=1e-2)
-        for _ in range(steps):
-            loss = F.mse_loss(net(a), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            out.append(net(b)[:, 0])
-    return torch.stack(out).mean(0)
 
 
 # columns: the descriptors (noise_anisotropy is the patch's own slice-thickness estimate), the
