@@ -100,10 +100,11 @@ def test_the_ellipsoid_frame_maps_the_moment_ellipsoid_to_the_unit_sphere_with_t
     z, y, x = np.meshgrid(*[np.arange(40) - 19.5] * 3, indexing="ij")
     solid = ((z / 15.0) ** 2 + (y / 6.0) ** 2 + (x / 9.0) ** 2) <= 1.0
     mask = torch.from_numpy(solid.astype(np.float32))[None, None]
-    frame = ellipsoid_frame(*_moments(mask, 1.0))[0]
+    moments = _moments(mask, 1.0)
+    frame = ellipsoid_frame(*moments)[0]
     inside = frame[torch.from_numpy(solid.reshape(-1))]
     assert float(inside.norm(dim=-1).max()) == pytest.approx(1.0, abs=0.08)
-    coords = _moments(mask, 1.0)[2][0][torch.from_numpy(solid.reshape(-1))]  # (x, y, z) mm
+    coords = moments[2][0][torch.from_numpy(solid.reshape(-1))]  # (x, y, z) mm
     long_axis_reach = float(coords[inside[:, 2].abs().argmax(), 2] - coords[:, 2].mean())
     assert abs(long_axis_reach) == pytest.approx(15.0, abs=1.0)
 

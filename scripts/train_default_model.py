@@ -84,8 +84,8 @@ def card(config, metrics: dict, n_nodes: int, recipe: str) -> str:
 ## What it is
 LymphNodeMTL multi-task network (MONAI DynUNet blocks, channels {config.network.get('channels')}):
 node mask from a seed plus a metastasis probability from M2ANet-style soft-mask pooling and the node's
-radiologic descriptors (size, shape, central necrosis, fat inside the node, noise anisotropy;
-node_descriptors.py), trained with MA-MTLN uncertainty weighting; head refitted on the training
+radiologic descriptors (size, shape, central necrosis, fat inside the node, noise anisotropy,
+fatty-hilum sector signs; node_descriptors.py, hilum_sectors.py), trained with MA-MTLN uncertainty weighting; head refitted on the training
 nodes, kind: {metrics.get("descriptor_kind", "none")} (descriptor_refit.py; a soft-label MLP is
 fitted to the phantoms' P); probabilities temperature-calibrated on the validation nodes
 and the training nodes' cross-fitted logits (T = {config.temperature:.3f}). Patch {config.preprocessing.patch_size}^3 voxels at

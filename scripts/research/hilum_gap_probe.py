@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
 from LymphNodeMTLLib.classification_metrics import roc_auc  # noqa: E402
+from LymphNodeMTLLib.descriptor_refit import SOFT_LABEL_CLIP  # noqa: E402
 from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, node_descriptors  # noqa: E402
 from probe_tools import mlp_on_soft_targets  # noqa: E402
 
@@ -49,7 +50,7 @@ def inputs(capture, d, extra):
     return torch.cat([d, capture["deep"][:, None], *[e(capture)[:, None] for e in extra]], 1).double()
 
 
-soft = torch.logit(tr["truth"][:, PROBABILITY].double().clamp(1e-4, 1 - 1e-4))[:, None]
+soft = torch.logit(tr["truth"][:, PROBABILITY].double().clamp(SOFT_LABEL_CLIP, 1 - SOFT_LABEL_CLIP))[:, None]
 y = te["label"].numpy()
 oracles = {
     "descriptors + deep logit": [],

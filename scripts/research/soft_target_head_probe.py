@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
 from LymphNodeMTLLib.classification_metrics import roc_auc  # noqa: E402
+from LymphNodeMTLLib.descriptor_refit import SOFT_LABEL_CLIP  # noqa: E402
 from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS  # noqa: E402
 from probe_tools import mlp_on_soft_targets  # noqa: E402
 
@@ -28,7 +29,7 @@ xtr, xte = features(tr), features(te)
 mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
 xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
 y = te["label"].numpy()
-soft = torch.logit(tr["truth"][:, 6].double().clamp(1e-4, 1 - 1e-4))[:, None]
+soft = torch.logit(tr["truth"][:, 6].double().clamp(SOFT_LABEL_CLIP, 1 - SOFT_LABEL_CLIP))[:, None]
 
 
 def logistic(a, labels, b, l2=1e-3):
