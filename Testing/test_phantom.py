@@ -4,6 +4,7 @@ HU, placement, seeds, geometry through every direction matrix, the dataset files
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from scipy import ndimage
 from scipy.stats import rankdata
 
 from LymphNodeMTLLib.geometry import VolumeGeometry
+from LymphNodeMTLLib.node_attributes import ATTRIBUTE_NAMES
 from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case, random_direction
-from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_case, write_phantom_dataset
+from LymphNodeMTLLib.phantom_dataset_writer import PHANTOM_ATTRIBUTES, write_phantom_case, write_phantom_dataset
 from LymphNodeMTLLib.phantom_features import (
     NodeFeatures,
     metastasis_probability,
@@ -22,6 +24,7 @@ from LymphNodeMTLLib.phantom_features import (
     sample_labels,
     sample_node_features,
 )
+from LymphNodeMTLLib.training_manifest import read_nodes_csv
 from LymphNodeMTLLib.phantom_node_renderer import render_node, sample_node_appearance
 
 CT_DIR = Path(__file__).resolve().parents[2] / "shared/data/ct"
@@ -294,8 +297,13 @@ def test_written_case_round_trips(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(labels), case.label_map)
 
     rows = _read_csv(tmp_path / "c/nodes.csv")
-    assert list(rows[0]) == ["id", "r", "a", "s", "label", "mask_value", "soft_label"]
+    assert list(rows[0]) == ["id", "r", "a", "s", "label", "mask_value", "soft_label", *PHANTOM_ATTRIBUTES]
     truth = {n.node_id: n for n in case.nodes}
+    # the visible latent features come back through the manifest reader as node attributes, every digit
+    for node in read_nodes_csv(tmp_path / "c/nodes.csv"):
+        features = truth[node.node_id].features.as_dict()
+        for name, value in zip(ATTRIBUTE_NAMES, node.attributes):
+            assert value == float(features[name]) if name in PHANTOM_ATTRIBUTES else math.isnan(value)
     for row in rows:
         node = truth[row["id"]]
         seed = np.array([float(row[k]) for k in "ras"])

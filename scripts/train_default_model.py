@@ -12,6 +12,7 @@ processes); the bundled model's exact two-step recipe is in its model card.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ import numpy as np
 import torch
 
 from LymphNodeMTLLib.errors import InputError
+from LymphNodeMTLLib.node_attributes import ATTRIBUTE_NAMES
 from LymphNodeMTLLib.node_patch_dataset import CaseNodes, PatchCache, build_patch_cache
 from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
+from LymphNodeMTLLib.phantom_dataset_writer import PHANTOM_ATTRIBUTES
 from LymphNodeMTLLib.trainer import TrainConfig, Trainer
 from LymphNodeMTLLib.volume_reader import read_volume
 
@@ -59,9 +62,15 @@ def _case_cache(job) -> PatchCache:
         f"case{n:04d}", case.image, case.geometry,
         np.array([p.seed_ras for p in case.nodes]), [p.node_id for p in case.nodes],
         [p.label for p in case.nodes], [p.mask_value for p in case.nodes], case.label_map,
-        [p.probability for p in case.nodes],
+        [p.probability for p in case.nodes], 
+        [_attributes(p.features.as_dict()) for p in case.nodes],
     )
     return build_patch_cache([nodes], pre, jitter_mm)
+
+
+def _attributes(features: dict) -> tuple:
+    """What the phantom writer puts in the nodes CSV as attributes, in the manifest reader's order."""
+    return tuple(float(features[k]) if k in PHANTOM_ATTRIBUTES else math.nan for k in ATTRIBUTE_NAMES)
 
 
 def _generate(rng, background):

@@ -16,6 +16,7 @@ import torch
 from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
 
 from .errors import InputError
+from .node_attributes import ATTRIBUTE_NAMES
 from .patch_sampler import sample_patches, volume_tensor
 from .preprocessing import PreprocessingConfig
 from .training_manifest import ManifestCase
@@ -26,7 +27,8 @@ from .volume_reader import read_volume
 class PatchCache:
     """Cached node patches. images: (N, 1, M, M, M) float16 HU; masks uint8; labels float32
     (NaN where unknown); has_mask bool; node ids and case ids for reports; soft_labels float32
-    probabilities (NaN where unknown; None when no node has one)."""
+    probabilities (NaN where unknown; None when no node has one); attributes (N, K) float32 node
+    attributes in node_attributes.ATTRIBUTE_NAMES order (NaN where unknown; None when no node has one)."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -36,12 +38,19 @@ class PatchCache:
     case_ids: list[str]
     margin: int
     soft_labels: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
 
     def soft_or_nan(self) -> torch.Tensor:
         """(N,) soft labels, all NaN when the cache has none."""
         if self.soft_labels is None:
             return torch.full((len(self),), float("nan"))
         return self.soft_labels
+
+    def attributes_or_nan(self) -> torch.Tensor:
+        """(N, K) attributes, all NaN when the cache has none."""
+        if self.attributes is None:
+            return torch.full((len(self), len(ATTRIBUTE_NAMES)), float("nan"))
+        return self.attributes
 
     def __len__(self) -> int:
         return len(self.node_ids)
@@ -56,7 +65,8 @@ class PatchCache:
             torch.cat([c.images for c in caches]), torch.cat([c.masks for c in caches]),
             torch.cat([c.labels for c in caches]), torch.cat([c.has_mask for c in caches]),
             [n for c in caches for n in c.node_ids], [n for c in caches for n in c.case_ids], caches[0].margin,
-            _soft_or_none(torch.cat([c.soft_or_nan() for c in caches])),
+            _column_or_none(torch.cat([c.soft_or_nan() for c in caches])),
+            _column_or_none(torch.cat([c.attributes_or_nan() for c in caches])),
         )
 
     def subset(self, idx) -> "PatchCache":
@@ -65,11 +75,13 @@ class PatchCache:
             self.images[idx], self.masks[idx], self.labels[idx], self.has_mask[idx],
             [self.node_ids[i] for i in idx.tolist()], [self.case_ids[i] for i in idx.tolist()],
             self.margin, None if self.soft_labels is None else self.soft_labels[idx],
+            None if self.attributes is None else self.attributes[idx],
         )
 
 
-def _soft_or_none(soft: torch.Tensor) -> torch.Tensor | None:
-    return None if bool(torch.isnan(soft).all()) else soft
+def _column_or_none(values: torch.Tensor) -> torch.Tensor | None:
+    """None for a column (soft labels, attributes) that no node knows."""
+    return None if bool(torch.isnan(values).all()) else values
 
 
 def jitter_margin(pre: PreprocessingConfig, jitter_mm: float) -> int:
@@ -89,6 +101,7 @@ class CaseNodes:
     mask_values: list[int | None]
     label_map: np.ndarray | None = None
     soft_labels: list[float | None] | None = None
+    attributes: list[tuple[float, ...] | None] | None = None  # ATTRIBUTE_NAMES order, NaN where unknown
 
 
 def manifest_case_nodes(case: ManifestCase) -> CaseNodes:
@@ -102,7 +115,7 @@ def manifest_case_nodes(case: ManifestCase) -> CaseNodes:
         case.case_id, image, geometry, np.array([n.ras for n in case.nodes], dtype=float).reshape(-1, 3),
         [n.node_id for n in case.nodes], [n.label for n in case.nodes],
         [n.mask_value if label_map is not None else None for n in case.nodes], label_map,
-        [n.soft_label for n in case.nodes],
+        [n.soft_label for n in case.nodes], [n.attributes for n in case.nodes],
     )
 
 
@@ -110,7 +123,8 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
     """Cache every node of `cases` (ManifestCase or CaseNodes items, read lazily one at a time)."""
     margin = jitter_margin(pre, jitter_mm)
     size = pre.patch_size + 2 * margin
-    images, masks, labels, has_mask, node_ids, case_ids, soft = [], [], [], [], [], [], []
+    images, masks, labels, has_mask, node_ids, case_ids, soft, attributes = [], [], [], [], [], [], [], []
+    unknown = (float("nan"),) * len(ATTRIBUTE_NAMES)
     # a generator is consumed one case at a time: only the patches are kept, never the CTs
     total = len(cases) if hasattr(cases, "__len__") else None
     for n, item in enumerate(cases):
@@ -127,6 +141,8 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
             labels.append(float("nan") if case.labels[k] is None else float(case.labels[k]))
             given = case.soft_labels[k] if case.soft_labels else None
             soft.append(float("nan") if given is None else float(given))
+            read = case.attributes[k] if case.attributes else None
+            attributes.append(unknown if read is None else tuple(read))
             value = case.mask_values[k]
             if label_tensor is not None and value is not None:
                 lab = sample_patches(label_tensor, case.geometry, case.centres_ras[k : k + 1], size,
@@ -142,7 +158,8 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
         raise InputError("the manifest has no nodes; list nodes in each case's nodes CSV")
     return PatchCache(
         torch.cat(images), torch.cat(masks), torch.tensor(labels, dtype=torch.float32),
-        torch.tensor(has_mask), node_ids, case_ids, margin, _soft_or_none(torch.tensor(soft, dtype=torch.float32)),
+        torch.tensor(has_mask), node_ids, case_ids, margin, _column_or_none(torch.tensor(soft, dtype=torch.float32)),
+        _column_or_none(torch.tensor(attributes, dtype=torch.float32).reshape(-1, len(ATTRIBUTE_NAMES))),
     )
 
 

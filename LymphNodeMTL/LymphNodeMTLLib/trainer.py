@@ -330,12 +330,12 @@ class Trainer:
         nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
         inputs = (self._inputs(batch, train=False) for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
-        labels, soft = nodes.cache.labels, nodes.cache.soft_labels
+        labels, soft, attributes = nodes.cache.labels, nodes.cache.soft_labels, nodes.cache.attributes
         self.calibration_nodes = None  # never an earlier refit's logits
         # held-out logits of the training nodes, for the temperature (from the head as trained)
         held_out = cross_fitted_logits(self.network.head, head_inputs, labels, nodes.cache.case_ids,
-                                       seed=self.config.seed, soft_labels=soft)
-        result = refit_descriptor_path(self.network.head, head_inputs, labels, soft_labels=soft)
+                                       seed=self.config.seed, soft_labels=soft, attributes=attributes)
+        result = refit_descriptor_path(self.network.head, head_inputs, labels, soft_labels=soft, attributes=attributes)
         # a refined head rebuilds with its refine MLP only if the saved config says so
         refine = self.network.head.refine
         self.model_config.network.pop("head_refine_hidden", None)

@@ -1,9 +1,12 @@
 """The training manifest: one CSV row per case, one nodes CSV per case.
 
 manifest.csv: case_id,image,nodes[,label_map]   (paths relative to the manifest's folder)
-nodes.csv:    id,r,a,s[,label][,mask_value][,soft_label]
+nodes.csv:    id,r,a,s[,label][,mask_value][,soft_label][,attributes...]
               (RAS mm; label 0/1 or empty; mask_value = the node's value in the label map, or
-              empty; soft_label = the probability that the node is metastatic, in [0, 1], or empty)
+              empty; soft_label = the probability that the node is metastatic, in [0, 1], or empty;
+              attributes = any of short_axis_mm, axis_ratio, necrosis_fraction,
+              margin_irregularity, heterogeneity, fatty_hilum, each a number or empty:
+              node_attributes.py)
 Nodes without a mask or without a label are kept: they train only the head they have.
 A soft label is what a phantom knows exactly (its P) and what a hospital may have as a consensus
 or follow-up confidence; where given, the descriptor refit fits the head to it (descriptor_refit.py).
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .node_attributes import read_attributes
 
 
 @dataclass
@@ -26,6 +30,7 @@ class ManifestNode:
     label: int | None = None
     mask_value: int | None = None
     soft_label: float | None = None
+    attributes: tuple[float, ...] | None = None  # ATTRIBUTE_NAMES order, NaN where unknown
 
 
 @dataclass
@@ -85,7 +90,8 @@ def read_nodes_csv(path: Path) -> list[ManifestNode]:
         if label not in (None, 0, 1):
             raise InputError(f"{where}: label must be 0, 1 or empty, got {label}")
         nodes.append(ManifestNode(row["id"], ras, label, _optional_int(row.get("mask_value", ""), "mask_value", where),
-                                  _optional_probability(row.get("soft_label", ""), where)))
+                                  _optional_probability(row.get("soft_label", ""), where),
+                                  read_attributes(row, where)))
     return nodes
 
 
