@@ -61,14 +61,16 @@ def refittable(network) -> bool:
 
 @torch.no_grad()
 def collect_head_inputs(network, inputs) -> torch.Tensor:
-    """(N, width) head inputs of the network in eval mode over an iterable of input batches."""
+    """(N, width) head inputs of the network in eval mode over an iterable of input batches, each
+    x or (x, slice_mm) (the source CTs' slice thickness, node_descriptors)."""
     rows = []
     hook = network.head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].detach().float().cpu()))
     was_training = network.training
     network.eval()
     try:
-        for x in inputs:
-            network(x)
+        for item in inputs:
+            x, slice_mm = item if isinstance(item, tuple) else (item, None)
+            network(x, slice_mm=slice_mm)
     finally:
         hook.remove()
         network.train(was_training)

@@ -137,7 +137,8 @@ class NodeEngine:
             x = network_input(patches, pre)
         with self._timed("forward"), torch.inference_mode():
             given = None if mask_patches is None else mask_patches.to(self.device)
-            out = self.network(x, given)
+            slice_mm = torch.full((x.shape[0],), case.geometry.coarsest_spacing_mm, device=self.device)
+            out = self.network(x, given, slice_mm=slice_mm)
             return torch.sigmoid(out["mask_logits"][:, 0]).float().cpu(), out["metastasis_logit"].float().cpu()
 
     def clear_volume_cache(self) -> None:

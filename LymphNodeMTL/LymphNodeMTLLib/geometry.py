@@ -66,6 +66,12 @@ class VolumeGeometry:
         return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
 
     @property
+    def coarsest_spacing_mm(self) -> float:
+        """The largest voxel size, whichever axis it lies on: the slice thickness of a CT stored in
+        slices, however its axes are ordered, flipped or tilted."""
+        return float(self.spacing.max())
+
+    @property
     def direction_ras(self) -> np.ndarray:
         """3x3 matrix whose columns are the unit i, j, k axes in RAS."""
         return self.ijk_to_ras[:3, :3] / self.spacing[None, :]

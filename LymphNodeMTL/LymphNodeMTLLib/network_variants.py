@@ -257,14 +257,15 @@ class ComponentNodeNet(nn.Module):
         ball = (d2 <= self.seed_ball_radius_mm**2).to(x.dtype)
         return ball.expand(b, 1, *size)
 
-    def _pooled(self, feats, mask, x) -> torch.Tensor:
-        return self.head_input(feats, mask, x[:, :1])
+    def _pooled(self, feats, mask, x, slice_mm=None) -> torch.Tensor:
+        return self.head_input(feats, mask, x[:, :1], slice_mm)
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                use_mask: torch.Tensor | None = None) -> dict:
+                use_mask: torch.Tensor | None = None, slice_mm: torch.Tensor | None = None) -> dict:
         """x: (B, C, D, H, W); mask: optional (B, 1, D, H, W) mask to pool under; use_mask: optional
-        (B,) bool choosing, per node, the given mask (True) or the predicted one (teacher forcing)."""
+        (B,) bool choosing, per node, the given mask (True) or the predicted one (teacher forcing);
+        slice_mm: optional (B,) coarsest spacing of each patch's source CT (node_descriptors)."""
         feats = self.encode(x)
         out: dict = {}
         branch = {t: feats for t in self.branch_tasks}
@@ -302,7 +303,7 @@ class ComponentNodeNet(nn.Module):
                 logit, value = res["logit"], res["value"]
                 out["lesion_map_logits"] = res["map_logits"]
             else:
-                pooled = self._pooled(cls_feats, pool_mask, x)
+                pooled = self._pooled(cls_feats, pool_mask, x, slice_mm)
                 if self.mixed:
                     logit, value = self.head(pooled)
                 else:
@@ -312,10 +313,10 @@ class ComponentNodeNet(nn.Module):
         else:
             logit = mask_logits.new_zeros(x.shape[0])
         if self.short_axis_head is not None:
-            out["short_axis"] = self.short_axis_head(self._pooled(branch[SHORT_AXIS], pool_mask, x))
+            out["short_axis"] = self.short_axis_head(self._pooled(branch[SHORT_AXIS], pool_mask, x, slice_mm))
         if self.station_head is not None:
             source = branch[CLASSIFICATION] if self.classifies else feats
-            out["station_logits"] = self.station_head(self._pooled(source, pool_mask, x))
+            out["station_logits"] = self.station_head(self._pooled(source, pool_mask, x, slice_mm))
         out.update(mask_logits=mask_logits, metastasis_logit=logit, pool_mask=pool_mask)
         return out
 

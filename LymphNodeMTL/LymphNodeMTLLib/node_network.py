@@ -83,13 +83,17 @@ class MultiTaskNodeNet(nn.Module):
             x = up(x, skip)
         return self.mask_out(x)
 
-    def classify(self, feats: list[torch.Tensor], mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def classify(self, feats: list[torch.Tensor], mask: torch.Tensor, x: torch.Tensor,
+                 slice_mm: torch.Tensor | None = None) -> torch.Tensor:
         """Metastasis logit (B,) from encoder features pooled under `mask` (B, 1, D, H, W) and the
-        node's shape and CT statistics under it (x: the network input, channel 0 = CT)."""
-        return self.head(self.head_input(feats, mask, x[:, :1])).squeeze(1)
+        node's shape and CT statistics under it (x: the network input, channel 0 = CT; slice_mm:
+        (B,) the source CT's coarsest spacing, node_descriptors)."""
+        return self.head(self.head_input(feats, mask, x[:, :1], slice_mm)).squeeze(1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-        """x: (B, C, D, H, W). mask: optional (B, 1, D, H, W) mask to pool under.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                slice_mm: torch.Tensor | None = None) -> dict:
+        """x: (B, C, D, H, W). mask: optional (B, 1, D, H, W) mask to pool under. slice_mm:
+        optional (B,) coarsest spacing of each patch's source CT (None: as fine as the patch).
 
         Returns {"mask_logits": (B, 1, D, H, W), "metastasis_logit": (B,), "pool_mask": used mask}.
         """
@@ -99,7 +103,7 @@ class MultiTaskNodeNet(nn.Module):
             mask = self.fallback_mask(mask_logits.detach() > 0, x)
         return {
             "mask_logits": mask_logits,
-            "metastasis_logit": self.classify(feats, mask, x),
+            "metastasis_logit": self.classify(feats, mask, x, slice_mm),
             "pool_mask": mask,
         }
 

@@ -28,7 +28,9 @@ class PatchCache:
     """Cached node patches. images: (N, 1, M, M, M) float16 HU; masks uint8; labels float32
     (NaN where unknown); has_mask bool; node ids and case ids for reports; soft_labels float32
     probabilities (NaN where unknown; None when no node has one); attributes (N, K) float32 node
-    attributes in node_attributes.ATTRIBUTE_NAMES order (NaN where unknown; None when no node has one)."""
+    attributes in node_attributes.ATTRIBUTE_NAMES order (NaN where unknown; None when no node has one);
+    slice_mm (N,) float32 the coarsest spacing of each node's source CT (None: unknown, taken as
+    fine as the patch)."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -39,6 +41,13 @@ class PatchCache:
     margin: int
     soft_labels: torch.Tensor | None = None
     attributes: torch.Tensor | None = None
+    slice_mm: torch.Tensor | None = None
+
+    def slice_or_default(self, default_mm: float) -> torch.Tensor:
+        """(N,) source slice thickness, `default_mm` where the cache has none."""
+        if self.slice_mm is None:
+            return torch.full((len(self),), float(default_mm))
+        return self.slice_mm
 
     def soft_or_nan(self) -> torch.Tensor:
         """(N,) soft labels, all NaN when the cache has none."""
@@ -67,6 +76,7 @@ class PatchCache:
             [n for c in caches for n in c.node_ids], [n for c in caches for n in c.case_ids], caches[0].margin,
             _column_or_none(torch.cat([c.soft_or_nan() for c in caches])),
             _column_or_none(torch.cat([c.attributes_or_nan() for c in caches])),
+            _column_or_none(torch.cat([c.slice_or_default(float("nan")) for c in caches])),
         )
 
     def subset(self, idx) -> "PatchCache":
@@ -76,6 +86,7 @@ class PatchCache:
             [self.node_ids[i] for i in idx.tolist()], [self.case_ids[i] for i in idx.tolist()],
             self.margin, None if self.soft_labels is None else self.soft_labels[idx],
             None if self.attributes is None else self.attributes[idx],
+            None if self.slice_mm is None else self.slice_mm[idx],
         )
 
 
@@ -123,7 +134,7 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
     """Cache every node of `cases` (ManifestCase or CaseNodes items, read lazily one at a time)."""
     margin = jitter_margin(pre, jitter_mm)
     size = pre.patch_size + 2 * margin
-    images, masks, labels, has_mask, node_ids, case_ids, soft, attributes = [], [], [], [], [], [], [], []
+    images, masks, labels, has_mask, node_ids, case_ids, soft, attributes, slices = [], [], [], [], [], [], [], [], []
     unknown = (float("nan"),) * len(ATTRIBUTE_NAMES)
     # a generator is consumed one case at a time: only the patches are kept, never the CTs
     total = len(cases) if hasattr(cases, "__len__") else None
@@ -143,6 +154,7 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
             soft.append(float("nan") if given is None else float(given))
             read = case.attributes[k] if case.attributes else None
             attributes.append(unknown if read is None else tuple(read))
+            slices.append(case.geometry.coarsest_spacing_mm)
             value = case.mask_values[k]
             if label_tensor is not None and value is not None:
                 lab = sample_patches(label_tensor, case.geometry, case.centres_ras[k : k + 1], size,
@@ -160,6 +172,7 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
         torch.cat(images), torch.cat(masks), torch.tensor(labels, dtype=torch.float32),
         torch.tensor(has_mask), node_ids, case_ids, margin, _column_or_none(torch.tensor(soft, dtype=torch.float32)),
         _column_or_none(torch.tensor(attributes, dtype=torch.float32).reshape(-1, len(ATTRIBUTE_NAMES))),
+        torch.tensor(slices, dtype=torch.float32),
     )
 
 
@@ -180,6 +193,8 @@ class NodePatchDataset(torch.utils.data.Dataset):
         self.jitter_vox = jitter_mm / pre.patch_spacing_mm
         self.seed = seed
         self.epoch = 0
+        # a node from a cache joined with one that did not know its source: as fine as the patch
+        self.slice_mm = torch.nan_to_num(cache.slice_or_default(pre.patch_spacing_mm), nan=pre.patch_spacing_mm)
         self.transforms = Compose([
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=0),
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=1),
@@ -214,6 +229,7 @@ class NodePatchDataset(torch.utils.data.Dataset):
             "mask": (torch.as_tensor(sample["mask"]) > 0.5).float(),
             "label": self.cache.labels[idx],
             "has_mask": self.cache.has_mask[idx],
+            "slice_mm": self.slice_mm[idx],
             "index": idx,
         }
 

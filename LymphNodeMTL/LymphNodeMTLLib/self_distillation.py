@@ -89,6 +89,7 @@ def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 1
     m, n = cache.margin, pre.patch_size
     crop = (slice(None), slice(None), *(slice(m, m + n),) * 3)
     rows = []
+    slices = torch.nan_to_num(cache.slice_or_default(pre.patch_spacing_mm), nan=pre.patch_spacing_mm)
     for folder in model_dirs:
         loaded = load_model(folder)
         tp = loaded.config.preprocessing
@@ -100,6 +101,7 @@ def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 1
         for start in range(0, len(cache), batch_size):
             images = cache.images[start:start + batch_size][crop].float().to(device)
             x = network_input(images, tp)
-            out.append(net(x)["metastasis_logit"].float().cpu() / loaded.config.temperature)
+            slice_mm = slices[start:start + batch_size].to(device)
+            out.append(net(x, slice_mm=slice_mm)["metastasis_logit"].float().cpu() / loaded.config.temperature)
         rows.append(torch.cat(out))
     return torch.stack(rows)

@@ -198,7 +198,8 @@ class Trainer:
     def train_step(self, batch) -> dict:
         self.train_module.train()
         x = self._inputs(batch, train=True)
-        losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype, **self._extras(batch))
+        losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype,
+                                   slice_mm=batch["slice_mm"].to(self.device), **self._extras(batch))
         self.optimizer.zero_grad(set_to_none=True)
         if self.balancer is not None:
             self.balancer.backward([self.scaler.scale(t) for t in losses["terms"]], shared_parameters(self.network))
@@ -225,7 +226,7 @@ class Trainer:
         for batch in self._loader(dataset, shuffle=False):
             x = self._inputs(batch, train=False)
             mask, has_mask, label, has_label = self._targets(batch)
-            losses = self.module(x, mask, has_mask, label, has_label)
+            losses = self.module(x, mask, has_mask, label, has_label, slice_mm=batch["slice_mm"].to(self.device))
             out = losses["outputs"]
             totals.append(float(losses["seg"] + losses["cls"]) * x.shape[0])
             logits.append(out["metastasis_logit"].float().cpu())
@@ -328,7 +329,8 @@ class Trainer:
         if self.val_set is not None:
             before = self.evaluate(self.val_set)["auc"]
         nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
-        inputs = (self._inputs(batch, train=False) for batch in self._loader(nodes, shuffle=False))
+        inputs = ((self._inputs(batch, train=False), batch["slice_mm"].to(self.device))
+                  for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
         labels, soft, attributes = nodes.cache.labels, nodes.cache.soft_labels, nodes.cache.attributes
         self.calibration_nodes = None  # never an earlier refit's logits

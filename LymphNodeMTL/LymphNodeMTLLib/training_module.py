@@ -23,10 +23,11 @@ class MultiTaskTrainingModule(nn.Module):
         self.loss = loss if loss is not None else MultiTaskLoss()
         self.teacher_forcing = float(teacher_forcing)
 
-    def forward(self, x, mask, has_mask, label, has_label, amp_dtype=None, **extras) -> dict:
-        """extras (component networks' losses): teacher_logits (T, B), station (B,)."""
+    def forward(self, x, mask, has_mask, label, has_label, amp_dtype=None, slice_mm=None, **extras) -> dict:
+        """slice_mm: (B,) source CT slice thickness (node_descriptors); extras (component networks'
+        losses): teacher_logits (T, B), station (B,)."""
         if getattr(self.network, "component_net", False):
-            return self._component_forward(x, mask, has_mask, label, has_label, amp_dtype, extras)
+            return self._component_forward(x, mask, has_mask, label, has_label, amp_dtype, slice_mm, extras)
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             feats = self.network.encode(x)
             mask_logits = self.network.decode(feats)
@@ -36,13 +37,13 @@ class MultiTaskTrainingModule(nn.Module):
             else:
                 forced = torch.zeros_like(has_mask)
             pool_mask = torch.where(forced.view(-1, 1, 1, 1, 1), mask, predicted)
-            logit = self.network.classify(feats, pool_mask, x)
+            logit = self.network.classify(feats, pool_mask, x, slice_mm)
         out = {"mask_logits": mask_logits.float(), "metastasis_logit": logit.float()}  # losses in fp32
         losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label, **extras)
         losses["outputs"] = out
         return losses
 
-    def _component_forward(self, x, mask, has_mask, label, has_label, amp_dtype, extras) -> dict:
+    def _component_forward(self, x, mask, has_mask, label, has_label, amp_dtype, slice_mm, extras) -> dict:
         """The same step for a ComponentNodeNet (network_variants.py): one forward call with
         per-node teacher forcing; a network without a mask branch always pools where it would at
         inference (teacher forcing would show it masks it never sees there)."""
@@ -51,7 +52,7 @@ class MultiTaskTrainingModule(nn.Module):
                 forced = (torch.rand(x.shape[0], device=x.device) < self.teacher_forcing) & has_mask
             else:
                 forced = torch.zeros_like(has_mask)
-            out = self.network(x, mask, use_mask=forced)
+            out = self.network(x, mask, use_mask=forced, slice_mm=slice_mm)
         out = _to_float(out)  # losses in fp32
         losses = self.loss(out, mask, has_mask, torch.nan_to_num(label), has_label, **extras)
         losses["outputs"] = out
