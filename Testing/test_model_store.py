@@ -100,10 +100,10 @@ def test_saving_leaves_other_files_and_no_temporaries(model_dir):
 
 
 @pytest.mark.parametrize("refine_hidden", [0, 6])
-@pytest.mark.parametrize("earlier", [24, 25])
+@pytest.mark.parametrize("earlier", [24, 25, 28])
 def test_a_model_saved_with_fewer_descriptors_loads_and_predicts_as_before(tmp_path, earlier, refine_hidden):
     """Weights from before descriptors were appended (24 before noise_anisotropy, 25 before the
-    hilum sectors), with or without a soft-label refine MLP: the new columns get zero weights, in
+    hilum sectors, 28 before the slice thickness), with or without a soft-label refine MLP: the new columns get zero weights, in
     the refine MLP just before the deep logit it reads last, so the old model's logits are exactly
     what they were."""
     from safetensors.torch import load_file, save_file

@@ -134,7 +134,7 @@ def main():
     p.add_argument("--init-from", default=None, help="fine-tune from this model folder (same network)")
     p.add_argument("--ct-dir", type=Path, default=SHARED_CT, help="folder holding the real CT backgrounds")
     args = p.parse_args()
-    config = TrainConfig(model_id="lymphnode-mtl-phantom-demo-v3", epochs=args.epochs, max_minutes=args.minutes,
+    config = TrainConfig(model_id="lymphnode-mtl-phantom-demo-v4", epochs=args.epochs, max_minutes=args.minutes,
                          seed=args.seed, device=args.device, patience=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, init_from=args.init_from, num_workers=args.workers if args.workers > 1 else 0,
                          network={"channels": [int(c) for c in args.channels.split(",")]})

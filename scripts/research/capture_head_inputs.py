@@ -67,7 +67,7 @@ hook = net.head.register_forward_hook(keep)
 with torch.no_grad():
     for batch in torch.utils.data.DataLoader(NodePatchDataset(cache, pre, augment=False), batch_size=16):
         img = window_hu(batch["image"], pre)
-        net(torch.cat([img, guidance_channel(pre).expand_as(img)], 1))
+        net(torch.cat([img, guidance_channel(pre).expand_as(img)], 1), slice_mm=batch["slice_mm"])
 hook.remove()
 if patch_hook is not None:
     patch_hook.remove()
