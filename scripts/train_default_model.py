@@ -94,9 +94,9 @@ def card(config, metrics: dict, n_nodes: int, recipe: str) -> str:
 LymphNodeMTL multi-task network (MONAI DynUNet blocks, channels {config.network.get('channels')}):
 node mask from a seed plus a metastasis probability from M2ANet-style soft-mask pooling and the node's
 radiologic descriptors (size, shape, central necrosis, fat inside the node, noise anisotropy,
-fatty-hilum sector signs; node_descriptors.py, hilum_sectors.py), trained with MA-MTLN uncertainty weighting; head refitted on the training
+fatty-hilum sector signs, the source CT's slice thickness; node_descriptors.py, hilum_sectors.py), trained with MA-MTLN uncertainty weighting; head refitted on the training
 nodes, kind: {metrics.get("descriptor_kind", "none")} (descriptor_refit.py; a soft-label MLP is
-fitted to the phantoms' P); probabilities temperature-calibrated on the validation nodes
+fitted to the phantoms' P, with their visible latent features as auxiliary outputs); probabilities temperature-calibrated on the validation nodes
 and the training nodes' cross-fitted logits (T = {config.temperature:.3f}). Patch {config.preprocessing.patch_size}^3 voxels at
 {config.preprocessing.patch_spacing_mm} mm, HU window {list(config.preprocessing.hu_window)}.
 
