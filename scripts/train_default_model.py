@@ -24,7 +24,7 @@ from LymphNodeMTLLib.errors import InputError
 from LymphNodeMTLLib.node_attributes import ATTRIBUTE_NAMES
 from LymphNodeMTLLib.node_patch_dataset import CaseNodes, PatchCache, build_patch_cache
 from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
-from LymphNodeMTLLib.phantom_dataset_writer import PHANTOM_ATTRIBUTES
+from LymphNodeMTLLib.phantom_dataset_writer import phantom_attributes
 from LymphNodeMTLLib.trainer import TrainConfig, Trainer
 from LymphNodeMTLLib.volume_reader import read_volume
 
@@ -62,15 +62,16 @@ def _case_cache(job) -> PatchCache:
         f"case{n:04d}", case.image, case.geometry,
         np.array([p.seed_ras for p in case.nodes]), [p.node_id for p in case.nodes],
         [p.label for p in case.nodes], [p.mask_value for p in case.nodes], case.label_map,
-        [p.probability for p in case.nodes], 
-        [_attributes(p.features.as_dict()) for p in case.nodes],
+        [p.probability for p in case.nodes],
+        [_attributes(p.features) for p in case.nodes],
     )
     return build_patch_cache([nodes], pre, jitter_mm)
 
 
-def _attributes(features: dict) -> tuple:
+def _attributes(features) -> tuple:
     """What the phantom writer puts in the nodes CSV as attributes, in the manifest reader's order."""
-    return tuple(float(features[k]) if k in PHANTOM_ATTRIBUTES else math.nan for k in ATTRIBUTE_NAMES)
+    given = phantom_attributes(features)
+    return tuple(float(given[k]) if k in given else math.nan for k in ATTRIBUTE_NAMES)
 
 
 def _generate(rng, background):

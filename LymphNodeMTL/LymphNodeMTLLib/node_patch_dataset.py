@@ -44,10 +44,11 @@ class PatchCache:
     slice_mm: torch.Tensor | None = None
 
     def slice_or_default(self, default_mm: float) -> torch.Tensor:
-        """(N,) source slice thickness, `default_mm` where the cache has none."""
+        """(N,) source slice thickness, `default_mm` where a node's is unknown (a cache without
+        any, or joined with one that had none)."""
         if self.slice_mm is None:
             return torch.full((len(self),), float(default_mm))
-        return self.slice_mm
+        return torch.nan_to_num(self.slice_mm, nan=float(default_mm))
 
     def soft_or_nan(self) -> torch.Tensor:
         """(N,) soft labels, all NaN when the cache has none."""
@@ -193,8 +194,7 @@ class NodePatchDataset(torch.utils.data.Dataset):
         self.jitter_vox = jitter_mm / pre.patch_spacing_mm
         self.seed = seed
         self.epoch = 0
-        # a node from a cache joined with one that did not know its source: as fine as the patch
-        self.slice_mm = torch.nan_to_num(cache.slice_or_default(pre.patch_spacing_mm), nan=pre.patch_spacing_mm)
+        self.slice_mm = cache.slice_or_default(pre.patch_spacing_mm)  # unknown: as fine as the patch
         self.transforms = Compose([
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=0),
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=1),

@@ -29,6 +29,11 @@ MANIFEST_COLUMNS = ("case_id", "image", "nodes", "label_map")
 # 0.8225 with all six, 0.8242 with these four).
 PHANTOM_ATTRIBUTES = ("short_axis_mm", "axis_ratio", "necrosis_fraction", "fatty_hilum")
 NODES_COLUMNS = ("id", "r", "a", "s", "label", "mask_value", "soft_label") + PHANTOM_ATTRIBUTES
+
+
+def phantom_attributes(features) -> dict:
+    """The node attributes a phantom node's nodes-CSV row carries, by name (NodeFeatures in)."""
+    return {name: value for name, value in features.as_dict().items() if name in PHANTOM_ATTRIBUTES}
 TRUTH_COLUMNS = (
     ("id", "centre_r", "centre_a", "centre_s", "seed_r", "seed_a", "seed_s")
     + FEATURE_NAMES
@@ -87,7 +92,7 @@ def write_phantom_case(case_dir: Path, case: PhantomCase) -> dict:
         [
             {"id": n.node_id, **_xyz(n.seed_ras, ""), "label": n.label, "mask_value": n.mask_value,
              "soft_label": repr(float(n.probability)),
-             **{name: _number(value) for name, value in n.features.as_dict().items() if name in PHANTOM_ATTRIBUTES}}
+             **{name: _number(value) for name, value in phantom_attributes(n.features).items()}}
             for n in case.nodes
         ],
     )

@@ -89,7 +89,7 @@ def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 1
     m, n = cache.margin, pre.patch_size
     crop = (slice(None), slice(None), *(slice(m, m + n),) * 3)
     rows = []
-    slices = torch.nan_to_num(cache.slice_or_default(pre.patch_spacing_mm), nan=pre.patch_spacing_mm)
+    slices = cache.slice_or_default(pre.patch_spacing_mm)
     for folder in model_dirs:
         loaded = load_model(folder)
         tp = loaded.config.preprocessing

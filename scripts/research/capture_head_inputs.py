@@ -12,7 +12,6 @@ import csv
 import sys
 from pathlib import Path
 
-import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
@@ -35,12 +34,8 @@ torch.set_num_threads(2)
 loaded = load_model(Path(__file__).resolve().parents[2] / "Resources/Models/phantom-demo")
 net, pre = loaded.network.eval(), loaded.config.preprocessing
 cases = read_manifest(manifest)[:: args.every]
-truth, slice_mm = {}, {}
+truth = {}
 for c in cases:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(c.image))
-    reader.ReadImageInformation()
-    slice_mm[c.case_id] = max(reader.GetSpacing())
     t = c.image.parent / "truth.csv"
     if t.exists():
         for row in csv.DictReader(open(t)):
@@ -74,7 +69,7 @@ if patch_hook is not None:
 patches = {"image": torch.cat(images), "mask": torch.cat(masks)} if args.patches else {}
 torch.save({
     "head": torch.cat(heads), "deep": torch.cat(deep), "label": cache.labels,
-    "slice_mm": torch.tensor([slice_mm[c] for c in cache.case_ids]),
+    "slice_mm": cache.slice_mm,  # the source CT's coarsest spacing, as the head reads it
     "truth": torch.tensor([truth.get((c, n), [float("nan")] * len(TRUTH)) for c, n in zip(cache.case_ids, cache.node_ids)]),
     "case_ids": cache.case_ids, "node_ids": cache.node_ids, **patches,
 }, out)
