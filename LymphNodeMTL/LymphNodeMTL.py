@@ -17,10 +17,17 @@ from typing import Annotated, Optional
 
 import numpy as np
 import qt
-import vtk
-from vtk.util import numpy_support
-
 import slicer
+import vtk
+from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.core.geometry import VolumeGeometry
+from LymphNodeMTLLib.core.mask_checksum import mask_bounds as _maskBounds
+from LymphNodeMTLLib.core.mask_checksum import mask_checksum as maskChecksum
+from LymphNodeMTLLib.core.node_result import NodeResult
+
+# Light Lib modules only (numpy); the engine (torch, MONAI) is imported on first use.
+from LymphNodeMTLLib.outputs import segmentation_writer as segw
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
@@ -37,15 +44,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-
-# Light Lib modules only (numpy); the engine (torch, MONAI) is imported on first use.
-from LymphNodeMTLLib import segmentation_writer as segw
-from LymphNodeMTLLib.case import Case, Seed
-from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.geometry import VolumeGeometry
-from LymphNodeMTLLib.mask_checksum import mask_bounds as _maskBounds
-from LymphNodeMTLLib.mask_checksum import mask_checksum as maskChecksum
-from LymphNodeMTLLib.node_result import NodeResult
+from vtk.util import numpy_support
 
 # --- dependencies (installed into Slicer's Python on first use) -----------------------------------
 # torch comes from the PyTorch extension (right build for the GPU); the rest from PyPI with min and
@@ -570,8 +569,8 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
     # --- engine ----------------------------------------------------------------------------------
     def engine(self, modelFolder=None, device="auto"):
         """The resident NodeEngine for this model folder (None: the bundled model) and device."""
-        from LymphNodeMTLLib.engine import NodeEngine  # torch + MONAI: first use only
-        from LymphNodeMTLLib.model_store import WEIGHTS_FILE, default_model_dir
+        from LymphNodeMTLLib.inference.engine import NodeEngine  # torch + MONAI: first use only
+        from LymphNodeMTLLib.network.model_store import WEIGHTS_FILE, default_model_dir
 
         folder = Path(modelFolder or bundledModelFolder() or default_model_dir()).resolve()
         weights = folder / WEIGHTS_FILE
@@ -1082,7 +1081,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
     def _exportDicomSeg(self, segmentationNode, volumeNode, path):
         """DICOM SEG through the Lib's writer; (path or None, a line for the user)."""
         try:
-            from LymphNodeMTLLib import dicom_seg_writer
+            from LymphNodeMTLLib.outputs import dicom_seg_writer
         except ImportError:
             return None, "DICOM SEG: not written, there is no DICOM SEG writer. " + SLICER_DICOM_EXPORT
         results = self.resultsFromSegments(volumeNode, segmentationNode)
@@ -1203,7 +1202,7 @@ class LymphNodeMTLTest(ScriptedLoadableModuleTest):
         self.test_PhantomEndToEnd()
 
     def test_PhantomEndToEnd(self):
-        from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
+        from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 
         self.delayDisplay("Generating a phantom CT with three nodes")
         phantom = generate_phantom_case(np.random.default_rng(7), 3, spacing=(1.0, 1.0, 2.0),

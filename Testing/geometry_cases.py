@@ -4,9 +4,8 @@ oblique, anisotropic). Each encoding is built from LPS terms, exactly as a file 
 from __future__ import annotations
 
 import numpy as np
+from LymphNodeMTLLib.core.geometry import VolumeGeometry
 from scipy.spatial.transform import Rotation
-
-from LymphNodeMTLLib.geometry import VolumeGeometry
 
 SPHERE_CENTRE_RAS = np.array([12.3, -40.7, 101.0])
 SPHERE_RADIUS_MM = 8.0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import types
 
 import numpy as np
-
 import pytest
 
 # Module-logic classes by the names Slicer's `slicer.modules.<name>.logic()` uses.
@@ -223,8 +222,9 @@ def read_scene_mrml(scene, mrml_path) -> None:
 def enable_mrb_reading(scene, cache_dir):
     """Give `scene` the cache and data-I/O managers that .mrb reading needs; keep the returned
     pair referenced for as long as the scene reads files."""
-    import slicer
     from pathlib import Path
+
+    import slicer
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     cache = slicer.vtkCacheManager()

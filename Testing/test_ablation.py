@@ -6,13 +6,18 @@ import math
 
 import pytest
 import torch
-
-from LymphNodeMTLLib.ablation import (
-    DEFAULT_VARIANTS, VARIANTS, choose_best, combine_variants, hide_annotations, paired_auc_difference, verdict,
+from LymphNodeMTLLib.commands.cli import main
+from LymphNodeMTLLib.evaluation.ablation.ablation import (
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    choose_best,
+    combine_variants,
+    hide_annotations,
+    paired_auc_difference,
+    verdict,
 )
-from LymphNodeMTLLib.cli import main
-from LymphNodeMTLLib.model_store import load_model
-from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
+from LymphNodeMTLLib.network.model_store import load_model
+from LymphNodeMTLLib.phantoms.dataset_writer import write_phantom_dataset
 
 CONFIG = {"batch_size": 4, "lr": 3e-3, "val_fraction": 0.25, "seed": 3, "device": "cpu",
           "network": {"channels": [4, 8]}, "preprocessing": {"patch_size": 16, "patch_spacing_mm": 2.0},
@@ -126,7 +131,7 @@ def test_paired_auc_difference_and_verdict():
 
 
 def test_hidden_annotations_are_reproducible():
-    from LymphNodeMTLLib.node_patch_dataset import PatchCache
+    from LymphNodeMTLLib.training.node_patch_dataset import PatchCache
 
     n = 200
     cache = PatchCache(torch.zeros(n, 1, 2, 2, 2), torch.zeros(n, 1, 2, 2, 2), torch.ones(n),
@@ -141,8 +146,8 @@ def test_hidden_annotations_are_reproducible():
 
 
 def test_resume_reuses_variants_trained_with_the_same_config_only(manifests, ablation_run, monkeypatch):
-    from LymphNodeMTLLib.ablation import finished_variant, variant_config
-    from LymphNodeMTLLib.trainer import TrainConfig, Trainer
+    from LymphNodeMTLLib.evaluation.ablation.ablation import finished_variant, variant_config
+    from LymphNodeMTLLib.training.trainer import TrainConfig, Trainer
 
     train, test = manifests
     config = ablation_run.parent / "config.json"
@@ -174,8 +179,8 @@ def test_resume_ignores_options_that_were_off_and_loader_workers(ablation_run, t
     with other data-loader workers is the same variant; an option that was on is not."""
     import shutil
 
-    from LymphNodeMTLLib.ablation import finished_variant, variant_config
-    from LymphNodeMTLLib.trainer import TrainConfig
+    from LymphNodeMTLLib.evaluation.ablation.ablation import finished_variant, variant_config
+    from LymphNodeMTLLib.training.trainer import TrainConfig
 
     wanted = variant_config(TrainConfig(**{**CONFIG, "epochs": 2, "max_minutes": 0.5}), VARIANTS["base"], [])
     folder = tmp_path / "base"

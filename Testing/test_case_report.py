@@ -8,16 +8,19 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from geometry_cases import (
     SPHERE_CENTRE_RAS,
     other_lattice_encodings,
     same_lattice_encodings,
     voxel_centres_ras,
 )
-from LymphNodeMTLLib.case import Case, Seed
-from LymphNodeMTLLib.case_report import (
+from LymphNodeMTLLib.commands.cli import main
+from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.measurements import measure_node
+from LymphNodeMTLLib.core.node_result import NodeResult
+from LymphNodeMTLLib.io.seed_reader import write_markups_json
+from LymphNodeMTLLib.io.volume_reader import write_volume
+from LymphNodeMTLLib.outputs.case_report import (
     DPI,
     NOT_CLINICAL,
     ROW_HEIGHT_IN,
@@ -27,11 +30,7 @@ from LymphNodeMTLLib.case_report import (
     report_order,
     write_case_report,
 )
-from LymphNodeMTLLib.cli import main
-from LymphNodeMTLLib.measurements import measure_node
-from LymphNodeMTLLib.node_result import NodeResult
-from LymphNodeMTLLib.seed_reader import write_markups_json
-from LymphNodeMTLLib.volume_reader import write_volume
+from PIL import Image
 
 ENCODINGS = {**same_lattice_encodings(), **other_lattice_encodings()}
 # Node centres relative to the lattice centre (RAS mm), radii and probabilities.

@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from geometry_cases import SPHERE_CENTRE_RAS, other_lattice_encodings, sphere_volume
-from LymphNodeMTLLib.case import Seed
-from LymphNodeMTLLib.cli import main
-from LymphNodeMTLLib.model_store import HASH_FILE, WEIGHTS_FILE, default_model_dir
-from LymphNodeMTLLib.results_table import COLUMNS
-from LymphNodeMTLLib.segmentation_writer import read_segmentation
-from LymphNodeMTLLib.seed_reader import write_markups_json, write_seeds_csv
-from LymphNodeMTLLib.volume_reader import read_volume, write_volume
+from LymphNodeMTLLib.commands.cli import main
+from LymphNodeMTLLib.core.case import Seed
+from LymphNodeMTLLib.io.seed_reader import write_markups_json, write_seeds_csv
+from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
+from LymphNodeMTLLib.network.model_store import HASH_FILE, WEIGHTS_FILE, default_model_dir
+from LymphNodeMTLLib.outputs.results_table import COLUMNS
+from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation
 
 EXPECTED_COLUMNS = ["id", "seed_r", "seed_a", "seed_s", "probability", "predicted_label",
                     "volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu", "sd_hu"]
@@ -201,7 +200,6 @@ def test_predict_output_opens_in_slicer_unchanged(ct_and_seeds, tmp_path, capsys
     """nodes.seg.nrrd in real MRML (slicer-core): one segment per seed, names, tags, CT geometry."""
     import slicer
     import vtk
-
     from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
 
     ct, seeds = ct_and_seeds

@@ -7,31 +7,52 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from LymphNodeMTLLib.ablation import COMPONENT_VARIANTS, VARIANTS, combine_variants, variant_config
-from LymphNodeMTLLib.auxiliary_heads import ShortAxisHead, StationHead, short_axis_from_mask, station_loss
-from LymphNodeMTLLib.deep_supervision import (
-    DEEP_SUPERVISION_WEIGHTS, DeepSupervisionHeads, deep_supervision_loss, supervision_weights,
+from LymphNodeMTLLib.evaluation.ablation.ablation import (
+    COMPONENT_VARIANTS,
+    VARIANTS,
+    combine_variants,
+    variant_config,
 )
-from LymphNodeMTLLib.dense_attention import DenseAttentionBlock, DenseAttentionEncoder
-from LymphNodeMTLLib.gradient_balancer import GradientBalancer, project_conflicts
-from LymphNodeMTLLib.lesion_attention_head import CBAM, LesionAttentionHead
-from LymphNodeMTLLib.mixed_head import MixedHead, MixedLoss
-from LymphNodeMTLLib.model_store import ModelConfig, load_model, save_model
-from LymphNodeMTLLib.multiscale_fusion import MultiScaleFusion, normalised_fusion_weights
-from LymphNodeMTLLib.multitask_loss import MultiTaskLoss
-from LymphNodeMTLLib.network_variants import ComponentNodeNet, build_loss, build_network, names_components
-from LymphNodeMTLLib.node_network import MultiTaskNodeNet
-from LymphNodeMTLLib.node_patch_dataset import PatchCache
-from LymphNodeMTLLib.preprocessing import PreprocessingConfig
-from LymphNodeMTLLib.pseudo_masks import pseudo_mask_targets
-from LymphNodeMTLLib.routing_gate import RoutingGate
-from LymphNodeMTLLib.segmentation_losses import JaccardFocalLoss, build_segmentation_loss
-from LymphNodeMTLLib.self_distillation import MultiTeacherDistillation, binary_kl
-from LymphNodeMTLLib.task_aware_attention import ClassificationAwarePath, FeatureGate, SegmentationAwareDecoder
-from LymphNodeMTLLib.task_specific_attention import TaskSpecificAttention
-from LymphNodeMTLLib.trainer import TrainConfig, Trainer
-from LymphNodeMTLLib.visual_attention import AdaptiveSpatialAttention, VisualAttentionBlock
+from LymphNodeMTLLib.network.components.auxiliary_heads import (
+    ShortAxisHead,
+    StationHead,
+    short_axis_from_mask,
+    station_loss,
+)
+from LymphNodeMTLLib.network.components.deep_supervision import (
+    DEEP_SUPERVISION_WEIGHTS,
+    DeepSupervisionHeads,
+    deep_supervision_loss,
+    supervision_weights,
+)
+from LymphNodeMTLLib.network.components.dense_attention import DenseAttentionBlock, DenseAttentionEncoder
+from LymphNodeMTLLib.network.components.lesion_attention_head import CBAM, LesionAttentionHead
+from LymphNodeMTLLib.network.components.mixed_head import MixedHead, MixedLoss
+from LymphNodeMTLLib.network.components.multiscale_fusion import MultiScaleFusion, normalised_fusion_weights
+from LymphNodeMTLLib.network.components.routing_gate import RoutingGate
+from LymphNodeMTLLib.network.components.task_aware_attention import (
+    ClassificationAwarePath,
+    FeatureGate,
+    SegmentationAwareDecoder,
+)
+from LymphNodeMTLLib.network.components.task_specific_attention import TaskSpecificAttention
+from LymphNodeMTLLib.network.components.visual_attention import AdaptiveSpatialAttention, VisualAttentionBlock
+from LymphNodeMTLLib.network.model_store import ModelConfig, load_model, save_model
+from LymphNodeMTLLib.network.network_variants import (
+    ComponentNodeNet,
+    build_loss,
+    build_network,
+    names_components,
+)
+from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
+from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig
+from LymphNodeMTLLib.training.gradient_balancer import GradientBalancer, project_conflicts
+from LymphNodeMTLLib.training.losses.multitask_loss import MultiTaskLoss
+from LymphNodeMTLLib.training.losses.segmentation_losses import JaccardFocalLoss, build_segmentation_loss
+from LymphNodeMTLLib.training.losses.self_distillation import MultiTeacherDistillation, binary_kl
+from LymphNodeMTLLib.training.node_patch_dataset import PatchCache
+from LymphNodeMTLLib.training.pseudo_masks import pseudo_mask_targets
+from LymphNodeMTLLib.training.trainer import TrainConfig, Trainer
 
 CH = (4, 8, 16)
 

@@ -3,11 +3,10 @@ NodeHead weights, that ranks nodes by the descriptors that carry the label."""
 
 import pytest
 import torch
-
-from LymphNodeMTLLib.classification_metrics import roc_auc
-from LymphNodeMTLLib.descriptor_refit import collect_head_inputs, refit_descriptor_path, refittable
-from LymphNodeMTLLib.node_descriptors import NUM_DESCRIPTORS
-from LymphNodeMTLLib.node_head import NodeHead
+from LymphNodeMTLLib.core.classification_metrics import roc_auc
+from LymphNodeMTLLib.network.node_descriptors import NUM_DESCRIPTORS
+from LymphNodeMTLLib.network.node_head import NodeHead
+from LymphNodeMTLLib.training.descriptor_refit import collect_head_inputs, refit_descriptor_path, refittable
 
 
 def _nodes(n=600, width=40, seed=0):
@@ -54,7 +53,7 @@ def test_refit_ignores_unlabelled_nodes_and_refuses_too_few_labels():
 
 
 def test_head_inputs_are_collected_as_inference_reads_them():
-    from LymphNodeMTLLib.node_network import MultiTaskNodeNet
+    from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
 
     torch.manual_seed(0)
     net = MultiTaskNodeNet(channels=(4, 8))
@@ -71,7 +70,7 @@ def test_head_inputs_are_collected_as_inference_reads_them():
 
 
 def test_cross_fitted_logits_are_held_out_by_case():
-    from LymphNodeMTLLib.descriptor_refit import cross_fitted_logits
+    from LymphNodeMTLLib.training.descriptor_refit import cross_fitted_logits
 
     # labels unrelated to the descriptors: a refit scores its own nodes above chance (it fits the
     # noise), the cross-fitted logits only at chance

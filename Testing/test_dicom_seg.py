@@ -11,25 +11,24 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from scipy.spatial.transform import Rotation
-
 from geometry_cases import SPHERE_CENTRE_RAS, other_lattice_encodings, same_lattice_encodings, sphere_volume
 from LymphNodeMTLLib import __version__
-from LymphNodeMTLLib.case import Seed
-from LymphNodeMTLLib.cli import main
-from LymphNodeMTLLib.dicom_seg_writer import (
+from LymphNodeMTLLib.commands.cli import main
+from LymphNodeMTLLib.core.case import Seed
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.core.geometry import LPS_TO_RAS
+from LymphNodeMTLLib.core.node_result import NodeResult
+from LymphNodeMTLLib.io.seed_reader import write_seeds_csv
+from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
+from LymphNodeMTLLib.outputs.dicom_seg_writer import (
     read_dicom_seg_masks,
     read_source_datasets,
     segment_description_text,
     write_dicom_seg,
 )
-from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.geometry import LPS_TO_RAS
-from LymphNodeMTLLib.node_result import NodeResult
-from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
-from LymphNodeMTLLib.seed_reader import write_seeds_csv
-from LymphNodeMTLLib.segmentation_writer import read_segmentation, segment_mask
-from LymphNodeMTLLib.volume_reader import read_volume, write_volume
+from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation, segment_mask
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
+from scipy.spatial.transform import Rotation
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 DICOM_SERIES = SHARED_CT / "dicom_abdomen_series"

@@ -4,15 +4,19 @@ equals one-by-one; overlaps resolved; re-classification leaves masks untouched."
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-
 from geometry_cases import (
-    NODE_HU, SPHERE_CENTRE_RAS, SPHERE_RADIUS_MM, other_lattice_encodings, same_lattice_encodings,
-    sphere_volume, voxel_centres_ras,
+    NODE_HU,
+    SPHERE_CENTRE_RAS,
+    SPHERE_RADIUS_MM,
+    other_lattice_encodings,
+    same_lattice_encodings,
+    sphere_volume,
+    voxel_centres_ras,
 )
-from LymphNodeMTLLib.case import Case, Seed
-from LymphNodeMTLLib.engine import NodeEngine
-from LymphNodeMTLLib.geometry import VolumeGeometry
+from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.geometry import VolumeGeometry
+from LymphNodeMTLLib.inference.engine import NodeEngine
+from scipy import ndimage
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,19 @@ import json
 
 import numpy as np
 import pytest
-
-from LymphNodeMTLLib.classification_metrics import expected_calibration_error, roc_auc
-from LymphNodeMTLLib.cli import main
-from LymphNodeMTLLib.evaluation import (NodeScore, binary_metrics, bootstrap_ci, dice_score, hd95_mm, slice_stratum,
-                                        summarise, summarise_by_slice_thickness)
-from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
+from LymphNodeMTLLib.commands.cli import main
+from LymphNodeMTLLib.core.classification_metrics import expected_calibration_error, roc_auc
+from LymphNodeMTLLib.evaluation.evaluator import (
+    NodeScore,
+    binary_metrics,
+    bootstrap_ci,
+    dice_score,
+    hd95_mm,
+    slice_stratum,
+    summarise,
+    summarise_by_slice_thickness,
+)
+from LymphNodeMTLLib.phantoms.dataset_writer import write_phantom_dataset
 
 LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0])
 PROBS = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
@@ -98,8 +105,7 @@ def test_evaluate_command_writes_the_report(tmp_path, capsys):
     import csv
 
     import SimpleITK as sitk
-
-    from LymphNodeMTLLib.training_manifest import read_manifest
+    from LymphNodeMTLLib.io.training_manifest import read_manifest
 
     slices = {c.case_id: max(sitk.ReadImage(str(c.image)).GetSpacing()) for c in read_manifest(manifest)}
     rows = list(csv.DictReader(open(out / "predictions.csv")))

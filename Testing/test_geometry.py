@@ -5,16 +5,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from geometry_cases import (
-    SPHERE_CENTRE_RAS, SPHERE_RADIUS_MM, other_lattice_encodings, same_lattice_encodings,
-    sphere_distance, sphere_volume, voxel_centres_ras,
+    SPHERE_CENTRE_RAS,
+    SPHERE_RADIUS_MM,
+    other_lattice_encodings,
+    same_lattice_encodings,
+    sphere_distance,
+    sphere_volume,
+    voxel_centres_ras,
 )
-from LymphNodeMTLLib.geometry import VolumeGeometry, lps_to_ras_points
-from LymphNodeMTLLib.mask_pasting import paste_patch_probability
-from LymphNodeMTLLib.measurements import axial_diameters, measure_node
-from LymphNodeMTLLib.node_result import NodeResult
-from LymphNodeMTLLib.patch_sampler import patch_offsets_ras, sample_patches, volume_tensor
+from LymphNodeMTLLib.core.geometry import VolumeGeometry, lps_to_ras_points
+from LymphNodeMTLLib.core.measurements import axial_diameters, measure_node
+from LymphNodeMTLLib.core.node_result import NodeResult
+from LymphNodeMTLLib.inference.mask_pasting import paste_patch_probability
+from LymphNodeMTLLib.preprocessing.patch_sampler import patch_offsets_ras, sample_patches, volume_tensor
 
 ALL = {**same_lattice_encodings(), **other_lattice_encodings()}
 PATCH, PATCH_MM = 32, 1.0

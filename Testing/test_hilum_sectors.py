@@ -5,13 +5,12 @@ node without one shows none."""
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
-
 from geometry_cases import lattice_around, voxel_centres_ras
-from LymphNodeMTLLib.hilum_sectors import ellipsoid_frame, hilum_sector_signs
-from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, _moments, node_descriptors
-from LymphNodeMTLLib.patch_sampler import sample_patches, volume_tensor
-from LymphNodeMTLLib.preprocessing import PreprocessingConfig, window_hu
+from LymphNodeMTLLib.network.hilum_sectors import ellipsoid_frame, hilum_sector_signs
+from LymphNodeMTLLib.network.node_descriptors import DESCRIPTOR_NAMES, _moments, node_descriptors
+from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig, window_hu
+from LymphNodeMTLLib.preprocessing.patch_sampler import sample_patches, volume_tensor
+from scipy.spatial.transform import Rotation
 
 CENTRE_RAS = np.array([-20.0, 15.0, -60.0])
 PRE = PreprocessingConfig()

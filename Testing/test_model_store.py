@@ -4,10 +4,15 @@ import json
 
 import pytest
 import torch
-
-from LymphNodeMTLLib.errors import ModelError
-from LymphNodeMTLLib.model_store import (
-    CONFIG_FILE, HASH_FILE, WEIGHTS_FILE, ModelConfig, load_model, save_model, sha256_of,
+from LymphNodeMTLLib.core.errors import ModelError
+from LymphNodeMTLLib.network.model_store import (
+    CONFIG_FILE,
+    HASH_FILE,
+    WEIGHTS_FILE,
+    ModelConfig,
+    load_model,
+    save_model,
+    sha256_of,
 )
 
 
@@ -106,9 +111,8 @@ def test_a_model_saved_with_fewer_descriptors_loads_and_predicts_as_before(tmp_p
     hilum sectors, 28 before the slice thickness), with or without a soft-label refine MLP: the new columns get zero weights, in
     the refine MLP just before the deep logit it reads last, so the old model's logits are exactly
     what they were."""
+    from LymphNodeMTLLib.network.node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
     from safetensors.torch import load_file, save_file
-
-    from LymphNodeMTLLib.node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
 
     assert earlier in EARLIER_NUM_DESCRIPTORS
     torch.manual_seed(0)

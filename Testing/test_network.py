@@ -5,12 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from LymphNodeMTLLib.network.components.soft_mask_pooling import SoftMaskPooling, soft_expand_mask
+from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
+from LymphNodeMTLLib.training.losses.multitask_loss import MultiTaskLoss
+from LymphNodeMTLLib.training.losses.uncertainty_weighting import UncertaintyWeighting
 from scipy import ndimage
-
-from LymphNodeMTLLib.multitask_loss import MultiTaskLoss
-from LymphNodeMTLLib.node_network import MultiTaskNodeNet
-from LymphNodeMTLLib.soft_mask_pooling import SoftMaskPooling, soft_expand_mask
-from LymphNodeMTLLib.uncertainty_weighting import UncertaintyWeighting
 
 
 def _blob(shape=(20, 20, 20)):
@@ -113,7 +112,7 @@ def test_batched_equals_one_by_one():
 
 
 def test_node_descriptors_measure_an_ellipsoid():
-    from LymphNodeMTLLib.node_descriptors import node_descriptors, principal_diameters_mm
+    from LymphNodeMTLLib.network.node_descriptors import node_descriptors, principal_diameters_mm
 
     c = torch.arange(40).float() - 19.5
     z, y, x = torch.meshgrid(c, c, c, indexing="ij")
@@ -129,7 +128,7 @@ def test_node_descriptors_measure_an_ellipsoid():
 def _phantom_node(core: bool, hilum: bool):
     """A 14 x 10 x 8 mm ellipsoid node of 45 HU in fat, optionally with a 15 HU necrotic core and
     a fat wedge reaching a quarter of the radius in; returns (drawn mask, windowed image)."""
-    from LymphNodeMTLLib.preprocessing import PreprocessingConfig, window_hu
+    from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig, window_hu
 
     c = torch.arange(40).float() - 19.5
     z, y, x = torch.meshgrid(c, c, c, indexing="ij")
@@ -146,7 +145,7 @@ def _phantom_node(core: bool, hilum: bool):
 
 
 def test_node_descriptors_see_necrosis_and_a_fatty_hilum():
-    from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS, node_descriptors
+    from LymphNodeMTLLib.network.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS, node_descriptors
 
     assert len(DESCRIPTOR_NAMES) == NUM_DESCRIPTORS
     col = {name: i for i, name in enumerate(DESCRIPTOR_NAMES)}

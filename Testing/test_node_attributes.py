@@ -5,14 +5,13 @@ import math
 
 import pytest
 import torch
-
-from LymphNodeMTLLib.descriptor_refit import REFINE_HIDDEN, REFINE_SEEDS, refit_descriptor_path
-from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.node_attributes import ATTRIBUTE_NAMES, attribute_targets
-from LymphNodeMTLLib.node_descriptors import NUM_DESCRIPTORS
-from LymphNodeMTLLib.node_head import NodeHead
-from LymphNodeMTLLib.node_patch_dataset import PatchCache
-from LymphNodeMTLLib.training_manifest import read_nodes_csv
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.core.node_attributes import ATTRIBUTE_NAMES, attribute_targets
+from LymphNodeMTLLib.io.training_manifest import read_nodes_csv
+from LymphNodeMTLLib.network.node_descriptors import NUM_DESCRIPTORS
+from LymphNodeMTLLib.network.node_head import NodeHead
+from LymphNodeMTLLib.training.descriptor_refit import REFINE_HIDDEN, REFINE_SEEDS, refit_descriptor_path
+from LymphNodeMTLLib.training.node_patch_dataset import PatchCache
 
 
 def _write(tmp_path, header, *rows):

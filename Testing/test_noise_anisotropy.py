@@ -4,12 +4,11 @@ from the patch's own noise, alike for axial, flipped, oblique and permuted encod
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
-
 from geometry_cases import lattice_around, voxel_centres_ras
-from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, node_descriptors
-from LymphNodeMTLLib.patch_sampler import sample_patches, volume_tensor
-from LymphNodeMTLLib.preprocessing import PreprocessingConfig, window_hu
+from LymphNodeMTLLib.network.node_descriptors import DESCRIPTOR_NAMES, node_descriptors
+from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig, window_hu
+from LymphNodeMTLLib.preprocessing.patch_sampler import sample_patches, volume_tensor
+from scipy.spatial.transform import Rotation
 
 CENTRE_RAS = np.array([10.0, -30.0, 80.0])
 PRE = PreprocessingConfig()

@@ -10,22 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
-from scipy.stats import rankdata
-
-from LymphNodeMTLLib.geometry import VolumeGeometry
-from LymphNodeMTLLib.node_attributes import ATTRIBUTE_NAMES
-from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case, random_direction
-from LymphNodeMTLLib.phantom_dataset_writer import PHANTOM_ATTRIBUTES, write_phantom_case, write_phantom_dataset
-from LymphNodeMTLLib.phantom_features import (
+from LymphNodeMTLLib.core.geometry import VolumeGeometry
+from LymphNodeMTLLib.core.node_attributes import ATTRIBUTE_NAMES
+from LymphNodeMTLLib.io.training_manifest import read_nodes_csv
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case, random_direction
+from LymphNodeMTLLib.phantoms.dataset_writer import (
+    PHANTOM_ATTRIBUTES,
+    write_phantom_case,
+    write_phantom_dataset,
+)
+from LymphNodeMTLLib.phantoms.features import (
     NodeFeatures,
     metastasis_probability,
     sample_feature_arrays,
     sample_labels,
     sample_node_features,
 )
-from LymphNodeMTLLib.training_manifest import read_nodes_csv
-from LymphNodeMTLLib.phantom_node_renderer import render_node, sample_node_appearance
+from LymphNodeMTLLib.phantoms.node_renderer import render_node, sample_node_appearance
+from scipy import ndimage
+from scipy.stats import rankdata
 
 CT_DIR = Path(__file__).resolve().parents[2] / "shared/data/ct"
 SMALL_FOV_MM = (72.0, 72.0, 48.0)  # small cases keep the suite fast

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from LymphNodeMTLLib.case import Seed
-from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.geometry import VolumeGeometry
-from LymphNodeMTLLib.seed_reader import read_seeds, write_markups_json, write_seeds_csv
-from LymphNodeMTLLib.volume_reader import read_volume, write_volume
+from LymphNodeMTLLib.core.case import Seed
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.core.geometry import VolumeGeometry
+from LymphNodeMTLLib.io.seed_reader import read_seeds, write_markups_json, write_seeds_csv
+from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
 
 CT_DIR = Path(__file__).resolve().parents[2] / "shared/data/ct"
 DICOM_SERIES = CT_DIR / "dicom_abdomen_series"

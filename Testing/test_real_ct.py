@@ -5,14 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from LymphNodeMTLLib.case import Case, Seed
-from LymphNodeMTLLib.engine import NodeEngine
-from LymphNodeMTLLib.node_result import NodeResult
-from LymphNodeMTLLib.predict_command import predict_to_folder
-from LymphNodeMTLLib.seed_reader import write_seeds_csv
-from LymphNodeMTLLib.segmentation_writer import read_segmentation
-from LymphNodeMTLLib.volume_reader import read_volume
+from LymphNodeMTLLib.commands.predict import predict_to_folder
+from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.node_result import NodeResult
+from LymphNodeMTLLib.inference.engine import NodeEngine
+from LymphNodeMTLLib.io.seed_reader import write_seeds_csv
+from LymphNodeMTLLib.io.volume_reader import read_volume
+from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 

@@ -7,13 +7,10 @@ import os
 
 import numpy as np
 import pytest
-
-from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
-
-from LymphNodeMTLLib.geometry import VolumeGeometry
-from LymphNodeMTLLib.node_result import NodeResult
-from LymphNodeMTLLib.results_table import COLUMNS, read_results_csv, write_results_csv
-from LymphNodeMTLLib.segmentation_writer import (
+from LymphNodeMTLLib.core.geometry import VolumeGeometry
+from LymphNodeMTLLib.core.node_result import NodeResult
+from LymphNodeMTLLib.outputs.results_table import COLUMNS, read_results_csv, write_results_csv
+from LymphNodeMTLLib.outputs.segmentation_writer import (
     parse_tags,
     probability_color,
     read_segmentation,
@@ -21,6 +18,7 @@ from LymphNodeMTLLib.segmentation_writer import (
     serialize_tags,
     write_segmentation,
 )
+from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
 
 SHAPE_KJI = (9, 14, 12)
 LYMPH_NODE_CODE = "59441001"
@@ -293,8 +291,8 @@ def test_results_csv_missing_column_is_named(tmp_path):
 def test_each_segment_records_the_checksum_of_its_own_mask(seg_path, results):
     """A freshly written file reads as unedited: every segment's mask matches its MaskHash tag,
     and editing one voxel breaks only that segment's match."""
-    from LymphNodeMTLLib.mask_checksum import mask_checksum
-    from LymphNodeMTLLib.segmentation_writer import TAG_MASK_HASH
+    from LymphNodeMTLLib.core.mask_checksum import mask_checksum
+    from LymphNodeMTLLib.outputs.segmentation_writer import TAG_MASK_HASH
 
     labelmap, _, segments = read_segmentation(seg_path)
     masks = [segment_mask(labelmap, s) for s in segments]

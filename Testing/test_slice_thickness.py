@@ -7,15 +7,19 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from geometry_cases import SPHERE_CENTRE_RAS, other_lattice_encodings, same_lattice_encodings, sphere_volume
-from LymphNodeMTLLib.case import Case, Seed
-from LymphNodeMTLLib.descriptor_refit import collect_head_inputs
-from LymphNodeMTLLib.engine import NodeEngine
-from LymphNodeMTLLib.model_store import ModelConfig
-from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, node_descriptors
-from LymphNodeMTLLib.node_patch_dataset import CaseNodes, NodePatchDataset, PatchCache, build_patch_cache
-from LymphNodeMTLLib.preprocessing import PreprocessingConfig
+from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.inference.engine import NodeEngine
+from LymphNodeMTLLib.network.model_store import ModelConfig
+from LymphNodeMTLLib.network.node_descriptors import DESCRIPTOR_NAMES, node_descriptors
+from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig
+from LymphNodeMTLLib.training.descriptor_refit import collect_head_inputs
+from LymphNodeMTLLib.training.node_patch_dataset import (
+    CaseNodes,
+    NodePatchDataset,
+    PatchCache,
+    build_patch_cache,
+)
 
 COLUMN = DESCRIPTOR_NAMES.index("log_slice_mm")
 

@@ -13,17 +13,19 @@ import types
 
 import numpy as np
 import pytest
-
 from slicer_harness import (
-    enable_mrb_reading, import_slicer_or_skip, read_scene_mrml, segment_tag, write_scene_mrml,
+    enable_mrb_reading,
+    import_slicer_or_skip,
+    read_scene_mrml,
+    segment_tag,
+    write_scene_mrml,
 )
 
 import_slicer_or_skip()
 import slicer_module_stubs  # noqa: E402
-
-from LymphNodeMTLLib import segmentation_writer as segw  # noqa: E402
-from LymphNodeMTLLib.case import Case, Seed  # noqa: E402
-from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case  # noqa: E402
+from LymphNodeMTLLib.core.case import Case, Seed  # noqa: E402
+from LymphNodeMTLLib.outputs import segmentation_writer as segw  # noqa: E402
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
 
 lnmtl = slicer_module_stubs.import_module_file()
 
@@ -164,8 +166,7 @@ def test_case_from_nodes_uses_world_coordinates_and_point_index_for_unlabelled_s
 def test_masks_land_on_the_ct_voxels_for_any_orientation(mrml_scene, logic, direction):
     """A NodeResult's bounding-box mask is written onto exactly its CT voxels, and read back."""
     import slicer
-
-    from LymphNodeMTLLib.node_result import NodeResult
+    from LymphNodeMTLLib.core.node_result import NodeResult
 
     if direction is None:
         angle = np.deg2rad(20.0)
@@ -393,7 +394,7 @@ def test_export_writes_segmentation_and_table_files(mrml_scene, phantom, logic, 
     # from DICOM, so it references a synthetic series); otherwise a message says why not.
     assert any("DICOM SEG" in m for m in report["messages"])
     if report["dicomSeg"] is not None:
-        from LymphNodeMTLLib.dicom_seg_writer import read_dicom_seg_masks
+        from LymphNodeMTLLib.outputs.dicom_seg_writer import read_dicom_seg_masks
 
         masks = read_dicom_seg_masks(report["dicomSeg"], phantom.geometry)
         for result in summary.results:

@@ -113,7 +113,7 @@ def module_cmake():
 def test_cmake_scripts_are_the_module_file_and_every_lib_file(module_cmake):
     text, name = module_cmake
     scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS", name)
-    lib = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "LymphNodeMTLLib").glob("*.py"))
+    lib = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "LymphNodeMTLLib").rglob("*.py"))
     expected = [f"{name}.py", *lib]
     missing = sorted(set(expected) - set(scripts))
     extra = sorted(set(scripts) - set(expected))
@@ -139,7 +139,7 @@ def test_cmake_builds_the_module_registers_its_self_test_and_ships_the_model(mod
     assert re.search(r"slicerMacroBuildScriptedModule\(\s*NAME \$\{MODULE_NAME\}", text)
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     # The bundled model: the four files of a model folder, from the folder the Lib loads by default.
-    from LymphNodeMTLLib import model_store
+    from LymphNodeMTLLib.network import model_store
 
     model = re.search(r"set\(_model_dir \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\)", text).group(1)
     assert (MODULE_DIR / model).resolve() == (ROOT / "Resources" / "Models" / "phantom-demo")
@@ -190,7 +190,7 @@ def test_icons_are_128_pixel_pngs(path):
 
 # --- terminology ----------------------------------------------------------------------------------
 def test_terminology_file_has_the_lymph_node_code_slicer_uses():
-    from LymphNodeMTLLib.segmentation_writer import LYMPH_NODE_TERMINOLOGY
+    from LymphNodeMTLLib.outputs.segmentation_writer import LYMPH_NODE_TERMINOLOGY
 
     term = json.loads(TERM_FILE.read_text())
     (category,) = term["SegmentationCodes"]["Category"]

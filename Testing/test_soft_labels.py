@@ -3,15 +3,19 @@ carried by the patch cache, and fitted by the head's refine MLP (descriptor_refi
 
 import pytest
 import torch
-
-from LymphNodeMTLLib.classification_metrics import roc_auc
-from LymphNodeMTLLib.descriptor_refit import REFINE_HIDDEN, REFINE_SEEDS, cross_fitted_logits, refit_descriptor_path
-from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.model_store import ModelConfig, load_model, save_model
-from LymphNodeMTLLib.node_descriptors import NUM_DESCRIPTORS
-from LymphNodeMTLLib.node_head import NodeHead
-from LymphNodeMTLLib.node_patch_dataset import PatchCache
-from LymphNodeMTLLib.training_manifest import read_nodes_csv
+from LymphNodeMTLLib.core.classification_metrics import roc_auc
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.io.training_manifest import read_nodes_csv
+from LymphNodeMTLLib.network.model_store import ModelConfig, load_model, save_model
+from LymphNodeMTLLib.network.node_descriptors import NUM_DESCRIPTORS
+from LymphNodeMTLLib.network.node_head import NodeHead
+from LymphNodeMTLLib.training.descriptor_refit import (
+    REFINE_HIDDEN,
+    REFINE_SEEDS,
+    cross_fitted_logits,
+    refit_descriptor_path,
+)
+from LymphNodeMTLLib.training.node_patch_dataset import PatchCache
 
 
 def _nodes_csv(tmp_path, soft_values):

@@ -8,13 +8,12 @@ import sys
 
 import pytest
 import torch
-
-from LymphNodeMTLLib.cli import main
-from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.model_store import load_model
-from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
-from LymphNodeMTLLib.trainer import CHECKPOINT, TrainConfig, Trainer
-from LymphNodeMTLLib.training_manifest import read_manifest
+from LymphNodeMTLLib.commands.cli import main
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.io.training_manifest import read_manifest
+from LymphNodeMTLLib.network.model_store import load_model
+from LymphNodeMTLLib.phantoms.dataset_writer import write_phantom_dataset
+from LymphNodeMTLLib.training.trainer import CHECKPOINT, TrainConfig, Trainer
 
 TINY = {"epochs": 1, "batch_size": 4, "lr": 3e-3, "val_fraction": 0.25, "seed": 3, "device": "cpu",
         "network": {"channels": [4, 8]}, "preprocessing": {"patch_size": 24, "patch_spacing_mm": 1.5},
@@ -37,7 +36,7 @@ def cached_trainer(manifest, tmp_path_factory):
 
 def _train_loss(trainer) -> float:
     """Loss on the training nodes without augmentation (deterministic)."""
-    from LymphNodeMTLLib.node_patch_dataset import NodePatchDataset
+    from LymphNodeMTLLib.training.node_patch_dataset import NodePatchDataset
 
     return trainer.evaluate(NodePatchDataset(trainer.train_set.cache, trainer.pre, augment=False))["loss"]
 
@@ -97,7 +96,7 @@ def test_torchrun_two_cpu_processes(manifest, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "LymphNodeMTLLib.cli", "train", "--manifest", str(manifest), "--out", str(out),
+           "-m", "LymphNodeMTLLib.commands.cli", "train", "--manifest", str(manifest), "--out", str(out),
            "--config", str(config)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -152,7 +151,7 @@ def test_loader_workers_give_the_same_augmented_batches(cached_trainer):
 
 
 def test_patch_caches_concatenate_in_order_and_refuse_other_margins(cached_trainer):
-    from LymphNodeMTLLib.node_patch_dataset import PatchCache
+    from LymphNodeMTLLib.training.node_patch_dataset import PatchCache
 
     cache = cached_trainer.cache
     n = len(cache)
@@ -168,7 +167,7 @@ def test_patch_caches_concatenate_in_order_and_refuse_other_margins(cached_train
 
 
 def test_descriptor_refit_rewrites_the_head_from_inference_time_inputs(cached_trainer, monkeypatch):
-    import LymphNodeMTLLib.descriptor_refit as refit
+    import LymphNodeMTLLib.training.descriptor_refit as refit
 
     monkeypatch.setattr(refit, "MIN_NODES_PER_CLASS", 1)  # the tiny data set has a handful of each class
     head = cached_trainer.network.head
@@ -186,7 +185,7 @@ def test_descriptor_refit_rewrites_the_head_from_inference_time_inputs(cached_tr
 
 
 def test_temperature_is_fitted_on_validation_and_cross_fitted_training_nodes(cached_trainer, monkeypatch):
-    import LymphNodeMTLLib.descriptor_refit as refit
+    import LymphNodeMTLLib.training.descriptor_refit as refit
 
     monkeypatch.setattr(refit, "MIN_NODES_PER_CLASS", 1)
     metrics = cached_trainer.finish()
@@ -200,8 +199,8 @@ def test_temperature_is_fitted_on_validation_and_cross_fitted_training_nodes(cac
 def test_soft_labels_refit_a_refine_mlp_that_the_saved_model_rebuilds(manifest, tmp_path, monkeypatch):
     """The phantom manifest carries P as soft labels: the refit fits the refine MLP, the saved
     config names its width, and the loaded model gives the trainer's own logits."""
-    import LymphNodeMTLLib.descriptor_refit as refit
-    from LymphNodeMTLLib.node_patch_dataset import NodePatchDataset
+    import LymphNodeMTLLib.training.descriptor_refit as refit
+    from LymphNodeMTLLib.training.node_patch_dataset import NodePatchDataset
 
     monkeypatch.setattr(refit, "MIN_SOFT_NODES", 5)  # the tiny data set has about fifteen training nodes
     monkeypatch.setattr(refit, "REFINE_STEPS", 200)

@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LymphNodeMTL"))
 
-from LymphNodeMTLLib.case import Case, Seed  # noqa: E402
-from LymphNodeMTLLib.engine import NodeEngine  # noqa: E402
-from LymphNodeMTLLib.geometry import VolumeGeometry  # noqa: E402
-from LymphNodeMTLLib.patch_sampler import sample_patches  # noqa: E402
-from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case  # noqa: E402
-from LymphNodeMTLLib.preprocessing import network_input, window_hu  # noqa: E402
-from LymphNodeMTLLib.run_record import package_versions  # noqa: E402
+from LymphNodeMTLLib.core.case import Case, Seed  # noqa: E402
+from LymphNodeMTLLib.core.geometry import VolumeGeometry  # noqa: E402
+from LymphNodeMTLLib.inference.engine import NodeEngine  # noqa: E402
+from LymphNodeMTLLib.outputs.run_record import package_versions  # noqa: E402
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
+from LymphNodeMTLLib.preprocessing.network_input import network_input, window_hu  # noqa: E402
+from LymphNodeMTLLib.preprocessing.patch_sampler import sample_patches  # noqa: E402
 
 SPACING = (0.8, 0.8, 1.0)
 

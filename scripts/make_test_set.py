@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from LymphNodeMTLLib.phantom_dataset_writer import write_phantom_dataset
+from LymphNodeMTLLib.phantoms.dataset_writer import write_phantom_dataset
 from merge_manifests import merge_manifests  # scripts/ is on sys.path when run as a script
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"

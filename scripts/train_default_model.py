@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from LymphNodeMTLLib.errors import InputError
-from LymphNodeMTLLib.node_attributes import ATTRIBUTE_NAMES
-from LymphNodeMTLLib.node_patch_dataset import CaseNodes, PatchCache, build_patch_cache
-from LymphNodeMTLLib.phantom_case_generator import generate_phantom_case
-from LymphNodeMTLLib.phantom_dataset_writer import phantom_attributes
-from LymphNodeMTLLib.trainer import TrainConfig, Trainer
-from LymphNodeMTLLib.volume_reader import read_volume
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.core.node_attributes import ATTRIBUTE_NAMES
+from LymphNodeMTLLib.io.volume_reader import read_volume
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
+from LymphNodeMTLLib.phantoms.dataset_writer import phantom_attributes
+from LymphNodeMTLLib.training.node_patch_dataset import CaseNodes, PatchCache, build_patch_cache
+from LymphNodeMTLLib.training.trainer import TrainConfig, Trainer
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 BACKGROUNDS = ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz", "dicom_abdomen_series"]

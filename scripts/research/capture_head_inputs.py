@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
-from LymphNodeMTLLib.model_store import load_model  # noqa: E402
-from LymphNodeMTLLib.node_patch_dataset import NodePatchDataset, build_patch_cache  # noqa: E402
-from LymphNodeMTLLib.preprocessing import guidance_channel, window_hu  # noqa: E402
-from LymphNodeMTLLib.training_manifest import read_manifest  # noqa: E402
+from LymphNodeMTLLib.io.training_manifest import read_manifest  # noqa: E402
+from LymphNodeMTLLib.network.model_store import load_model  # noqa: E402
+from LymphNodeMTLLib.preprocessing.network_input import guidance_channel, window_hu  # noqa: E402
+from LymphNodeMTLLib.training.node_patch_dataset import NodePatchDataset, build_patch_cache  # noqa: E402
 
 TRUTH = ("short_axis_mm", "axis_ratio", "necrosis_fraction", "margin_irregularity", "heterogeneity",
          "fatty_hilum", "probability")

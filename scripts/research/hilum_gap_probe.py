@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
-from LymphNodeMTLLib.classification_metrics import roc_auc  # noqa: E402
-from LymphNodeMTLLib.descriptor_refit import SOFT_LABEL_CLIP  # noqa: E402
-from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, node_descriptors  # noqa: E402
+from LymphNodeMTLLib.core.classification_metrics import roc_auc  # noqa: E402
+from LymphNodeMTLLib.network.node_descriptors import DESCRIPTOR_NAMES, node_descriptors  # noqa: E402
+from LymphNodeMTLLib.training.descriptor_refit import SOFT_LABEL_CLIP  # noqa: E402
 from probe_tools import mlp_on_soft_targets  # noqa: E402
 
 SHORT_AXIS, NECROSIS, HILUM, PROBABILITY = 0, 2, 5, 6  # truth columns (capture_head_inputs.TRUTH)

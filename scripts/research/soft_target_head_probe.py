@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "LymphNodeMTL"))
-from LymphNodeMTLLib.classification_metrics import roc_auc  # noqa: E402
-from LymphNodeMTLLib.descriptor_refit import SOFT_LABEL_CLIP  # noqa: E402
-from LymphNodeMTLLib.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS  # noqa: E402
+from LymphNodeMTLLib.core.classification_metrics import roc_auc  # noqa: E402
+from LymphNodeMTLLib.network.node_descriptors import DESCRIPTOR_NAMES, NUM_DESCRIPTORS  # noqa: E402
+from LymphNodeMTLLib.training.descriptor_refit import SOFT_LABEL_CLIP  # noqa: E402
 from probe_tools import mlp_on_soft_targets  # noqa: E402
 
 torch.set_num_threads(2)

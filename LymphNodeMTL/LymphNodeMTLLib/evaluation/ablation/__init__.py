@@ -1,0 +1,1 @@
+"""Every published component trained on the same data and budget, scored side by side."""

@@ -1,0 +1,406 @@
+"""DICOM Segmentation (SEG) output with highdicom: one BINARY segment per node, and reading it back.
+
+Every node becomes one segment "LN <id>", coded as SNOMED CT 59441001 "Lymph node" in the
+category 85756007 "Tissue" (the same terminology the `.seg.nrrd` and the Slicer Logic use, so
+Slicer's DICOM import finds the node in its own terminology lists), with the metastasis probability
+in the segment description, the node id as tracking id, the display colour of the probability ramp
+and an algorithm identification (family "Artificial Intelligence", name "LymphNodeMTL", version =
+package version, parameters = model id and weights SHA-256).
+
+Source images. A SEG must reference the images it was derived from and copies their patient,
+study and frame of reference. Two cases:
+
+* The CT came from a DICOM series: `read_source_datasets` reads the headers of that series (the
+  folder the volume reader was given; `series_uid` when it holds several) and orders them to match
+  the CT array's k axis by their ImagePositionPatient, so frame k of the mask is derived from the
+  image that supplied slice k of the CT. The SEG then references those instances and carries their
+  patient and study identifiers. Anonymisers sometimes blank the UIDs inside the data set; then
+  SOP class/instance UIDs are taken from the file meta header, and an empty Study/Series Instance
+  UID (or Frame of Reference UID) is replaced by a UID derived deterministically from the series'
+  instance UIDs (the SEG then references a study UID no PACS knows; nothing better exists for
+  such a series).
+* The CT came from a non-DICOM file (.nrrd, .nii.gz, a phantom): there are no source images, so
+  `synthetic_source_datasets` builds a minimal, consistent CT series in memory (headers only, one
+  per slice k, never written): ImagePositionPatient of slice k (LPS) = the grid's origin + k times
+  its k axis, ImageOrientationPatient = the grid's i (row) and j (column) axes in LPS,
+  PixelSpacing, SliceThickness, and new Study, Series, SOP Instance and Frame of Reference UIDs;
+  PatientID from the case metadata or "ANONYMOUS", study date and time = now, study ID "LNMTL".
+  The SEG's frame positions are thereby exactly the CT grid's voxel planes, for oblique, flipped
+  and permuted grids alike; its references point to this synthetic series, which exists nowhere
+  else (a viewer shows the SEG in the CT's patient space, but cannot link it to the .nrrd file).
+
+In both cases the mask is handed to highdicom as a [k, j, i] array whose plane k corresponds to
+source image k (highdicom takes every frame's position from its source image and sorts the frames
+along the slice normal itself), so no slice order is ever guessed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..core.errors import InputError
+from ..core.geometry import LPS_TO_RAS, VolumeGeometry, lps_to_ras_points
+from ..core.node_result import NodeResult
+from .segmentation_writer import LYMPH_NODE_TERMINOLOGY, atomic_output, probability_color, segment_name
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ALGORITHM_NAME = "LymphNodeMTL"
+MANUFACTURER = "LymphNodeMTL"
+SERIES_DESCRIPTION = "LymphNodeMTL lymph nodes"
+SERIES_NUMBER = 901
+CONTENT_LABEL = "LYMPH_NODES"  # CS: upper case, digits, space and '_' only, at most 16
+DEMO_NOTE = "LymphNodeMTL demo model, not for clinical use"
+_LO_MAX = 64  # LO value representation (segment label, tracking id): at most 64 characters
+
+
+def _terminology_codes():
+    """(category, type) as (value, scheme, meaning) triples from the `.seg.nrrd` terminology."""
+    fields = LYMPH_NODE_TERMINOLOGY.split("~")
+
+    def triple(field: str):
+        scheme, value, meaning = field.split("^")
+        return value, scheme, meaning
+
+    return triple(fields[1]), triple(fields[2])
+
+
+CATEGORY_CODE, TYPE_CODE = _terminology_codes()  # SCT 85756007 Tissue, SCT 59441001 Lymph node
+
+
+# --- source images --------------------------------------------------------------------------------
+def read_source_datasets(folder, geometry: VolumeGeometry, series_uid: str | None = None) -> list:
+    """Headers of the DICOM series the CT was read from, one per slice, in the array's k order.
+
+    Args:
+        folder: the DICOM folder given to `read_volume`.
+        geometry: the CT's grid (from `read_volume`); every image must be one of its k planes.
+        series_uid: keep only this SeriesInstanceUID (needed when the folder holds several series).
+
+    Raises:
+        InputError: when the folder's images do not match the CT grid one to one.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    candidates = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError):
+            continue  # DICOMDIR leftovers, text files and the like
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            continue
+        if series_uid and str(ds.get("SeriesInstanceUID", "")) != series_uid:
+            continue
+        candidates.append(ds)
+    by_k: dict[int, object] = {}
+    for ds in candidates:
+        k = _slice_index(ds, geometry)
+        if k is None:
+            continue
+        if k in by_k:
+            raise InputError(
+                f"{folder.name} holds several images at slice {k} of the CT; pass --series-uid "
+                "to pick the series, or write the DICOM SEG from a folder holding one series"
+            )
+        by_k[k] = ds
+    n_slices = geometry.shape_kji[0]
+    if len(by_k) != n_slices:
+        raise InputError(
+            f"only {len(by_k)} of the CT's {n_slices} slices were found as DICOM images in "
+            f"{folder.name}; the DICOM SEG cannot reference its source series"
+        )
+    datasets = [by_k[k] for k in range(n_slices)]
+    _repair_uids(datasets)
+    return datasets
+
+
+def _slice_index(ds, geometry: VolumeGeometry) -> int | None:
+    """k of the CT plane this image is, or None when it is not one of the grid's planes."""
+    nk, nj, ni = geometry.shape_kji
+    if int(ds.get("Rows", 0)) != nj or int(ds.get("Columns", 0)) != ni:
+        return None
+    ijk_to_lps = LPS_TO_RAS @ geometry.ijk_to_ras
+    axes = ijk_to_lps[:3, :3] / geometry.spacing[None, :]
+    orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
+    if np.abs(orientation[:3] - axes[:, 0]).max() > 1e-3 or np.abs(orientation[3:] - axes[:, 1]).max() > 1e-3:
+        return None
+    ras = lps_to_ras_points(np.array([float(v) for v in ds.ImagePositionPatient]))
+    i, j, k = geometry.ras_to_ijk_points(ras)[0]
+    k_index = int(round(k))
+    if abs(k - k_index) > 0.25 or not 0 <= k_index < nk:
+        return None
+    # the volume reader accepts in-plane drift up to 1 % of the distance along the normal
+    allowed = 0.5 + 0.011 * abs(k) * geometry.spacing[2] / geometry.spacing[:2].min()
+    if abs(i) > allowed or abs(j) > allowed:
+        return None
+    return k_index
+
+
+def _repair_uids(datasets: list) -> None:
+    """Fill UIDs an anonymiser blanked: SOP UIDs from the file meta, study/series derived."""
+    from pydicom.uid import generate_uid
+
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None)
+        if not str(ds.get("SOPClassUID", "")):
+            ds.SOPClassUID = str(getattr(meta, "MediaStorageSOPClassUID", "") or CT_IMAGE_STORAGE)
+        if not str(ds.get("SOPInstanceUID", "")):
+            uid = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
+            ds.SOPInstanceUID = uid or generate_uid(entropy_srcs=[str(ds.ImagePositionPatient)])
+    instance_uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        present = [str(ds.get(keyword, "")) for ds in datasets if str(ds.get(keyword, ""))]
+        value = present[0] if present else generate_uid(entropy_srcs=[keyword, *instance_uids])
+        for ds in datasets:
+            if not str(ds.get(keyword, "")):
+                setattr(ds, keyword, value)
+    for ds in datasets:  # attributes highdicom copies and pydicom would otherwise lack
+        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                        "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName"):
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+
+
+def synthetic_source_datasets(geometry: VolumeGeometry, metadata: dict | None = None) -> list:
+    """A minimal CT series (headers only) whose image k is plane k of `geometry`.
+
+    Study and frame of reference UIDs come from `metadata` when present (StudyInstanceUID,
+    FrameOfReferenceUID), else they are new; PatientID is `metadata["PatientID"]` or "ANONYMOUS".
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pydicom.valuerep import format_number_as_ds
+
+    metadata = metadata or {}
+    nk, nj, ni = geometry.shape_kji
+    ijk_to_lps = LPS_TO_RAS @ geometry.ijk_to_ras
+    spacing = geometry.spacing
+    row_axis, column_axis = ijk_to_lps[:3, 0] / spacing[0], ijk_to_lps[:3, 1] / spacing[1]
+    normal = np.cross(row_axis, column_axis)
+    normal /= np.linalg.norm(normal)
+    slice_thickness = abs(float(ijk_to_lps[:3, 2] @ normal))
+
+    def ds_values(values):
+        return [format_number_as_ds(float(v)) for v in values]
+
+    now = datetime.datetime.now()
+    study_uid = str(metadata.get("StudyInstanceUID") or generate_uid())
+    series_uid = generate_uid()
+    frame_uid = str(metadata.get("FrameOfReferenceUID") or generate_uid())
+    patient_id = str(metadata.get("PatientID") or "ANONYMOUS")
+    datasets = []
+    for k in range(nk):
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.Modality = "CT"
+        ds.PatientID = patient_id
+        ds.PatientName = str(metadata.get("PatientName", ""))
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        ds.AccessionNumber = ""
+        ds.StudyID = "LNMTL"  # the synthetic study is made now, by us
+        ds.StudyDate = str(metadata.get("StudyDate") or now.strftime("%Y%m%d"))
+        ds.StudyTime = now.strftime("%H%M%S")
+        ds.ReferringPhysicianName = ""
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.Rows, ds.Columns = nj, ni
+        ds.PixelSpacing = ds_values([spacing[1], spacing[0]])  # between rows, between columns
+        ds.SliceThickness = format_number_as_ds(slice_thickness)
+        ds.ImageOrientationPatient = ds_values([*row_axis, *column_axis])
+        ds.ImagePositionPatient = ds_values(ijk_to_lps[:3, 3] + k * ijk_to_lps[:3, 2])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
+        datasets.append(ds)
+    return datasets
+
+
+# --- writing ----------------------------------------------------------------------------------------
+def write_dicom_seg(
+    path,
+    results: list[NodeResult],
+    case_image: np.ndarray | None,
+    geometry: VolumeGeometry,
+    source_datasets: list | None,
+    model_id: str,
+    model_version: str,
+    metadata: dict | None = None,
+    clinical_use: bool = False,
+) -> Path:
+    """Write one BINARY segment per node to a DICOM SEG file; return the path.
+
+    Args:
+        path: output file (normally `nodes.dcm`); written under a temporary name, then renamed.
+        results: nodes in output order; segment N + 1 is results[N]. Masks must not overlap.
+        case_image: the CT array (only its shape is checked; pixels are never copied).
+        geometry: the CT's grid; mask plane k is written against source image k.
+        source_datasets: the CT's DICOM headers in k order (`read_source_datasets`), or None for
+            a CT from a non-DICOM file (a synthetic series is made, see the module docstring).
+        model_id: recorded in every segment's algorithm parameters.
+        model_version: the exact model, i.e. the weights' SHA-256; also an algorithm parameter.
+        metadata: case identifiers (PatientID, StudyInstanceUID, ...) for a synthetic series.
+        clinical_use: False appends "(LymphNodeMTL demo model, not for clinical use)" to every
+            segment description.
+    """
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    path = Path(path)
+    if case_image is not None and tuple(np.shape(case_image)) != tuple(geometry.shape_kji):
+        raise ValueError("CT image shape and geometry shape differ")
+    if source_datasets is None:
+        source_datasets = synthetic_source_datasets(geometry, metadata)
+    if len(source_datasets) != geometry.shape_kji[0]:
+        raise ValueError(
+            f"{len(source_datasets)} source images for a CT of {geometry.shape_kji[0]} slices"
+        )
+    if not results:
+        raise ValueError("a DICOM SEG needs at least one node")
+    labelmap = _labelmap(results, geometry.shape_kji)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=ALGORITHM_NAME,
+        family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
+        version=__version__,
+        parameters={"model_id": model_id, "weights_sha256": model_version},
+    )
+    descriptions = [
+        _segment_description(n + 1, r, algorithm, clinical_use) for n, r in enumerate(results)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=source_datasets,
+        pixel_array=labelmap,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=ALGORITHM_NAME,
+        software_versions=__version__,
+        device_serial_number="0",
+        content_label=CONTENT_LABEL,
+        content_description=_lo(f"LymphNodeMTL {model_id}"),
+        series_description=SERIES_DESCRIPTION,
+        # a SEG whose nodes are all empty still needs one frame
+        omit_empty_frames=bool(labelmap.any()),
+    )
+    with atomic_output(path, suffix=".dcm") as temporary:
+        seg.save_as(temporary)
+    return path
+
+
+def _labelmap(results: list[NodeResult], shape_kji) -> np.ndarray:
+    """Node N + 1 painted as value N + 1 into one [k, j, i] array (highdicom's label-map style)."""
+    dtype = np.uint8 if len(results) < 256 else np.uint16
+    if len(results) >= 65536:
+        raise ValueError(f"at most 65535 segments fit in one DICOM SEG, got {len(results)}")
+    labelmap = np.zeros(shape_kji, dtype=dtype)
+    for value, r in enumerate(results, start=1):
+        start, stop = np.asarray(r.bbox_start_kji), np.asarray(r.bbox_stop_kji)
+        mask = np.asarray(r.mask, dtype=bool)
+        if np.any(start < 0) or np.any(stop > np.asarray(shape_kji)) or mask.shape != tuple(stop - start):
+            raise ValueError(f"node {r.node_id}: mask and bounding box disagree or leave the CT grid")
+        region = labelmap[r.slices()]
+        if np.any(region[mask]):
+            raise ValueError(f"the mask of node {r.node_id} overlaps an earlier node's mask")
+        region[mask] = value
+    return labelmap
+
+
+def segment_description_text(probability: float, clinical_use: bool) -> str:
+    """'metastasis probability 0.734 (LymphNodeMTL demo model, not for clinical use)'."""
+    value = "unknown" if probability is None or not math.isfinite(probability) else f"{probability:.3f}"
+    text = f"metastasis probability {value}"
+    return text if clinical_use else f"{text} ({DEMO_NOTE})"
+
+
+def _segment_description(number: int, result: NodeResult, algorithm, clinical_use: bool):
+    import highdicom as hd
+
+    red, green, blue = (255.0 * c for c in probability_color(result.probability))
+    region = result.extra.get("anatomic_region_code")  # (value, scheme, meaning) where known
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=_lo(segment_name(result.node_id)),
+        segmented_property_category=hd.sr.CodedConcept(*CATEGORY_CODE),
+        segmented_property_type=hd.sr.CodedConcept(*TYPE_CODE),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_id=_lo(str(result.node_id)),
+        tracking_uid=hd.UID(),
+        anatomic_regions=[hd.sr.CodedConcept(*region)] if region else None,
+        display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
+    )
+    description.SegmentDescription = segment_description_text(result.probability, clinical_use)
+    return description
+
+
+def _lo(text: str) -> str:
+    """A value for an LO attribute: no backslash, at most 64 characters."""
+    return str(text).replace("\\", "/")[:_LO_MAX]
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def read_dicom_seg_masks(path, geometry: VolumeGeometry) -> dict[str, np.ndarray]:
+    """Segment label -> boolean [k, j, i] mask on the CT grid `geometry`.
+
+    Every frame is placed by its own ImagePositionPatient and the shared orientation and pixel
+    spacing, so frames in any order, omitted empty frames and any grid orientation are handled.
+    Raises ValueError when a frame does not lie on the grid's voxel lattice.
+    """
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(path))
+    numbers = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    masks = {label: np.zeros(geometry.shape_kji, dtype=bool) for label in numbers.values()}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    ras_to_ijk = geometry.ras_to_ijk[:3, :3]
+    shape = np.asarray(geometry.shape_kji[::-1])  # (i, j, k) sizes
+    for index, frame_item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        orientation = np.array(_frame_attribute(frame_item, shared, "PlaneOrientationSequence",
+                                                "ImageOrientationPatient"), dtype=float)
+        row_spacing, column_spacing = (float(v) for v in _frame_attribute(
+            frame_item, shared, "PixelMeasuresSequence", "PixelSpacing"))
+        position = np.array(frame_item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        number = int(frame_item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        # Voxel (i, j, k) of the frame's first pixel, and the voxel steps of one column (along the
+        # row cosine, by the column spacing) and one row (along the column cosine, by the row
+        # spacing). On the CT grid all three are whole numbers.
+        origin = geometry.ras_to_ijk_points(lps_to_ras_points(position))[0]
+        column_step = ras_to_ijk @ lps_to_ras_points(orientation[:3] * column_spacing)[0]
+        row_step = ras_to_ijk @ lps_to_ras_points(orientation[3:] * row_spacing)[0]
+        lattice = np.stack([origin, column_step, row_step])
+        if np.abs(lattice - np.rint(lattice)).max() > 0.05:
+            raise ValueError(f"frame {index + 1} of {path} is not on the CT's voxel grid")
+        origin, column_step, row_step = np.rint(lattice).astype(np.int64)
+        rows, columns = np.nonzero(np.asarray(seg.get_stored_frame(index + 1)))
+        voxel = origin + rows[:, None] * row_step + columns[:, None] * column_step
+        if np.any(voxel < 0) or np.any(voxel >= shape):
+            raise ValueError(f"frame {index + 1} of {path} has pixels outside the CT grid")
+        masks[numbers[number]][voxel[:, 2], voxel[:, 1], voxel[:, 0]] = True
+    return masks
+
+
+def _frame_attribute(frame_item, shared, sequence: str, keyword: str):
+    """A functional-group value from the frame's own groups, else from the shared ones."""
+    for group in (frame_item, shared):
+        if sequence in group:
+            return getattr(group[sequence].value[0], keyword)
+    raise ValueError(f"the DICOM SEG has no {sequence}")

@@ -1,0 +1,100 @@
+"""The per-node results table as CSV: one row per node, for spreadsheets and statistics tools.
+
+Numbers are rounded to what is meaningful (probability 4 decimals, millimetres and mm^3
+2 decimals, HU 1 decimal); a value that is not known (NaN) is an empty cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from ..core.node_result import NodeResult
+from .segmentation_writer import atomic_output
+
+COLUMNS = (
+    "id",
+    "seed_r",
+    "seed_a",
+    "seed_s",
+    "probability",
+    "predicted_label",
+    "volume_mm3",
+    "short_axis_mm",
+    "long_axis_mm",
+    "mean_hu",
+    "sd_hu",
+)
+# Decimals per float column; `id` is text and `predicted_label` an integer.
+_DECIMALS = {
+    "seed_r": 2,
+    "seed_a": 2,
+    "seed_s": 2,
+    "probability": 4,
+    "volume_mm3": 2,
+    "short_axis_mm": 2,
+    "long_axis_mm": 2,
+    "mean_hu": 1,
+    "sd_hu": 1,
+}
+
+
+def write_results_csv(path, results: list[NodeResult]) -> Path:
+    """Write one row per node (columns COLUMNS, in results order) atomically; return the path."""
+    path = Path(path)
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(_row(result) for result in results)
+    return path
+
+
+def _row(result: NodeResult) -> dict[str, str]:
+    r, a, s = result.seed_ras
+    values = {
+        "seed_r": r,
+        "seed_a": a,
+        "seed_s": s,
+        "probability": result.probability,
+        "volume_mm3": result.volume_mm3,
+        "short_axis_mm": result.short_axis_mm,
+        "long_axis_mm": result.long_axis_mm,
+        "mean_hu": result.mean_hu,
+        "sd_hu": result.sd_hu,
+    }
+    row = {column: _format(value, _DECIMALS[column]) for column, value in values.items()}
+    row["id"] = str(result.node_id)
+    row["predicted_label"] = str(int(result.predicted_label))
+    return row
+
+
+def _format(value, decimals: int) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return ""
+    return f"{float(value):.{decimals}f}"
+
+
+def read_results_csv(path) -> list[dict]:
+    """Rows as dicts keyed by COLUMNS: `id` str, `predicted_label` int, others float (NaN if empty).
+
+    Raises ValueError when a column is missing, naming it.
+    """
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path}: results table lacks column(s) {', '.join(missing)}")
+        return [_parse_row(row) for row in reader]
+
+
+def _parse_row(row: dict[str, str]) -> dict:
+    parsed = {column: _parse_float(row[column]) for column in _DECIMALS}
+    parsed["id"] = row["id"]
+    parsed["predicted_label"] = int(row["predicted_label"])
+    return {column: parsed[column] for column in COLUMNS}
+
+
+def _parse_float(text: str) -> float:
+    return float(text) if text.strip() else math.nan

@@ -1,0 +1,45 @@
+"""run.json: what produced a result (model, weights hash, software, device, timings)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from importlib import metadata as _metadata
+
+from .. import __version__
+
+_PACKAGES = ("torch", "monai", "SimpleITK", "numpy", "scipy", "safetensors")
+
+
+def package_versions() -> dict:
+    versions = {"LymphNodeMTL": __version__, "python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = _metadata.version(name)
+        except _metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_record(engine, inputs: dict, n_nodes: int, case_metadata: dict) -> dict:
+    device = engine.device
+    device_name = str(device)
+    if device.type == "cuda":
+        import torch
+
+        device_name = f"{device} ({torch.cuda.get_device_name(device)})"
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_id": engine.model_id,
+        "weights_sha256": engine.model.weights_sha256,
+        "model_folder": str(engine.model.folder),
+        "clinical_use": engine.config.clinical_use,
+        "device": device_name,
+        "packages": package_versions(),
+        "inputs": inputs,
+        "case": case_metadata,
+        "nodes": n_nodes,
+        "timings_s": {k: round(v, 4) for k, v in engine.timings.items()},
+        "batch_size": engine.batch_size,
+        "fallbacks": list(engine.fallbacks),
+    }

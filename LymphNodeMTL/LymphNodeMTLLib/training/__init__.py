@@ -1,0 +1,1 @@
+"""Manifest -> cached node patches -> multi-task network -> calibrated model folder."""

@@ -1,0 +1,1 @@
+"""Training losses: segmentation, the uncertainty-weighted multi-task loss and self-distillation."""

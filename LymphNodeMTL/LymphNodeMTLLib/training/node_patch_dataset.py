@@ -1,0 +1,241 @@
+"""Per-node training patches: sampled once from the manifest's CTs (cached), augmented per step.
+
+Each node is cached as a patch slightly larger than the network's, so a random crop moves the seed
+by up to `jitter_mm` (the radiologist's click is never exactly central) without re-sampling the CT.
+Augmentation (MONAI): flips, small rotations, intensity scale/shift; guidance dropout so the model
+also works without a seed prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
+
+from ..core.errors import InputError
+from ..core.node_attributes import ATTRIBUTE_NAMES
+from ..io.training_manifest import ManifestCase
+from ..io.volume_reader import read_volume
+from ..preprocessing.network_input import PreprocessingConfig
+from ..preprocessing.patch_sampler import sample_patches, volume_tensor
+
+
+@dataclass
+class PatchCache:
+    """Cached node patches. images: (N, 1, M, M, M) float16 HU; masks uint8; labels float32
+    (NaN where unknown); has_mask bool; node ids and case ids for reports; soft_labels float32
+    probabilities (NaN where unknown; None when no node has one); attributes (N, K) float32 node
+    attributes in node_attributes.ATTRIBUTE_NAMES order (NaN where unknown; None when no node has one);
+    slice_mm (N,) float32 the coarsest spacing of each node's source CT (None: unknown, taken as
+    fine as the patch)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    labels: torch.Tensor
+    has_mask: torch.Tensor
+    node_ids: list[str]
+    case_ids: list[str]
+    margin: int
+    soft_labels: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
+    slice_mm: torch.Tensor | None = None
+
+    def slice_or_default(self, default_mm: float) -> torch.Tensor:
+        """(N,) source slice thickness, `default_mm` where a node's is unknown (a cache without
+        any, or joined with one that had none)."""
+        if self.slice_mm is None:
+            return torch.full((len(self),), float(default_mm))
+        return torch.nan_to_num(self.slice_mm, nan=float(default_mm))
+
+    def soft_or_nan(self) -> torch.Tensor:
+        """(N,) soft labels, all NaN when the cache has none."""
+        if self.soft_labels is None:
+            return torch.full((len(self),), float("nan"))
+        return self.soft_labels
+
+    def attributes_or_nan(self) -> torch.Tensor:
+        """(N, K) attributes, all NaN when the cache has none."""
+        if self.attributes is None:
+            return torch.full((len(self), len(ATTRIBUTE_NAMES)), float("nan"))
+        return self.attributes
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    @classmethod
+    def concatenate(cls, caches) -> "PatchCache":
+        """One cache from several built with the same preprocessing (e.g. by parallel workers)."""
+        caches = list(caches)
+        if len({c.margin for c in caches}) != 1:
+            raise ValueError("caches built with different jitter margins cannot be joined")
+        return cls(
+            torch.cat([c.images for c in caches]), torch.cat([c.masks for c in caches]),
+            torch.cat([c.labels for c in caches]), torch.cat([c.has_mask for c in caches]),
+            [n for c in caches for n in c.node_ids], [n for c in caches for n in c.case_ids], caches[0].margin,
+            _column_or_none(torch.cat([c.soft_or_nan() for c in caches])),
+            _column_or_none(torch.cat([c.attributes_or_nan() for c in caches])),
+            _column_or_none(torch.cat([c.slice_or_default(float("nan")) for c in caches])),
+        )
+
+    def subset(self, idx) -> "PatchCache":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return PatchCache(
+            self.images[idx], self.masks[idx], self.labels[idx], self.has_mask[idx],
+            [self.node_ids[i] for i in idx.tolist()], [self.case_ids[i] for i in idx.tolist()],
+            self.margin, None if self.soft_labels is None else self.soft_labels[idx],
+            None if self.attributes is None else self.attributes[idx],
+            None if self.slice_mm is None else self.slice_mm[idx],
+        )
+
+
+def _column_or_none(values: torch.Tensor) -> torch.Tensor | None:
+    """None for a column (soft labels, attributes) that no node knows."""
+    return None if bool(torch.isnan(values).all()) else values
+
+
+def jitter_margin(pre: PreprocessingConfig, jitter_mm: float) -> int:
+    return int(math.ceil(jitter_mm / pre.patch_spacing_mm))
+
+
+@dataclass
+class CaseNodes:
+    """One case's CT and nodes, from a manifest or straight from the phantom generator."""
+
+    case_id: str
+    image: np.ndarray
+    geometry: object  # VolumeGeometry
+    centres_ras: np.ndarray  # (N, 3) seeds
+    node_ids: list[str]
+    labels: list[int | None]
+    mask_values: list[int | None]
+    label_map: np.ndarray | None = None
+    soft_labels: list[float | None] | None = None
+    attributes: list[tuple[float, ...] | None] | None = None  # ATTRIBUTE_NAMES order, NaN where unknown
+
+
+def manifest_case_nodes(case: ManifestCase) -> CaseNodes:
+    image, geometry, _ = read_volume(case.image)
+    label_map = None
+    if case.label_map is not None:
+        label_map, label_geom, _ = read_volume(case.label_map)
+        if not label_geom.same_grid(geometry, tol=1e-3):
+            raise InputError(f"label map {case.label_map} is not on the grid of {case.image}; resample it to the CT")
+    return CaseNodes(
+        case.case_id, image, geometry, np.array([n.ras for n in case.nodes], dtype=float).reshape(-1, 3),
+        [n.node_id for n in case.nodes], [n.label for n in case.nodes],
+        [n.mask_value if label_map is not None else None for n in case.nodes], label_map,
+        [n.soft_label for n in case.nodes], [n.attributes for n in case.nodes],
+    )
+
+
+def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, progress=None) -> PatchCache:
+    """Cache every node of `cases` (ManifestCase or CaseNodes items, read lazily one at a time)."""
+    margin = jitter_margin(pre, jitter_mm)
+    size = pre.patch_size + 2 * margin
+    images, masks, labels, has_mask, node_ids, case_ids, soft, attributes, slices = [], [], [], [], [], [], [], [], []
+    unknown = (float("nan"),) * len(ATTRIBUTE_NAMES)
+    # a generator is consumed one case at a time: only the patches are kept, never the CTs
+    total = len(cases) if hasattr(cases, "__len__") else None
+    for n, item in enumerate(cases):
+        case = manifest_case_nodes(item) if isinstance(item, ManifestCase) else item
+        if not case.node_ids:
+            continue
+        patches = sample_patches(volume_tensor(case.image, "cpu"), case.geometry, case.centres_ras,
+                                 size, pre.patch_spacing_mm)
+        images.append(patches.half())
+        label_tensor = None if case.label_map is None else volume_tensor(case.label_map, "cpu")
+        for k, node_id in enumerate(case.node_ids):
+            node_ids.append(node_id)
+            case_ids.append(case.case_id)
+            labels.append(float("nan") if case.labels[k] is None else float(case.labels[k]))
+            given = case.soft_labels[k] if case.soft_labels else None
+            soft.append(float("nan") if given is None else float(given))
+            read = case.attributes[k] if case.attributes else None
+            attributes.append(unknown if read is None else tuple(read))
+            slices.append(case.geometry.coarsest_spacing_mm)
+            value = case.mask_values[k]
+            if label_tensor is not None and value is not None:
+                lab = sample_patches(label_tensor, case.geometry, case.centres_ras[k : k + 1], size,
+                                     pre.patch_spacing_mm, mode="nearest", outside_value=0.0)
+                masks.append((lab == value).to(torch.uint8))
+                has_mask.append(True)
+            else:
+                masks.append(torch.zeros(1, 1, size, size, size, dtype=torch.uint8))
+                has_mask.append(False)
+        if progress:
+            progress("cases", n + 1, total)
+    if not node_ids:
+        raise InputError("the manifest has no nodes; list nodes in each case's nodes CSV")
+    return PatchCache(
+        torch.cat(images), torch.cat(masks), torch.tensor(labels, dtype=torch.float32),
+        torch.tensor(has_mask), node_ids, case_ids, margin, _column_or_none(torch.tensor(soft, dtype=torch.float32)),
+        _column_or_none(torch.tensor(attributes, dtype=torch.float32).reshape(-1, len(ATTRIBUTE_NAMES))),
+        torch.tensor(slices, dtype=torch.float32),
+    )
+
+
+class NodePatchDataset(torch.utils.data.Dataset):
+    """Augmented training samples from a PatchCache.
+
+    Args:
+        cache: the cached patches.
+        pre: preprocessing (patch size).
+        augment: False for validation (central crop, no augmentation).
+        jitter_mm: maximum seed displacement (a ball, not a box).
+        seed: base of the per-sample random streams (reproducible runs).
+    """
+
+    def __init__(self, cache: PatchCache, pre: PreprocessingConfig, augment: bool,
+                 jitter_mm: float = 3.0, seed: int = 0):
+        self.cache, self.pre, self.augment = cache, pre, augment
+        self.jitter_vox = jitter_mm / pre.patch_spacing_mm
+        self.seed = seed
+        self.epoch = 0
+        self.slice_mm = cache.slice_or_default(pre.patch_spacing_mm)  # unknown: as fine as the patch
+        self.transforms = Compose([
+            RandFlipd(["image", "mask"], prob=0.5, spatial_axis=0),
+            RandFlipd(["image", "mask"], prob=0.5, spatial_axis=1),
+            RandFlipd(["image", "mask"], prob=0.5, spatial_axis=2),
+            RandRotated(["image", "mask"], range_x=0.2, range_y=0.2, range_z=0.2, prob=0.2,
+                        mode=["bilinear", "nearest"], padding_mode="border", keep_size=True),
+            RandScaleIntensityd("image", factors=0.05, prob=0.5),
+            RandShiftIntensityd("image", offsets=15.0, prob=0.5),
+        ])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, idx: int) -> dict:
+        m, n = self.cache.margin, self.pre.patch_size
+        image = self.cache.images[idx].float()
+        mask = self.cache.masks[idx].float()
+        offset = np.zeros(3, dtype=int)
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, idx))
+            offset = self._ball_offset(rng)
+            self.transforms.set_random_state(seed=int(rng.integers(2**31)))
+        crop = tuple(slice(m + o, m + o + n) for o in offset)
+        sample = {"image": image[(slice(None), *crop)], "mask": mask[(slice(None), *crop)]}
+        if self.augment:
+            sample = self.transforms(sample)
+        return {
+            "image": torch.as_tensor(sample["image"]).float(),
+            "mask": (torch.as_tensor(sample["mask"]) > 0.5).float(),
+            "label": self.cache.labels[idx],
+            "has_mask": self.cache.has_mask[idx],
+            "slice_mm": self.slice_mm[idx],
+            "index": idx,
+        }
+
+    def _ball_offset(self, rng) -> np.ndarray:
+        r = self.jitter_vox
+        while True:
+            o = rng.integers(-int(r), int(r) + 1, size=3)
+            if (o**2).sum() <= r * r + 1e-9:
+                return o
