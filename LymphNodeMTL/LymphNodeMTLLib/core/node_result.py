@@ -28,6 +28,12 @@ class NodeResult:
     long_axis_mm: float = 0.0
     mean_hu: float = float("nan")
     sd_hu: float = float("nan")
+    # what the engine can say about this result (core/node_status.py) and how sure it is
+    status: str = "ok"
+    mask_agreement: float = float("nan")  # mean pairwise Dice of the test-time augmentation passes
+    probability_low: float = float("nan")  # interval of the probability over those passes
+    probability_high: float = float("nan")
+    field_of_view_mm: float = float("nan")  # edge of the patch the mask was taken from
     extra: dict = field(default_factory=dict)
 
     def slices(self) -> tuple[slice, slice, slice]:
