@@ -1,6 +1,6 @@
 """Recipe of the bundled demonstration model (Resources/Models/phantom-demo).
 
-Phantoms per shared/docs/phantom-spec.md, part whole-synthetic and part inserted into the real CT
+Phantoms per docs/phantom-spec.md, part whole-synthetic and part inserted into the real CT
 backgrounds of ../shared/data/ct, generated in memory (the same sampler as a manifest would use),
 then the standard Trainer. Sized to finish on a 2-core CPU; pass --minutes to change the budget.
 On a GPU machine pass --device cuda and --workers (phantom generation and batch loading in parallel
@@ -101,7 +101,7 @@ and the training nodes' cross-fitted logits (T = {config.temperature:.3f}). Patc
 {config.preprocessing.patch_spacing_mm} mm, HU window {list(config.preprocessing.hu_window)}.
 
 ## Training data
-{n_nodes} phantom nodes following shared/docs/phantom-spec.md v1: whole-synthetic bodies and nodes
+{n_nodes} phantom nodes following docs/phantom-spec.md v1: whole-synthetic bodies and nodes
 inserted into the fat of three real CT backgrounds (non-contrast chest, contrast mediastinum,
 contrast upper abdomen DICOM). Labels are drawn from the spec's known label model, so no real
 patient's metastasis status was ever seen.

@@ -4,7 +4,7 @@ Size, shape, a necrotic core, an irregular margin, a heterogeneous interior and 
 what a node is staged by. Where training nodes carry them, the soft-label refit of the head
 (descriptor_refit.py) predicts them beside the node's logit, from the same hidden layer: a multi-task
 fit whose extra outputs are dropped afterwards, so the head it leaves is the usual one. On the
-phantoms (3318 training nodes, 5-fold case-wise CV; work noted on issue 4) the auxiliary outputs
+phantoms (3318 training nodes, 5-fold case-wise CV) the auxiliary outputs
 raised the refit's AUC by about 0.002 to 0.003: the hidden layer is pushed to encode the signs the
 label depends on rather than whatever fits the logit on few nodes.
 

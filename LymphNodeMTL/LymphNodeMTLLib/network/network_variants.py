@@ -3,7 +3,7 @@
 A network dict that names no component (or names each at its default) builds the base
 MultiTaskNodeNet exactly as before, so existing model folders load unchanged. Otherwise
 ComponentNodeNet is built: the same DynUNet-block encoder/decoder and M2ANet head, with the named
-components switched in (shared/docs/methods.md; docs/ablation.md lists the keys):
+components switched in (docs/methods.md; docs/ablation.md lists the keys):
 
     tasks                    ["segmentation", "classification"] (default); one of them alone gives
                              the single-task baselines

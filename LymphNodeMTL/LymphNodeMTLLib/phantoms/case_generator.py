@@ -1,6 +1,6 @@
 """Whole phantom CT cases: a body (or a real CT), nodes placed in its fat, scanner blur and noise.
 
-Follows shared/docs/phantom-spec.md (v1). All randomness comes from the caller's
+Follows docs/phantom-spec.md (v1). All randomness comes from the caller's
 np.random.Generator, so a seed fixes a case exactly. Anatomy is built in patient space (RAS mm) and
 sampled through the grid's exact ijk->RAS matrix, so oblique, flipped or permuted grids show the
 same anatomy, and every truth position is exact.

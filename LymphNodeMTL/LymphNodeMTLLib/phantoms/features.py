@@ -1,6 +1,6 @@
 """Latent node features and the known label model of the phantom specification (v1).
 
-shared/docs/phantom-spec.md fixes the distributions and the logit; everything here follows it
+docs/phantom-spec.md fixes the distributions and the logit; everything here follows it
 exactly, so the Bayes ceiling (the AUC of the true probability P) is known. Functions work on numpy
 scalars or arrays alike, so 20 000 nodes cost one call.
 """

@@ -1,4 +1,4 @@
-"""MT-IDS dual-dimensional gradient balancing, DD-GB (shared/docs/methods.md, section 4; our reading).
+"""MT-IDS dual-dimensional gradient balancing, DD-GB (docs/methods.md, section 4; our reading).
 
 On the shared parameters only, with one gradient g_i per task loss:
   1. direction (PCGrad): for every other task j, if g_i . g_j < 0,

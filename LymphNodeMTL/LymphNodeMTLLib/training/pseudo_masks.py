@@ -1,4 +1,4 @@
-"""LA-Net's two-stage semi-supervised mask training (shared/docs/methods.md, section 5).
+"""LA-Net's two-stage semi-supervised mask training (docs/methods.md, section 5).
 
 Stage 1 (the first `stage1_epochs` epochs) trains the mask branches on nodes with a true mask
 only (and, by default, not the metastasis head). Stage 2 trains everything; nodes that have no

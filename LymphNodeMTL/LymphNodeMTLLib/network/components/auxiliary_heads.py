@@ -1,4 +1,4 @@
-"""Auxiliary tasks (MT-IDS, shared/docs/methods.md section 4; also the SD-MdaNet mixed head's target).
+"""Auxiliary tasks (MT-IDS, docs/methods.md section 4; also the SD-MdaNet mixed head's target).
 
 - Short-axis regression: always available where a node has a mask. The target is the node's
   smallest principal diameter, from the mask's second moments: a solid ellipsoid with semi-axis a

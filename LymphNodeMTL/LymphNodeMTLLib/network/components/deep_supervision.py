@@ -1,4 +1,4 @@
-"""MA-MTLN deep supervision (shared/docs/methods.md, section 2).
+"""MA-MTLN deep supervision (docs/methods.md, section 2).
 
 1x1x1 convolution heads on intermediate decoder features, upsampled to the patch grid; the
 segmentation loss is a weighted sum over the auxiliary and final outputs, weights 0.8 / 0.9 / 1.0

@@ -1,4 +1,4 @@
-"""SD-MdaNet dense-attention encoder (shared/docs/methods.md, section 3; our reading).
+"""SD-MdaNet dense-attention encoder (docs/methods.md, section 3; our reading).
 
 Each scale: an entry convolution (strided below the finest scale), a DenseNet-style block (MONAI
 ConvDenseBlock: every layer sees the concatenation of all earlier outputs), a 1x1x1 transition back

@@ -1,4 +1,4 @@
-"""LA-Net lesion-aware attention classifier (shared/docs/methods.md, section 5).
+"""LA-Net lesion-aware attention classifier (docs/methods.md, section 5).
 
 At each encoder scale a CBAM block (channel gate from average- and max-pooled descriptors through a
 shared MLP, then a spatial gate from a 7x7x7 convolution of the channel-mean and channel-max maps)

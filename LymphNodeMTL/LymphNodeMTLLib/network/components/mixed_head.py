@@ -1,4 +1,4 @@
-"""SD-MdaNet mixed classification/regression head (shared/docs/methods.md, section 3; our reading).
+"""SD-MdaNet mixed classification/regression head (docs/methods.md, section 3; our reading).
 
 One MLP with two outputs: the metastasis logit and a continuous value (for us the node's short axis,
 in units of 10 mm, measured from its mask). Loss: CE on the class + lambda * MSE on the value, the

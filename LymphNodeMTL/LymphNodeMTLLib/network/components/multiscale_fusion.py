@@ -1,4 +1,4 @@
-"""MA-MTLN shared multi-scale fusion (shared/docs/methods.md, section 2).
+"""MA-MTLN shared multi-scale fusion (docs/methods.md, section 2).
 
 Every encoder scale is projected to `fused_channels` (1x1x1), resampled to one fusion grid and
 summed with BiFPN-style normalised weights w_s = relu(p_s) / (sum relu(p) + 1e-4); a visual

@@ -1,4 +1,4 @@
-"""MT-IDS dual-control branch routing (shared/docs/methods.md, section 4; our reading).
+"""MT-IDS dual-control branch routing (docs/methods.md, section 4; our reading).
 
 For each task k, with shared experts E^s and task-specific experts E^k applied to the shared
 bottleneck feature x (the coarsest encoder scale):

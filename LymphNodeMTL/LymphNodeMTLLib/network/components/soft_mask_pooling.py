@@ -1,4 +1,4 @@
-"""M2ANet-style mask-guided context pooling (shared/docs/methods.md, section 1).
+"""M2ANet-style mask-guided context pooling (docs/methods.md, section 1).
 
 The node mask is softly expanded, w(x) = 1 inside and exp(-d(x)^2 / 2 sigma^2) outside (d = distance
 to the mask in mm), and used as weights to average encoder features at every scale, so the

@@ -1,4 +1,4 @@
-"""MA-MTLN task-aware attention (shared/docs/methods.md, section 2).
+"""MA-MTLN task-aware attention (docs/methods.md, section 2).
 
 - Segmentation-aware (top-down): in the decoder, each skip feature is gated by
   sigmoid(conv(cat(up, skip))) before it joins the upsampled feature `up`.

@@ -1,4 +1,4 @@
-"""SD-MdaNet task-specific attention (shared/docs/methods.md, section 3; our reading).
+"""SD-MdaNet task-specific attention (docs/methods.md, section 3; our reading).
 
 Each task (the mask decoder, the metastasis head) looks at the shared multi-scale features through
 its own attention: per scale a squeeze-excitation channel gate (MONAI ChannelSELayer) followed by a

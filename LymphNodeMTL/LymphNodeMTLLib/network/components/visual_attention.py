@@ -1,4 +1,4 @@
-"""MA-MTLN attention blocks (shared/docs/methods.md, section 2).
+"""MA-MTLN attention blocks (docs/methods.md, section 2).
 
 - VisualAttentionBlock: parallel dilated convolution branches, each gating its input,
   b_d = sigmoid(conv_d(x)) * x; the branches are concatenated, mixed by a 1x1x1 convolution, and

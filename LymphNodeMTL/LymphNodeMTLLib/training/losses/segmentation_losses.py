@@ -1,4 +1,4 @@
-"""Segmentation losses for the node-mask head, selectable by name (shared/docs/methods.md).
+"""Segmentation losses for the node-mask head, selectable by name (docs/methods.md).
 
 - "dice_ce": Dice + binary cross-entropy (M2ANet; the project's default, MONAI DiceCELoss).
 - "jaccard_focal": MA-MTLN's -softJaccard + 0.1 * focal(gamma = 1). MONAI's Jaccard loss is

@@ -1,4 +1,4 @@
-"""SD-MdaNet multi-teacher self-distillation (shared/docs/methods.md, section 3; our reading).
+"""SD-MdaNet multi-teacher self-distillation (docs/methods.md, section 3; our reading).
 
     L = L_sup(labelled nodes) + beta * sum_t w_t * T^2 * KL(p_t^T || p_s^T)   over all nodes
 

@@ -1,4 +1,4 @@
-"""MA-MTLN's homoscedastic-uncertainty task balancing (shared/docs/methods.md, section 2).
+"""MA-MTLN's homoscedastic-uncertainty task balancing (docs/methods.md, section 2).
 
 L = sum_i 0.5 / sigma_i^2 * L_i + log(1 + sigma_i^2), with sigma_i learnable and initialised at 1.
 """
