@@ -7,15 +7,9 @@ import math
 import pytest
 import torch
 from LymphNodeMTLLib.commands.cli import main
-from LymphNodeMTLLib.evaluation.ablation.ablation import (
-    DEFAULT_VARIANTS,
-    VARIANTS,
-    choose_best,
-    combine_variants,
-    hide_annotations,
-    paired_auc_difference,
-    verdict,
-)
+from LymphNodeMTLLib.evaluation.ablation.ablation import hide_annotations
+from LymphNodeMTLLib.evaluation.ablation.scoring import paired_auc_difference, verdict
+from LymphNodeMTLLib.evaluation.ablation.variants import DEFAULT_VARIANTS, VARIANTS, choose_best, combine_variants
 from LymphNodeMTLLib.network.model_store import load_model
 from LymphNodeMTLLib.phantoms.dataset_writer import write_phantom_dataset
 
@@ -146,7 +140,8 @@ def test_hidden_annotations_are_reproducible():
 
 
 def test_resume_reuses_variants_trained_with_the_same_config_only(manifests, ablation_run, monkeypatch):
-    from LymphNodeMTLLib.evaluation.ablation.ablation import finished_variant, variant_config
+    from LymphNodeMTLLib.evaluation.ablation.variant_training import finished_variant
+    from LymphNodeMTLLib.evaluation.ablation.variants import variant_config
     from LymphNodeMTLLib.training.trainer import TrainConfig, Trainer
 
     train, test = manifests
@@ -179,7 +174,8 @@ def test_resume_ignores_options_that_were_off_and_loader_workers(ablation_run, t
     with other data-loader workers is the same variant; an option that was on is not."""
     import shutil
 
-    from LymphNodeMTLLib.evaluation.ablation.ablation import finished_variant, variant_config
+    from LymphNodeMTLLib.evaluation.ablation.variant_training import finished_variant
+    from LymphNodeMTLLib.evaluation.ablation.variants import variant_config
     from LymphNodeMTLLib.training.trainer import TrainConfig
 
     wanted = variant_config(TrainConfig(**{**CONFIG, "epochs": 2, "max_minutes": 0.5}), VARIANTS["base"], [])

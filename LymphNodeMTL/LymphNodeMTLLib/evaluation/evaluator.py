@@ -13,9 +13,7 @@ how the model does on its own protocol.
 from __future__ import annotations
 
 import csv
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +26,11 @@ from ..core.measurements import measure_node
 from ..core.node_result import NodeResult
 from ..io.training_manifest import read_manifest
 from ..io.volume_reader import read_volume
+from .node_scores import SHORT_AXIS_RULE_MM, NodeScore
 
-SHORT_AXIS_RULE_MM = 10.0
 # Upper bounds (mm) of the slice-thickness strata; the last stratum is open-ended. Thin-slice CT
 # is <= 1.5 mm; 3 mm and more is the thick end of routine protocols.
 SLICE_STRATA_MM = (1.5, 3.0)
-
-
-@dataclass
-class NodeScore:
-    case_id: str
-    node_id: str
-    label: int | None
-    probability: float
-    short_axis_mm: float
-    true_short_axis_mm: float = float("nan")
-    dice: float = float("nan")
-    hd95_mm: float = float("nan")
-    true_probability: float = float("nan")
-    slice_mm: float = float("nan")  # the source CT's coarsest voxel spacing (its slice spacing)
-    extra: dict = field(default_factory=dict)
 
 
 # --- metrics with hand-checkable definitions ------------------------------------------------------
@@ -208,28 +191,3 @@ def evaluate_manifest(engine, manifest, out_dir, progress=None, n_boot: int = 10
 
     write_report(Path(out_dir), scores, summary)
     return summary
-
-
-def write_predictions_csv(path: Path, scores: list[NodeScore]) -> None:
-    columns = ["case_id", "node_id", "label", "probability", "short_axis_mm", "true_short_axis_mm",
-               "dice", "hd95_mm", "true_probability", "slice_mm"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for s in scores:
-            w.writerow([s.case_id, s.node_id, "" if s.label is None else s.label, f"{s.probability:.4f}",
-                        f"{s.short_axis_mm:.2f}", f"{s.true_short_axis_mm:.2f}", f"{s.dice:.4f}",
-                        f"{s.hd95_mm:.2f}", f"{s.true_probability:.4f}", f"{s.slice_mm:.2f}"])
-
-
-def summary_json(summary: dict) -> str:
-    def clean(v):
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, (tuple, list)):
-            return [clean(x) for x in v]
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        return v
-
-    return json.dumps(clean(summary), indent=2) + "\n"

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .evaluator import SHORT_AXIS_RULE_MM, summary_json, write_predictions_csv  # noqa: E402
+from .node_scores import SHORT_AXIS_RULE_MM, summary_json, write_predictions_csv  # noqa: E402
 
 
 def _roc_points(labels, scores):
