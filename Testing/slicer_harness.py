@@ -2,7 +2,7 @@
 
 slicer-core gives `import slicer` with the C++ MRML classes and module logics but none of what the
 application normally wires together at start-up. `SlicerHarness` does that wiring (see
-shared/docs/slicer-notes.md): segmentation converter rules, application logic with default colour
+docs/slicer-notes.md): segmentation converter rules, application logic with default colour
 nodes, the module logics, `slicer.mrmlScene` and a `slicer.modules` stand-in, so that
 `slicer.util` helpers and Logic code run unchanged. Use it as a context manager, or through the
 `mrml_scene` pytest fixture (skipped where slicer-core is not installed).

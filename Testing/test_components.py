@@ -1,4 +1,4 @@
-"""The five papers' components (shared/docs/methods.md): each one's math on tiny tensors, the
+"""The five papers' components (docs/methods.md): each one's math on tiny tensors, the
 default config still building the base network exactly, and every ablation variant training one
 step through the Trainer and round-tripping through its model folder."""
 

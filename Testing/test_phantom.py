@@ -1,4 +1,4 @@
-"""Phantom generator (shared/docs/phantom-spec.md v1): feature and label statistics, node shape and
+"""Phantom generator (docs/phantom-spec.md v1): feature and label statistics, node shape and
 HU, placement, seeds, geometry through every direction matrix, the dataset files, determinism."""
 
 from __future__ import annotations
