@@ -85,6 +85,7 @@ class ModelConfig:
                                        hu_window=tuple(self.preprocessing.hu_window))
 
     def build_network(self) -> MultiTaskNodeNet:
+        """The network this config describes (fresh weights)."""
         return MultiTaskNodeNet(self.network_config())
 
 
