@@ -38,16 +38,11 @@ from LymphNodeMTLLib.network.components.task_aware_attention import (
 from LymphNodeMTLLib.network.components.task_specific_attention import TaskSpecificAttention
 from LymphNodeMTLLib.network.components.visual_attention import AdaptiveSpatialAttention, VisualAttentionBlock
 from LymphNodeMTLLib.network.model_store import ModelConfig, load_model, save_model
-from LymphNodeMTLLib.network.network_variants import (
-    ComponentNodeNet,
-    build_loss,
-    build_network,
-    names_components,
-)
+from LymphNodeMTLLib.network.network_config import NetworkConfig
 from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
 from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig
 from LymphNodeMTLLib.training.gradient_balancer import GradientBalancer, project_conflicts
-from LymphNodeMTLLib.training.losses.multitask_loss import MultiTaskLoss
+from LymphNodeMTLLib.training.losses.multitask_loss import MultiTaskLoss, build_loss
 from LymphNodeMTLLib.training.losses.segmentation_losses import JaccardFocalLoss, build_segmentation_loss
 from LymphNodeMTLLib.training.losses.self_distillation import MultiTeacherDistillation, binary_kl
 from LymphNodeMTLLib.training.node_patch_dataset import PatchCache
@@ -66,6 +61,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def build_network(network: dict) -> MultiTaskNodeNet:
+    return MultiTaskNodeNet(NetworkConfig.from_dict(network))
+
+
+def names_components(network: dict) -> bool:
+    return bool(NetworkConfig.from_dict(network).named_components())
+
+
 def _feats(b=2, size=16, channels=CH):
     torch.manual_seed(0)
     return [torch.randn(b, c, size // 2**i, size // 2**i, size // 2**i) for i, c in enumerate(channels)]
@@ -80,15 +83,15 @@ def test_no_component_builds_the_base_network_exactly():
         torch.manual_seed(0)
         built = ModelConfig("m", network=network).build_network()
         torch.manual_seed(0)
-        base = MultiTaskNodeNet(channels=(4, 8))
+        base = MultiTaskNodeNet(NetworkConfig(channels=(4, 8)))
         assert type(built) is MultiTaskNodeNet
         assert list(built.state_dict()) == list(base.state_dict())
         x = torch.randn(2, 2, 16, 16, 16)
         with torch.no_grad():
             a, b = built.eval()(x), base.eval()(x)
-        assert torch.equal(a["mask_logits"], b["mask_logits"])
-        assert torch.equal(a["metastasis_logit"], b["metastasis_logit"])
-    assert build_loss(MultiTaskNodeNet(channels=(4, 8))) is None  # the trainer keeps MultiTaskLoss()
+        assert torch.equal(a.mask_logits, b.mask_logits)
+        assert torch.equal(a.metastasis_logit, b.metastasis_logit)
+    assert build_loss(MultiTaskNodeNet(NetworkConfig(channels=(4, 8)))) is None  # the trainer keeps MultiTaskLoss()
     assert names_components({"channels": [4, 8], "fusion": "ma_mtln"})
 
 
@@ -146,7 +149,7 @@ def test_task_aware_attention():
     assert weights.shape == (2, 1, 8, 8, 8) and torch.all((weights > 0) & (weights < 1))
     torch.testing.assert_close(gate(g, x), x * weights)
     feats = _feats()
-    net = ComponentNodeNet(channels=CH, task_aware_attention=True)
+    net = MultiTaskNodeNet(NetworkConfig(channels=CH, task_aware_attention=True))
     stages = net.skip_gates(net.decoder, feats)
     assert [s.shape[1] for s in stages] == [8, 4] and stages[-1].shape[2:] == (16, 16, 16)
     path = ClassificationAwarePath(CH)
@@ -336,7 +339,7 @@ def test_pseudo_masks_weight_only_nodes_without_a_true_mask():
 
 
 def test_pseudo_masks_in_the_loss_follow_the_two_stages():
-    net = ComponentNodeNet(channels=(4, 8), head="lesion_attention")
+    net = MultiTaskNodeNet(NetworkConfig(channels=(4, 8), head="lesion_attention"))
     loss = build_loss(net, {}, {"threshold": 0.5, "weight": 0.1, "stage1_epochs": 1})
     x = torch.randn(2, 2, 16, 16, 16)
     mask = torch.zeros(2, 1, 16, 16, 16)
@@ -371,29 +374,29 @@ def _every_component():
 ])
 def test_component_network_output_shapes(network):
     net = build_network({"channels": [4, 8, 16], **network})
-    assert isinstance(net, ComponentNodeNet)
+    assert isinstance(net, MultiTaskNodeNet) and net.config.named_components()
     x = torch.randn(2, 2, 16, 16, 16)
     net.train()
     out = net(x, torch.ones(2, 1, 16, 16, 16), use_mask=torch.tensor([True, False]))
-    assert out["mask_logits"].shape == (2, 1, 16, 16, 16)
-    assert out["metastasis_logit"].shape == (2,)
-    assert out["pool_mask"].shape == (2, 1, 16, 16, 16)
+    assert out.mask_logits.shape == (2, 1, 16, 16, 16)
+    assert out.metastasis_logit.shape == (2,)
+    assert out.pool_mask.shape == (2, 1, 16, 16, 16)
     if network.get("deep_supervision"):
-        assert [a.shape for a in out["aux_mask_logits"]] == [(2, 1, 16, 16, 16)] * 2
+        assert [a.shape for a in out.deep_supervision] == [(2, 1, 16, 16, 16)] * 2
     if network.get("aux_short_axis"):
-        assert out["short_axis"].shape == (2,)
+        assert out.short_axis.shape == (2,)
     if network.get("head") == "lesion_attention":
-        assert out["lesion_map_logits"].shape == (2, 1, 8, 8, 8)
+        assert out.lesion_map.shape == (2, 1, 8, 8, 8)
     if network.get("stations"):
-        assert out["station_logits"].shape == (2, 3)
+        assert out.station_logits.shape == (2, 3)
     net.eval()
     with torch.no_grad():
         out = net(x)
-    assert "aux_mask_logits" not in out  # inference costs nothing extra
+    assert out.deep_supervision is None  # inference costs nothing extra
     if network.get("tasks") == ["classification"]:
-        assert torch.equal(out["pool_mask"], (out["mask_logits"] > 0).float())
+        assert torch.equal(out.pool_mask, (out.mask_logits > 0).float())
     if network.get("tasks") == ["segmentation"]:
-        assert torch.equal(out["metastasis_logit"], torch.zeros(2))
+        assert torch.equal(out.metastasis_logit, torch.zeros(2))
 
 
 def test_component_network_batched_equals_one_by_one():
@@ -403,7 +406,7 @@ def test_component_network_batched_equals_one_by_one():
     with torch.no_grad():
         batched = net(x)
         single = [net(x[i:i + 1]) for i in range(3)]
-    torch.testing.assert_close(batched["metastasis_logit"], torch.cat([s["metastasis_logit"] for s in single]),
+    torch.testing.assert_close(batched.metastasis_logit, torch.cat([s.metastasis_logit for s in single]),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -469,16 +472,17 @@ def test_every_variant_trains_one_step_and_round_trips(name, teacher_dirs, tmp_p
     trainer.network.eval()
     with torch.no_grad():
         a, b = trainer.network(x), loaded.network(x)
-    torch.testing.assert_close(a["metastasis_logit"], b["metastasis_logit"])
-    torch.testing.assert_close(a["mask_logits"], b["mask_logits"])
+    torch.testing.assert_close(a.metastasis_logit, b.metastasis_logit)
+    torch.testing.assert_close(a.mask_logits, b.mask_logits)
 
 
 def test_multitask_loss_options_are_checked():
     with pytest.raises(ValueError, match="unknown loss options"):
-        build_loss(MultiTaskNodeNet(channels=(4, 8)), {"segmentaton": "dice_ce"})
+        build_loss(MultiTaskNodeNet(NetworkConfig(channels=(4, 8))), {"segmentaton": "dice_ce"})
     with pytest.raises(ValueError):
         build_segmentation_loss("dice")
     assert MultiTaskLoss().balance.sigma.shape == (2,)
-    net = ComponentNodeNet(channels=(4, 8), aux_short_axis=True, stations=4)
+    net = MultiTaskNodeNet(NetworkConfig(channels=(4, 8), aux_short_axis=True, stations=4))
     assert build_loss(net).balance.sigma.shape == (4,)
-    assert build_loss(ComponentNodeNet(channels=(4, 8), tasks=["segmentation"])).balance.sigma.shape == (1,)
+    single = MultiTaskNodeNet(NetworkConfig(channels=(4, 8), tasks=("segmentation",)))
+    assert build_loss(single).balance.sigma.shape == (1,)

@@ -53,10 +53,11 @@ def test_refit_ignores_unlabelled_nodes_and_refuses_too_few_labels():
 
 
 def test_head_inputs_are_collected_as_inference_reads_them():
+    from LymphNodeMTLLib.network.network_config import NetworkConfig
     from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
 
     torch.manual_seed(0)
-    net = MultiTaskNodeNet(channels=(4, 8))
+    net = MultiTaskNodeNet(NetworkConfig(channels=(4, 8)))
     assert refittable(net)
     net.train()
     x = torch.randn(3, 2, 24, 24, 24)
@@ -65,7 +66,7 @@ def test_head_inputs_are_collected_as_inference_reads_them():
     assert net.training  # mode restored
     net.eval()
     with torch.no_grad():
-        logits = net(x)["metastasis_logit"]
+        logits = net(x).metastasis_logit
     torch.testing.assert_close(net.head(rows).squeeze(1), logits, rtol=1e-4, atol=1e-4)
 
 

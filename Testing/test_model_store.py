@@ -139,4 +139,4 @@ def test_a_model_saved_with_fewer_descriptors_loads_and_predicts_as_before(tmp_p
             assert torch.equal(loaded.network.state_dict()[key][:, columns], torch.zeros(state[key].shape[0], added))
             net.state_dict()[key][:, columns] = 0.0  # what the old model was: blind to the new columns
         patch = torch.randn(2, 2, 16, 16, 16)
-        torch.testing.assert_close(loaded.network(patch)["metastasis_logit"], net(patch)["metastasis_logit"])
+        torch.testing.assert_close(loaded.network(patch).metastasis_logit, net(patch).metastasis_logit)

@@ -1,14 +1,21 @@
-"""The network's components: soft mask expansion and pooling, uncertainty weighting, the loss."""
+"""The network's components: soft mask expansion and pooling, uncertainty weighting, the loss; the
+typed network config (checks, round trip, the base network's weights)."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from LymphNodeMTLLib.core.errors import ModelError
 from LymphNodeMTLLib.network.components.soft_mask_pooling import SoftMaskPooling, soft_expand_mask
+from LymphNodeMTLLib.network.model_store import ModelConfig, load_model, save_model
+from LymphNodeMTLLib.network.network_config import NetworkConfig, NetworkConfigError
 from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
 from LymphNodeMTLLib.training.losses.multitask_loss import MultiTaskLoss
 from LymphNodeMTLLib.training.losses.uncertainty_weighting import UncertaintyWeighting
+from safetensors import safe_open
 from scipy import ndimage
 
 
@@ -64,22 +71,22 @@ def test_uncertainty_weighting_formula_and_gradient():
 
 def test_network_shapes_and_given_mask_changes_only_the_head():
     torch.manual_seed(0)
-    net = MultiTaskNodeNet(channels=(4, 8, 16)).eval()
+    net = MultiTaskNodeNet(NetworkConfig(channels=(4, 8, 16))).eval()
     x = torch.randn(3, 2, 24, 24, 24)
     with torch.no_grad():
         out = net(x)
-        assert out["mask_logits"].shape == (3, 1, 24, 24, 24)
-        assert out["metastasis_logit"].shape == (3,)
+        assert out.mask_logits.shape == (3, 1, 24, 24, 24)
+        assert out.metastasis_logit.shape == (3,)
         mask = torch.zeros(3, 1, 24, 24, 24)
         mask[:, :, 8:16, 8:16, 8:16] = 1
         given = net(x, mask)
-    torch.testing.assert_close(given["mask_logits"], out["mask_logits"])
-    assert not torch.allclose(given["metastasis_logit"], out["metastasis_logit"])
+    torch.testing.assert_close(given.mask_logits, out.mask_logits)
+    assert not torch.allclose(given.metastasis_logit, out.metastasis_logit)
 
 
 def test_loss_trains_only_the_heads_it_has_labels_for():
     torch.manual_seed(0)
-    net = MultiTaskNodeNet(channels=(4, 8)).train()
+    net = MultiTaskNodeNet(NetworkConfig(channels=(4, 8))).train()
     loss_fn = MultiTaskLoss()
     x = torch.randn(2, 2, 16, 16, 16)
     mask = (torch.rand(2, 1, 16, 16, 16) > 0.7).float()
@@ -100,15 +107,15 @@ def test_loss_trains_only_the_heads_it_has_labels_for():
 def test_batched_equals_one_by_one():
     """Instance norm keeps every sample independent of its batch mates."""
     torch.manual_seed(1)
-    net = MultiTaskNodeNet(channels=(4, 8, 16)).eval()
+    net = MultiTaskNodeNet(NetworkConfig(channels=(4, 8, 16))).eval()
     x = torch.randn(4, 2, 16, 16, 16)
     with torch.no_grad():
         batched = net(x)
         single = [net(x[i : i + 1]) for i in range(4)]
-    torch.testing.assert_close(batched["mask_logits"], torch.cat([s["mask_logits"] for s in single]),
+    torch.testing.assert_close(batched.mask_logits, torch.cat([s.mask_logits for s in single]),
                                rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(batched["metastasis_logit"],
-                               torch.cat([s["metastasis_logit"] for s in single]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.metastasis_logit,
+                               torch.cat([s.metastasis_logit for s in single]), rtol=1e-4, atol=1e-5)
 
 
 def test_node_descriptors_measure_an_ellipsoid():
@@ -166,3 +173,105 @@ def test_node_descriptors_see_necrosis_and_a_fatty_hilum():
     assert float(without_wedge.sum()) < float(mask.sum())
     hilum_excluded = node_descriptors(without_wedge, hilum_image, 1.0)[0]
     assert float(hilum_excluded[col["ellipsoid_mismatch"]]) > float(plain[col["ellipsoid_mismatch"]]) + 0.02
+
+
+# --- the typed network config -----------------------------------------------------------------------
+BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "phantom-demo"
+
+
+def _one_line_error(network: dict) -> str:
+    with pytest.raises(NetworkConfigError) as err:
+        NetworkConfig.from_dict(network)
+    message = str(err.value)
+    assert "\n" not in message and isinstance(err.value, ModelError)
+    return message
+
+
+@pytest.mark.parametrize("network, key, allowed", [
+    ({"encoder": "unet"}, "network.encoder", "'resunet', 'dense_attention'"),
+    ({"head": "global_pool"}, "network.head", "'soft_mask_pooling', 'lesion_attention'"),
+    ({"pool_region": "box"}, "network.pool_region", "'seed_ball', 'patch'"),
+    ({"fusion": "bifpn"}, "network.fusion.type", "'ma_mtln'"),
+    ({"tasks": ["segmentation", "detection"]}, "network.tasks", "'segmentation', 'classification'"),
+    ({"norm": "group"}, "network.norm", "'instance', 'batch'"),
+])
+def test_an_unknown_component_name_is_one_line_naming_the_key_and_the_choices(network, key, allowed):
+    message = _one_line_error(network)
+    assert message.startswith(key + ":") and allowed in message
+
+
+@pytest.mark.parametrize("network, key", [
+    ({"dropout": 1.5}, "network.dropout"),
+    ({"channels": [8, 0]}, "network.channels"),
+    ({"channels": []}, "network.channels"),
+    ({"stations": -1}, "network.stations"),
+    ({"pool_sigma_mm": 0}, "network.pool_sigma_mm"),
+    ({"hu_window": [350, -250]}, "network.hu_window"),
+    ({"routing_gate": {"shared_experts": 0}}, "network.routing_gate.shared_experts"),
+    ({"routing_gate": {"experts": 2}}, "network.routing_gate.experts"),
+    ({"deep_supervision": "yes"}, "network.deep_supervision"),
+    ({"head_hidden": 64.5}, "network.head_hidden"),
+    ({"stations": True}, "network.stations"),
+    ({"chanels": [4, 8]}, "network.chanels"),
+])
+def test_a_bad_value_is_one_line_naming_the_key(network, key):
+    assert _one_line_error(network).startswith(key + ":")
+
+
+def test_an_unknown_key_lists_the_known_ones():
+    message = _one_line_error({"chanels": [4, 8]})
+    assert "'channels'" in message and "'routing_gate'" in message
+
+
+def test_a_model_folder_with_a_bad_network_config_fails_to_load_with_that_line(tmp_path):
+    config = ModelConfig("m", network={"channels": [4, 8]})
+    save_model(tmp_path, config, config.build_network(), "# m\n")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["network"]["encoder"] = "unet"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ModelError, match=r"^network\.encoder: 'unet' is not one of 'resunet', 'dense_attention'$"):
+        load_model(tmp_path)
+
+
+def test_the_bundled_network_dict_round_trips_unchanged():
+    network = json.loads((BUNDLED / "config.json").read_text())["network"]
+    config = NetworkConfig.from_dict(network)
+    assert config.channels == tuple(network["channels"]) and config.head_refine_hidden == network["head_refine_hidden"]
+    assert config.to_dict() == network
+    assert NetworkConfig().to_dict() == {} and not NetworkConfig().named_components()
+
+
+@pytest.mark.parametrize("network", [
+    {"tasks": ["classification"], "pool_region": "patch", "seed_ball_radius_mm": 4},
+    {"fusion": {"type": "ma_mtln", "fusion_scale": 0, "dilations": [1, 2]}, "deep_supervision": True},
+    {"routing_gate": {"shared_experts": 3, "task_experts": 2}, "aux_short_axis": True, "stations": 4},
+    {"encoder": "dense_attention", "dense_layers": 3, "mixed_head": True, "norm": "batch"},
+    {"head": "lesion_attention", "lesion_map_scale": 2, "hu_window": [-200, 300], "patch_spacing_mm": 1.5},
+])
+def test_network_config_round_trips_through_its_dict(network):
+    config = NetworkConfig.from_dict({"channels": [4, 8, 16], **network})
+    written = config.to_dict()
+    assert json.loads(json.dumps(written)) == written  # plain JSON
+    assert NetworkConfig.from_dict(written) == config
+    assert written["channels"] == [4, 8, 16]
+
+
+def test_flags_and_names_read_as_the_dicts_they_stand_for():
+    assert NetworkConfig.from_dict({"routing_gate": True}) == NetworkConfig.from_dict(
+        {"routing_gate": {"shared_experts": 2, "task_experts": 1}})
+    assert NetworkConfig.from_dict({"fusion": "ma_mtln"}) == NetworkConfig.from_dict({"fusion": {"type": "ma_mtln"}})
+    for off in (None, False, {}):
+        assert NetworkConfig.from_dict({"fusion": off, "routing_gate": off}) == NetworkConfig()
+    # task order does not matter: one canonical order, so the loss's task weights line up
+    assert NetworkConfig.from_dict({"tasks": ["classification", "segmentation"]}) == NetworkConfig()
+
+
+def test_default_and_bundled_configs_build_the_base_networks_weights():
+    """The weights the bundled model was saved with are those of the base network: the bundled
+    config builds exactly their keys and shapes, the default config the same keys (no refine MLP)."""
+    with safe_open(str(BUNDLED / "model.safetensors"), "pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    bundled = ModelConfig.from_dict(json.loads((BUNDLED / "config.json").read_text())).build_network()
+    assert {k: tuple(v.shape) for k, v in bundled.state_dict().items()} == saved
+    default = MultiTaskNodeNet(NetworkConfig())
+    assert sorted(default.state_dict()) == sorted(k for k in saved if not k.startswith("head.refine."))

@@ -128,4 +128,4 @@ def test_a_refined_model_saves_and_loads_with_its_refine_mlp(tmp_path):
     assert loaded.network.head.refine is not None
     patch = torch.randn(2, 2, 16, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.network(patch)["metastasis_logit"], net(patch)["metastasis_logit"])
+        torch.testing.assert_close(loaded.network(patch).metastasis_logit, net(patch).metastasis_logit)

@@ -216,8 +216,8 @@ def test_soft_labels_refit_a_refine_mlp_that_the_saved_model_rebuilds(manifest, 
     val = NodePatchDataset(trainer.val_set.cache, trainer.pre, augment=False)
     x = trainer._inputs(next(iter(trainer._loader(val, shuffle=False))), train=False)
     with torch.no_grad():
-        torch.testing.assert_close(saved.network(x)["metastasis_logit"],
-                                   trainer.network.eval()(x)["metastasis_logit"])
+        torch.testing.assert_close(saved.network(x).metastasis_logit,
+                                   trainer.network.eval()(x).metastasis_logit)
     # fine-tuning from the refined model starts from its deep + wide head; its own refit refits
     again = Trainer(TrainConfig(**{**TINY, "epochs": 0, "init_from": str(tmp_path / "m")}), tmp_path / "again",
                     log=lambda *_: None)

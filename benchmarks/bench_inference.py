@@ -105,7 +105,7 @@ def sliding_window(engine, case, overlap, precision):
             x = torch.cat([window_hu(volume, pre), torch.zeros_like(volume)], dim=1)
             roi = (pre.patch_size,) * 3
             sliding_window_inference(x, roi, engine.batch_size,
-                                     lambda t: engine.network(t)["mask_logits"], overlap=overlap)
+                                     lambda t: engine.network(t).mask_logits, overlap=overlap)
 
     return run
 

@@ -139,7 +139,7 @@ class NodeEngine:
             given = None if mask_patches is None else mask_patches.to(self.device)
             slice_mm = torch.full((x.shape[0],), case.geometry.coarsest_spacing_mm, device=self.device)
             out = self.network(x, given, slice_mm=slice_mm)
-            return torch.sigmoid(out["mask_logits"][:, 0]).float().cpu(), out["metastasis_logit"].float().cpu()
+            return torch.sigmoid(out.mask_logits[:, 0]).float().cpu(), out.metastasis_logit.float().cpu()
 
     def clear_volume_cache(self) -> None:
         """Forget the device copy of the CT (call after editing the CT array in place)."""

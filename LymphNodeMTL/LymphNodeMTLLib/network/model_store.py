@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..core.errors import ModelError
 from ..preprocessing.network_input import PreprocessingConfig
 from .node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
+from .network_config import NetworkConfig
 from .node_network import MultiTaskNodeNet
 
 FORMAT = "LymphNodeMTL-model/1"
@@ -77,17 +78,15 @@ class ModelConfig:
             training=dict(d.get("training", {})),
         )
 
-    def build_network(self) -> MultiTaskNodeNet:
-        """The base MultiTaskNodeNet, or a ComponentNodeNet when the network dict names components
-        (network_variants.py)."""
-        from .network_variants import build_network
+    def network_config(self) -> NetworkConfig:
+        """The "network" dict, typed and checked; patch spacing and HU window from the preprocessing
+        unless the dict gives them."""
+        return NetworkConfig.from_dict(self.network, patch_spacing_mm=self.preprocessing.patch_spacing_mm,
+                                       hu_window=tuple(self.preprocessing.hu_window))
 
-        net = dict(self.network)
-        net.setdefault("patch_spacing_mm", self.preprocessing.patch_spacing_mm)
-        net.setdefault("hu_window", tuple(self.preprocessing.hu_window))
-        if "channels" in net:
-            net["channels"] = tuple(net["channels"])
-        return build_network(net)
+    def build_network(self) -> MultiTaskNodeNet:
+        """The network this config describes (fresh weights)."""
+        return MultiTaskNodeNet(self.network_config())
 
 
 @dataclass

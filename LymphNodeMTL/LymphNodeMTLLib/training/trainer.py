@@ -25,11 +25,11 @@ from ..core.device import resolve_device
 from ..core.errors import InputError
 from ..io.training_manifest import read_manifest
 from ..network.model_store import ModelConfig, load_model, save_model
-from ..network.network_variants import build_loss, shared_parameters
-from ..preprocessing.network_input import PreprocessingConfig, guidance_channel, window_hu
+from ..preprocessing.network_input import PreprocessingConfig, network_input
 from . import distributed
 from .descriptor_refit import collect_head_inputs, cross_fitted_logits, refit_descriptor_path, refittable
 from .gradient_balancer import GradientBalancer
+from .losses.multitask_loss import build_loss
 from .losses.self_distillation import DistillationConfig, teacher_logits
 from .mixed_precision import autocast_dtype
 from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache
@@ -183,12 +183,13 @@ class Trainer:
                                            pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def _inputs(self, batch, train: bool):
-        image = window_hu(batch["image"].to(self.device), self.pre)
-        guide = guidance_channel(self.pre, self.device).expand_as(image).clone()
+        """The network input as inference builds it; while training, a share of the nodes lose
+        their seed guidance (guidance_dropout), so the network also segments without it."""
+        x = network_input(batch["image"].to(self.device), self.pre)
         if train and self.config.guidance_dropout > 0:
-            drop = torch.rand(image.shape[0], device=self.device) < self.config.guidance_dropout
-            guide[drop] = 0.0
-        return torch.cat([image, guide], dim=1)
+            drop = torch.rand(x.shape[0], device=self.device) < self.config.guidance_dropout
+            x[drop, 1:] = 0.0
+        return x
 
     # --- steps --------------------------------------------------------------------------------
     def _targets(self, batch):
@@ -202,7 +203,7 @@ class Trainer:
                                    slice_mm=batch["slice_mm"].to(self.device), **self._extras(batch))
         self.optimizer.zero_grad(set_to_none=True)
         if self.balancer is not None:
-            self.balancer.backward([self.scaler.scale(t) for t in losses["terms"]], shared_parameters(self.network))
+            self.balancer.backward([self.scaler.scale(t) for t in losses["terms"]], self.network.shared_parameters())
         else:
             self.scaler.scale(losses["total"]).backward()
         self.scaler.step(self.optimizer)
@@ -229,9 +230,9 @@ class Trainer:
             losses = self.module(x, mask, has_mask, label, has_label, slice_mm=batch["slice_mm"].to(self.device))
             out = losses["outputs"]
             totals.append(float(losses["seg"] + losses["cls"]) * x.shape[0])
-            logits.append(out["metastasis_logit"].float().cpu())
+            logits.append(out.metastasis_logit.float().cpu())
             labels.append(batch["label"])
-            pred = (out["mask_logits"] > 0).float()
+            pred = (out.mask_logits > 0).float()
             inter = (pred * mask).flatten(1).sum(1)
             denom = pred.flatten(1).sum(1) + mask.flatten(1).sum(1)
             dice = (2 * inter / denom.clamp_min(1))[has_mask]

@@ -15,11 +15,9 @@ from monai.networks.blocks import ChannelSELayer, Convolution
 from monai.networks.blocks.denseblock import ConvDenseBlock
 from torch import nn
 
+from ..norm_layer import monai_norm
+
 ACT = ("leakyrelu", {"negative_slope": 0.01})
-
-
-def _norm(norm: str):
-    return (norm, {"affine": True}) if norm == "instance" else norm
 
 
 class DenseAttentionBlock(nn.Module):
@@ -37,10 +35,10 @@ class DenseAttentionBlock(nn.Module):
         super().__init__()
         growth = int(growth or max(2, out_channels // 2))
         self.entry = Convolution(3, in_channels, out_channels, strides=stride, kernel_size=3,
-                                 norm=_norm(norm), act=ACT)
-        self.dense = ConvDenseBlock(3, out_channels, [growth] * int(layers), norm=_norm(norm), act=ACT)
+                                 norm=monai_norm(norm), act=ACT)
+        self.dense = ConvDenseBlock(3, out_channels, [growth] * int(layers), norm=monai_norm(norm), act=ACT)
         self.transition = Convolution(3, out_channels + growth * int(layers), out_channels, kernel_size=1,
-                                      norm=_norm(norm), act=None)
+                                      norm=monai_norm(norm), act=None)
         self.excitation = ChannelSELayer(3, out_channels, r=max(1, min(2, out_channels)),
                                          acti_type_1=("relu", {"inplace": False}))
         self.act = nn.LeakyReLU(0.01)

@@ -18,9 +18,7 @@ import torch
 from monai.networks.blocks.dynunet_block import UnetResBlock
 from torch import nn
 
-
-def _norm(norm: str):
-    return (norm, {"affine": True}) if norm == "instance" else norm
+from ..norm_layer import monai_norm
 
 
 class RoutingGate(nn.Module):
@@ -40,7 +38,7 @@ class RoutingGate(nn.Module):
         self.tasks = tuple(tasks)
 
         def expert():
-            return UnetResBlock(3, channels, channels, kernel_size=int(expert_kernel), stride=1, norm_name=_norm(norm))
+            return UnetResBlock(3, channels, channels, kernel_size=int(expert_kernel), stride=1, norm_name=monai_norm(norm))
 
         self.shared_experts = nn.ModuleList(expert() for _ in range(int(shared_experts)))
         self.task_experts = nn.ModuleDict(

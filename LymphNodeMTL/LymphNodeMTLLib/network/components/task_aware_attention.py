@@ -19,9 +19,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.blocks.dynunet_block import UnetUpBlock
 from torch import nn
 
-
-def _norm(norm: str):
-    return (norm, {"affine": True}) if norm == "instance" else norm
+from ..norm_layer import monai_norm
 
 
 class FeatureGate(nn.Module):
@@ -38,7 +36,7 @@ class FeatureGate(nn.Module):
                  norm: str = "instance"):
         super().__init__()
         inter = int(inter_channels or max(1, channels // 2))
-        self.mix = Convolution(3, guide_channels + channels, inter, kernel_size=1, norm=_norm(norm),
+        self.mix = Convolution(3, guide_channels + channels, inter, kernel_size=1, norm=monai_norm(norm),
                                act=("leakyrelu", {"negative_slope": 0.01}))
         self.psi = Convolution(3, inter, 1, kernel_size=1, conv_only=True)
 
@@ -89,7 +87,7 @@ class ClassificationAwarePath(nn.Module):
         super().__init__()
         channels = [int(c) for c in channels]
         self.down = nn.ModuleList(
-            Convolution(3, channels[level - 1], channels[level], strides=2, kernel_size=3, norm=_norm(norm),
+            Convolution(3, channels[level - 1], channels[level], strides=2, kernel_size=3, norm=monai_norm(norm),
                         act=("leakyrelu", {"negative_slope": 0.01}))
             for level in range(1, len(channels))
         )

@@ -16,9 +16,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-
-def _norm(norm: str):
-    return (norm, {"affine": True}) if norm == "instance" else norm
+from ..norm_layer import monai_norm
 
 
 class VisualAttentionBlock(nn.Module):
@@ -35,7 +33,7 @@ class VisualAttentionBlock(nn.Module):
             for d in dilations
         )
         self.mix = Convolution(3, channels * len(self.branches), channels, kernel_size=1,
-                               norm=_norm(norm), act=("leakyrelu", {"negative_slope": 0.01}))
+                               norm=monai_norm(norm), act=("leakyrelu", {"negative_slope": 0.01}))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gated = [torch.sigmoid(branch(x)) * x for branch in self.branches]
@@ -53,7 +51,7 @@ class AdaptiveSpatialAttention(nn.Module):
         super().__init__()
         hidden = hidden or max(1, channels // 2)
         self.attention = nn.Sequential(
-            Convolution(3, channels, hidden, kernel_size=3, norm=_norm(norm),
+            Convolution(3, channels, hidden, kernel_size=3, norm=monai_norm(norm),
                         act=("leakyrelu", {"negative_slope": 0.01})),
             Convolution(3, hidden, 1, kernel_size=1, conv_only=True),
             nn.Sigmoid(),

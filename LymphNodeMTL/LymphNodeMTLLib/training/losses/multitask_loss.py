@@ -5,6 +5,8 @@ nodes without a label only the mask head.
 Optional components (all off in MultiTaskLoss()): MA-MTLN's Jaccard + focal segmentation loss and
 deep supervision, the SD-MdaNet mixed head's regression term and multi-teacher distillation, the
 MT-IDS auxiliary tasks (short axis, station), LA-Net's lesion-map loss and two-stage pseudo-masks.
+`build_loss` makes the loss for a network and the training config's loss options. The loss reads
+the network's NetworkOutput; the parts a network does not have are None there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from ...network.components.auxiliary_heads import short_axis_loss, station_loss
 from ...network.components.deep_supervision import DEEP_SUPERVISION_WEIGHTS, deep_supervision_loss
 from ...network.components.mixed_head import MixedLoss
+from ...network.node_network import NetworkOutput
 from ..pseudo_masks import PseudoMaskConfig, pseudo_mask_targets
 from .segmentation_losses import build_segmentation_loss, weighted_mean
 from .uncertainty_weighting import UncertaintyWeighting
@@ -29,10 +32,10 @@ class MultiTaskLoss(nn.Module):
         seg_weight_ce: weight of the cross-entropy term inside DiceCE.
         segmentation: "dice_ce" (default) or "jaccard_focal" (MA-MTLN).
         tasks: the network's main tasks (a single-task network has one).
-        short_axis: add the auxiliary short-axis regression task (output "short_axis").
-        stations: add the auxiliary station task (output "station_logits").
+        short_axis: add the auxiliary short-axis regression task (NetworkOutput.short_axis).
+        stations: add the auxiliary station task (NetworkOutput.station_logits).
         mixed_lambda: weight of the mixed head's regression term (used when the network outputs
-            "metastasis_value").
+            a metastasis_value).
         deep_supervision_weights: weights of auxiliary and final mask outputs (MA-MTLN 0.8/0.9/1.0).
         lesion_map_weight: weight of the LA-Net lesion-map BCE inside the mask task.
         pseudo_masks: LA-Net two-stage pseudo-mask settings, or None.
@@ -73,9 +76,9 @@ class MultiTaskLoss(nn.Module):
             object.__setattr__(self, "_per_sample", build_segmentation_loss(self.segmentation, self.seg_weight_ce))
         return self._per_sample.per_sample
 
-    def _segmentation(self, out, mask, has_mask, zero, pseudo: bool) -> torch.Tensor:
-        aux = out.get("aux_mask_logits")
-        logits = out["mask_logits"]
+    def _segmentation(self, out: NetworkOutput, mask, has_mask, zero, pseudo: bool) -> torch.Tensor:
+        aux = out.deep_supervision
+        logits = out.mask_logits
         if pseudo and not bool(has_mask.all()):
             targets, weights = pseudo_mask_targets(logits, mask, has_mask, self.pseudo_masks.threshold,
                                                    self.pseudo_masks.weight)
@@ -109,12 +112,12 @@ class MultiTaskLoss(nn.Module):
         per_sample = F.binary_cross_entropy_with_logits(map_logits.float(), target, reduction="none").flatten(1).mean(1)
         return weighted_mean(per_sample, weights)
 
-    def forward(self, out: dict, mask: torch.Tensor, has_mask: torch.Tensor,
+    def forward(self, out: NetworkOutput, mask: torch.Tensor, has_mask: torch.Tensor,
                 label: torch.Tensor, has_label: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None, station: torch.Tensor | None = None) -> dict:
         """mask (B,1,D,H,W) float; has_mask (B,) bool; label (B,) float; has_label (B,) bool;
         teacher_logits (T, B) for distillation; station (B,) long, -1 unknown."""
-        zero = out["metastasis_logit"].sum() * 0.0
+        zero = out.metastasis_logit.sum() * 0.0
         # the schedule shapes training only; validation losses always cover every task
         stage1 = self.training and self.pseudo_masks is not None and self.pseudo_masks.in_stage1(self.epoch)
         pseudo = self.training and self.pseudo_masks is not None and not stage1
@@ -122,39 +125,62 @@ class MultiTaskLoss(nn.Module):
         seg = zero
         if "segmentation" in self.tasks:
             seg = self._segmentation(out, mask, has_mask, zero, pseudo)
-            if "lesion_map_logits" in out:
-                seg = seg + self.lesion_map_weight * self._lesion_map(out["lesion_map_logits"], mask, has_mask,
-                                                                      zero, pseudo)
+            if out.lesion_map is not None:
+                seg = seg + self.lesion_map_weight * self._lesion_map(out.lesion_map, mask, has_mask, zero, pseudo)
             losses.append(seg)
         cls = zero
         if "classification" in self.tasks:
             train_head = not stage1 or self.pseudo_masks.classify_in_stage1
             if not train_head:
                 cls = zero
-            elif "metastasis_value" in out:
-                cls = self.mixed(out["metastasis_logit"], out["metastasis_value"], label, has_label, mask, has_mask)
+            elif out.metastasis_value is not None:
+                cls = self.mixed(out.metastasis_logit, out.metastasis_value, label, has_label, mask, has_mask)
             elif bool(has_label.any()):
                 idx = has_label.nonzero().flatten()
-                cls = F.binary_cross_entropy_with_logits(out["metastasis_logit"][idx], label[idx])
-            if "lesion_map_logits" in out and "segmentation" not in self.tasks:
-                cls = cls + self.lesion_map_weight * self._lesion_map(out["lesion_map_logits"], mask, has_mask,
-                                                                      zero, pseudo)
+                cls = F.binary_cross_entropy_with_logits(out.metastasis_logit[idx], label[idx])
+            if out.lesion_map is not None and "segmentation" not in self.tasks:
+                cls = cls + self.lesion_map_weight * self._lesion_map(out.lesion_map, mask, has_mask, zero, pseudo)
             losses.append(cls)
         if self.short_axis:
-            sa = short_axis_loss(out["short_axis"], mask, has_mask, self.spacing_mm)
+            sa = short_axis_loss(out.short_axis, mask, has_mask, self.spacing_mm)
             result["short_axis"] = sa.detach()
             losses.append(sa)
         if self.stations:
-            st = station_loss(out["station_logits"], station)
+            st = station_loss(out.station_logits, station)
             result["station"] = st.detach()
             losses.append(st)
         total = self.balance(losses)
         terms = self.balance.terms(losses)
         if self.distillation is not None and teacher_logits is not None and self.training:
-            distill = self.distillation(out["metastasis_logit"], teacher_logits)
+            distill = self.distillation(out.metastasis_logit, teacher_logits)
             total = total + distill
             k = self.tasks.index("classification") if "classification" in self.tasks else 0
             terms[k] = terms[k] + distill
             result["distill"] = distill.detach()
         result.update(total=total, seg=seg.detach(), cls=cls.detach(), terms=terms)
         return result
+
+
+def build_loss(network, loss: dict | None = None, pseudo_masks: dict | None = None,
+               distillation: nn.Module | None = None, spacing_mm: float = 1.0) -> MultiTaskLoss | None:
+    """The multi-task loss for `network` (a MultiTaskNodeNet: its tasks and auxiliary heads) and the
+    training config's loss options; None when nothing differs from the default MultiTaskLoss() (so
+    default training is unchanged)."""
+    loss = dict(loss or {})
+    config = network.config
+    if not config.named_components() and not loss and not pseudo_masks and distillation is None:
+        return None
+    return MultiTaskLoss(
+        seg_weight_ce=float(loss.pop("seg_weight_ce", 1.0)),
+        segmentation=loss.pop("segmentation", "dice_ce"),
+        tasks=config.tasks,
+        short_axis=config.aux_short_axis,
+        stations=bool(config.stations),
+        mixed_lambda=float(loss.pop("mixed_lambda", 0.1)),
+        deep_supervision_weights=tuple(loss.pop("deep_supervision_weights", DEEP_SUPERVISION_WEIGHTS)),
+        lesion_map_weight=float(loss.pop("lesion_map_weight", 1.0)),
+        pseudo_masks=PseudoMaskConfig.from_dict(pseudo_masks),
+        distillation=distillation,
+        spacing_mm=spacing_mm,
+        unknown=loss,
+    )

@@ -102,6 +102,6 @@ def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 1
             images = cache.images[start:start + batch_size][crop].float().to(device)
             x = network_input(images, tp)
             slice_mm = slices[start:start + batch_size].to(device)
-            out.append(net(x, slice_mm=slice_mm)["metastasis_logit"].float().cpu() / loaded.config.temperature)
+            out.append(net(x, slice_mm=slice_mm).metastasis_logit.float().cpu() / loaded.config.temperature)
         rows.append(torch.cat(out))
     return torch.stack(rows)
