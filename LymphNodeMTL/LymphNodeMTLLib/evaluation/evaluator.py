@@ -8,7 +8,7 @@ calibration error, the short-axis >= 10 mm rule on predicted and on true masks, 
 are also given per slice-thickness stratum of the source CT: thick slices hide the small signs
 (a necrotic core, a fatty hilum) by partial volume, so a pooled AUC alone would not tell a hospital
 how the model does on its own protocol. Likewise per size stratum (true short axis) and per contact
-stratum: the share of the node's outer surface that touches tissue of similar attenuation (an organ,
+stratum: the share of the node's surroundings (a band 1.5-3 mm out) that is tissue of similar attenuation (an organ,
 muscle, bowel, an unenhanced vessel, another node), where no fat margin shows the node's edge.
 A manifest without labels (real lesions with masks only) is scored for its masks: Dice, HD95 and
 the count of empty masks; AUC and calibration need labels and are left out.
@@ -43,6 +43,7 @@ SLICE_STRATA_MM = (1.5, 3.0)
 SIZE_STRATA_MM = (10.0, 20.0, 30.0)
 CONTACT_STRATA = (0.1, 0.3)
 SIMILAR_ATTENUATION_HU = (0.0, 150.0)  # soft tissue and enhancing organs, not fat, not bone
+CONTACT_BAND_MM = (1.5, 3.0)  # where around the node the contact is read
 
 
 @dataclass
@@ -198,19 +199,21 @@ def _summarise_by(scores, attribute: str, name_of, threshold: float, n_boot: int
 
 
 def contact_fraction(truth: np.ndarray, image: np.ndarray, spacing_kji) -> float:
-    """Share of the voxels just outside the node (its 6-connected outer shell) whose CT, lightly
-    smoothed against noise, reads as tissue of similar attenuation (SIMILAR_ATTENUATION_HU)."""
+    """Share of the band 1.5-3 mm outside the node whose CT, lightly smoothed against noise, reads
+    as tissue of similar attenuation (SIMILAR_ATTENUATION_HU). The band starts beyond the node's
+    own blurred edge, which would otherwise read as soft tissue around a node in pure fat."""
+    spacing_kji = np.asarray(spacing_kji, dtype=float)
     idx = np.argwhere(truth)
-    lo = np.maximum(idx.min(0) - 3, 0)
-    hi = np.minimum(idx.max(0) + 4, truth.shape)
+    pad = np.ceil(CONTACT_BAND_MM[1] / spacing_kji).astype(int) + 1
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + 1 + pad, truth.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    node = truth[box]
-    shell = ndimage.binary_dilation(node) & ~node
-    if not shell.any():
+    distance = ndimage.distance_transform_edt(~truth[box], sampling=spacing_kji)
+    band = (distance > CONTACT_BAND_MM[0]) & (distance <= CONTACT_BAND_MM[1])
+    if not band.any():
         return float("nan")
-    sigma = 0.7 / np.asarray(spacing_kji, dtype=float)
-    smooth = ndimage.gaussian_filter(np.asarray(image[box], dtype=np.float32), sigma, truncate=3.0)
-    values = smooth[shell]
+    smooth = ndimage.gaussian_filter(np.asarray(image[box], dtype=np.float32), 0.7 / spacing_kji, truncate=3.0)
+    values = smooth[band]
     low, high = SIMILAR_ATTENUATION_HU
     return float(((values >= low) & (values <= high)).mean())
 

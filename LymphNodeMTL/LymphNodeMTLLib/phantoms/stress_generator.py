@@ -11,7 +11,8 @@ latent features, P and the label) and builds everything the image shows another 
   waves), an off-centre necrotic core, a fatty hilum as a notch (a ball cut out at the surface);
 - surroundings: a torso of rounded boxes (organs, muscle sheets) and sinusoidal vessels in fat
   of -110 to -60 HU, with nodes against the boxes, touching each other, or free in fat;
-- scanner: noise whose SD grows with attenuation (photon statistics) and low-frequency banding
+- scanner: noise whose SD grows toward the body's centre and with attenuation (photon
+  statistics: the training worlds' noise is the same everywhere), low-frequency banding
   along the slice axis, a slice profile that averages fine sub-slices (not per-node sub-samples),
   in-plane spacing 0.5-0.9 mm, slices of 1-5 mm from a list of routine protocols, and flipped or
   permuted grids (SimpleITK's own Flip and PermuteAxes keep the physical positions).
@@ -32,13 +33,14 @@ from .node_renderer import NodeAppearance, SmoothField, random_rotation
 SLICE_PROTOCOLS_MM = (1.0, 1.25, 2.0, 2.5, 3.0, 5.0)
 SUB_SLICE_MM = 1.0  # slice profile: fine sub-slices at most this far apart, averaged per slice
 FAT, BOX, VESSEL, NODE = 1, 2, 3, 4
+CENTRE_NOISE_GAIN = 2.5
 
 
-def generate_stress_case(rng: np.random.Generator, n_nodes: int, background=None) -> PhantomCase:
+def generate_stress_case(rng: np.random.Generator, n_nodes: int, background=None, reorient: bool = True) -> PhantomCase:
     """One stress case with up to `n_nodes` nodes (a node that finds no room is left out).
 
     `background` is accepted for the dataset writer's interface and must be None: the stress world
-    builds its own surroundings.
+    builds its own surroundings. reorient=False keeps the axial grid (no flip, no permutation).
     """
     if background is not None:
         raise ValueError("the stress generator builds its own surroundings; pass no background")
@@ -69,8 +71,9 @@ def generate_stress_case(rng: np.random.Generator, n_nodes: int, background=None
     image.SetOrigin(tuple(float(v) for v in origin_lps + shift))
     labels_image = sitk.GetImageFromArray(label_map)
     labels_image.CopyInformation(image)
-    reorient = _reorientation(rng)
-    image, labels_image = reorient(image), reorient(labels_image)
+    change = _reorientation(rng)
+    if reorient:
+        image, labels_image = change(image), change(labels_image)
     geometry = VolumeGeometry.from_sitk(image)
     probabilities = [f.probability for _, _, f, _ in placed]
     labels = sample_labels(rng, probabilities)
@@ -201,8 +204,11 @@ def _scanner(rng, hu_fine, fine_kji, n_sub):
     blurred = ndimage.gaussian_filter(hu_fine, (0.0, *(rng.uniform(0.5, 1.0) / fine_kji[1:])))
     slices = blurred.reshape(-1, n_sub, *blurred.shape[1:]).mean(axis=1)
     base = rng.uniform(6.0, 20.0)
-    # photon statistics: denser tissue, fewer photons, more noise (air outside the body stays clean)
-    sd = base * np.sqrt(np.clip((slices + 1000.0) / 1000.0, 0.0, 3.0))
+    # photon statistics: rays through the middle of the body cross the most tissue, so the noise
+    # grows toward the centre (CENTRE_NOISE_GAIN times the edge's), and denser voxels add a little
+    k, j, i = (np.linspace(-1.0, 1.0, n) for n in slices.shape)
+    radial = 1.0 - np.minimum(j[:, None] ** 2 + i[None, :] ** 2, 1.0)
+    sd = base * (1.0 + (CENTRE_NOISE_GAIN - 1.0) * radial)[None] * np.sqrt(np.clip((slices + 1000.0) / 1000.0, 0.0, 3.0))
     noise = ndimage.gaussian_filter(rng.standard_normal(slices.shape).astype(np.float32), (0.0, 0.5, 0.5))
     noise /= max(float(noise.std()), 1e-6)
     banding = rng.uniform(0.0, 8.0) * np.sin(np.arange(slices.shape[0]) * rng.uniform(0.2, 1.0))[:, None, None]
