@@ -208,3 +208,15 @@ def test_trainer_across_spacings_records_the_spacings(tmp_path, spec_case):
     with pytest.raises(ValueError):  # the network is built at the patch spacing: it must be in range
         Trainer(TrainConfig(preprocessing={"patch_spacing_mm": 1.0}, spacing_range_mm=[1.5, 3.0], device="cpu"),
                 tmp_path / "other", log=lambda *_: None)
+
+
+def test_levels_per_node_keep_the_finest_and_draw_the_rest(spec_case):
+    pre = PreprocessingConfig(patch_size=16, patch_spacing_mm=1.0)
+    cache = build_patch_cache([_nodes(spec_case)], pre, jitter_mm=2.0, spacings_mm=[1.0, 1.5, 2.0, 3.0],
+                              levels_per_node=2, seed=4)
+    by_node = {}
+    for node_id, spacing in zip(cache.node_ids, cache.spacing_mm.tolist()):
+        by_node.setdefault(node_id, []).append(spacing)
+    assert len(by_node) == len(spec_case.nodes)
+    assert all(len(v) == 2 and 1.0 in v for v in by_node.values())
+    assert len({max(v) for v in by_node.values()}) > 1 or len(by_node) < 3  # the coarser level varies

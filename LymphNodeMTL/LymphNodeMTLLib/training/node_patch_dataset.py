@@ -161,8 +161,8 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
     """Cache every node of `cases` (ManifestCase or CaseNodes items, read lazily one at a time).
 
     spacings_mm: patch spacings to cache each node at (default: the preprocessing's one spacing).
-    levels_per_node: cache each node at this many of them, drawn at random per node (default all;
-        fewer keeps the cache small when there are many levels).
+    levels_per_node: cache each node at this many of them (default all; fewer keeps the cache
+        small): always the finest, the others drawn at random per node.
     seed: fixes which levels each node gets (with the case's position in `cases`).
     """
     levels = (pre.patch_spacing_mm,) if spacings_mm is None else tuple(sorted(float(s) for s in spacings_mm))
@@ -222,11 +222,15 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
 
 
 def _levels_of_nodes(levels, count: int, per_node: int | None, seed) -> list[set]:
-    """The spacing levels each of `count` nodes is cached at: all, or `per_node` drawn at random."""
+    """The spacing levels each of `count` nodes is cached at: all, or the finest (the detail small
+    nodes are seen at) and `per_node - 1` others drawn at random."""
     if per_node is None or per_node >= len(levels):
         return [set(levels)] * count
+    if per_node < 1:
+        raise ValueError(f"levels_per_node must be at least 1, got {per_node}")
     rng = np.random.default_rng(seed)
-    return [set(np.asarray(levels)[rng.choice(len(levels), per_node, replace=False)].tolist())
+    coarser = np.asarray(levels[1:])
+    return [{levels[0], *coarser[rng.choice(len(coarser), per_node - 1, replace=False)].tolist()}
             for _ in range(count)]
 
 

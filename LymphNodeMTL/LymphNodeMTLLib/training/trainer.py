@@ -250,6 +250,14 @@ class Trainer:
         self.scaler.update()
         return {k: float(losses[k].detach()) for k in ("total", "seg", "cls")}
 
+    def _refit_cache(self) -> PatchCache:
+        """The training rows the head is refitted on: all of them, or, for a network whose
+        descriptors take no per-patch spacing, those at the spacing they assume."""
+        cache = self.train_set.cache
+        if cache.spacing_mm is None or self._spacing_inputs({"spacing_mm": torch.zeros(0)}):
+            return cache
+        return cache.subset(torch.nonzero(cache.spacing_mm == float(self.pre.patch_spacing_mm)).flatten())
+
     def _spacing_inputs(self, batch) -> dict:
         """Each patch's spacing (B,) mm, for a network whose forward takes it (patch_spacing_mm);
         one trained at a single spacing needs none."""
@@ -377,7 +385,7 @@ class Trainer:
         """Refit the head's descriptor path on the training nodes as inference reads them."""
         if self.val_set is not None:
             before = self.evaluate(self.val_set)["auc"]
-        nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
+        nodes = NodePatchDataset(self._refit_cache(), self.pre, augment=False)
         inputs = ((self._inputs(batch, train=False), batch["slice_mm"].to(self.device))
                   for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
