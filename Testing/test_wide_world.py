@@ -43,13 +43,16 @@ def _contacts(case):
 
 
 def test_contact_nodes_abut_similar_tissue_and_fat_nodes_do_not():
-    contact = [c for seed in (1, 2) for c in _contacts(_case(seed, contact_share=1.0, cluster_share=0.0, bulky_share=0.0))]
-    in_fat = [c for seed in (1, 2) for c in _contacts(_case(seed, contact_share=0.0, cluster_share=0.0, bulky_share=0.0))]
+    contact, in_fat = [], []
+    for seed in (1, 2, 3):
+        case = _case(seed, n_nodes=8, contact_share=0.5, cluster_share=0.0, bulky_share=0.0)
+        for share, info in zip(_contacts(case), case.metadata["node_placement"]):
+            (contact if info["mode"] == "contact" else in_fat).append(share)
     assert len(contact) >= 6 and len(in_fat) >= 6
     # no fat margin over part of the surface: a real share of the surroundings reads as soft tissue
-    # (a node with no room against tissue falls back to fat, hence "most")
     assert np.mean(np.array(contact) > 0.1) >= 0.75 and np.median(contact) > 0.2
-    assert max(in_fat) < 0.1
+    # placed with 2 mm of fat all round (a later node may still come to abut one)
+    assert np.median(in_fat) < 0.02 and np.mean(np.array(in_fat) < 0.1) >= 0.75
 
 
 def test_cluster_nodes_touch_with_separate_masks_and_seeds():

@@ -12,12 +12,14 @@ After training, the model folder is evaluated on (1) the model card's in-distrib
 (scripts/real_lesion_manifest.py, masks and no labels); the figures go into its model card, with
 the recipe and how long each step took.
 
-    # CPU, two cores, within two hours (fine-tuning the bundled network)
+    # CPU, two cores, within two hours (fine-tuning the bundled network): about 12 min of phantoms
+    # and cache, 65 min of training, 5 of refit and 10-15 of evaluation
     .venv/bin/python scripts/train_wide_world_model.py --out Resources/Models/phantom-demo \\
         --init-from Resources/Models/phantom-demo --workers 2
-    # one GPU, about ten minutes
+    # one GPU with 16 CPU cores, about ten minutes (phantoms and cache on the CPUs take about 3)
     .venv/bin/python scripts/train_wide_world_model.py --out Resources/Models/phantom-demo --device cuda \\
-        --workers 12 --wide 900 --wide-real 300 --spec 200 --epochs 16 --minutes 7 --levels-per-node 4
+        --init-from Resources/Models/phantom-demo --workers 15 --wide 600 --wide-real 200 --spec 150 \\
+        --epochs 12 --minutes 4.5
     # a smoke run of the whole recipe (minutes): a few cases, one epoch, tiny test sets
     .venv/bin/python scripts/train_wide_world_model.py --out work-tmp/wide-tiny --tiny
 """
@@ -196,8 +198,8 @@ def main():
     p.add_argument("--wide", type=int, default=240, help="wide-world cases with a synthetic body")
     p.add_argument("--wide-real", type=int, default=90, help="wide-world cases on real CT backgrounds")
     p.add_argument("--spec", type=int, default=60, help="cases of the spec's own world")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--minutes", type=float, default=70.0, help="training budget (the epochs stop there)")
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--minutes", type=float, default=65.0, help="training budget (the epochs stop there)")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--channels", default="12,24,48,96")

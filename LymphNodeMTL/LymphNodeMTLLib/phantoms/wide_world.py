@@ -40,6 +40,7 @@ from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry
 from ..io.volume_reader import read_volume
 from .case_generator import (
+    _CORE_DIRECTIONS,
     PhantomCase,
     PhantomNode,
     _box_of_ras_aabb,
@@ -458,6 +459,9 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
             if voxel is None:
                 return None
             centre = geometry.ijk_to_ras_points(voxel[::-1].astype(float) + rng.uniform(-0.5, 0.5, 3))[0]
+        if not _outer_points_in(geometry, fat if mode == "fat" else allowed, centre, appearance,
+                                NODE_GAP_MM if mode == "fat" else 0.0):
+            continue  # cheap early rejection; the exact tests follow
         render = node_mask(geometry, centre, appearance)
         box = render.slices()
         mask = render.mask
@@ -483,6 +487,16 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
             continue
         return centre, appearance, box, mask
     return None
+
+
+def _outer_points_in(geometry, where: np.ndarray, centre, appearance: NodeAppearance, gap_mm: float) -> bool:
+    """Whether 26 points on the node's outer bound (axes and diagonals, plus `gap_mm`) lie in `where`."""
+    semi = appearance.semi_axes_mm * (1.0 + appearance.margin_amplitude) + gap_mm
+    points = np.asarray(centre) + (_CORE_DIRECTIONS * semi) @ appearance.rotation.T
+    kji = np.round(geometry.ras_to_ijk_points(points)).astype(int)[:, ::-1]
+    if np.any(kji < 0) or np.any(kji >= where.shape):
+        return False
+    return bool(where[tuple(kji.T)].all())
 
 
 def _radius_along(appearance: NodeAppearance, direction) -> float:
