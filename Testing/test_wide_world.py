@@ -223,3 +223,13 @@ def test_levels_per_node_keep_the_finest_and_draw_the_rest(spec_case):
     assert len(by_node) == len(spec_case.nodes)
     assert all(len(v) == 2 and 1.0 in v for v in by_node.values())
     assert len({max(v) for v in by_node.values()}) > 1 or len(by_node) < 3  # the coarser level varies
+
+
+def test_trained_spacings_always_hold_the_networks_own():
+    from LymphNodeMTLLib.training.trainer import trained_spacings
+
+    pre = PreprocessingConfig(patch_spacing_mm=1.0)
+    assert trained_spacings(TrainConfig(), pre) == (1.0,)
+    assert trained_spacings(TrainConfig(spacing_range_mm=[1.0, 3.0], spacing_levels=4), pre) == (1.0, 1.44, 2.08, 3.0)
+    # log-spaced levels of [0.8, 3.2] miss 1.0 mm: it is added
+    assert 1.0 in trained_spacings(TrainConfig(spacing_range_mm=[0.8, 3.2], spacing_levels=3), pre)

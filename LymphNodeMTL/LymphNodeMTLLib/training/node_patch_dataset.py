@@ -162,13 +162,16 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
 
     spacings_mm: patch spacings to cache each node at (default: the preprocessing's one spacing).
     levels_per_node: cache each node at this many of them (default all; fewer keeps the cache
-        small): always the finest, the others drawn at random per node.
+        small): always the preprocessing's patch spacing where it is one of the spacings (else
+        the finest), the others drawn at random per node.
     seed: fixes which levels each node gets (with the case's position in `cases`).
     """
     levels = (pre.patch_spacing_mm,) if spacings_mm is None else tuple(sorted(float(s) for s in spacings_mm))
     if not levels or min(levels) <= 0:
         raise ValueError(f"patch spacings must be positive, got {list(levels)}")
     multi = spacings_mm is not None
+    # the level every node keeps: the network's own spacing where cached, else the finest
+    kept = float(pre.patch_spacing_mm) if float(pre.patch_spacing_mm) in levels else levels[0]
     margin = jitter_margin(pre, jitter_mm, min(levels))
     size = pre.patch_size + 2 * margin
     images, masks, labels, has_mask, node_ids, case_ids, soft, attributes, slices = [], [], [], [], [], [], [], [], []
@@ -182,7 +185,7 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
             continue
         volume = volume_tensor(case.image, "cpu")
         label_tensor = None if case.label_map is None else volume_tensor(case.label_map, "cpu")
-        chosen = _levels_of_nodes(levels, len(case.node_ids), levels_per_node, (seed, n))
+        chosen = _levels_of_nodes(levels, kept, len(case.node_ids), levels_per_node, (seed, n))
         for spacing in levels:
             rows = [k for k in range(len(case.node_ids)) if spacing in chosen[k]]
             if not rows:
@@ -221,16 +224,16 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
     )
 
 
-def _levels_of_nodes(levels, count: int, per_node: int | None, seed) -> list[set]:
-    """The spacing levels each of `count` nodes is cached at: all, or the finest (the detail small
-    nodes are seen at) and `per_node - 1` others drawn at random."""
+def _levels_of_nodes(levels, kept: float, count: int, per_node: int | None, seed) -> list[set]:
+    """The spacing levels each of `count` nodes is cached at: all, or `kept` (the network's own
+    spacing, the detail small nodes are seen at) and `per_node - 1` others drawn at random."""
     if per_node is None or per_node >= len(levels):
         return [set(levels)] * count
     if per_node < 1:
         raise ValueError(f"levels_per_node must be at least 1, got {per_node}")
     rng = np.random.default_rng(seed)
-    coarser = np.asarray(levels[1:])
-    return [{levels[0], *coarser[rng.choice(len(coarser), per_node - 1, replace=False)].tolist()}
+    others = np.asarray([v for v in levels if v != kept])
+    return [{kept, *others[rng.choice(len(others), per_node - 1, replace=False)].tolist()}
             for _ in range(count)]
 
 

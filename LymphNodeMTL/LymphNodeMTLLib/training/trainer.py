@@ -119,7 +119,8 @@ def trained_spacings(config: TrainConfig, pre: PreprocessingConfig) -> tuple[flo
     if not low <= pre.patch_spacing_mm <= high:
         raise ValueError(f"spacing_range_mm {[low, high]} must hold the patch spacing "
                          f"{pre.patch_spacing_mm} mm, at which the network is built")
-    return spacing_levels(low, high, config.spacing_levels)
+    # the network's own spacing is always one of them (its descriptors assume it)
+    return tuple(sorted(set(spacing_levels(low, high, config.spacing_levels)) | {float(pre.patch_spacing_mm)}))
 
 
 def _with_zoom_spacings(pre: PreprocessingConfig, spacings) -> PreprocessingConfig:
@@ -127,7 +128,8 @@ def _with_zoom_spacings(pre: PreprocessingConfig, spacings) -> PreprocessingConf
     preprocessing records them (zoom_spacings_mm)."""
     if "zoom_spacings_mm" not in {f.name for f in dataclasses.fields(pre)}:
         return pre
-    return dataclasses.replace(pre, zoom_spacings_mm=type(pre.zoom_spacings_mm)(spacings))
+    kind = list if isinstance(pre.zoom_spacings_mm, list) else tuple
+    return dataclasses.replace(pre, zoom_spacings_mm=kind(float(s) for s in spacings))
 
 
 def split_by_case(cache: PatchCache, val_fraction: float, seed: int):
