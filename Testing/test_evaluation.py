@@ -114,3 +114,68 @@ def test_evaluate_command_writes_the_report(tmp_path, capsys):
     assert sum(s["nodes"] for s in strata.values()) == report["nodes"]
     assert set(strata) == {slice_stratum(v) for v in slices.values()}
     assert "By slice thickness" in (out / "report.md").read_text()
+
+
+def test_size_and_contact_strata_by_hand():
+    from LymphNodeMTLLib.evaluation.evaluator import contact_stratum, size_stratum, summarise_by_contact, summarise_by_size
+
+    assert [size_stratum(v) for v in (5.0, 10.0, 15.0, 25.0, 45.0)] == [
+        "short axis 0-10 mm", "short axis 0-10 mm", "short axis 10-20 mm", "short axis 20-30 mm", "short axis > 30 mm"]
+    assert [contact_stratum(v) for v in (0.0, 0.1, 0.2, 0.5)] == ["contact 0-10 %", "contact 0-10 %", "contact 10-30 %",
+                                                                  "contact > 30 %"]
+    sizes = [5.0, 15.0, 5.0, 15.0, 5.0, 15.0, 5.0, 15.0]
+    contact = [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.5, 0.5]
+    dice = [0.9, 0.8, 0.2, 0.4, 0.9, 0.8, 0.0, 0.4]
+    scores = [NodeScore("c", str(i), int(y), float(p), 8.0, true_short_axis_mm=s, contact_fraction=c, dice=d,
+                        empty_mask=d == 0.0)
+              for i, (y, p, s, c, d) in enumerate(zip(LABELS, PROBS, sizes, contact, dice))]
+    by_contact = summarise_by_contact(scores, n_boot=20)
+    assert list(by_contact) == ["contact 0-10 %", "contact > 30 %"]
+    assert by_contact["contact 0-10 %"]["dice_mean"] == pytest.approx(0.85)
+    assert by_contact["contact > 30 %"]["dice_mean"] == pytest.approx(0.25)
+    assert by_contact["contact > 30 %"]["empty_masks"] == 1 and by_contact["contact 0-10 %"]["empty_masks"] == 0
+    by_size = summarise_by_size(scores, n_boot=20)
+    small = np.array(sizes) == 5.0
+    assert by_size["short axis 0-10 mm"]["auc"] == pytest.approx(roc_auc(LABELS[small], PROBS[small]))
+
+
+def test_contact_fraction_by_hand():
+    from LymphNodeMTLLib.evaluation.evaluator import contact_fraction
+
+    image = np.full((30, 30, 30), -100.0, dtype=np.float32)  # fat
+    node = np.zeros(image.shape, bool)
+    node[10:20, 10:20, 10:20] = True
+    image[node] = 45.0
+    assert contact_fraction(node, image, (1.0, 1.0, 1.0)) == 0.0  # in fat all round
+    image[:, :, 20:] = 50.0  # a soft-tissue slab against one face of six
+    share = contact_fraction(node, image, (1.0, 1.0, 1.0))
+    assert 0.1 < share < 0.35
+
+
+def test_evaluate_without_labels_reports_dice_and_empty_masks_not_auc(tmp_path):
+    import csv
+
+    from LymphNodeMTLLib.evaluation.report import markdown
+
+    manifest = write_phantom_dataset(tmp_path / "set", n_cases=1, seed=98, nodes_per_case=(3, 3),
+                                     field_of_view_mm=(80.0, 80.0, 60.0))
+    for nodes_csv in (tmp_path / "set").glob("*/nodes.csv"):  # a real-lesion-style manifest: masks, no labels
+        rows = list(csv.DictReader(open(nodes_csv)))
+        with open(nodes_csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["id", "r", "a", "s", "mask_value"], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        (nodes_csv.parent / "truth.csv").unlink()
+    out = tmp_path / "report"
+    assert main(["evaluate", "--manifest", str(manifest), "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["labelled_nodes"] == 0 and report["nodes"] == 3
+    assert "auc" not in report and "ece" not in report
+    assert 0.0 <= report["dice_mean"] <= 1.0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert all(r["label"] == "" for r in rows)
+    assert report["empty_masks"] == sum(r["empty_mask"] == "1" for r in rows)
+    text = (out / "report.md").read_text()
+    assert "not computed: the manifest has no labels" in text and "empty_masks" in text
+    assert not (out / "roc.png").exists()
+    assert markdown(report) == text

@@ -7,7 +7,11 @@ calibration error, the short-axis >= 10 mm rule on predicted and on true masks, 
 (truth.csv beside nodes.csv), the Bayes ceiling: the AUC of the true probability P. The same figures
 are also given per slice-thickness stratum of the source CT: thick slices hide the small signs
 (a necrotic core, a fatty hilum) by partial volume, so a pooled AUC alone would not tell a hospital
-how the model does on its own protocol.
+how the model does on its own protocol. Likewise per size stratum (true short axis) and per contact
+stratum: the share of the node's surroundings (a band 1.5-3 mm out) that is tissue of similar attenuation (an organ,
+muscle, bowel, an unenhanced vessel, another node), where no fat margin shows the node's edge.
+A manifest without labels (real lesions with masks only) is scored for its masks: Dice, HD95 and
+the count of empty masks; AUC and calibration need labels and are left out.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
+from scipy import ndimage
 
 from ..core.case import Case, Seed
 from ..core.classification_metrics import expected_calibration_error, roc_auc
@@ -31,6 +36,12 @@ from .node_scores import SHORT_AXIS_RULE_MM, NodeScore
 # Upper bounds (mm) of the slice-thickness strata; the last stratum is open-ended. Thin-slice CT
 # is <= 1.5 mm; 3 mm and more is the thick end of routine protocols.
 SLICE_STRATA_MM = (1.5, 3.0)
+# Upper bounds of the size strata (true short axis, mm) and of the contact strata (share of the
+# node's outer surface on similar-attenuation tissue); the last stratum of each is open-ended.
+SIZE_STRATA_MM = (10.0, 20.0, 30.0)
+CONTACT_STRATA = (0.1, 0.3)
+SIMILAR_ATTENUATION_HU = (0.0, 150.0)  # soft tissue and enhancing organs, not fat, not bone
+CONTACT_BAND_MM = (1.5, 3.0)  # where around the node the contact is read
 
 
 # --- metrics with hand-checkable definitions ------------------------------------------------------
@@ -103,11 +114,13 @@ def summarise(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 100
         true_p = np.array([s.true_probability for s in labelled])
         if not np.isnan(true_p).any():
             out["bayes_ceiling_auc"] = roc_auc(y, true_p)
+    out["empty_masks"] = int(sum(s.empty_mask for s in scores))
     dice = np.array([s.dice for s in scores if not math.isnan(s.dice)])
     if len(dice):
         hd = np.array([s.hd95_mm for s in scores if not math.isnan(s.hd95_mm)])
         out["dice_mean"] = float(dice.mean())
         out["dice_median"] = float(np.median(dice))
+        out["dice_p10"] = float(np.percentile(dice, 10))
         out["dice_ci95"] = bootstrap_ci(lambda d, _: float(np.mean(d)), dice, dice, n_boot)
         out["hd95_mm_median"] = float(np.median(hd)) if len(hd) else float("nan")
     return out
@@ -125,11 +138,65 @@ def slice_stratum(slice_mm: float) -> str:
 
 def summarise_by_slice_thickness(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 1000) -> dict:
     """summarise() within each slice-thickness stratum that holds nodes, in ascending order."""
+    return _summarise_by(scores, "slice_mm", slice_stratum, threshold, n_boot)
+
+
+def size_stratum(short_axis_mm: float) -> str:
+    """Name of the size stratum of a node whose true short axis is `short_axis_mm`."""
+    return _stratum_name(short_axis_mm, SIZE_STRATA_MM, "short axis", " mm")
+
+
+def contact_stratum(fraction: float) -> str:
+    """Name of the contact stratum of a node with this share of its surface on similar tissue."""
+    return _stratum_name(100.0 * fraction, tuple(100.0 * b for b in CONTACT_STRATA), "contact", " %")
+
+
+def summarise_by_size(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 1000) -> dict:
+    """summarise() per true short-axis stratum (nodes with a true mask), smallest first."""
+    return _summarise_by(scores, "true_short_axis_mm", size_stratum, threshold, n_boot)
+
+
+def summarise_by_contact(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 1000) -> dict:
+    """summarise() per contact stratum (nodes with a true mask), least contact first."""
+    return _summarise_by(scores, "contact_fraction", contact_stratum, threshold, n_boot)
+
+
+def _stratum_name(value: float, bounds, what: str, unit: str) -> str:
+    lower = 0.0
+    for upper in bounds:
+        if value <= upper:
+            return f"{what} {lower:g}-{upper:g}{unit}"
+        lower = upper
+    return f"{what} > {lower:g}{unit}"
+
+
+def _summarise_by(scores, attribute: str, name_of, threshold: float, n_boot: int) -> dict:
     groups: dict[str, list[NodeScore]] = {}
-    for score in sorted(scores, key=lambda s: s.slice_mm):
-        if not math.isnan(score.slice_mm):
-            groups.setdefault(slice_stratum(score.slice_mm), []).append(score)
+    for score in sorted(scores, key=lambda s: getattr(s, attribute)):
+        value = getattr(score, attribute)
+        if not math.isnan(value):
+            groups.setdefault(name_of(value), []).append(score)
     return {name: summarise(group, threshold, n_boot) for name, group in groups.items()}
+
+
+def contact_fraction(truth: np.ndarray, image: np.ndarray, spacing_kji) -> float:
+    """Share of the band 1.5-3 mm outside the node whose CT, lightly smoothed against noise, reads
+    as tissue of similar attenuation (SIMILAR_ATTENUATION_HU). The band starts beyond the node's
+    own blurred edge, which would otherwise read as soft tissue around a node in pure fat."""
+    spacing_kji = np.asarray(spacing_kji, dtype=float)
+    idx = np.argwhere(truth)
+    pad = np.ceil(CONTACT_BAND_MM[1] / spacing_kji).astype(int) + 1
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + 1 + pad, truth.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    distance = ndimage.distance_transform_edt(~truth[box], sampling=spacing_kji)
+    band = (distance > CONTACT_BAND_MM[0]) & (distance <= CONTACT_BAND_MM[1])
+    if not band.any():
+        return float("nan")
+    smooth = ndimage.gaussian_filter(np.asarray(image[box], dtype=np.float32), 0.7 / spacing_kji, truncate=3.0)
+    values = smooth[band]
+    low, high = SIMILAR_ATTENUATION_HU
+    return float(((values >= low) & (values <= high)).mean())
 
 
 # --- running a model on a manifest ----------------------------------------------------------------
@@ -158,7 +225,7 @@ def score_case(engine, manifest_case) -> list[NodeScore]:
     for node, result in zip(manifest_case.nodes, results):
         score = NodeScore(manifest_case.case_id, node.node_id, node.label, result.probability,
                           result.short_axis_mm, true_probability=truth_p.get(node.node_id, float("nan")),
-                          slice_mm=float(max(geometry.spacing)))
+                          slice_mm=float(max(geometry.spacing)), empty_mask=result.is_empty)
         if label_map is not None and node.mask_value is not None:
             truth = label_map == node.mask_value
             if truth.any():
@@ -171,6 +238,7 @@ def score_case(engine, manifest_case) -> list[NodeScore]:
                 true_node = _true_node(node.node_id, node.ras, truth)
                 measure_node(true_node, image, geometry)
                 score.true_short_axis_mm = true_node.short_axis_mm
+                score.contact_fraction = contact_fraction(truth, image, geometry.spacing[::-1])
         scores.append(score)
     return scores
 
@@ -183,7 +251,10 @@ def evaluate_manifest(engine, manifest, out_dir, progress=None, n_boot: int = 10
         if progress:
             progress("cases", n + 1, len(cases))
     summary = summarise(scores, engine.config.metastasis_threshold, n_boot)
-    summary["by_slice_thickness"] = summarise_by_slice_thickness(scores, engine.config.metastasis_threshold, n_boot)
+    threshold = engine.config.metastasis_threshold
+    summary["by_slice_thickness"] = summarise_by_slice_thickness(scores, threshold, n_boot)
+    summary["by_size"] = summarise_by_size(scores, threshold, n_boot)
+    summary["by_contact"] = summarise_by_contact(scores, threshold, n_boot)
     summary["model_id"] = engine.model_id
     summary["weights_sha256"] = engine.model.weights_sha256
     summary["manifest"] = str(manifest)

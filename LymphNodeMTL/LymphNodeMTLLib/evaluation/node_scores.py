@@ -31,19 +31,22 @@ class NodeScore:
     hd95_mm: float = float("nan")
     true_probability: float = float("nan")
     slice_mm: float = float("nan")  # the source CT's coarsest voxel spacing (its slice spacing)
+    contact_fraction: float = float("nan")  # share of the outer surface on similar-attenuation tissue
+    empty_mask: bool = False  # the model gave this node no mask voxel
     extra: dict = field(default_factory=dict)
 
 
 def write_predictions_csv(path: Path, scores: list[NodeScore]) -> None:
     columns = ["case_id", "node_id", "label", "probability", "short_axis_mm", "true_short_axis_mm",
-               "dice", "hd95_mm", "true_probability", "slice_mm"]
+               "dice", "hd95_mm", "true_probability", "slice_mm", "contact_fraction", "empty_mask"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for s in scores:
             w.writerow([s.case_id, s.node_id, "" if s.label is None else s.label, f"{s.probability:.4f}",
                         f"{s.short_axis_mm:.2f}", f"{s.true_short_axis_mm:.2f}", f"{s.dice:.4f}",
-                        f"{s.hd95_mm:.2f}", f"{s.true_probability:.4f}", f"{s.slice_mm:.2f}"])
+                        f"{s.hd95_mm:.2f}", f"{s.true_probability:.4f}", f"{s.slice_mm:.2f}",
+                        f"{s.contact_fraction:.3f}", int(s.empty_mask)])
 
 
 def summary_json(summary: dict) -> str:

@@ -88,17 +88,18 @@ def _fmt(summary: dict, key: str) -> str:
     return f"{v:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
-def _strata_table(strata: dict) -> list[str]:
-    """The headline figures per slice-thickness stratum of the source CT."""
+def _strata_table(strata: dict, title: str = "By slice thickness of the source CT") -> list[str]:
+    """The headline figures per stratum (slice thickness, size, contact)."""
     if not strata:
         return []
-    lines = ["", "By slice thickness of the source CT:", "",
-             "| stratum | nodes | AUC | Bayes ceiling | AUC of short axis | ECE | Dice mean |", "|---|---|---|---|---|---|---|"]
+    lines = ["", f"{title}:", "",
+             "| stratum | nodes | AUC | Bayes ceiling | AUC of short axis | ECE | Dice mean | Dice p10 | empty masks |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in strata.items():
         rule = s.get("short_axis_rule_predicted_mask") or {}
         cells = [_fmt(s, "auc"), _fmt(s, "bayes_ceiling_auc"),
                  "n/a" if "auc_of_short_axis" not in rule else f"{rule['auc_of_short_axis']:.3f}",
-                 _fmt(s, "ece"), _fmt(s, "dice_mean")]
+                 _fmt(s, "ece"), _fmt(s, "dice_mean"), _fmt(s, "dice_p10"), str(s.get("empty_masks", "n/a"))]
         lines.append(f"| {name} | {s['nodes']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -108,15 +109,21 @@ def markdown(summary: dict) -> str:
              f"Manifest: `{summary.get('manifest')}`; {summary['nodes']} nodes, "
              f"{summary['labelled_nodes']} labelled.", "", "| metric | value |", "|---|---|"]
     for key in ("auc", "accuracy", "sensitivity", "specificity", "ece", "dice_mean", "dice_median",
-                "hd95_mm_median", "bayes_ceiling_auc", "prevalence"):
+                "dice_p10", "hd95_mm_median", "bayes_ceiling_auc", "prevalence"):
         if key in summary:
             lines.append(f"| {key} | {_fmt(summary, key)} |")
+    if "empty_masks" in summary:
+        lines.append(f"| empty_masks | {summary['empty_masks']} of {summary['nodes']} |")
+    if not summary.get("labelled_nodes"):
+        lines.append("| auc | not computed: the manifest has no labels |")
     for key in ("short_axis_rule_predicted_mask", "short_axis_rule_true_mask"):
         rule = summary.get(key)
         if rule:
             lines.append(f"| {key} | sens {rule['sensitivity']:.3f}, spec {rule['specificity']:.3f}, "
                          f"acc {rule['accuracy']:.3f}, AUC of short axis {rule['auc_of_short_axis']:.3f} |")
     lines += _strata_table(summary.get("by_slice_thickness") or {})
+    lines += _strata_table(summary.get("by_size") or {}, "By size (true short axis)")
+    lines += _strata_table(summary.get("by_contact") or {}, "By contact with similar-attenuation tissue (share of the node's outer surface)")
     lines += ["", "![ROC](roc.png) ![calibration](calibration.png) ![Dice](dice.png)", ""]
     return "\n".join(lines)
 

@@ -48,6 +48,7 @@ def write_phantom_dataset(
     seed: int,
     background=None,
     nodes_per_case: tuple[int, int] = (6, 12),
+    generator=generate_phantom_case,
     **case_options,
 ) -> Path:
     """Generate `n_cases` phantom cases into `out_dir` and return the manifest's path.
@@ -60,7 +61,10 @@ def write_phantom_dataset(
         background: None (synthetic bodies), one real CT (path or (image, geometry) pair), or a
             list of them used in turn.
         nodes_per_case: inclusive range of nodes per case.
-        case_options: passed to generate_phantom_case (spacing, direction, chest,
+        generator: the case generator, called as generator(rng, n_nodes, background=...,
+            **case_options): generate_phantom_case (the spec's world), wide_world.generate_wide_case
+            or stress_generator.generate_stress_case.
+        case_options: passed to the generator (generate_phantom_case: spacing, direction, chest,
             field_of_view_mm).
     """
     out_dir = Path(out_dir)
@@ -71,9 +75,7 @@ def write_phantom_dataset(
         rng = np.random.default_rng(case_seed)
         case_id = f"phantom_{index:04d}"
         n_nodes = int(rng.integers(nodes_per_case[0], nodes_per_case[1] + 1))
-        case = generate_phantom_case(
-            rng, n_nodes, background=backgrounds[index % len(backgrounds)], **case_options
-        )
+        case = generator(rng, n_nodes, background=backgrounds[index % len(backgrounds)], **case_options)
         rows.append({"case_id": case_id, **write_phantom_case(out_dir / case_id, case)})
     manifest = out_dir / "manifest.csv"
     _write_csv(manifest, MANIFEST_COLUMNS, rows)

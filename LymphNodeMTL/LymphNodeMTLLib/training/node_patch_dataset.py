@@ -2,6 +2,9 @@
 
 Each node is cached as a patch slightly larger than the network's, so a random crop moves the seed
 by up to `jitter_mm` (the radiologist's click is never exactly central) without re-sampling the CT.
+Across spacings, a node is cached once per spacing level (the same voxel count at each, so a coarser
+level covers a wider field of view); each training step draws one of the node's levels, so the
+network learns every field of view the engine's zoom may pick.
 Augmentation (MONAI): flips, small rotations, intensity scale/shift; guidance dropout so the model
 also works without a seed prior.
 """
@@ -30,7 +33,9 @@ class PatchCache:
     probabilities (NaN where unknown; None when no node has one); attributes (N, K) float32 node
     attributes in node_attributes.ATTRIBUTE_NAMES order (NaN where unknown; None when no node has one);
     slice_mm (N,) float32 the coarsest spacing of each node's source CT (None: unknown, taken as
-    fine as the patch)."""
+    fine as the patch); spacing_mm (N,) float32 the patch spacing each row was sampled at (None:
+    every row at the preprocessing's patch_spacing_mm). A node cached at several spacings has one
+    row per spacing, with the same node and case ids."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -42,6 +47,13 @@ class PatchCache:
     soft_labels: torch.Tensor | None = None
     attributes: torch.Tensor | None = None
     slice_mm: torch.Tensor | None = None
+    spacing_mm: torch.Tensor | None = None
+
+    def spacing_or_default(self, default_mm: float) -> torch.Tensor:
+        """(N,) patch spacing of each row, `default_mm` where not recorded."""
+        if self.spacing_mm is None:
+            return torch.full((len(self),), float(default_mm))
+        return torch.nan_to_num(self.spacing_mm, nan=float(default_mm))
 
     def slice_or_default(self, default_mm: float) -> torch.Tensor:
         """(N,) source slice thickness, `default_mm` where a node's is unknown (a cache without
@@ -78,6 +90,7 @@ class PatchCache:
             _column_or_none(torch.cat([c.soft_or_nan() for c in caches])),
             _column_or_none(torch.cat([c.attributes_or_nan() for c in caches])),
             _column_or_none(torch.cat([c.slice_or_default(float("nan")) for c in caches])),
+            _column_or_none(torch.cat([c.spacing_or_default(float("nan")) for c in caches])),
         )
 
     def subset(self, idx) -> "PatchCache":
@@ -88,6 +101,7 @@ class PatchCache:
             self.margin, None if self.soft_labels is None else self.soft_labels[idx],
             None if self.attributes is None else self.attributes[idx],
             None if self.slice_mm is None else self.slice_mm[idx],
+            None if self.spacing_mm is None else self.spacing_mm[idx],
         )
 
 
@@ -96,8 +110,19 @@ def _column_or_none(values: torch.Tensor) -> torch.Tensor | None:
     return None if bool(torch.isnan(values).all()) else values
 
 
-def jitter_margin(pre: PreprocessingConfig, jitter_mm: float) -> int:
-    return int(math.ceil(jitter_mm / pre.patch_spacing_mm))
+def jitter_margin(pre: PreprocessingConfig, jitter_mm: float, finest_mm: float | None = None) -> int:
+    """Voxels of crop room on each side: the jitter at the finest spacing cached."""
+    return int(math.ceil(jitter_mm / (pre.patch_spacing_mm if finest_mm is None else finest_mm)))
+
+
+def spacing_levels(low_mm: float, high_mm: float, count: int) -> tuple[float, ...]:
+    """`count` patch spacings from `low_mm` to `high_mm`, evenly spaced on a log scale (so each
+    level widens the field of view by the same factor), rounded to 0.01 mm."""
+    if not 0 < low_mm <= high_mm:
+        raise ValueError(f"spacing range [{low_mm}, {high_mm}] mm must be positive and ascending")
+    if count < 1 or (count == 1 and low_mm != high_mm):
+        raise ValueError("a spacing range of two different spacings needs at least two levels")
+    return tuple(sorted({round(float(v), 2) for v in np.geomspace(low_mm, high_mm, count)}))
 
 
 @dataclass
@@ -131,11 +156,26 @@ def manifest_case_nodes(case: ManifestCase) -> CaseNodes:
     )
 
 
-def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, progress=None) -> PatchCache:
-    """Cache every node of `cases` (ManifestCase or CaseNodes items, read lazily one at a time)."""
-    margin = jitter_margin(pre, jitter_mm)
+def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, progress=None,
+                      spacings_mm=None, levels_per_node: int | None = None, seed: int = 0) -> PatchCache:
+    """Cache every node of `cases` (ManifestCase or CaseNodes items, read lazily one at a time).
+
+    spacings_mm: patch spacings to cache each node at (default: the preprocessing's one spacing).
+    levels_per_node: cache each node at this many of them (default all; fewer keeps the cache
+        small): always the preprocessing's patch spacing where it is one of the spacings (else
+        the finest), the others drawn at random per node.
+    seed: fixes which levels each node gets (with the case's position in `cases`).
+    """
+    levels = (pre.patch_spacing_mm,) if spacings_mm is None else tuple(sorted(float(s) for s in spacings_mm))
+    if not levels or min(levels) <= 0:
+        raise ValueError(f"patch spacings must be positive, got {list(levels)}")
+    multi = spacings_mm is not None
+    # the level every node keeps: the network's own spacing where cached, else the finest
+    kept = float(pre.patch_spacing_mm) if float(pre.patch_spacing_mm) in levels else levels[0]
+    margin = jitter_margin(pre, jitter_mm, min(levels))
     size = pre.patch_size + 2 * margin
     images, masks, labels, has_mask, node_ids, case_ids, soft, attributes, slices = [], [], [], [], [], [], [], [], []
+    spacings = []
     unknown = (float("nan"),) * len(ATTRIBUTE_NAMES)
     # a generator is consumed one case at a time: only the patches are kept, never the CTs
     total = len(cases) if hasattr(cases, "__len__") else None
@@ -143,28 +183,34 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
         case = manifest_case_nodes(item) if isinstance(item, ManifestCase) else item
         if not case.node_ids:
             continue
-        patches = sample_patches(volume_tensor(case.image, "cpu"), case.geometry, case.centres_ras,
-                                 size, pre.patch_spacing_mm)
-        images.append(patches.half())
+        volume = volume_tensor(case.image, "cpu")
         label_tensor = None if case.label_map is None else volume_tensor(case.label_map, "cpu")
-        for k, node_id in enumerate(case.node_ids):
-            node_ids.append(node_id)
-            case_ids.append(case.case_id)
-            labels.append(float("nan") if case.labels[k] is None else float(case.labels[k]))
-            given = case.soft_labels[k] if case.soft_labels else None
-            soft.append(float("nan") if given is None else float(given))
-            read = case.attributes[k] if case.attributes else None
-            attributes.append(unknown if read is None else tuple(read))
-            slices.append(case.geometry.coarsest_spacing_mm)
-            value = case.mask_values[k]
-            if label_tensor is not None and value is not None:
-                lab = sample_patches(label_tensor, case.geometry, case.centres_ras[k : k + 1], size,
-                                     pre.patch_spacing_mm, mode="nearest", outside_value=0.0)
-                masks.append((lab == value).to(torch.uint8))
-                has_mask.append(True)
-            else:
-                masks.append(torch.zeros(1, 1, size, size, size, dtype=torch.uint8))
-                has_mask.append(False)
+        chosen = _levels_of_nodes(levels, kept, len(case.node_ids), levels_per_node, (seed, n))
+        for spacing in levels:
+            rows = [k for k in range(len(case.node_ids)) if spacing in chosen[k]]
+            if not rows:
+                continue
+            patches = sample_patches(volume, case.geometry, case.centres_ras[rows], size, spacing)
+            images.append(patches.half())
+            for k in rows:
+                node_ids.append(case.node_ids[k])
+                case_ids.append(case.case_id)
+                spacings.append(spacing)
+                labels.append(float("nan") if case.labels[k] is None else float(case.labels[k]))
+                given = case.soft_labels[k] if case.soft_labels else None
+                soft.append(float("nan") if given is None else float(given))
+                read = case.attributes[k] if case.attributes else None
+                attributes.append(unknown if read is None else tuple(read))
+                slices.append(case.geometry.coarsest_spacing_mm)
+                value = case.mask_values[k]
+                if label_tensor is not None and value is not None:
+                    lab = sample_patches(label_tensor, case.geometry, case.centres_ras[k : k + 1], size,
+                                         spacing, mode="nearest", outside_value=0.0)
+                    masks.append((lab == value).to(torch.uint8))
+                    has_mask.append(True)
+                else:
+                    masks.append(torch.zeros(1, 1, size, size, size, dtype=torch.uint8))
+                    has_mask.append(False)
         if progress:
             progress("cases", n + 1, total)
     if not node_ids:
@@ -174,7 +220,21 @@ def build_patch_cache(cases, pre: PreprocessingConfig, jitter_mm: float = 3.0, p
         torch.tensor(has_mask), node_ids, case_ids, margin, _column_or_none(torch.tensor(soft, dtype=torch.float32)),
         _column_or_none(torch.tensor(attributes, dtype=torch.float32).reshape(-1, len(ATTRIBUTE_NAMES))),
         torch.tensor(slices, dtype=torch.float32),
+        torch.tensor(spacings, dtype=torch.float32) if multi else None,
     )
+
+
+def _levels_of_nodes(levels, kept: float, count: int, per_node: int | None, seed) -> list[set]:
+    """The spacing levels each of `count` nodes is cached at: all, or `kept` (the network's own
+    spacing, the detail small nodes are seen at) and `per_node - 1` others drawn at random."""
+    if per_node is None or per_node >= len(levels):
+        return [set(levels)] * count
+    if per_node < 1:
+        raise ValueError(f"levels_per_node must be at least 1, got {per_node}")
+    rng = np.random.default_rng(seed)
+    others = np.asarray([v for v in levels if v != kept])
+    return [{kept, *others[rng.choice(len(others), per_node - 1, replace=False)].tolist()}
+            for _ in range(count)]
 
 
 class NodePatchDataset(torch.utils.data.Dataset):
@@ -186,15 +246,27 @@ class NodePatchDataset(torch.utils.data.Dataset):
         augment: False for validation (central crop, no augmentation).
         jitter_mm: maximum seed displacement (a ball, not a box).
         seed: base of the per-sample random streams (reproducible runs).
+
+    With augmentation, a node cached at several spacings is one sample whose spacing is drawn
+    anew at every step; without it, every cached row is a sample (each spacing is scored).
     """
 
     def __init__(self, cache: PatchCache, pre: PreprocessingConfig, augment: bool,
                  jitter_mm: float = 3.0, seed: int = 0):
         self.cache, self.pre, self.augment = cache, pre, augment
-        self.jitter_vox = jitter_mm / pre.patch_spacing_mm
+        self.spacing_mm = cache.spacing_or_default(pre.patch_spacing_mm)
+        self.jitter_vox = jitter_mm / self.spacing_mm  # per row: the same mm at every spacing
         self.seed = seed
         self.epoch = 0
         self.slice_mm = cache.slice_or_default(pre.patch_spacing_mm)  # unknown: as fine as the patch
+        # one sample per node when augmenting across spacings (its spacing drawn per step), else
+        # one per row (a cache of one spacing keeps its rows as they are, duplicate ids or not)
+        self.node_rows = [[row] for row in range(len(cache))]
+        if augment and cache.spacing_mm is not None:
+            rows: dict[tuple[str, str], list[int]] = {}
+            for row, key in enumerate(zip(cache.case_ids, cache.node_ids)):
+                rows.setdefault(key, []).append(row)
+            self.node_rows = list(rows.values())
         self.transforms = Compose([
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=0),
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=1),
@@ -209,17 +281,21 @@ class NodePatchDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return len(self.node_rows)
 
-    def __getitem__(self, idx: int) -> dict:
+    def __getitem__(self, sample: int) -> dict:
         m, n = self.cache.margin, self.pre.patch_size
-        image = self.cache.images[idx].float()
-        mask = self.cache.masks[idx].float()
+        rows = self.node_rows[sample]
+        idx = rows[0]
         offset = np.zeros(3, dtype=int)
         if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, idx))
-            offset = self._ball_offset(rng)
+            rng = np.random.default_rng((self.seed, self.epoch, sample))
+            if len(rows) > 1:
+                idx = rows[int(rng.integers(len(rows)))]
+            offset = self._ball_offset(rng, float(self.jitter_vox[idx]))
             self.transforms.set_random_state(seed=int(rng.integers(2**31)))
+        image = self.cache.images[idx].float()
+        mask = self.cache.masks[idx].float()
         crop = tuple(slice(m + o, m + o + n) for o in offset)
         sample = {"image": image[(slice(None), *crop)], "mask": mask[(slice(None), *crop)]}
         if self.augment:
@@ -230,11 +306,12 @@ class NodePatchDataset(torch.utils.data.Dataset):
             "label": self.cache.labels[idx],
             "has_mask": self.cache.has_mask[idx],
             "slice_mm": self.slice_mm[idx],
+            "spacing_mm": self.spacing_mm[idx],
             "index": idx,
         }
 
-    def _ball_offset(self, rng) -> np.ndarray:
-        r = self.jitter_vox
+    @staticmethod
+    def _ball_offset(rng, r: float) -> np.ndarray:
         while True:
             o = rng.integers(-int(r), int(r) + 1, size=3)
             if (o**2).sum() <= r * r + 1e-9:

@@ -10,6 +10,8 @@ reproducible seeds. Under `torchrun` it trains with DistributedDataParallel
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
 import random
@@ -32,7 +34,7 @@ from .gradient_balancer import GradientBalancer
 from .losses.multitask_loss import build_loss
 from .losses.self_distillation import DistillationConfig, teacher_logits
 from .mixed_precision import autocast_dtype
-from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache
+from .node_patch_dataset import NodePatchDataset, PatchCache, build_patch_cache, spacing_levels
 from .temperature_scaling import fit_temperature
 from .training_module import MultiTaskTrainingModule
 
@@ -62,6 +64,12 @@ class TrainConfig:
     num_workers: int = 0  # data-loader processes; samples are seeded per index, so results do not depend on it
     network: dict = field(default_factory=lambda: {"channels": [8, 16, 32, 64]})
     preprocessing: dict = field(default_factory=dict)
+    # across spacings: [low, high] mm; every node is cached at `spacing_levels` spacings from low to
+    # high (log-spaced; `spacing_levels_per_node` of them per node, None = all) and each step draws
+    # one; the model's config then lists them as preprocessing.zoom_spacings_mm. None = one spacing.
+    spacing_range_mm: list | None = None
+    spacing_levels: int = 4
+    spacing_levels_per_node: int | None = None
     # optional training components (docs/ablation.md); empty/None = the default recipe
     loss: dict = field(default_factory=dict)  # segmentation, mixed_lambda, deep_supervision_weights, ...
     gradient_balancer: dict | None = None  # MT-IDS DD-GB: {"momentum": 0.9}
@@ -103,6 +111,27 @@ def _recipe_network(network: dict) -> dict:
     return {k: v for k, v in network.items() if k != "head_refine_hidden"}
 
 
+def trained_spacings(config: TrainConfig, pre: PreprocessingConfig) -> tuple[float, ...]:
+    """The patch spacings (mm) a recipe trains at: its spacing range's levels, else the one."""
+    if not config.spacing_range_mm:
+        return (float(pre.patch_spacing_mm),)
+    low, high = (float(v) for v in config.spacing_range_mm)
+    if not low <= pre.patch_spacing_mm <= high:
+        raise ValueError(f"spacing_range_mm {[low, high]} must hold the patch spacing "
+                         f"{pre.patch_spacing_mm} mm, at which the network is built")
+    # the network's own spacing is always one of them (its descriptors assume it)
+    return tuple(sorted(set(spacing_levels(low, high, config.spacing_levels)) | {float(pre.patch_spacing_mm)}))
+
+
+def _with_zoom_spacings(pre: PreprocessingConfig, spacings) -> PreprocessingConfig:
+    """The preprocessing as saved: with the spacings the network was trained at, where the
+    preprocessing records them (zoom_spacings_mm)."""
+    if "zoom_spacings_mm" not in {f.name for f in dataclasses.fields(pre)}:
+        return pre
+    kind = list if isinstance(pre.zoom_spacings_mm, list) else tuple
+    return dataclasses.replace(pre, zoom_spacings_mm=kind(float(s) for s in spacings))
+
+
 def split_by_case(cache: PatchCache, val_fraction: float, seed: int):
     """Validation nodes come from whole held-out cases (no leakage between a case's nodes)."""
     cases = sorted(set(cache.case_ids))
@@ -127,7 +156,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest 3-D convolutions
         self.model_config = ModelConfig(
-            config.model_id, network=_recipe_network(config.network), preprocessing=self.pre,
+            config.model_id, network=_recipe_network(config.network),
+            preprocessing=_with_zoom_spacings(self.pre, trained_spacings(config, self.pre)),
             training=asdict(config),
         )
         self.network = self.model_config.build_network()
@@ -159,10 +189,22 @@ class Trainer:
     # --- data ---------------------------------------------------------------------------------
     def prepare(self, manifest) -> None:
         t0 = time.perf_counter()
-        cache = build_patch_cache(read_manifest(manifest), self.pre, self.config.jitter_mm)
+        cache = build_patch_cache(read_manifest(manifest), self.pre, self.config.jitter_mm,
+                                  **self.cache_spacing_options())
         self.set_cache(cache)
         self.log(f"cached {len(cache)} nodes in {time.perf_counter() - t0:.1f} s "
                  f"({len(self.train_idx)} train, {len(self.val_idx)} validation)")
+
+    def cache_spacing_options(self) -> dict:
+        """build_patch_cache's spacing arguments for this recipe (none for one spacing)."""
+        spacings = trained_spacings(self.config, self.pre)
+        if spacings == (self.pre.patch_spacing_mm,):
+            return {}
+        if not self._spacing_inputs({"spacing_mm": torch.zeros(0)}):
+            self.log("warning: this network's forward takes no per-patch spacing; its descriptors "
+                     f"read every patch as {self.pre.patch_spacing_mm} mm voxels")
+        return {"spacings_mm": spacings, "levels_per_node": self.config.spacing_levels_per_node,
+                "seed": self.config.seed}
 
     def set_cache(self, cache: PatchCache) -> None:
         self.cache = cache
@@ -200,7 +242,8 @@ class Trainer:
         self.train_module.train()
         x = self._inputs(batch, train=True)
         losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype,
-                                   slice_mm=batch["slice_mm"].to(self.device), **self._extras(batch))
+                                   slice_mm=batch["slice_mm"].to(self.device), **self._extras(batch),
+                                   **self._spacing_inputs(batch))
         self.optimizer.zero_grad(set_to_none=True)
         if self.balancer is not None:
             self.balancer.backward([self.scaler.scale(t) for t in losses["terms"]], self.network.shared_parameters())
@@ -209,6 +252,21 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {k: float(losses[k].detach()) for k in ("total", "seg", "cls")}
+
+    def _refit_cache(self) -> PatchCache:
+        """The training rows the head is refitted on: all of them, or, for a network whose
+        descriptors take no per-patch spacing, those at the spacing they assume."""
+        cache = self.train_set.cache
+        if cache.spacing_mm is None or self._spacing_inputs({"spacing_mm": torch.zeros(0)}):
+            return cache
+        return cache.subset(torch.nonzero(cache.spacing_mm == float(self.pre.patch_spacing_mm)).flatten())
+
+    def _spacing_inputs(self, batch) -> dict:
+        """Each patch's spacing (B,) mm, for a network whose forward takes it (patch_spacing_mm);
+        one trained at a single spacing needs none."""
+        if "patch_spacing_mm" not in inspect.signature(self.module.forward).parameters:
+            return {}
+        return {"patch_spacing_mm": batch["spacing_mm"].to(self.device)}
 
     def _extras(self, batch) -> dict:
         """Loss inputs beyond the targets: teacher logits (distillation), stations (when the data carry them)."""
@@ -227,7 +285,8 @@ class Trainer:
         for batch in self._loader(dataset, shuffle=False):
             x = self._inputs(batch, train=False)
             mask, has_mask, label, has_label = self._targets(batch)
-            losses = self.module(x, mask, has_mask, label, has_label, slice_mm=batch["slice_mm"].to(self.device))
+            losses = self.module(x, mask, has_mask, label, has_label, slice_mm=batch["slice_mm"].to(self.device),
+                                 **self._spacing_inputs(batch))
             out = losses["outputs"]
             totals.append(float(losses["seg"] + losses["cls"]) * x.shape[0])
             logits.append(out.metastasis_logit.float().cpu())
@@ -329,7 +388,7 @@ class Trainer:
         """Refit the head's descriptor path on the training nodes as inference reads them."""
         if self.val_set is not None:
             before = self.evaluate(self.val_set)["auc"]
-        nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
+        nodes = NodePatchDataset(self._refit_cache(), self.pre, augment=False)
         inputs = ((self._inputs(batch, train=False), batch["slice_mm"].to(self.device))
                   for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)

@@ -1,0 +1,47 @@
+"""The bundled model on the real CT lesions of ../shared/data/real_lesions (skipped when absent).
+
+Three soft-tissue lesions of 30-66 mm in 5 mm-slice abdominal CT, each with a 3-D mask and one
+seed; no labels. Measured the way evaluate measures any manifest: the data are never trained on.
+The target: every lesion gets a mask, with Dice >= 0.70.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from LymphNodeMTLLib.evaluation.evaluator import score_case
+from LymphNodeMTLLib.inference.engine import NodeEngine
+from LymphNodeMTLLib.io.training_manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _manifest_writer():
+    spec = importlib.util.spec_from_file_location("real_lesion_manifest", ROOT / "scripts" / "real_lesion_manifest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+WRITER = _manifest_writer()
+pytestmark = pytest.mark.skipif(not WRITER.REAL_LESIONS.is_dir(), reason=f"{WRITER.REAL_LESIONS} is absent")
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory):
+    manifest = WRITER.write_real_lesion_manifest(WRITER.REAL_LESIONS, tmp_path_factory.mktemp("real"))
+    engine = NodeEngine(device="cpu")
+    return [score for case in read_manifest(manifest) for score in score_case(engine, case)]
+
+
+def test_the_manifest_has_masks_and_no_labels(scores):
+    assert len(scores) >= 3
+    assert all(s.label is None for s in scores)
+
+
+@pytest.mark.xfail(strict=False, reason="bundled model v4 was trained on the spec's world at one 48 mm field "
+                   "of view: two of the three lesions get empty masks (Dice 0.80 on the third); the target "
+                   "holds only once the model is retrained on the wide world across spacings")
+def test_every_real_lesion_gets_a_mask_with_dice_of_at_least_0_7(scores):
+    failing = {s.case_id: round(s.dice, 3) for s in scores if s.empty_mask or not s.dice >= 0.70}
+    assert not failing, f"empty mask or Dice < 0.70: {failing}"

@@ -1,0 +1,263 @@
+"""Recipe of a bundled model trained on the wide world across patch spacings, evaluated three ways.
+
+Training data, generated in memory (phantoms/wide_world.py, plus a share of the spec's own world so
+that nothing gets worse in distribution): whole-synthetic bodies and random parts of every real CT
+background in ../shared/data/ct, each node cached at patch spacings from 1 to 3 mm (48 to 144 mm
+fields of view, the range the engine's zoom uses) and drawn at one of them per step. Never trained
+on: ../shared/data/real_lesions (measured only).
+
+After training, the model folder is evaluated on (1) the model card's in-distribution test set
+(scripts/make_test_set.py: the spec's generator, seeds 777/778), (2) the stress set
+(phantoms/stress_generator.py: another appearance model, seed 9191) and (3) the real lesions
+(scripts/real_lesion_manifest.py, masks and no labels); the figures go into its model card, with
+the recipe and how long each step took.
+
+    # CPU, two cores, within two hours (fine-tuning the bundled network): about 12 min of phantoms
+    # and cache, 65 min of training, 5 of refit and 10-15 of evaluation
+    .venv/bin/python scripts/train_wide_world_model.py --out Resources/Models/phantom-demo \\
+        --init-from Resources/Models/phantom-demo --workers 2
+    # one GPU with 16 CPU cores, about ten minutes (phantoms and cache on the CPUs take about 3)
+    .venv/bin/python scripts/train_wide_world_model.py --out Resources/Models/phantom-demo --device cuda \\
+        --init-from Resources/Models/phantom-demo --workers 15 --wide 600 --wide-real 200 --spec 150 \\
+        --epochs 12 --minutes 4.5
+    # a smoke run of the whole recipe (minutes): a few cases, one epoch, tiny test sets
+    .venv/bin/python scripts/train_wide_world_model.py --out work-tmp/wide-tiny --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.core.node_attributes import ATTRIBUTE_NAMES
+from LymphNodeMTLLib.evaluation.evaluator import evaluate_manifest
+from LymphNodeMTLLib.inference.engine import NodeEngine
+from LymphNodeMTLLib.io.volume_reader import read_volume
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
+from LymphNodeMTLLib.phantoms.dataset_writer import phantom_attributes, write_phantom_dataset
+from LymphNodeMTLLib.phantoms.stress_generator import generate_stress_case
+from LymphNodeMTLLib.phantoms.wide_world import generate_wide_case
+from LymphNodeMTLLib.training.node_patch_dataset import CaseNodes, PatchCache, build_patch_cache
+from LymphNodeMTLLib.training.trainer import TrainConfig, Trainer, trained_spacings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts, when imported
+from make_test_set import write_test_set  # noqa: E402
+from real_lesion_manifest import REAL_LESIONS, write_real_lesion_manifest  # noqa: E402
+
+SHARED_CT = REAL_LESIONS.parent / "ct"
+BACKGROUNDS = ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz", "dicom_abdomen_series"]
+STRESS_SEED = 9191
+_BACKGROUNDS: list = []  # read once in the parent; forked workers inherit them
+
+
+def world_caches(n_wide: int, n_wide_real: int, n_spec: int, seed: int, pre, jitter_mm: float, ct_dir: Path,
+                 spacing_options: dict, workers: int = 1) -> PatchCache:
+    """Node patches of wide-world cases (synthetic and on real backgrounds) and spec-world cases.
+
+    Each case draws from its own SeedSequence child, so the data do not depend on the worker count."""
+    global _BACKGROUNDS
+    _BACKGROUNDS = [read_volume(ct_dir / b)[:2] for b in BACKGROUNDS if (ct_dir / b).exists()]
+    if n_wide_real and not _BACKGROUNDS:
+        print(f"no real CT backgrounds under {ct_dir}: synthetic cases only", flush=True)
+    plan = ([("wide", None)] * n_wide
+            + [("wide", i % len(_BACKGROUNDS)) for i in range(n_wide_real if _BACKGROUNDS else 0)]
+            + [("spec", None)] * n_spec)
+    children = np.random.SeedSequence(seed).spawn(len(plan))
+    jobs = [(n, child, world, bg, pre, jitter_mm, spacing_options)
+            for n, (child, (world, bg)) in enumerate(zip(children, plan))]
+    if workers <= 1:
+        return PatchCache.concatenate(map(_case_cache, jobs))
+    with multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return PatchCache.concatenate(pool.imap(_case_cache, jobs, chunksize=2))
+
+
+def _case_cache(job) -> PatchCache:
+    n, seed_seq, world, bg, pre, jitter_mm, spacing_options = job
+    rng = np.random.default_rng(seed_seq)
+    background = None if bg is None else _BACKGROUNDS[bg]
+    case = _generate(rng, world, background)
+    nodes = CaseNodes(
+        f"{world}{n:05d}", case.image, case.geometry,
+        np.array([p.seed_ras for p in case.nodes]), [p.node_id for p in case.nodes],
+        [p.label for p in case.nodes], [p.mask_value for p in case.nodes], case.label_map,
+        [p.probability for p in case.nodes], [_attributes(p.features) for p in case.nodes],
+    )
+    # which spacing levels each node gets: from the case's own stream, so workers do not matter
+    options = {**spacing_options, "seed": int(seed_seq.generate_state(1)[0])} if spacing_options else {}
+    return build_patch_cache([nodes], pre, jitter_mm, **options)
+
+
+def _attributes(features) -> tuple:
+    given = phantom_attributes(features)
+    return tuple(float(given[k]) if k in given else math.nan for k in ATTRIBUTE_NAMES)
+
+
+def _generate(rng, world: str, background):
+    """One case; a real background holds fewer nodes, fewer still when crowded."""
+    n_nodes = int(rng.integers(6, 13)) if background is None else int(rng.integers(3, 8))
+    while True:
+        try:
+            if world == "wide":
+                return generate_wide_case(rng, n_nodes, background=background)
+            return generate_phantom_case(rng, n_nodes, background=background)
+        except InputError:
+            if n_nodes == 1:
+                raise
+            n_nodes = max(1, n_nodes // 2)
+
+
+def evaluate_three_ways(model_dir: Path, work: Path, args, device: str) -> dict:
+    """In-distribution test set, stress set and real lesions, each scored by evaluate."""
+    engine = NodeEngine(model_dir, device)
+    sets = {
+        "in_distribution": write_test_set(work / "test-set", args.test_synthetic, args.test_real, 777, SHARED_CT),
+        "stress": write_phantom_dataset(work / "stress-set", n_cases=args.stress, seed=STRESS_SEED,
+                                        nodes_per_case=(4, 8), generator=generate_stress_case),
+    }
+    if REAL_LESIONS.is_dir():
+        sets["real_lesions"] = write_real_lesion_manifest(REAL_LESIONS, work / "real-lesions")
+    results = {}
+    for name, manifest in sets.items():
+        t0 = time.perf_counter()
+        results[name] = evaluate_manifest(engine, manifest, work / f"eval-{name}", n_boot=args.n_boot)
+        results[name]["minutes"] = (time.perf_counter() - t0) / 60
+        print(f"{name}: " + ", ".join(f"{k} {results[name][k]:.3f}" for k in ("auc", "ece", "dice_mean", "dice_p10")
+                                      if k in results[name]) + f", empty masks {results[name]['empty_masks']}",
+              flush=True)
+    return results
+
+
+def _row(name: str, s: dict) -> str:
+    def f(key):
+        v = s.get(key)
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+    return (f"| {name} | {s['nodes']} | {f('dice_mean')} | {f('dice_p10')} | {s.get('empty_masks', '–')} | "
+            f"{f('auc')} | {f('bayes_ceiling_auc')} | {f('ece')} |")
+
+
+def _strata(s: dict) -> list[str]:
+    lines = []
+    for key, title in (("by_size", "size"), ("by_contact", "contact with similar-attenuation tissue"),
+                       ("by_slice_thickness", "slice thickness")):
+        for stratum, t in (s.get(key) or {}).items():
+            lines.append(_row(f"{title}: {stratum}", t))
+    return lines
+
+
+def card(config, metrics: dict, n_nodes: int, recipe: str, timings: dict, evaluations: dict) -> str:
+    pre = config.preprocessing
+    header = "| data | nodes | Dice mean | Dice p10 | empty masks | AUC | Bayes ceiling | ECE |\n|---|---|---|---|---|---|---|---|"
+    lines = [f"# Model card: {config.model_id}", "",
+             "**Trained on synthetic data — a demonstration, not a clinical model.** Not for clinical use.", "",
+             "## What it is",
+             f"LymphNodeMTL multi-task network (channels {config.network.get('channels')}): node mask from a seed and a",
+             "metastasis probability (soft-mask pooling plus the node's radiologic descriptors), head refitted on the",
+             f"training nodes, temperature-calibrated (T = {config.temperature:.3f}). Patch {pre.patch_size}^3 voxels, trained",
+             f"at patch spacings {list(config.training.get('spacing_levels_mm', []))} mm (fields of view "
+             f"{[round(pre.patch_size * s) for s in config.training.get('spacing_levels_mm', [])]} mm); "
+             f"HU window {list(pre.hu_window)}.", "",
+             "## Training data",
+             f"{n_nodes} cached node patches (one per node and spacing level) of the wide world (phantoms/wide_world.py:",
+             "nodes against organs, muscle, bowel and vessels, clusters, bulky and lobulated nodes, rim and heterogeneous",
+             "enhancement, contrast phases, random crops of the real CT backgrounds of ../shared/data/ct, thin, thick and",
+             "coarse grids in any orientation, scanner HU, blur and noise randomised) and of the spec's own world.",
+             "Labels come from the spec's label model (docs/phantom-spec.md v1); a bulky node's label reads its short",
+             "axis at the spec's clip (30 mm). No real lesion was trained on.", "",
+             "## Recipe", recipe, "",
+             "Time: " + ", ".join(f"{k} {v:.1f} min" for k, v in timings.items()) + ".", "",
+             "## Evaluation (lymphnode-mtl evaluate on each set)", "", header]
+    names = {"in_distribution": "in-distribution test set (spec generator, seeds 777/778)",
+             "stress": f"stress set (stress_generator.py, seed {STRESS_SEED})",
+             "real_lesions": "real lesions (../shared/data/real_lesions; masks only)"}
+    for key, s in evaluations.items():
+        lines.append(_row(names.get(key, key), s))
+    for key, s in evaluations.items():
+        if key == "real_lesions":
+            continue
+        lines += ["", f"### {names.get(key, key)}, by stratum", "", header] + _strata(s)
+    lines += ["", "## Validation (held-out cases of the training worlds)", ""]
+    lines += [f"- {k}: {v}" for k, v in metrics.items()]
+    lines += ["", "## Intended use",
+              "Demonstrating and testing the LymphNodeMTL software end to end. Its probabilities describe the",
+              "phantom label model, not human disease: do not use them for any patient.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="Resources/Models/phantom-demo")
+    p.add_argument("--work", type=Path, default=None, help="folder for the test sets and reports (default: OUT-eval)")
+    p.add_argument("--wide", type=int, default=240, help="wide-world cases with a synthetic body")
+    p.add_argument("--wide-real", type=int, default=90, help="wide-world cases on real CT backgrounds")
+    p.add_argument("--spec", type=int, default=60, help="cases of the spec's own world")
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--minutes", type=float, default=65.0, help="training budget (the epochs stop there)")
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--channels", default="12,24,48,96")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--spacing-range", default="1.0,3.0", help="patch spacings from,to (mm)")
+    p.add_argument("--levels", type=int, default=4, help="spacing levels in the range")
+    p.add_argument("--levels-per-node", type=int, default=2, help="levels each node is cached at (memory)")
+    p.add_argument("--workers", type=int, default=1, help="processes generating phantoms and loading batches")
+    p.add_argument("--init-from", default=None, help="fine-tune from this model folder (same network)")
+    p.add_argument("--ct-dir", type=Path, default=SHARED_CT)
+    p.add_argument("--test-synthetic", type=int, default=110)
+    p.add_argument("--test-real", type=int, default=20)
+    p.add_argument("--stress", type=int, default=60, help="stress cases")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--tiny", action="store_true", help="smoke run: 3+2+1 cases, 1 epoch, tiny test sets")
+    args = p.parse_args()
+    if args.tiny:
+        args.wide, args.wide_real, args.spec, args.epochs = 3, 2, 1, 1
+        args.test_synthetic, args.test_real, args.stress, args.n_boot = 2, 1, 2, 50
+    low, high = (float(v) for v in args.spacing_range.split(","))
+    config = TrainConfig(model_id="lymphnode-mtl-wide-world-v5", epochs=args.epochs, max_minutes=args.minutes,
+                         seed=args.seed, device=args.device, patience=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, init_from=args.init_from, num_workers=args.workers if args.workers > 1 else 0,
+                         network={"channels": [int(c) for c in args.channels.split(",")]},
+                         spacing_range_mm=[low, high], spacing_levels=args.levels,
+                         spacing_levels_per_node=args.levels_per_node)
+    timings = {}
+    trainer = Trainer(config, args.out)
+    t0 = time.perf_counter()
+    cache = world_caches(args.wide, args.wide_real, args.spec, args.seed, trainer.pre, config.jitter_mm, args.ct_dir,
+                         trainer.cache_spacing_options(), args.workers)
+    timings["phantoms and cache"] = (time.perf_counter() - t0) / 60
+    print(f"cached {len(cache)} patches of {len(set(zip(cache.case_ids, cache.node_ids)))} nodes "
+          f"in {timings['phantoms and cache']:.1f} min", flush=True)
+    trainer.set_cache(cache)
+    trainer.model_config.training["spacing_levels_mm"] = list(trained_spacings(config, trainer.pre))
+    t0 = time.perf_counter()
+    trainer.fit()
+    timings["training"] = (time.perf_counter() - t0) / 60
+    recipe = (f"`{' '.join(['scripts/train_wide_world_model.py'] + sys.argv[1:])}` "
+              f"(ran on {trainer.device.type}, {torch.get_num_threads()} threads)")
+    t0 = time.perf_counter()
+    metrics = trainer.finish(lambda cfg, m: card(cfg, m, len(cache), recipe, timings, {}))
+    timings["refit and calibration"] = (time.perf_counter() - t0) / 60
+    work = args.work or Path(f"{args.out.rstrip('/')}-eval")
+    t0 = time.perf_counter()
+    evaluations = evaluate_three_ways(Path(args.out), work, args, trainer.device.type)
+    timings["evaluation"] = (time.perf_counter() - t0) / 60
+    # the card is rewritten with the figures; the weights and config stay as saved
+    text = card(trainer.model_config, metrics, len(cache), recipe, timings, evaluations)
+    (Path(args.out) / "model-card.md").write_text(text)
+    (work / "evaluations.json").write_text(json.dumps(
+        {k: {m: v for m, v in s.items() if not isinstance(v, dict)} for k, s in evaluations.items()}, indent=2,
+        default=str) + "\n")
+    print(json.dumps({"timings_min": timings, "validation": {k: v for k, v in metrics.items()
+                                                            if isinstance(v, (int, float))}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
