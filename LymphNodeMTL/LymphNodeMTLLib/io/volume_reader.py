@@ -2,7 +2,8 @@
 
 Accepted: .nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd files and a folder holding a DICOM series. Every
 problem the user can fix becomes a one-line InputError; SimpleITK's multi-line errors never leak.
-A DICOM series whose slices are not a regular stack (gantry tilt, uneven spacing, several slices at
+Files and DICOM instances are checked for completeness first (file_integrity.py): a truncated copy
+is refused, not read with its missing voxels as 0. A DICOM series whose slices are not a regular stack (gantry tilt, uneven spacing, several slices at
 one position) is refused rather than read with wrong geometry; resampling it is out of scope.
 """
 
@@ -15,6 +16,7 @@ import SimpleITK as sitk
 
 from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry
+from .file_integrity import check_dicom_instances, check_image_file_complete
 
 FILE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 _ACCEPTED = "use .nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd or a folder holding one DICOM series"
@@ -98,6 +100,7 @@ def _read_file(path: Path) -> sitk.Image:
         _check_scalar_3d(
             path.name, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize()
         )
+        check_image_file_complete(path)  # a truncated file would read with its missing voxels as 0
         return reader.Execute()
     except RuntimeError:
         raise InputError(
@@ -136,6 +139,8 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
             "a 3-D CT series is needed"
         )
     _check_slice_stack(folder, files)
+    check_dicom_instances(files)
+    _refuse_unreadable_dicom(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -154,6 +159,20 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
         image.GetSize(),
     )
     return image, _dicom_metadata(reader)
+
+
+def _refuse_unreadable_dicom(folder: Path) -> None:
+    """A DICOM file too damaged for GDCM to place in any series is silently left out of it (a
+    missing first or last slice leaves no gap to see), so such files are refused here."""
+    listed = set()
+    for uid in _series_uids(folder):
+        listed.update(Path(f).resolve() for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    unlisted = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.resolve() not in listed):
+        with open(file, "rb") as f:
+            if f.read(132)[128:] == b"DICM":
+                unlisted.append(file)
+    check_dicom_instances(unlisted)
 
 
 def _choose_series(folder: Path, series_uid: str | None) -> str:
