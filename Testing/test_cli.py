@@ -27,6 +27,7 @@ def ct_and_seeds(tmp_path):
     image, _ = sphere_volume(geom)
     rng = np.random.default_rng(0)
     image = image + rng.normal(0, 10, image.shape).astype(np.float32)
+    image[:, :, :3] = -1000.0  # air at one edge, far from both seeds: a CT shows air, fat and soft tissue
     ct = tmp_path / "ct.nrrd"
     write_volume(ct, image, geom)
     seeds = tmp_path / "seeds.mrk.json"

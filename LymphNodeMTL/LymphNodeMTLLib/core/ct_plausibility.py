@@ -7,13 +7,15 @@ line saying what is wrong, when:
 - its voxel spacing is outside what a CT scanner produces (a CT stored in metres has spacing near
   0.001) or its direction is not orthonormal (sheared or skewed axes);
 - its intensities are not HU: constant (an all-zero volume), a few integer values (a label map, a
-  segmentation given as the CT), nothing below 0 (raw scanner values without the rescale, MR or
-  PET intensities), or air, fat or soft tissue missing from the histogram;
+  segmentation given as the CT), nothing below 0 (no air, no fat: raw scanner values without the
+  rescale, MR or PET intensities), or fat or soft tissue missing from the histogram;
 - it holds NaN or infinite voxels inside the body. Non-finite voxels outside the body (scanners
   write them outside the circular field of view) are set to air, and a warning says how many.
 
 The HU ranges are wide on purpose: CTs rebuilt from 8-bit windowed images (every value below the
-window reads as -1000) and crops around the mediastinum must pass.
+window reads as -1000) and crops around the mediastinum must pass. Air is not required in the
+histogram, as fat and soft tissue are: a CT cropped to the region around the nodes (a common
+export) may hold no air, while every image that is not CT in HU lacks fat (-190 to -30 HU).
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ from .errors import InputError
 from .geometry import VolumeGeometry
 
 AIR_HU = -1000.0
-# HU ranges of the tissues every chest or abdomen CT shows, and the share of voxels each must have.
-AIR_RANGE_HU = (-np.inf, -500.0)
+# HU ranges of the tissues around every lymph node, and the share of voxels each must have.
 FAT_RANGE_HU = (-190.0, -30.0)
 SOFT_TISSUE_RANGE_HU = (0.0, 100.0)
-MIN_AIR_FRACTION = 0.001
 MIN_FAT_FRACTION = 0.001
-MIN_SOFT_TISSUE_FRACTION = 0.005
+MIN_SOFT_TISSUE_FRACTION = 0.001
 # A label map has a handful of integer values; a CT has hundreds (256 for 8-bit rebuilt CTs).
 MAX_LABEL_MAP_VALUES = 64
 # Physical voxel size limits, mm: finer is micro-CT or metres taken for mm; coarser is no CT.
@@ -179,7 +179,6 @@ def _check_intensities(image: np.ndarray, name: str) -> None:
             "intensities; load the CT in Hounsfield units"
         )
     shares = {
-        "air (below -500 HU)": (_share(flat, AIR_RANGE_HU), MIN_AIR_FRACTION),
         "fat (-190 to -30 HU)": (_share(flat, FAT_RANGE_HU), MIN_FAT_FRACTION),
         "soft tissue (0 to 100 HU)": (_share(flat, SOFT_TISSUE_RANGE_HU), MIN_SOFT_TISSUE_FRACTION),
     }

@@ -62,6 +62,28 @@ def read_volume(path, series_uid: str | None = None) -> tuple[np.ndarray, Volume
     return array, VolumeGeometry.from_sitk(image), metadata
 
 
+def read_volume_geometry(path) -> VolumeGeometry:
+    """The grid of a CT file from its header alone (pixels not read); a DICOM folder is read whole."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image not found: {path}; check the path")
+    if path.is_dir():
+        return read_volume(path)[1]
+    name = path.name.lower()
+    if not name.endswith(FILE_EXTENSIONS):
+        raise InputError(f"unsupported image file type: {path.name}; {_ACCEPTED}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"could not read {path.name}: the file is corrupt or not a valid image "
+                         "of its type; re-export it") from None
+    _check_scalar_3d(path.name, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
+    size = reader.GetSize()
+    return VolumeGeometry.from_lps(reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection(), size[::-1])
+
+
 def write_volume(path, image: np.ndarray, geometry: VolumeGeometry) -> None:
     """Write a [k, j, i] array with its geometry; the format follows the extension.
 
