@@ -60,8 +60,8 @@ class Case:
         self.validate_seeds()
 
     def validate_seeds(self) -> None:
-        """Refuse seed sets the engine cannot place: empty, duplicate ids, two seeds in one voxel,
-        outside the CT."""
+        """Refuse seed sets the engine cannot place: empty, duplicate ids, outside the CT, two seeds
+        at one position."""
         if not self.seeds:
             raise InputError("no seeds given; place at least one seed on a lymph node")
         ids = [s.node_id for s in self.seeds]
@@ -82,15 +82,15 @@ class Case:
         self._refuse_shared_voxels()
 
     def _refuse_shared_voxels(self) -> None:
-        """Two seeds in one voxel would claim one node twice: the second would get an empty mask
-        and still a probability. Each node needs exactly one seed."""
-        voxels = np.rint(self.geometry.ras_to_ijk_points(self.seed_array())).astype(np.int64)
-        first_at: dict[tuple, Seed] = {}
-        for seed, voxel in zip(self.seeds, map(tuple, voxels)):
-            other = first_at.setdefault(voxel, seed)
-            if other is not seed:
+        """Two seeds less than half a voxel apart along every axis are one point: the second would
+        get an empty mask and still a probability. Each node needs exactly one seed."""
+        ijk = self.geometry.ras_to_ijk_points(self.seed_array())
+        for n in range(1, len(ijk)):
+            close = np.flatnonzero(np.abs(ijk[:n] - ijk[n]).max(axis=1) < 0.5)
+            if close.size:
+                other, seed = self.seeds[int(close[0])], self.seeds[n]
                 raise InputError(
                     f"seeds {other.node_id} and {seed.node_id} are at the same position (RAS "
-                    f"{seed.ras[0]:.1f}, {seed.ras[1]:.1f}, {seed.ras[2]:.1f} mm, one voxel); "
-                    "a node needs exactly one seed, so remove one of them"
+                    f"{seed.ras[0]:.1f}, {seed.ras[1]:.1f}, {seed.ras[2]:.1f} mm, within half a "
+                    "voxel); a node needs exactly one seed, so remove one of them"
                 )
