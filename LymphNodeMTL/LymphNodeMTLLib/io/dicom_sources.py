@@ -16,8 +16,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.geometry import LPS_TO_RAS, VolumeGeometry, lps_to_ras_points
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+from .volume_reader import CT_IMAGE_STORAGE
 
 
 def read_source_datasets(folder, geometry: VolumeGeometry, series_uid: str | None = None) -> list:

@@ -257,8 +257,12 @@ def _check_metaimage(path: Path) -> None:
 
 
 # --- DICOM ----------------------------------------------------------------------------------------
-def check_dicom_instances(files) -> None:
-    """Refuse a series in which an instance's pixel data is cut short. Raises InputError."""
+def check_dicom_instances(files, image_sop_classes=()) -> None:
+    """Refuse DICOM files whose pixel data is cut short. Raises InputError.
+
+    image_sop_classes: SOP classes that must carry pixel data (the series' own); a file of such a
+    class that ends before its pixel data was cut inside its header. Files of other classes
+    (a DICOMDIR, a structured report) need none."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -269,13 +273,18 @@ def check_dicom_instances(files) -> None:
             try:
                 ds = pydicom.dcmread(file)
                 pixels = ds.get("PixelData") if "PixelData" in ds else None
-            except (InvalidDicomError, OSError, ValueError, EOFError, struct.error):
+                meta = getattr(ds, "file_meta", None)
+                sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+            except (InvalidDicomError, OSError, ValueError, EOFError, struct.error, AttributeError):
                 _refuse(file, "it cannot be read as DICOM to its end")
         if any("End of file" in str(w.message) or "truncat" in str(w.message).lower() for w in caught):
             _refuse(file, "its pixel data ends before its delimiter")
         if pixels is None:
+            if sop_class in image_sop_classes:
+                _refuse(file, "it ends before its pixel data")
             continue
-        if not ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian).is_compressed:
+        syntax = getattr(meta, "TransferSyntaxUID", None) or pydicom.uid.ImplicitVRLittleEndian
+        if not syntax.is_compressed:
             try:
                 expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
                             * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8)

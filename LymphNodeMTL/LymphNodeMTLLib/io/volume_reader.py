@@ -30,6 +30,7 @@ DICOM_METADATA_TAGS = {
     "Modality": "0008|0060",
     "SeriesDescription": "0008|103e",
 }
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _TAG_POSITION = "0020|0032"  # ImagePositionPatient, LPS mm
 _TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient: row and column direction cosines, LPS
 
@@ -114,6 +115,7 @@ def _read_file(path: Path) -> sitk.Image:
         )
     if not name.endswith(FILE_EXTENSIONS):
         raise InputError(f"unsupported CT file type: {path.name}; {_ACCEPTED}")
+    check_image_file_complete(path)  # a truncated file would read with its missing voxels as 0
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -122,7 +124,6 @@ def _read_file(path: Path) -> sitk.Image:
         _check_scalar_3d(
             path.name, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize()
         )
-        check_image_file_complete(path)  # a truncated file would read with its missing voxels as 0
         return reader.Execute()
     except RuntimeError:
         raise InputError(
@@ -160,9 +161,9 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
             f"DICOM series {uid or '(no UID)'} in {folder.name} has only {len(files)} slice(s); "
             "a 3-D CT series is needed"
         )
+    check_dicom_instances(files)  # before the stack check: a cut file is the better message
+    _refuse_unreadable_dicom(folder, files)
     _check_slice_stack(folder, files)
-    check_dicom_instances(files)
-    _refuse_unreadable_dicom(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -183,9 +184,10 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     return image, _dicom_metadata(reader)
 
 
-def _refuse_unreadable_dicom(folder: Path) -> None:
+def _refuse_unreadable_dicom(folder: Path, files) -> None:
     """A DICOM file too damaged for GDCM to place in any series is silently left out of it (a
-    missing first or last slice leaves no gap to see), so such files are refused here."""
+    missing first or last slice leaves no gap to see), so such files are refused here when they
+    are of the series' own SOP class (a structured report or a DICOMDIR beside it is fine)."""
     listed = set()
     for uid in _series_uids(folder):
         listed.update(Path(f).resolve() for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
@@ -194,7 +196,9 @@ def _refuse_unreadable_dicom(folder: Path) -> None:
         with open(file, "rb") as f:
             if f.read(132)[128:] == b"DICM":
                 unlisted.append(file)
-    check_dicom_instances(unlisted)
+    if unlisted:
+        sop_class = _header(files[0]).get("0008|0016", "")
+        check_dicom_instances(unlisted, {sop_class, CT_IMAGE_STORAGE} - {""})
 
 
 def _choose_series(folder: Path, series_uid: str | None) -> str:
