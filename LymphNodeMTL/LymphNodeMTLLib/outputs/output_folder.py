@@ -108,15 +108,15 @@ def os_error_line(error: OSError, path, what: str = "write") -> str:
 def check_folder_path(folder: Path, option: str = "--out") -> None:
     """Refuse a path that cannot be an output folder: a file, a dangling symbolic link, a name the
     file system cannot hold."""
+    for part in folder.absolute().parts:  # first: stat() itself fails on such a name
+        if len(os.fsencode(part)) > 255:
+            raise InputError(f"{option} {folder}: the name {part[:40]}... is longer than 255 bytes; "
+                             "choose a shorter path")
     if folder.is_symlink() and not folder.exists():
         raise InputError(f"{option} {folder} is a symbolic link to {os.readlink(folder)}, which does "
                          "not exist; create its target or choose another folder")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{option} {folder} is a file, not a folder; choose a folder path")
-    for part in folder.absolute().parts:
-        if len(os.fsencode(part)) > 255:
-            raise InputError(f"{option} {folder}: the name {part[:40]}... is longer than 255 bytes; "
-                             "choose a shorter path")
 
 
 class FolderLock:
