@@ -141,18 +141,22 @@ def _repair_non_finite(image: np.ndarray, name: str, warn) -> np.ndarray:
 
 
 def _enclosed_by_body(image: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """Voxels inside the body's outline, slice by slice: the body (finite, above -500 HU) with its
-    holes filled. A non-finite voxel in a hole of the body lies inside it; one connected to the
-    slice border (the circle outside the field of view) does not."""
+    """Voxels inside the body's outline, slice by slice: everything but the body (finite, above
+    -500 HU) that is connected, within its slice, to the slice border lies outside. A non-finite
+    voxel in a hole of the body lies inside it; one in the circle outside the field of view does
+    not. (One labelling pass over the volume: fast enough for whole CTs.)"""
     from scipy import ndimage  # lazily: keeps importing the Lib cheap
 
     with np.errstate(invalid="ignore"):
         body = finite & (image > BODY_THRESHOLD_HU)
-    inside = np.zeros_like(body)
-    for k in range(body.shape[0]):
-        if body[k].any():
-            inside[k] = ndimage.binary_fill_holes(body[k])
-    return inside
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    labels, count = ndimage.label(~body, structure=in_plane)
+    touches_border = np.zeros(count + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        touches_border[edge] = True
+    touches_border[0] = False  # label 0 is the body itself
+    return ~touches_border[labels]
 
 
 def _check_intensities(image: np.ndarray, name: str) -> None:
