@@ -29,8 +29,9 @@ inputs:
 
 checks before any work (each refusal is one line, exit code 2, nothing written):
   the CT file is complete (no truncated copy), and looks like a CT in HU: DICOM Modality CT, voxel
-  spacing in mm, orthogonal axes, air, fat and soft tissue present; NaN/inf voxels outside the body
-  are read as air (with a warning), inside it refused; one seed per node, each inside the CT
+  spacing in mm, orthogonal axes, values below 0, fat and soft tissue present; NaN/inf voxels
+  outside the body are read as air (with a warning), inside it refused; one seed per node, each
+  inside the CT
 
 outputs in DIR (written together at the end, or not at all; DIR is locked while a run writes):
   nodes.seg.nrrd  one segment per seed, "LN <id>", opens in 3D Slicer as a segmentation
