@@ -674,7 +674,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         if markupsNode is None:
             raise InputError("select the seeds (a point list with one point per node)")
         case = self.caseFromNodes(volumeNode, markupsNode)
-        case.validate_seeds()  # all seeds, so duplicates and outside points are caught before work
+        case.validate()  # the CT (core/ct_plausibility.py) and all seeds, before any work
         existing = self.lymphNodeSegments(segmentationNode) if segmentationNode else {}
         plan = PredictionPlan(volumeNode, segmentationNode, tableNode, case)
         toPredict = []

@@ -3,6 +3,7 @@ and nothing written."""
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ def ct_and_seeds(tmp_path):
     image, _ = sphere_volume(geom)
     rng = np.random.default_rng(0)
     image = image + rng.normal(0, 10, image.shape).astype(np.float32)
+    image[:, :, :3] = -1000.0  # air at one edge, far from both seeds: a CT shows air, fat and soft tissue
     ct = tmp_path / "ct.nrrd"
     write_volume(ct, image, geom)
     seeds = tmp_path / "seeds.mrk.json"
@@ -224,3 +226,89 @@ def test_predict_output_opens_in_slicer_unchanged(ct_and_seeds, tmp_path, capsys
     np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), ct_geometry.ijk_to_ras, atol=1e-6)
     labelmap, _, _ = read_segmentation(out / "nodes.seg.nrrd")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmap_node) > 0, labelmap > 0)
+
+
+# --- the parser refuses meaningless arguments with one line -----------------------------------------
+@pytest.mark.parametrize("argv, fragment", [
+    (["predict", "--volume", "ct.nrrd", "--seeds", "s.csv", "--out", "o", "--batch-size", "0"],
+     "argument --batch-size: must be at least 1, got 0"),
+    (["predict", "--volume", "ct.nrrd", "--seeds", "s.csv", "--out", "o", "--batch-size", "-4"],
+     "argument --batch-size: must be at least 1, got -4"),
+    (["predict", "--volume", "ct.nrrd", "--seeds", "s.csv", "--out", "o", "--batch-size", "eight"],
+     "'eight' is not a whole number"),
+    (["predict", "--volume", "ct.nrrd", "--seeds", "s.csv", "--out", "o", "--device", "meta"],
+     "unknown device 'meta'"),
+    (["predict", "--volume", "ct.nrrd", "--seeds", "s.csv", "--out", "o", "--device", "tpu:0"],
+     "unknown device 'tpu:0'"),
+    (["demo", "--nodes", "0"], "argument --nodes: must be at least 1, got 0"),
+    (["phantom", "--out", "p", "--cases", "0", "--seed", "1"], "argument --cases: must be at least 1, got 0"),
+    (["phantom", "--out", "p", "--cases", "-2", "--seed", "1"], "argument --cases: must be at least 1, got -2"),
+    (["ablate", "--manifest", "m", "--test-manifest", "t", "--out", "o", "--epochs", "-1"],
+     "argument --epochs: must be 0 or more, got -1"),
+    (["ablate", "--manifest", "m", "--test-manifest", "t", "--out", "o", "--bootstrap", "0"],
+     "argument --bootstrap: must be at least 1"),
+    (["ablate", "--manifest", "m", "--test-manifest", "t", "--out", "o", "--budget-minutes", "nan"],
+     "argument --budget-minutes: must be a number above 0"),
+    (["evaluate", "--manifest", "m", "--out", "o", "--device", "mps:1"], "unknown device 'mps:1'"),
+    (["predict", "--volume", "ct.nrrd"], "the following arguments are required: --seeds, --out"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+])
+def test_bad_arguments_are_one_line_from_the_parser(tmp_path, capsys, monkeypatch, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lymphnode-mtl: error: ") and fragment in lines[0], captured.err
+    assert "--help" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unavailable_gpus_are_refused_by_the_parser(tmp_path, capsys):
+    import torch
+
+    argv = ["predict", "--volume", "ct.nrrd", "--seeds", "s.csv", "--out", str(tmp_path / "o")]
+    wanted = []
+    if not torch.cuda.is_available():
+        wanted.append(("cuda", "no CUDA GPU is available here"))
+    else:
+        wanted.append((f"cuda:{torch.cuda.device_count()}", "CUDA GPU(s)"))
+    if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        wanted.append(("mps", "MPS is not available here"))
+    for device, fragment in wanted:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv + ["--device", device])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and fragment in err, err
+
+
+def test_every_command_is_its_own_module_dispatched_from_the_table():
+    import importlib
+
+    from LymphNodeMTLLib.commands.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    names = set(parser._subparsers._group_actions[0].choices)
+    assert names == set(COMMANDS)
+    for name, (module_name, _help) in COMMANDS.items():
+        module = importlib.import_module(f"LymphNodeMTLLib.commands.{module_name}")
+        assert callable(module.add_arguments) and callable(module.run), name
+        assert (module.__doc__ or "").strip(), name
+
+
+def test_predict_to_folder_is_the_packages_light_entry_point():
+    """`from LymphNodeMTLLib import predict_to_folder` works, documented, without importing torch
+    or SimpleITK until a prediction runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, inspect, LymphNodeMTLLib as L; f = L.predict_to_folder; "
+            "assert 'Args:' in f.__doc__ and 'Raises:' in f.__doc__; "
+            "p = inspect.signature(f).parameters; "
+            "assert list(p)[:3] == ['volume', 'seeds', 'out_dir'] and 'PathLike' in str(p['volume'].annotation); "
+            "print(sorted(m for m in ('torch', 'SimpleITK', 'monai') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": os.pathsep.join(sys.path)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -72,3 +72,46 @@ def test_reclassify_real_lesion_from_its_label(engine):
     assert 0.0 <= updated.probability <= 1.0
     assert updated.volume_mm3 == pytest.approx(mask.sum() * geometry.voxel_volume_mm3)
     assert updated.short_axis_mm > 0 and updated.long_axis_mm >= updated.short_axis_mm
+
+
+# --- input checks accept real CT ------------------------------------------------------------------
+REAL_LESIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_lesions"
+
+
+@pytest.mark.parametrize("name", ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz",
+                                  "dicom_abdomen_series"])
+def test_real_ct_passes_integrity_and_plausibility(name):
+    from LymphNodeMTLLib.core.ct_plausibility import check_ct_plausibility
+
+    image, geometry, metadata = read_volume(shared(name))  # file integrity is checked on the way
+    assert check_ct_plausibility(image, geometry, metadata.get("Modality"), name, warn=pytest.fail) is image
+
+
+def test_a_real_lesion_mask_is_refused_as_a_ct():
+    from LymphNodeMTLLib.core.ct_plausibility import check_ct_plausibility
+    from LymphNodeMTLLib.core.errors import InputError
+
+    image, geometry, _ = read_volume(shared("chest_noncontrast_lung1_lesion.nrrd"))
+    with pytest.raises(InputError, match="label map or segmentation"):
+        check_ct_plausibility(image, geometry, name="lesion")
+
+
+def _real_lesion_cases():
+    return sorted(p.parent.name for p in REAL_LESIONS.glob("*/ct.nrrd")) or ["(absent)"]
+
+
+@pytest.mark.parametrize("case", _real_lesion_cases())
+def test_window_rebuilt_real_lesion_cts_pass_the_input_checks(case):
+    """CTs rebuilt from 8-bit windowed images (everything below the window reads as -1000 HU)
+    are still CT: accepted whole, with their seeds, by the same checks predict runs."""
+    folder = REAL_LESIONS / case
+    if not (folder / "ct.nrrd").exists():
+        pytest.skip(f"{REAL_LESIONS} is absent")
+    from LymphNodeMTLLib.io.seed_reader import read_seeds
+
+    image, geometry, metadata = read_volume(folder / "ct.nrrd")
+    assert image.min() == -1000 and len(np.unique(image)) <= 256
+    case_ = Case(image, geometry, read_seeds(folder / "seeds.csv"), metadata)
+    warnings = []
+    case_.validate("ct.nrrd", warnings.append)
+    assert warnings == [] and case_.image is image

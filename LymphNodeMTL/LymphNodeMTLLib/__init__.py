@@ -2,6 +2,23 @@
 
 Pure Python + torch/MONAI/SimpleITK. Never imports slicer, qt or vtk, so the same code runs in
 3D Slicer (through the module's Logic) and headless (the `lymphnode-mtl` CLI).
+
+The Python entry point is `predict_to_folder` (what `lymphnode-mtl predict` runs):
+
+    from LymphNodeMTLLib import predict_to_folder
+    results = predict_to_folder("ct.nrrd", "seeds.mrk.json", "results/", device="cpu")
+
+It is loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no SimpleITK).
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "predict_to_folder"]
+
+
+def __getattr__(name):
+    if name == "predict_to_folder":
+        from .commands.predict import predict_to_folder
+
+        return predict_to_folder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ import shlex
 
 from ..core.errors import InputError
 
-ABLATE_EPILOG = """\
+EPILOG = """\
 variants (default: all, in this order):
   single_task_classifier  same encoder, no mask branch; pools under a ball around the seed
   single_task_segmenter   same encoder and decoder, no metastasis head
@@ -27,28 +27,27 @@ example:
 """
 
 
-def add_ablate_parser(sub) -> argparse.ArgumentParser:
-    a = sub.add_parser("ablate", help="train and compare the published components (ablation table)",
-                       epilog=ABLATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(a: argparse.ArgumentParser) -> None:
+    from .cli import device_name, non_negative_int, positive_float, positive_int
+
     a.add_argument("--manifest", required=True, metavar="M", help="training manifest (one split for every variant)")
     a.add_argument("--test-manifest", required=True, metavar="M", help="test manifest with per-node truth")
     a.add_argument("--out", required=True, metavar="DIR", help="folder for the table and the model folders")
-    a.add_argument("--budget-minutes", type=float, default=None, metavar="M",
+    a.add_argument("--budget-minutes", type=positive_float, default=None, metavar="M",
                    help="training time per variant (default: no limit, --epochs decides)")
-    a.add_argument("--epochs", type=int, default=None, metavar="N", help="maximum epochs per variant")
+    a.add_argument("--epochs", type=non_negative_int, default=None, metavar="N", help="maximum epochs per variant")
     a.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="which rows (default: all; names below)")
     a.add_argument("--config", metavar="C", help="training config JSON shared by every variant (see TrainConfig)")
-    a.add_argument("--device", default=None, metavar="auto|cpu|cuda", help="overrides the config's device")
+    a.add_argument("--device", type=device_name, default=None, metavar="auto|cpu|cuda", help="overrides the config's device")
     a.add_argument("--mask-fraction", type=float, default=1.0, metavar="F",
                    help="keep true masks on this share of training nodes (pseudo-mask experiments; default 1)")
     a.add_argument("--label-fraction", type=float, default=1.0, metavar="F",
                    help="keep labels on this share of training nodes (distillation experiments; default 1)")
-    a.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
+    a.add_argument("--bootstrap", type=positive_int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
     a.add_argument("--resume", action="store_true",
                    help="reuse variants already trained in DIR/models with the same config (a run cut off "
                         "part-way goes on where it stopped)")
-    return a
 
 
 def command_line(args) -> str:
@@ -71,7 +70,7 @@ def command_line(args) -> str:
     return shlex.join(parts)
 
 
-def run_ablate(args) -> dict:
+def run(args) -> dict:
     from ..evaluation.ablation.ablation import DEFAULT_VARIANTS, VARIANT_NAMES, run_ablation
     from ..training.trainer import TrainConfig
 

@@ -1,17 +1,21 @@
 """`lymphnode-mtl`: the headless engine from the command line.
 
-Every user error ends as one line on stderr and exit code 2; outputs are written only when the
-whole run succeeded.
+One module per command in this package (`COMMANDS` below), each with `add_arguments(parser)` and
+`run(args)`; this file only builds the parser and dispatches. Every user error ends as one line on
+stderr and exit code 2 (bad arguments too); outputs are written only when the whole run succeeded.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import math
 import sys
-from pathlib import Path
 
 from .. import __version__
 from ..core.errors import InputError
+
+PROG = "lymphnode-mtl"
 
 DESCRIPTION = """\
 LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one seed per node.
@@ -27,81 +31,107 @@ The bundled model is trained on synthetic phantoms: a demonstration, not a clini
 Run `lymphnode-mtl COMMAND --help` for each command's options.
 """
 
-PREDICT_EPILOG = """\
-inputs:
-  CT      a file (.nrrd .nhdr .nii .nii.gz .mha .mhd) or a folder holding one DICOM series
-  seeds   a 3D Slicer markups file (.mrk.json; each point's label is the node id) or a CSV with
-          header id,r,a,s (RAS mm, Slicer's convention) or id,l,p,s (LPS mm, DICOM's convention)
-
-outputs in DIR:
-  nodes.seg.nrrd  one segment per seed, "LN <id>", opens in 3D Slicer as a segmentation
-  nodes.csv       one row per node: probability, label, volume, short/long axis, mean/SD HU
-  run.json        model id, weights hash, software versions, device and timings
-  nodes.dcm       with --dicom-seg: DICOM SEG, one segment per node, referencing the CT series
-  report.png      with --report: per-node axial/coronal/sagittal thumbnails, probability, axes
-  report.html     with --report: the same as one self-contained web page
-
-example:
-  lymphnode-mtl predict --volume ct.nrrd --seeds seeds.mrk.json --out results/
-"""
+# command -> (module in this package, one-line help). Each module has add_arguments(parser) and
+# run(args), and may have EPILOG (text under its --help); heavy imports wait for run().
+COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("predict", "segment and classify the nodes of one CT"),
+    "demo": ("demo", "run predict on a synthetic phantom CT"),
+    "phantom": ("phantom", "write a phantom training set in manifest format"),
+    "train": ("train", "train a model folder from a training manifest"),
+    "evaluate": ("evaluate", "score a model on a manifest with per-node truth"),
+    "ablate": ("ablate", "train and compare the published components (ablation table)"),
+}
 
 
-def _add_predict_args(p: argparse.ArgumentParser) -> None:
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (`lymphnode-mtl: error: ...`) and exit code 2."""
+
+    def error(self, message):
+        command = self.prog[len(PROG):].strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"{PROG}: error: {where}{message}; see `{self.prog} --help`\n")
+
+
+# --- argument types ------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps, refused here when this machine has no such device."""
+    name = text.strip().lower()
+    if name in ("auto", "cpu"):
+        return name
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "mps") or (index and not index.isdigit()) or (kind == "mps" and index):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu or cuda (cuda:N, mps)")
+    import torch  # only when a GPU is asked for
+
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is available here; use cpu or auto")
+        if index and int(index) >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA GPU(s), "
+                                             f"cuda:0 to cuda:{count - 1}")
+    elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text}: Apple's MPS is not available here; use cpu or auto")
+    return name
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Model, device, batch size and --overwrite: shared by predict and demo."""
     p.add_argument("--model", metavar="DIR", help="model folder (default: the bundled demo model)")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+    p.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda",
                    help="where the network runs; auto picks a GPU when there is one (default auto)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="nodes per network pass (default: 64 on GPU, 8 on CPU)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="nodes per network pass, at least 1 (default: 64 on GPU, 8 on CPU)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace existing results in DIR (they may hold edited masks; off by default)")
+                   help="replace existing results in DIR (they may hold edited masks; off by default); "
+                        "other files in DIR are never touched")
+
+
+def _command_module(name: str):
+    return importlib.import_module(f".{COMMANDS[name][0]}", __package__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lymphnode-mtl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineParser(prog=PROG, description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("predict", help="segment and classify the nodes of one CT",
-                       epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--volume", required=True, metavar="CT", help="CT file or DICOM series folder")
-    p.add_argument("--series-uid", metavar="UID", help="which series, when the DICOM folder holds several")
-    p.add_argument("--seeds", required=True, metavar="SEEDS", help=".mrk.json or .csv seed file")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results (created)")
-    p.add_argument("--dicom-seg", action="store_true",
-                   help="also write DIR/nodes.dcm, a DICOM SEG (for PACS and DICOM viewers)")
-    p.add_argument("--report", action="store_true",
-                   help="also write DIR/report.png and DIR/report.html for review")
-    _add_predict_args(p)
-
-    d = sub.add_parser("demo", help="run predict on a synthetic phantom CT")
-    d.add_argument("--out", default="demo-output", metavar="DIR", help="output folder (default demo-output)")
-    d.add_argument("--seed", type=int, default=2026, help="random seed of the phantom (default 2026)")
-    d.add_argument("--nodes", type=int, default=8, help="number of nodes in the phantom (default 8)")
-    _add_predict_args(d)
-
-    ph = sub.add_parser("phantom", help="write a phantom training set in manifest format")
-    ph.add_argument("--out", required=True, metavar="DIR")
-    ph.add_argument("--cases", type=int, required=True, metavar="N")
-    ph.add_argument("--seed", type=int, required=True, metavar="S")
-    ph.add_argument("--background", metavar="CT", help="real CT whose fat regions receive the nodes")
-
-    t = sub.add_parser("train", help="train a model folder from a training manifest")
-    t.add_argument("--manifest", required=True, metavar="M", help="manifest.csv (see README)")
-    t.add_argument("--out", required=True, metavar="MODELDIR")
-    t.add_argument("--config", metavar="C", help="training config JSON (see TrainConfig)")
-    t.add_argument("--resume", action="store_true", help="continue from MODELDIR/checkpoint.pt")
-
-    e = sub.add_parser("evaluate", help="score a model on a manifest with per-node truth")
-    e.add_argument("--model", metavar="MODELDIR", help="model folder (default: the bundled demo model)")
-    e.add_argument("--manifest", required=True, metavar="M")
-    e.add_argument("--out", required=True, metavar="DIR", help="folder for predictions.csv and the report")
-    e.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
-
-    from .ablate import add_ablate_parser
-
-    add_ablate_parser(sub)
+    for name, (_module, help_text) in COMMANDS.items():
+        module = _command_module(name)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=getattr(module, "EPILOG", None),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
     return parser
 
 
@@ -111,37 +141,21 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from ..outputs.output_folder import TerminatedBySignal, os_error_line
+
     try:
-        if args.command == "predict":
-            from .predict import run_predict
-
-            run_predict(args)
-        elif args.command == "demo":
-            from .demo import run_demo
-
-            run_demo(args)
-        elif args.command == "phantom":
-            from ..phantoms.dataset_writer import write_phantom_dataset
-
-            manifest = write_phantom_dataset(Path(args.out), args.cases, args.seed, background=args.background)
-            print(f"phantom training set: {manifest}")
-        elif args.command == "train":
-            from .train import run_train
-
-            run_train(args)
-        elif args.command == "evaluate":
-            from .evaluate import run_evaluate
-
-            run_evaluate(args)
-        elif args.command == "ablate":
-            from .ablate import run_ablate
-
-            run_ablate(args)
+        _command_module(args.command).run(args)
     except InputError as e:
-        print(f"lymphnode-mtl: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a folder or disk problem the command did not foresee: still one line
+        print(f"{PROG}: error: {os_error_line(e, getattr(args, 'out', ''), 'use')}", file=sys.stderr)
+        return 2
+    except TerminatedBySignal as e:
+        print(f"{PROG}: stopped by {e}; no partial results were left", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("lymphnode-mtl: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: interrupted; no partial results were left", file=sys.stderr)
         return 130
     return 0
 

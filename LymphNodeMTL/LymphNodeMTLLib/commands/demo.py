@@ -5,19 +5,23 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
+from ..outputs.output_folder import cleanup_on_signals
+from .predict import OUTPUT_FILES, load_case, output_folder, print_summary, run_engine, write_results
 
-from ..io.seed_reader import write_markups_json
-from ..io.volume_reader import write_volume
-from ..phantoms.case_generator import generate_phantom_case
-from .predict import check_output_folder, predict_to_folder, print_summary
+INPUT_FOLDER = "input"
 
 
 def write_demo_inputs(out_dir: Path, seed: int, n_nodes: int):
     """Phantom CT + Slicer markups seeds + truth table under out_dir/input. Returns the paths."""
+    import numpy as np
+
+    from ..io.seed_reader import write_markups_json
+    from ..io.volume_reader import write_volume
+    from ..phantoms.case_generator import generate_phantom_case
+
     case = generate_phantom_case(np.random.default_rng(seed), n_nodes, spacing=(0.8, 0.8, 2.0),
                                  direction=np.eye(3))
-    inputs = out_dir / "input"
+    inputs = out_dir / INPUT_FOLDER
     inputs.mkdir(parents=True, exist_ok=True)
     ct, seeds, truth = inputs / "ct.nrrd", inputs / "seeds.mrk.json", inputs / "truth.csv"
     write_volume(ct, case.image, case.geometry)
@@ -30,16 +34,39 @@ def write_demo_inputs(out_dir: Path, seed: int, n_nodes: int):
     return ct, seeds, truth, case
 
 
-def run_demo(args) -> None:
+def add_arguments(d) -> None:
+    from .cli import add_engine_arguments, positive_int
+
+    d.add_argument("--out", default="demo-output", metavar="DIR", help="output folder (default demo-output)")
+    d.add_argument("--seed", type=int, default=2026, help="random seed of the phantom (default 2026)")
+    d.add_argument("--nodes", type=positive_int, default=8,
+                   help="number of nodes in the phantom, at least 1 (default 8)")
+    add_engine_arguments(d)
+
+
+def run(args) -> None:
+    """The phantom inputs and the results appear together in --out (one locked, all-or-nothing
+    write, as predict's)."""
+    from ..inference.engine import NodeEngine
+
     out_dir = Path(args.out)
-    check_output_folder(out_dir, args.overwrite)
-    ct, seeds, truth, case = write_demo_inputs(out_dir, args.seed, args.nodes)
-    results = predict_to_folder(ct, seeds, out_dir, args.model, args.device, args.batch_size, overwrite=True)
+    folder = output_folder(out_dir, args.overwrite, OUTPUT_FILES + (INPUT_FOLDER,))
+    folder.check()
+    engine = NodeEngine(args.model, args.device, args.batch_size)
+    with cleanup_on_signals(), folder:
+        ct, seeds, truth, phantom = write_demo_inputs(folder.staging, args.seed, args.nodes)
+        case = load_case(ct, seeds)
+        results = run_engine(engine, case)
+        final = {name: out_dir / INPUT_FOLDER / path.name for name, path in
+                 (("volume", ct), ("seeds", seeds), ("truth", truth))}
+        write_results(folder.staging, case, results, engine,
+                      {"volume": str(final["volume"]), "seeds": str(final["seeds"])})
+        folder.publish()
     print_summary(results, out_dir)
-    truth_by_id = {n.node_id: n for n in case.nodes}
+    truth_by_id = {n.node_id: n for n in phantom.nodes}
     print("\nphantom truth (true probability P and drawn label) next to the prediction:")
     for r in results:
         n = truth_by_id[r.node_id]
         print(f"  {r.node_id}: predicted {r.probability:.2f}, true P {n.probability:.2f}, label {n.label}")
-    print(f"\ninputs: {ct}, {seeds}, {truth}")
-    print(f"open {ct} and {out_dir / 'nodes.seg.nrrd'} in 3D Slicer to review the masks")
+    print(f"\ninputs: {final['volume']}, {final['seeds']}, {final['truth']}")
+    print(f"open {final['volume']} and {out_dir / 'nodes.seg.nrrd'} in 3D Slicer to review the masks")

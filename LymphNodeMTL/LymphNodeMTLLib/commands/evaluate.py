@@ -1,23 +1,38 @@
-"""`lymphnode-mtl evaluate`: model folder + manifest -> predictions.csv and report.{md,json,png}."""
+"""`lymphnode-mtl evaluate`: model folder + manifest -> predictions.csv and report.{md,json,png},
+written together into --out (locked while the run writes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
 
-from ..evaluation.evaluator import evaluate_manifest
-from ..inference.engine import NodeEngine
+def add_arguments(e) -> None:
+    from .cli import device_name
+
+    e.add_argument("--model", metavar="MODELDIR", help="model folder (default: the bundled demo model)")
+    e.add_argument("--manifest", required=True, metavar="M")
+    e.add_argument("--out", required=True, metavar="DIR", help="folder for predictions.csv and the report")
+    e.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda")
 
 
-def run_evaluate(args) -> dict:
+def run(args) -> dict:
+    from tqdm import tqdm
+
+    from ..evaluation.evaluator import evaluate_manifest
+    from ..inference.engine import NodeEngine
+    from ..outputs.output_folder import OutputFolder, cleanup_on_signals
+
     engine = NodeEngine(args.model, args.device)
-    with tqdm(desc="cases", unit="case", disable=None) as bar:
+    # an evaluation's own files are replaced by the next one; nothing else in --out is touched
+    folder = OutputFolder(args.out, (), overwrite=True)
+    folder.check()
+    with cleanup_on_signals(), folder, tqdm(desc="cases", unit="case", disable=None) as bar:
         def progress(_stage, done, total):
             bar.total = total
             bar.update(done - bar.n)
 
-        summary = evaluate_manifest(engine, args.manifest, Path(args.out), progress)
+        summary = evaluate_manifest(engine, args.manifest, folder.staging, progress)
+        folder.publish(sorted(p.name for p in folder.staging.iterdir()))
     keys = ("auc", "bayes_ceiling_auc", "accuracy", "sensitivity", "specificity", "ece", "dice_mean")
     print(", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary))
     print(f"report: {Path(args.out) / 'report.md'}")

@@ -1,25 +1,49 @@
 """`lymphnode-mtl predict`: CT + seeds -> nodes.seg.nrrd, nodes.csv, run.json, optionally nodes.dcm
-(DICOM SEG) and report.png/report.html (all or nothing)."""
+(DICOM SEG) and report.png/report.html, written all or nothing.
+
+`predict_to_folder` is the Python entry point; the CLI, the server and the tests call it, and the
+CLI does nothing but parse its arguments for it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from ..core.case import Case
-from ..core.errors import InputError
-from ..inference.engine import NodeEngine
-from ..io.seed_reader import read_seeds
-from ..io.volume_reader import read_volume
-from ..outputs.results_table import write_results_csv
-from ..outputs.run_record import run_record
-from ..outputs.segmentation_writer import write_segmentation
+from ..outputs.output_folder import OutputFolder, cleanup_on_signals
+
+if TYPE_CHECKING:  # the engine imports torch: only when a prediction runs
+    from ..core.node_result import NodeResult
+    from ..inference.engine import NodeEngine
+
+EPILOG = """\
+inputs:
+  CT      a file (.nrrd .nhdr .nii .nii.gz .mha .mhd) or a folder holding one DICOM series
+  seeds   a 3D Slicer markups file (.mrk.json; each point's label is the node id) or a CSV with
+          header id,r,a,s (RAS mm, Slicer's convention) or id,l,p,s (LPS mm, DICOM's convention)
+
+checks before any work (each refusal is one line, exit code 2, nothing written):
+  the CT file is complete (no truncated copy), and looks like a CT in HU: DICOM Modality CT, voxel
+  spacing in mm, orthogonal axes, values below 0, fat and soft tissue present; NaN/inf voxels
+  outside the body are read as air (with a warning), inside it refused; one seed per node, each
+  inside the CT
+
+outputs in DIR (written together at the end, or not at all; DIR is locked while a run writes):
+  nodes.seg.nrrd  one segment per seed, "LN <id>", opens in 3D Slicer as a segmentation
+  nodes.csv       one row per node: probability, label, volume, short/long axis, mean/SD HU
+  run.json        model id, weights hash, software versions, device, timings and the files written
+  nodes.dcm       with --dicom-seg: DICOM SEG, one segment per node, referencing the CT series
+  report.png      with --report: per-node axial/coronal/sagittal thumbnails, probability, axes
+  report.html     with --report: the same as one self-contained web page
+
+example:
+  lymphnode-mtl predict --volume ct.nrrd --seeds seeds.mrk.json --out results/
+"""
 
 OUTPUT_FILES = ("nodes.seg.nrrd", "nodes.csv", "run.json")
 DICOM_SEG_FILE = "nodes.dcm"
@@ -31,23 +55,29 @@ def output_files(dicom_seg: bool = False, report: bool = False) -> tuple[str, ..
     return OUTPUT_FILES + ((DICOM_SEG_FILE,) if dicom_seg else ()) + (REPORT_FILES if report else ())
 
 
-def check_output_folder(out_dir: Path, overwrite: bool, names=OUTPUT_FILES) -> None:
-    existing = [name for name in names if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise InputError(
-            f"{out_dir} already holds {', '.join(existing)} (possibly edited masks); "
-            "choose another --out or pass --overwrite"
-        )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file, not a folder; choose a folder path")
+def output_folder(out_dir, overwrite: bool, names=OUTPUT_FILES, warn=None) -> OutputFolder:
+    """The locked, all-or-nothing output folder for `names`; the other result files an earlier run
+    may have left there are refused without overwrite and never removed."""
+    related = [n for n in output_files(True, True) if n not in names]
+    return OutputFolder(out_dir, names, overwrite, related=related, warn=warn)
 
 
-def load_case(volume_path, seeds_path, series_uid=None) -> Case:
+def check_output_folder(out_dir, overwrite: bool, names=OUTPUT_FILES) -> None:
+    """Refuse an output folder predict could not write into (before any work is done)."""
+    output_folder(out_dir, overwrite, names).check()
+
+
+def load_case(volume_path, seeds_path, series_uid=None, warn=None) -> Case:
+    """Read the CT and the seeds and refuse what the engine cannot answer truthfully (Case.validate:
+    CT plausibility, seed placement)."""
+    from ..io.seed_reader import read_seeds
+    from ..io.volume_reader import read_volume
+
     t0 = time.perf_counter()
     image, geometry, metadata = read_volume(volume_path, series_uid=series_uid)
     seeds = read_seeds(seeds_path)
     case = Case(image, geometry, seeds, metadata)
-    case.validate_seeds()
+    case.validate(Path(volume_path).name, warn)
     case.metadata["read_s"] = time.perf_counter() - t0
     return case
 
@@ -56,66 +86,124 @@ def load_dicom_sources(volume, case: Case):
     """The CT's DICOM headers in k order when it came from a DICOM folder, else None."""
     if not Path(volume).is_dir():
         return None
-    from ..outputs.dicom_seg_writer import read_source_datasets
+    from ..io.dicom_sources import read_source_datasets
 
     return read_source_datasets(volume, case.geometry, case.metadata.get("SeriesInstanceUID"))
 
 
-def write_outputs(out_dir: Path, case: Case, results, engine, inputs: dict, dicom_seg: bool = False,
-                  report: bool = False, dicom_sources=None) -> dict:
-    """Write the files into a temporary folder first, then move them in together.
+def run_engine(engine: "NodeEngine", case: Case) -> list["NodeResult"]:
+    """The engine's results for every seed, with a progress bar on a terminal."""
+    from tqdm import tqdm
 
-    dicom_seg: also write nodes.dcm, against `dicom_sources` (`load_dicom_sources`; None: a
-    synthetic source series). report: also write report.png and report.html.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".lymphnode-mtl-", dir=out_dir))
-    try:
-        t0 = time.perf_counter()
-        write_segmentation(tmp / "nodes.seg.nrrd", results, case.geometry, model_id=engine.model_id,
-                           metadata=case.metadata)
-        write_results_csv(tmp / "nodes.csv", results)
-        if dicom_seg:
-            from ..outputs.dicom_seg_writer import write_dicom_seg
-
-            write_dicom_seg(tmp / DICOM_SEG_FILE, results, case.image, case.geometry, dicom_sources,
-                            engine.model_id, engine.model.weights_sha256, case.metadata,
-                            clinical_use=engine.config.clinical_use)
-        if report:
-            from ..outputs.case_report import write_case_report
-
-            write_case_report(tmp, case, results, engine.model_id, engine.config.clinical_use)
-        engine.timings["write_outputs"] = time.perf_counter() - t0
-        engine.timings["read_inputs"] = case.metadata.get("read_s", 0.0)
-        meta = {k: v for k, v in case.metadata.items() if k != "read_s"}
-        record = run_record(engine, inputs, len(results), meta)
-        (tmp / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-        written = output_files(dicom_seg, report)
-        for name in written:
-            os.replace(tmp / name, out_dir / name)
-        for name in set(output_files(True, True)) - set(written):
-            # an earlier run's DICOM SEG or report would no longer match the new results
-            (out_dir / name).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return record
-
-
-def predict_to_folder(volume, seeds, out_dir, model=None, device="auto", batch_size=None,
-                      overwrite=False, series_uid=None, engine: NodeEngine | None = None,
-                      dicom_seg: bool = False, report: bool = False):
-    out_dir = Path(out_dir)
-    check_output_folder(out_dir, overwrite, output_files(dicom_seg, report))
-    case = load_case(volume, seeds, series_uid)
-    dicom_sources = load_dicom_sources(volume, case) if dicom_seg else None  # fail before the network
-    engine = engine or NodeEngine(model, device, batch_size)
     with tqdm(total=len(case.seeds), desc="nodes", unit="node", disable=None) as bar:
         def progress(_stage, done, _total):
             bar.update(done - bar.n)
 
-        results = engine.predict(case, progress)
-    inputs = {"volume": str(volume), "seeds": str(seeds)}
-    write_outputs(out_dir, case, results, engine, inputs, dicom_seg, report, dicom_sources)
+        return engine.predict(case, progress)
+
+
+def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom_seg: bool = False,
+                  report: bool = False, dicom_sources=None) -> dict:
+    """Write the result files into `folder` (a staging folder; `OutputFolder.publish` moves them
+    into place). Returns the run record.
+
+    dicom_seg: also write nodes.dcm, against `dicom_sources` (`load_dicom_sources`; None: a
+    synthetic source series). report: also write report.png and report.html.
+    """
+    from ..outputs.results_table import write_results_csv
+    from ..outputs.run_record import run_record
+    from ..outputs.segmentation_writer import write_segmentation
+
+    folder = Path(folder)
+    t0 = time.perf_counter()
+    write_segmentation(folder / "nodes.seg.nrrd", results, case.geometry, model_id=engine.model_id,
+                       metadata=case.metadata)
+    write_results_csv(folder / "nodes.csv", results)
+    if dicom_seg:
+        from ..outputs.dicom_seg_writer import write_dicom_seg
+
+        write_dicom_seg(folder / DICOM_SEG_FILE, results, case.image, case.geometry, dicom_sources,
+                        engine.model_id, engine.model.weights_sha256, case.metadata,
+                        clinical_use=engine.config.clinical_use)
+    if report:
+        from ..outputs.case_report import write_case_report
+
+        write_case_report(folder, case, results, engine.model_id, engine.config.clinical_use)
+    engine.timings["write_outputs"] = time.perf_counter() - t0
+    engine.timings["read_inputs"] = case.metadata.get("read_s", 0.0)
+    meta = {k: v for k, v in case.metadata.items() if k != "read_s"}
+    record = run_record(engine, inputs, len(results), meta)
+    # the files this run wrote: a later --overwrite run replaces exactly these (output_folder.py)
+    record["outputs"] = list(output_files(dicom_seg, report))
+    (folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def predict_to_folder(
+    volume: str | os.PathLike,
+    seeds: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    series_uid: str | None = None,
+    engine: "NodeEngine | None" = None,
+    dicom_seg: bool = False,
+    report: bool = False,
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> list["NodeResult"]:
+    """Segment and classify the lymph nodes of one CT and write the results into a folder.
+
+    This is what `lymphnode-mtl predict` runs. Inputs are checked before any work: the CT must be
+    complete (io/file_integrity.py) and plausible as CT in HU (core/ct_plausibility.py), the seeds
+    must each lie in the CT, one per node, and the folder must be writable.
+
+    Args:
+        volume: the CT: .nrrd, .nhdr, .nii, .nii.gz, .mha or .mhd file, or a folder holding one
+            DICOM series.
+        seeds: a 3D Slicer markups file (.mrk.json) or a CSV (id,r,a,s in RAS mm or id,l,p,s in
+            LPS mm); one seed per node, its label the node id.
+        out_dir: the output folder, created when missing. It receives nodes.seg.nrrd, nodes.csv
+            and run.json, plus nodes.dcm (dicom_seg) and report.png/report.html (report).
+        model: a model folder; None: the bundled demonstration model.
+        device: "auto" (a GPU when there is one), "cpu", "cuda" or "cuda:N".
+        batch_size: nodes per network pass; None: 64 on a GPU, 8 on a CPU.
+        overwrite: replace the results of an earlier run in `out_dir`; without it a folder that
+            already holds any result file is refused. Other files are never touched.
+        series_uid: the SeriesInstanceUID to read when the DICOM folder holds several series.
+        engine: a NodeEngine to reuse (then model, device and batch_size are ignored).
+        dicom_seg: also write nodes.dcm, a DICOM SEG referencing the CT series.
+        report: also write report.png and report.html for review.
+        warn: receives warning lines (e.g. non-finite voxels outside the body read as air);
+            default: printed on stderr.
+
+    Returns:
+        One NodeResult per seed, in seed order.
+
+    Raises:
+        InputError: bad input or an unusable output folder, as one line saying what to do (the
+            CLI prints it and exits with code 2). Nothing is written then; files already in
+            `out_dir` are left as they were.
+
+    The output folder is locked for the run (a second run into it is refused); all files are
+    written into a hidden staging folder and moved in together at the end, and an error, Ctrl-C,
+    SIGTERM or SIGHUP leaves no file of this run behind.
+    """
+    folder = output_folder(out_dir, overwrite, output_files(dicom_seg, report), warn)
+    folder.check()  # before reading anything: a refused folder costs nothing
+    case = load_case(volume, seeds, series_uid, warn)
+    dicom_sources = load_dicom_sources(volume, case) if dicom_seg else None  # fail before the network
+    if engine is None:
+        from ..inference.engine import NodeEngine
+
+        engine = NodeEngine(model, device, batch_size)
+    with cleanup_on_signals(), folder:
+        results = run_engine(engine, case)
+        inputs = {"volume": str(volume), "seeds": str(seeds)}
+        write_results(folder.staging, case, results, engine, inputs, dicom_seg, report, dicom_sources)
+        folder.publish()
     return results
 
 
@@ -128,9 +216,23 @@ def print_summary(results, out_dir: Path, names=OUTPUT_FILES) -> None:
         print(f"wrote {out_dir / name}")
 
 
-def run_predict(args) -> None:
-    dicom_seg, report = getattr(args, "dicom_seg", False), getattr(args, "report", False)
+def add_arguments(p) -> None:
+    from .cli import add_engine_arguments
+
+    p.add_argument("--volume", required=True, metavar="CT", help="CT file or DICOM series folder")
+    p.add_argument("--series-uid", metavar="UID", help="which series, when the DICOM folder holds several")
+    p.add_argument("--seeds", required=True, metavar="SEEDS", help=".mrk.json or .csv seed file")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results (created)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write DIR/nodes.dcm, a DICOM SEG (for PACS and DICOM viewers)")
+    p.add_argument("--report", action="store_true",
+                   help="also write DIR/report.png and DIR/report.html for review")
+    add_engine_arguments(p)
+
+
+def run(args) -> None:
     results = predict_to_folder(args.volume, args.seeds, args.out, args.model, args.device,
                                 args.batch_size, args.overwrite, args.series_uid,
-                                dicom_seg=dicom_seg, report=report)
-    print_summary(results, Path(args.out), output_files(dicom_seg, report))
+                                dicom_seg=args.dicom_seg, report=args.report)
+    print_summary(results, Path(args.out), output_files(args.dicom_seg, args.report))
+

@@ -43,8 +43,25 @@ class Case:
     def seed_array(self) -> np.ndarray:
         return np.array([s.ras for s in self.seeds], dtype=float).reshape(-1, 3)
 
+    def validate(self, name: str | None = None, warn=None) -> None:
+        """Refuse a case the engine cannot answer truthfully: a CT that is not a plausible CT in HU
+        (core/ct_plausibility.py; non-finite voxels outside the body become air), then seeds it
+        cannot place (`validate_seeds`). The DICOM Modality in the metadata is checked when given.
+
+        Args:
+            name: how messages call the CT (default: metadata "volume", else "the CT").
+            warn: receives each warning line (default: printed on stderr).
+        """
+        from .ct_plausibility import check_ct_plausibility, stderr_warning
+
+        name = name or str(self.metadata.get("volume") or "the CT")
+        self.image = check_ct_plausibility(self.image, self.geometry, self.metadata.get("Modality"),
+                                           name, warn or stderr_warning)
+        self.validate_seeds()
+
     def validate_seeds(self) -> None:
-        """Refuse seed sets the engine cannot place: empty, duplicate ids, outside the CT."""
+        """Refuse seed sets the engine cannot place: empty, duplicate ids, outside the CT, two seeds
+        at one position."""
         if not self.seeds:
             raise InputError("no seeds given; place at least one seed on a lymph node")
         ids = [s.node_id for s in self.seeds]
@@ -62,3 +79,18 @@ class Case:
                 "outside the CT volume; check that the seeds belong to this CT and their "
                 "coordinate system (RAS vs LPS)"
             )
+        self._refuse_shared_voxels()
+
+    def _refuse_shared_voxels(self) -> None:
+        """Two seeds less than half a voxel apart along every axis are one point: the second would
+        get an empty mask and still a probability. Each node needs exactly one seed."""
+        ijk = self.geometry.ras_to_ijk_points(self.seed_array())
+        for n in range(1, len(ijk)):
+            close = np.flatnonzero(np.abs(ijk[:n] - ijk[n]).max(axis=1) < 0.5)
+            if close.size:
+                other, seed = self.seeds[int(close[0])], self.seeds[n]
+                raise InputError(
+                    f"seeds {other.node_id} and {seed.node_id} are at the same position (RAS "
+                    f"{seed.ras[0]:.1f}, {seed.ras[1]:.1f}, {seed.ras[2]:.1f} mm, within half a "
+                    "voxel); a node needs exactly one seed, so remove one of them"
+                )

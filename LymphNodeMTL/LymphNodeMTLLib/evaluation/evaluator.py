@@ -29,7 +29,7 @@ from ..core.case import Case, Seed
 from ..core.classification_metrics import expected_calibration_error, roc_auc
 from ..core.measurements import measure_node
 from ..core.node_result import NodeResult
-from ..io.training_manifest import read_manifest
+from ..io.training_manifest import check_same_grid, read_manifest
 from ..io.volume_reader import read_volume
 from .node_scores import SHORT_AXIS_RULE_MM, NodeScore
 
@@ -217,9 +217,12 @@ def _true_node(node_id, seed, mask_full: np.ndarray) -> NodeResult:
 
 def score_case(engine, manifest_case) -> list[NodeScore]:
     image, geometry, _ = read_volume(manifest_case.image)
+    label_map = None
+    if manifest_case.label_map:  # checked before the network runs
+        label_map, label_geometry, _ = read_volume(manifest_case.label_map)
+        check_same_grid(label_geometry, geometry, manifest_case.label_map, manifest_case.image)
     seeds = [Seed(n.node_id, n.ras) for n in manifest_case.nodes]
     results = engine.predict(Case(image, geometry, seeds))
-    label_map = read_volume(manifest_case.label_map)[0] if manifest_case.label_map else None
     truth_p = _truth_probabilities(manifest_case.nodes_csv) if manifest_case.nodes_csv else {}
     scores = []
     for node, result in zip(manifest_case.nodes, results):

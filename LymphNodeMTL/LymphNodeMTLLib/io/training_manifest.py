@@ -68,14 +68,23 @@ def _optional_probability(text: str, where: str) -> float | None:
 def _rows(path: Path, required: set[str]) -> list[dict]:
     if not path.is_file():
         raise InputError(f"{path} does not exist; check the manifest paths")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = {h.strip().lower() for h in (reader.fieldnames or [])}
-        if not required <= fields:
-            raise InputError(
-                f"{path} needs columns {', '.join(sorted(required))}; it has {', '.join(sorted(fields)) or 'none'}"
-            )
-        return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    try:
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column name
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = {h.strip().lower() for h in (reader.fieldnames or [])}
+            if not required <= fields:
+                raise InputError(
+                    f"{path} needs columns {', '.join(sorted(required))}; it has {', '.join(sorted(fields)) or 'none'}"
+                )
+            return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}, e.g. Latin-1 "
+            "from a spreadsheet); save it as UTF-8 CSV"
+        ) from None
+    except csv.Error as e:
+        raise InputError(f"{path} is not a valid CSV file ({e}); save it as plain CSV") from None
 
 
 def read_nodes_csv(path: Path) -> list[ManifestNode]:
@@ -113,3 +122,43 @@ def read_manifest(path) -> list[ManifestCase]:
     if not cases:
         raise InputError(f"{path} lists no cases; add one row per case")
     return cases
+
+
+def check_same_grid(label_geometry, ct_geometry, label_path, ct_path) -> None:
+    """A label map must lie on its CT's voxel grid: mask values are read voxel by voxel."""
+    if not label_geometry.same_grid(ct_geometry, tol=1e-3):
+        raise InputError(
+            f"label map {Path(label_path).name} is on another voxel grid than its CT "
+            f"{Path(ct_path).name} (size {'x'.join(map(str, label_geometry.shape_kji[::-1]))} vs "
+            f"{'x'.join(map(str, ct_geometry.shape_kji[::-1]))}, or origin, spacing or direction); "
+            "resample it onto the CT (e.g. in 3D Slicer) and save it again"
+        )
+
+
+def check_manifest_geometry(cases: list[ManifestCase]) -> None:
+    """Before training: every node lies inside its CT and every label map on its CT's grid, read
+    from the image headers only. A node outside its CT would train on padding (air)."""
+    for case in cases:
+        ct = _header_geometry(case.image)
+        if case.label_map is not None:
+            check_same_grid(_header_geometry(case.label_map), ct, case.label_map, case.image)
+        if not case.nodes:
+            continue
+        import numpy as np
+
+        ras = np.array([n.ras for n in case.nodes], dtype=float)
+        inside = ct.contains_ras(ras)
+        if not np.all(inside):
+            node = case.nodes[int(np.argmin(inside))]
+            raise InputError(
+                f"{case.nodes_csv or case.case_id}: node {node.node_id} at RAS ({node.ras[0]:.1f}, "
+                f"{node.ras[1]:.1f}, {node.ras[2]:.1f}) mm is outside its CT {case.image.name}; check "
+                "that the nodes belong to this CT and are in RAS (not LPS) millimetres"
+            )
+
+
+def _header_geometry(path: Path):
+    """The image's grid from its header (a DICOM folder is read whole)."""
+    from .volume_reader import read_volume_geometry
+
+    return read_volume_geometry(path)

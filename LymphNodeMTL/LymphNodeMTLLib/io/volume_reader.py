@@ -2,7 +2,8 @@
 
 Accepted: .nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd files and a folder holding a DICOM series. Every
 problem the user can fix becomes a one-line InputError; SimpleITK's multi-line errors never leak.
-A DICOM series whose slices are not a regular stack (gantry tilt, uneven spacing, several slices at
+Files and DICOM instances are checked for completeness first (file_integrity.py): a truncated copy
+is refused, not read with its missing voxels as 0. A DICOM series whose slices are not a regular stack (gantry tilt, uneven spacing, several slices at
 one position) is refused rather than read with wrong geometry; resampling it is out of scope.
 """
 
@@ -15,6 +16,7 @@ import SimpleITK as sitk
 
 from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry
+from .file_integrity import check_dicom_instances, check_image_file_complete
 
 FILE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 _ACCEPTED = "use .nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd or a folder holding one DICOM series"
@@ -28,6 +30,7 @@ DICOM_METADATA_TAGS = {
     "Modality": "0008|0060",
     "SeriesDescription": "0008|103e",
 }
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _TAG_POSITION = "0020|0032"  # ImagePositionPatient, LPS mm
 _TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient: row and column direction cosines, LPS
 
@@ -60,6 +63,28 @@ def read_volume(path, series_uid: str | None = None) -> tuple[np.ndarray, Volume
     return array, VolumeGeometry.from_sitk(image), metadata
 
 
+def read_volume_geometry(path) -> VolumeGeometry:
+    """The grid of a CT file from its header alone (pixels not read); a DICOM folder is read whole."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image not found: {path}; check the path")
+    if path.is_dir():
+        return read_volume(path)[1]
+    name = path.name.lower()
+    if not name.endswith(FILE_EXTENSIONS):
+        raise InputError(f"unsupported image file type: {path.name}; {_ACCEPTED}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"could not read {path.name}: the file is corrupt or not a valid image "
+                         "of its type; re-export it") from None
+    _check_scalar_3d(path.name, reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize())
+    size = reader.GetSize()
+    return VolumeGeometry.from_lps(reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection(), size[::-1])
+
+
 def write_volume(path, image: np.ndarray, geometry: VolumeGeometry) -> None:
     """Write a [k, j, i] array with its geometry; the format follows the extension.
 
@@ -90,6 +115,7 @@ def _read_file(path: Path) -> sitk.Image:
         )
     if not name.endswith(FILE_EXTENSIONS):
         raise InputError(f"unsupported CT file type: {path.name}; {_ACCEPTED}")
+    check_image_file_complete(path)  # a truncated file would read with its missing voxels as 0
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -135,6 +161,8 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
             f"DICOM series {uid or '(no UID)'} in {folder.name} has only {len(files)} slice(s); "
             "a 3-D CT series is needed"
         )
+    check_dicom_instances(files)  # before the stack check: a cut file is the better message
+    _refuse_unreadable_dicom(folder, files)
     _check_slice_stack(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -154,6 +182,23 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
         image.GetSize(),
     )
     return image, _dicom_metadata(reader)
+
+
+def _refuse_unreadable_dicom(folder: Path, files) -> None:
+    """A DICOM file too damaged for GDCM to place in any series is silently left out of it (a
+    missing first or last slice leaves no gap to see), so such files are refused here when they
+    are of the series' own SOP class (a structured report or a DICOMDIR beside it is fine)."""
+    listed = set()
+    for uid in _series_uids(folder):
+        listed.update(Path(f).resolve() for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    unlisted = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.resolve() not in listed):
+        with open(file, "rb") as f:
+            if f.read(132)[128:] == b"DICM":
+                unlisted.append(file)
+    if unlisted:
+        sop_class = _header(files[0]).get("0008|0016", "")
+        check_dicom_instances(unlisted, {sop_class, CT_IMAGE_STORAGE} - {""})
 
 
 def _choose_series(folder: Path, series_uid: str | None) -> str:

@@ -1,12 +1,12 @@
-"""Model folders: config.json + safetensors weights + model-card.md + SHA-256 of the weights.
+"""Model folders: config.json + safetensors weights + model-card.md + SHA-256 of config and weights.
 
-Loading never executes pickled code: weights are safetensors, the config is JSON, and the weights'
-hash is checked before a single tensor is read.
+Loading never executes pickled code: weights are safetensors, the config is JSON; the hashes
+(model_checksums.py) and the config's schema (model_config_schema.py) are checked before a single
+tensor is read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,11 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from ..core.errors import ModelError
 from ..preprocessing.network_input import PreprocessingConfig
+from .model_checksums import checksum_text, sha256_of, verify_checksums
+from .model_config_schema import FORMAT, validate_model_config
 from .node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
 from .network_config import NetworkConfig
 from .node_network import MultiTaskNodeNet
 
-FORMAT = "LymphNodeMTL-model/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 HASH_FILE = "model.safetensors.sha256"
@@ -97,14 +98,6 @@ class LoadedModel:
     folder: Path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_model_dir() -> Path:
     """The bundled demonstration model (override with LYMPHNODE_MTL_MODEL).
 
@@ -135,9 +128,9 @@ def save_model(folder, config: ModelConfig, network: torch.nn.Module, card_text:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"model_id": config.model_id})
         digest = sha256_of(tmp / WEIGHTS_FILE)
-        (tmp / HASH_FILE).write_text(f"{digest}  {WEIGHTS_FILE}\n")
         (tmp / CARD_FILE).write_text(card_text)
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        (tmp / HASH_FILE).write_text(checksum_text(tmp, (CONFIG_FILE, WEIGHTS_FILE)))
         for name in (WEIGHTS_FILE, HASH_FILE, CARD_FILE, CONFIG_FILE):
             os.replace(tmp / name, folder / name)
     finally:
@@ -179,16 +172,15 @@ def load_model(folder) -> LoadedModel:
         if not (folder / name).is_file():
             raise ModelError(f"model folder {folder} has no {name}; it is incomplete, copy it again")
     try:
-        config = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except ValueError as e:  # also a config that is not UTF-8
+        raise ModelError(f"{folder / CONFIG_FILE} is not a valid model config ({e})") from None
+    actual = verify_checksums(folder, HASH_FILE, WEIGHTS_FILE, CONFIG_FILE)
+    validate_model_config(raw, folder / CONFIG_FILE)
+    try:
+        config = ModelConfig.from_dict(raw)
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{folder / CONFIG_FILE} is not a valid model config ({e})") from None
-    recorded = (folder / HASH_FILE).read_text().split()
-    actual = sha256_of(folder / WEIGHTS_FILE)
-    if not recorded or recorded[0].lower() != actual:
-        raise ModelError(
-            f"weights in {folder} do not match their recorded SHA-256; the file is corrupt or was "
-            "changed, copy the model folder again"
-        )
     try:
         network = config.build_network()
         state = widen_for_new_descriptors(load_file(str(folder / WEIGHTS_FILE)), network.state_dict())

@@ -10,7 +10,7 @@ package version, parameters = model id and weights SHA-256).
 Source images. A SEG must reference the images it was derived from and copies their patient,
 study and frame of reference. Two cases:
 
-* The CT came from a DICOM series: `read_source_datasets` reads the headers of that series (the
+* The CT came from a DICOM series: `io.dicom_sources.read_source_datasets` reads the headers of that series (the
   folder the volume reader was given; `series_uid` when it holds several) and orders them to match
   the CT array's k axis by their ImagePositionPatient, so frame k of the mask is derived from the
   image that supplied slice k of the CT. The SEG then references those instances and carries their
@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..core.errors import InputError
 from ..core.geometry import LPS_TO_RAS, VolumeGeometry, lps_to_ras_points
 from ..core.node_result import NodeResult
-from .segmentation_writer import LYMPH_NODE_TERMINOLOGY, atomic_output, probability_color, segment_name
+from ..io.dicom_sources import CT_IMAGE_STORAGE, read_source_datasets  # noqa: F401  (the CT's own headers)
+from .output_folder import atomic_output
+from .segmentation_writer import LYMPH_NODE_TERMINOLOGY, probability_color, segment_name
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ALGORITHM_NAME = "LymphNodeMTL"
 MANUFACTURER = "LymphNodeMTL"
 SERIES_DESCRIPTION = "LymphNodeMTL lymph nodes"
@@ -72,103 +72,7 @@ def _terminology_codes():
 CATEGORY_CODE, TYPE_CODE = _terminology_codes()  # SCT 85756007 Tissue, SCT 59441001 Lymph node
 
 
-# --- source images --------------------------------------------------------------------------------
-def read_source_datasets(folder, geometry: VolumeGeometry, series_uid: str | None = None) -> list:
-    """Headers of the DICOM series the CT was read from, one per slice, in the array's k order.
-
-    Args:
-        folder: the DICOM folder given to `read_volume`.
-        geometry: the CT's grid (from `read_volume`); every image must be one of its k planes.
-        series_uid: keep only this SeriesInstanceUID (needed when the folder holds several series).
-
-    Raises:
-        InputError: when the folder's images do not match the CT grid one to one.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    folder = Path(folder)
-    candidates = []
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            continue  # DICOMDIR leftovers, text files and the like
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            continue
-        if series_uid and str(ds.get("SeriesInstanceUID", "")) != series_uid:
-            continue
-        candidates.append(ds)
-    by_k: dict[int, object] = {}
-    for ds in candidates:
-        k = _slice_index(ds, geometry)
-        if k is None:
-            continue
-        if k in by_k:
-            raise InputError(
-                f"{folder.name} holds several images at slice {k} of the CT; pass --series-uid "
-                "to pick the series, or write the DICOM SEG from a folder holding one series"
-            )
-        by_k[k] = ds
-    n_slices = geometry.shape_kji[0]
-    if len(by_k) != n_slices:
-        raise InputError(
-            f"only {len(by_k)} of the CT's {n_slices} slices were found as DICOM images in "
-            f"{folder.name}; the DICOM SEG cannot reference its source series"
-        )
-    datasets = [by_k[k] for k in range(n_slices)]
-    _repair_uids(datasets)
-    return datasets
-
-
-def _slice_index(ds, geometry: VolumeGeometry) -> int | None:
-    """k of the CT plane this image is, or None when it is not one of the grid's planes."""
-    nk, nj, ni = geometry.shape_kji
-    if int(ds.get("Rows", 0)) != nj or int(ds.get("Columns", 0)) != ni:
-        return None
-    ijk_to_lps = LPS_TO_RAS @ geometry.ijk_to_ras
-    axes = ijk_to_lps[:3, :3] / geometry.spacing[None, :]
-    orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
-    if np.abs(orientation[:3] - axes[:, 0]).max() > 1e-3 or np.abs(orientation[3:] - axes[:, 1]).max() > 1e-3:
-        return None
-    ras = lps_to_ras_points(np.array([float(v) for v in ds.ImagePositionPatient]))
-    i, j, k = geometry.ras_to_ijk_points(ras)[0]
-    k_index = int(round(k))
-    if abs(k - k_index) > 0.25 or not 0 <= k_index < nk:
-        return None
-    # the volume reader accepts in-plane drift up to 1 % of the distance along the normal
-    allowed = 0.5 + 0.011 * abs(k) * geometry.spacing[2] / geometry.spacing[:2].min()
-    if abs(i) > allowed or abs(j) > allowed:
-        return None
-    return k_index
-
-
-def _repair_uids(datasets: list) -> None:
-    """Fill UIDs an anonymiser blanked: SOP UIDs from the file meta, study/series derived."""
-    from pydicom.uid import generate_uid
-
-    for ds in datasets:
-        meta = getattr(ds, "file_meta", None)
-        if not str(ds.get("SOPClassUID", "")):
-            ds.SOPClassUID = str(getattr(meta, "MediaStorageSOPClassUID", "") or CT_IMAGE_STORAGE)
-        if not str(ds.get("SOPInstanceUID", "")):
-            uid = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
-            ds.SOPInstanceUID = uid or generate_uid(entropy_srcs=[str(ds.ImagePositionPatient)])
-    instance_uids = [str(ds.SOPInstanceUID) for ds in datasets]
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-        present = [str(ds.get(keyword, "")) for ds in datasets if str(ds.get(keyword, ""))]
-        value = present[0] if present else generate_uid(entropy_srcs=[keyword, *instance_uids])
-        for ds in datasets:
-            if not str(ds.get(keyword, "")):
-                setattr(ds, keyword, value)
-    for ds in datasets:  # attributes highdicom copies and pydicom would otherwise lack
-        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-                        "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
-                        "ReferringPhysicianName"):
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-
-
+# --- source images ----------------------------------------------------------------------------
 def synthetic_source_datasets(geometry: VolumeGeometry, metadata: dict | None = None) -> list:
     """A minimal CT series (headers only) whose image k is plane k of `geometry`.
 

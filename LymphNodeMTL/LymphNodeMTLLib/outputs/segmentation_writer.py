@@ -13,11 +13,8 @@ segments it creates in a scene exactly the same ones.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ import numpy as np
 from ..core.geometry import VolumeGeometry
 from ..core.mask_checksum import mask_checksum
 from ..core.node_result import NodeResult
+from .output_folder import atomic_output  # noqa: F401  (also used by the DICOM SEG writer)
 
 LABELMAP_REPRESENTATION = "Binary labelmap"
 TAG_PREFIX = "LymphNodeMTL."
@@ -251,26 +249,6 @@ def _segment_header(
         prefix + "Layer": "0",
         prefix + "Tags": serialize_tags(segment_tags(result, model_id)),
     }
-
-
-@contextlib.contextmanager
-def atomic_output(path, suffix: str = ""):
-    """Yield a temporary path beside `path`; move it over `path` on success, delete it on error.
-
-    The temporary file is created with mode 0666 minus the umask, as a plain open() would, so the
-    final file's permissions are the usual ones. `suffix` lets writers that choose a format by
-    extension (SimpleITK) see the right one.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 # --- reading -----------------------------------------------------------------------------------
