@@ -229,6 +229,10 @@ def test_a_model_folder_with_a_bad_network_config_fails_to_load_with_that_line(t
     saved = json.loads((tmp_path / "config.json").read_text())
     saved["network"]["encoder"] = "unet"
     (tmp_path / "config.json").write_text(json.dumps(saved))
+    # the checksum file covers the config too: record the edited one, so the network config is what fails
+    from LymphNodeMTLLib.network.model_checksums import checksum_text
+    from LymphNodeMTLLib.network.model_store import CONFIG_FILE, HASH_FILE, WEIGHTS_FILE
+    (tmp_path / HASH_FILE).write_text(checksum_text(tmp_path, [CONFIG_FILE, WEIGHTS_FILE]))
     with pytest.raises(ModelError, match=r"^network\.encoder: 'unet' is not one of 'resunet', 'dense_attention'$"):
         load_model(tmp_path)
 

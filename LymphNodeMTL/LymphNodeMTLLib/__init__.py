@@ -11,7 +11,7 @@ The Python entry point is `predict_to_folder` (what `lymphnode-mtl predict` runs
 It is loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no SimpleITK).
 """
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 __all__ = ["__version__", "predict_to_folder"]
 

@@ -12,7 +12,7 @@ import importlib
 import math
 import sys
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.errors import InputError
 
 PROG = "lymphnode-mtl"

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.geometry import LPS_TO_RAS, VolumeGeometry, lps_to_ras_points
 from ..core.node_result import NodeResult
 from ..io.dicom_sources import CT_IMAGE_STORAGE, read_source_datasets  # noqa: F401  (the CT's own headers)

@@ -6,7 +6,7 @@ import datetime as _dt
 import platform
 from importlib import metadata as _metadata
 
-from .. import __version__
+from ..core.version import __version__
 
 _PACKAGES = ("torch", "monai", "SimpleITK", "numpy", "scipy", "safetensors")
 
