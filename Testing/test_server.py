@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import socket
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,42 +24,11 @@ from LymphNodeMTLLib.network.model_store import default_model_dir
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 from LymphNodeMTLLib.server import protocol
 from LymphNodeMTLLib.server.client import InferenceClient, ServerError
+from LymphNodeMTLLib.server.launcher import LIB_PARENT, start_server
 
 TOKEN = "s3cret-token-for-tests"
 UPLOAD_LIMIT_MB = 1  # the phantom (0.6 MB as int16) fits, 1.5 MB does not
 START_TIMEOUT_S = 120
-LIB_ROOT = Path(__file__).resolve().parents[1] / "LymphNodeMTL"
-
-
-def start_server(args, stderr, env=None):
-    """Start `serve`; returns (process, URL) once it prints its URL, or (process, None) if it exits."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB_ROOT), os.environ.get("PYTHONPATH", "")]),
-           **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", "serve", *args],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=START_TIMEOUT_S)
-    except queue.Empty:
-        stop_server(proc)
-        raise RuntimeError("the server printed no URL in time") from None
-    if not line.startswith("listening on "):
-        proc.wait(timeout=30)
-        return proc, None
-    return proc, line.split()[-1]
-
-
-def stop_server(proc) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-    if proc.stdout:
-        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +53,14 @@ def server(tmp_path_factory):
     log_path = folder / "server.log"
     model = str(default_model_dir())
     with open(log_path, "w") as log:
-        proc, url = start_server(["--port", "0", "--device", "cpu", "--token-file", str(token_file),
-                                  "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--model", model, "--model", model],
-                                 stderr=log)
-    assert url, log_path.read_text()
+        served = start_server(["--port", "0", "--device", "cpu", "--token-file", str(token_file),
+                               "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--model", model, "--model", model],
+                              stderr=log, timeout=START_TIMEOUT_S)
+    assert served.url, log_path.read_text()
     try:
-        yield {"url": url, "log": log_path, "folder": folder}
+        yield {"url": served.url, "log": log_path, "folder": folder}
     finally:
-        stop_server(proc)
+        served.stop()
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +266,7 @@ def test_missing_or_wrong_token_is_refused_and_nothing_runs(server, client, volu
 
 def test_off_loopback_without_token_refuses_to_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LYMPHNODE_MTL_TOKEN"}
-    env["PYTHONPATH"] = str(LIB_ROOT)
+    env["PYTHONPATH"] = str(LIB_PARENT)
     done = subprocess.run([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", "serve", "--host", "0.0.0.0",
                            "--port", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
@@ -388,3 +354,28 @@ def test_the_log_holds_routes_not_patient_data(server, client, volume, phantom):
     assert "PUT /v1/volumes/{volume_id} 201" in log
     for secret in (volume, volume[:12], "N01", "S12", "ct.nrrd", TOKEN, str(server["folder"])):
         assert secret not in log, secret
+
+
+def test_tls_server_answers_https_with_its_certificate(tmp_path):
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate to serve")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    with open(tmp_path / "log.txt", "w") as log, start_server(
+            ["--port", "0", "--device", "cpu", "--tls-cert", str(cert), "--tls-key", str(key)],
+            stderr=log, env={"LYMPHNODE_MTL_TOKEN": TOKEN}, timeout=START_TIMEOUT_S) as served:
+        assert served.url.startswith("https://127.0.0.1:")
+        secure = InferenceClient(served.url, token=TOKEN, ssl_context=ssl.create_default_context(cafile=cert))
+        assert secure.health()["status"] == "ok"
+        with pytest.raises(ServerError) as err:  # the token from the environment is required
+            InferenceClient(served.url, ssl_context=ssl.create_default_context(cafile=cert)).health()
+        assert err.value.status == 401
+        with pytest.raises(ServerError) as err:  # a client that does not trust the certificate
+            InferenceClient(served.url, token=TOKEN).health()
+        assert err.value.status == 0
+        secure.close()
