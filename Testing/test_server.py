@@ -12,12 +12,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.inference.engine import NodeEngine
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
 from LymphNodeMTLLib.network.model_store import default_model_dir
@@ -379,3 +382,111 @@ def test_tls_server_answers_https_with_its_certificate(tmp_path):
             InferenceClient(served.url, token=TOKEN).health()
         assert err.value.status == 0
         secure.close()
+
+
+# --- the session in-process, with an engine the test steps batch by batch ------------------------
+class SteppedEngine:
+    """Stands in for NodeEngine: two seeds per batch, each batch waits for the test's permit."""
+
+    def __init__(self, name):
+        from types import SimpleNamespace
+
+        self.model_id, self.device = name, "cpu"
+        self.model = SimpleNamespace(weights_sha256="0" * 64)
+        self.permits = threading.Semaphore(0)
+        self.batches = 0
+
+    def predict(self, case, progress=None):
+        total = len(case.seeds)
+        for stop in range(2, total + 2, 2):
+            assert self.permits.acquire(timeout=30), "the test never let this batch through"
+            self.batches += 1
+            progress("nodes", min(stop, total), total)
+        return [NodeResult(s.node_id, s.ras, (0, 0, 0), (1, 1, 1), np.ones((1, 1, 1), bool)) for s in case.seeds]
+
+    def classify_masks(self, case, results):
+        return results
+
+
+def _stepped_session(models=("m1",), max_volume_bytes=1 << 30):
+    from LymphNodeMTLLib.server.inference_session import InferenceSession
+
+    return InferenceSession([Path(m) for m in models], max_volume_bytes=max_volume_bytes,
+                            engine_factory=lambda d, device: SteppedEngine(Path(d).name))
+
+
+def _small_ct(value=0):
+    image = np.full((4, 4, 4), value, np.int16)
+    return image, np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+def _seeds(n):
+    return [Seed(f"n{i}", (1.0, 1.0, 1.0)) for i in range(n)]
+
+
+def _until(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_session_cancel_stops_the_engine_after_the_batch_it_is_in():
+    session = _stepped_session()
+    engine = session.engines["m1"]
+    vid = session.add_volume(*_small_ct())
+    job = session.submit("predict", vid, seeds=_seeds(6))  # three batches
+    engine.permits.release()
+    _until(lambda: job.done == 2)
+    session.cancel(job.job_id)
+    assert job.state == "cancelled" and job.stage == "nodes"  # still in its second batch
+    engine.permits.release(5)
+    assert job.finished.wait(30)
+    assert engine.batches == 2 and job.done == 4 and job.stage == "cancelled" and job.results is None
+    session.close()
+
+
+def test_session_runs_one_job_per_ct_and_other_cts_alongside():
+    session = _stepped_session(models=("m1", "m2"))
+    ct1 = session.add_volume(*_small_ct(1))
+    ct2 = session.add_volume(*_small_ct(2))
+    a = session.submit("predict", ct1, model="m1", seeds=_seeds(2))
+    b = session.submit("predict", ct1, model="m2", seeds=_seeds(2))  # m2 is free, the CT is not
+    c = session.submit("predict", ct2, model="m2", seeds=_seeds(2))
+    _until(lambda: a.state == "running" and c.state == "running")
+    assert b.state == "queued" and session.job(b.job_id).queue_position == 0
+    session.engines["m2"].permits.release()
+    assert c.finished.wait(30) and c.state == "done"
+    assert b.state == "queued"  # still behind a, which has not been let through
+    session.engines["m1"].permits.release()
+    session.engines["m2"].permits.release()
+    assert b.finished.wait(30) and a.state == "done" and b.state == "done"
+    assert b.started_at >= a.finished_at
+    assert [r["node_id"] for r in b.results] == ["n0", "n1"]
+    session.close()
+
+
+def test_session_store_drops_the_least_recently_used_ct_and_counts_aliases_once():
+    one_ct = 4 * 4 * 4 * 4  # float32 bytes of a 4x4x4 CT
+    session = _stepped_session(max_volume_bytes=2 * one_ct)
+    first = session.add_volume(*_small_ct(1), also_known_as="first-by-another-name")
+    second = session.add_volume(*_small_ct(2))
+    assert session.volumes.total_bytes() == 2 * one_ct
+    session.volumes.get(first)  # used: now the second is the oldest
+    third = session.add_volume(*_small_ct(3))
+    assert session.has_volume(first) and session.has_volume("first-by-another-name")
+    assert session.has_volume(third) and not session.has_volume(second)
+    with pytest.raises(Exception, match="upload it first"):
+        session.submit("predict", second, seeds=_seeds(1))
+    session.close()
+
+
+def test_parent_watch_tells_a_running_process_from_an_ended_one():
+    from LymphNodeMTLLib.commands.serve import _process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    assert _process_alive(child.pid)
+    child.kill()
+    child.wait()
+    assert not _process_alive(child.pid)
+    assert _process_alive(os.getpid())

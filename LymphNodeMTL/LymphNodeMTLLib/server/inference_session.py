@@ -75,7 +75,8 @@ class VolumeStore:
             vol = self._by_id.get(vid)
             if vol is None:
                 raise NotFound("no CT with that volume_id on the server; upload it first (PUT /v1/volumes/{id})")
-            self._by_id.move_to_end(vid)
+            for name in [k for k, v in self._by_id.items() if v is vol]:  # every name of this CT
+                self._by_id.move_to_end(name)
             return vol
 
     def __contains__(self, vid: str) -> bool:
@@ -383,9 +384,11 @@ class InferenceSession:
             if job.state != RUNNING:
                 job.stage = job.state  # cancelled while its last batch ran: stays cancelled
                 return
-            job.state, job.error, job.results = state, error, results
+            # results before state: a reader that sees "done" always sees the results
+            job.error, job.results = error, results
             if state == DONE:
                 job.done = job.total
+            job.state = state
 
     def _forget_old_jobs(self) -> None:
         finished = [j for j in self._jobs.values() if j.state in FINISHED and j.finished.is_set()]
