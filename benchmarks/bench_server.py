@@ -25,10 +25,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "LymphNodeMTL"))
@@ -38,7 +40,6 @@ from bench_inference import big_phantom  # noqa: E402
 
 from LymphNodeMTLLib.core.case import Case  # noqa: E402
 from LymphNodeMTLLib.inference.engine import NodeEngine  # noqa: E402
-from LymphNodeMTLLib.io.volume_reader import write_volume  # noqa: E402
 from LymphNodeMTLLib.outputs.run_record import package_versions  # noqa: E402
 from LymphNodeMTLLib.server import protocol  # noqa: E402
 from LymphNodeMTLLib.server.client import InferenceClient  # noqa: E402
@@ -65,12 +66,25 @@ def self_signed(folder: Path):
     return cert, key
 
 
-def round_trips(client: InferenceClient, vid: str, seeds, repeats: int):
-    """Median seconds of submit + wait + decode for one seed, cycling through `seeds`."""
-    it = iter(seeds * (repeats + 2))
-    client.predict(vid, [next(it)])  # warm-up: first network pass, device copy of the CT
-    med, times, _ = timed(lambda: client.predict(vid, [next(it)]), repeats)
-    return med, times
+def round_trips(client: InferenceClient, vid: str, seeds, repeats: int) -> dict:
+    """"Add one seed" with the CT on the server: submit one seed, wait (long poll), decode.
+
+    Medians of the whole round trip, of the engine's part (the job's started..finished on the
+    server's clock) and of the rest: HTTP, JSON, queueing and decoding.
+    """
+    def once(seed):
+        t0 = time.perf_counter()
+        job = client.wait(client.submit_predict(vid, [seed]))
+        [protocol.result_from_json(r) for r in job["results"]]
+        total = time.perf_counter() - t0
+        return total, job["finished_at"] - job["started_at"]
+
+    once(seeds[0])  # warm-up: first network pass, device copy of the CT
+    runs = [once(seeds[(n + 1) % len(seeds)]) for n in range(repeats)]
+    return {"round_trip_s": statistics.median(t for t, _ in runs),
+            "engine_s": statistics.median(e for _, e in runs),
+            "overhead_s": statistics.median(t - e for t, e in runs),
+            "round_trip_all_s": [t for t, _ in runs]}
 
 
 def main() -> int:
@@ -99,6 +113,13 @@ def main() -> int:
         return engine.predict(case)
 
     figures["in_process_one_seed_s"], _, _ = timed(in_process, args.repeats)
+    # the server runs jobs on a worker thread; torch's CPU threading behaves differently there
+    # on a busy machine, so the same measurement is also taken on a thread
+    on_thread = {}
+    worker = threading.Thread(target=lambda: on_thread.update(s=timed(in_process, args.repeats)[0]))
+    worker.start()
+    worker.join()
+    figures["in_process_one_seed_thread_s"] = on_thread["s"]
     del engine, case
 
     figures["volume_id_s"], _, vid = timed(lambda: protocol.volume_id(ct, geometry.ijk_to_ras), 3)
@@ -125,13 +146,16 @@ def main() -> int:
             # the one-off transfer; each repeat sends the whole CT again
             figures["local_upload_s"], _, _ = timed(lambda: lc.upload_volume(ct, geometry.ijk_to_ras, vid), 3)
             figures["remote_upload_s"], _, _ = timed(lambda: rc.upload_volume(ct, geometry.ijk_to_ras, vid), 3)
-            path = tmp / "ct.nrrd"
-            figures["write_nrrd_s"], _, _ = timed(lambda: write_volume(path, ct, geometry), 1)
+            path = tmp / "ct.nrrd"  # uncompressed: a client writes it for the server to read at once
+            image = sitk.GetImageFromArray(ct)
+            geometry.apply_to_sitk(image)
+            figures["write_nrrd_s"], _, _ = timed(lambda: sitk.WriteImage(image, str(path), useCompression=False), 1)
             figures["local_from_file_s"], _, _ = timed(lambda: lc.volume_from_file(path, vid), 3)
             figures["has_volume_s"], _, _ = timed(lambda: lc.has_volume(vid), args.repeats)
 
-            figures["local_one_seed_s"], figures["local_one_seed_all_s"] = round_trips(lc, vid, seeds, args.repeats)
-            figures["remote_one_seed_s"], figures["remote_one_seed_all_s"] = round_trips(rc, vid, seeds, args.repeats)
+            for name, client in (("local", lc), ("remote", rc)):
+                for key, value in round_trips(client, vid, seeds, args.repeats).items():
+                    figures[f"{name}_one_seed_{key}"] = value
             figures["health_s"], _, _ = timed(rc.health, args.repeats)
             lc.close()
             rc.close()
@@ -142,12 +166,17 @@ def main() -> int:
         ("volume_id (client hashes the CT)", "volume_id_s"),
         ("upload to local server (PUT)", "local_upload_s"),
         ("upload to remote server (PUT" + (", TLS" if args.tls else "") + ")", "remote_upload_s"),
-        ("write .nrrd for from-file", "write_nrrd_s"),
+        ("write uncompressed .nrrd for from-file", "write_nrrd_s"),
         ("local server reads it (from-file)", "local_from_file_s"),
         ("HEAD: does the server hold the CT", "has_volume_s"),
         ("add one seed, in-process engine", "in_process_one_seed_s"),
-        ("add one seed, local server round trip", "local_one_seed_s"),
-        ("add one seed, remote server round trip", "remote_one_seed_s"),
+        ("add one seed, in-process engine on a thread", "in_process_one_seed_thread_s"),
+        ("add one seed, local server round trip", "local_one_seed_round_trip_s"),
+        ("  of which the engine (server clock)", "local_one_seed_engine_s"),
+        ("  of which HTTP, JSON, queue, decoding", "local_one_seed_overhead_s"),
+        ("add one seed, remote server round trip", "remote_one_seed_round_trip_s"),
+        ("  of which the engine (server clock)", "remote_one_seed_engine_s"),
+        ("  of which HTTP, JSON, queue, decoding", "remote_one_seed_overhead_s"),
         ("GET /v1/health, remote", "health_s"),
     ]
     for label, key in rows:

@@ -167,13 +167,16 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
         if length is not None and length.isdigit() and int(length) > max_upload_bytes:
             return too_big  # refused before reading the body
         body = bytearray()
+        hasher = protocol.volume_hasher(dtype.name, shape, matrix)  # hashed as it arrives
         async for chunk in request.stream():
             body += chunk
+            hasher.update(chunk)
             if len(body) > max_upload_bytes:
                 return too_big
         try:
             image = protocol.array_from_bytes(body, shape, dtype)  # a view: no second copy
-            vid = await run_in_threadpool(session.add_volume, image, matrix, volume_id)
+            vid = await run_in_threadpool(session.add_volume, image, matrix, volume_id,
+                                          hashed_id=hasher.hexdigest())
         except InputError as e:
             return _error(400, str(e))
         return {"volume_id": vid, "shape": list(shape)}

@@ -212,12 +212,13 @@ class InferenceSession:
 
     # --- CTs ----------------------------------------------------------------------------------
     def add_volume(self, image: np.ndarray, ijk_to_ras, expected_id: str | None = None,
-                   also_known_as: str | None = None) -> str:
+                   also_known_as: str | None = None, hashed_id: str | None = None) -> str:
         """Store a CT under its volume_id (and optionally a second name); returns the id.
 
         `expected_id`: refuse (InputError) a CT whose content does not hash to it.
+        `hashed_id`: the id already computed over these very bytes (a streamed upload).
         """
-        vid = protocol.volume_id(image, ijk_to_ras)
+        vid = hashed_id or protocol.volume_id(image, ijk_to_ras)
         if expected_id is not None and vid != expected_id:
             raise InputError("the CT's content does not match the volume_id in the URL; "
                              "compute the id with protocol.volume_id over the bytes you send")
