@@ -287,10 +287,15 @@ def test_upload_over_the_limit_is_413(server, client, phantom):
             + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
     status, body = _raw_request(server["url"], head)  # refused on its Content-Length alone
     assert status == 413 and "upload limit" in body["error"]
-    chunked = head.replace(f"Content-Length: {big.size * 8}".encode(), b"Transfer-Encoding: chunked")
+    small = protocol.volume_headers(np.zeros((4, 4, 4), np.int16), geometry.ijk_to_ras)
+    chunked = (f"PUT /v1/volumes/{vid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+               "Transfer-Encoding: chunked\r\n"
+               + "".join(f"{k}: {v}\r\n" for k, v in small.items()) + "\r\n").encode()
     chunk = b"%x\r\n" % (256 * 1024) + b"\0" * (256 * 1024) + b"\r\n"
-    status, body = _raw_request(server["url"], chunked, [chunk] * 14)  # no length: counted as it comes
-    assert status == 413
+    status, body = _raw_request(server["url"], chunked, [chunk] * 14)  # a body longer than it said:
+    assert status == 413  # counted as it comes, refused once past the limit
+    status, body = _raw_request(server["url"], head.replace(b"Content-Length: %d" % (big.size * 8), b"Content-Length: 0"))
+    assert status == 413 and "upload limit" in body["error"]  # the declared shape alone is too big
     with pytest.raises(ServerError) as err:
         client.upload_volume(big.astype(np.float32)[:40], geometry.ijk_to_ras)  # 1.4 MB
     assert err.value.status == 413
@@ -359,7 +364,7 @@ def test_the_log_holds_routes_not_patient_data(server, client, volume, phantom):
         assert secret not in log, secret
 
 
-def test_tls_server_answers_https_with_its_certificate(tmp_path):
+def test_tls_server_answers_https_and_stops_with_its_parent(tmp_path):
     import shutil
     import ssl
 
@@ -369,19 +374,30 @@ def test_tls_server_answers_https_with_its_certificate(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
                     "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    with open(tmp_path / "log.txt", "w") as log, start_server(
-            ["--port", "0", "--device", "cpu", "--tls-cert", str(cert), "--tls-key", str(key)],
-            stderr=log, env={"LYMPHNODE_MTL_TOKEN": TOKEN}, timeout=START_TIMEOUT_S) as served:
-        assert served.url.startswith("https://127.0.0.1:")
-        secure = InferenceClient(served.url, token=TOKEN, ssl_context=ssl.create_default_context(cafile=cert))
-        assert secure.health()["status"] == "ok"
-        with pytest.raises(ServerError) as err:  # the token from the environment is required
-            InferenceClient(served.url, ssl_context=ssl.create_default_context(cafile=cert)).health()
-        assert err.value.status == 401
-        with pytest.raises(ServerError) as err:  # a client that does not trust the certificate
-            InferenceClient(served.url, token=TOKEN).health()
-        assert err.value.status == 0
-        secure.close()
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        with open(tmp_path / "log.txt", "w") as log, start_server(
+                ["--port", "0", "--device", "cpu", "--tls-cert", str(cert), "--tls-key", str(key),
+                 "--parent-pid", str(parent.pid)],
+                stderr=log, env={"LYMPHNODE_MTL_TOKEN": TOKEN}, timeout=START_TIMEOUT_S) as served:
+            assert served.url.startswith("https://127.0.0.1:")
+            trusting = ssl.create_default_context(cafile=cert)
+            secure = InferenceClient(served.url, token=TOKEN, ssl_context=trusting)
+            assert secure.health()["status"] == "ok"
+            with pytest.raises(ServerError) as err:  # the token from the environment is required
+                InferenceClient(served.url, ssl_context=trusting).health()
+            assert err.value.status == 401
+            with pytest.raises(ServerError) as err:  # a client that does not trust the certificate
+                InferenceClient(served.url, token=TOKEN).health()
+            assert err.value.status == 0
+            secure.close()
+            parent.kill()  # the parent "crashes": the server stops by itself
+            parent.wait()
+            assert served.proc.wait(timeout=60) is not None
+        assert "parent process ended" in (tmp_path / "log.txt").read_text()
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 # --- the session in-process, with an engine the test steps batch by batch ------------------------

@@ -120,7 +120,6 @@ def main() -> int:
     worker.start()
     worker.join()
     figures["in_process_one_seed_thread_s"] = on_thread["s"]
-    del engine, case
 
     figures["volume_id_s"], _, vid = timed(lambda: protocol.volume_id(ct, geometry.ijk_to_ras), 3)
 
