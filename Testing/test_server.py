@@ -267,14 +267,21 @@ def test_missing_or_wrong_token_is_refused_and_nothing_runs(server, client, volu
     assert not client.has_volume(protocol.volume_id(other, geometry.ijk_to_ras))
 
 
-def test_off_loopback_without_token_refuses_to_start(tmp_path):
+@pytest.mark.parametrize("args, words", [
+    (["--host", "0.0.0.0"], "without a token"),
+    (["--host", "192.0.2.1", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "without a token"),
+    (["--token-file", "/nonexistent/token.txt"], "token file"),
+    (["--tls-cert", "/nonexistent/cert.pem"], "--tls-key"),
+    (["--model", "/nonexistent/model"], "/nonexistent/model"),
+])
+def test_serve_refuses_to_start_with_one_line(args, words):
     env = {k: v for k, v in os.environ.items() if k != "LYMPHNODE_MTL_TOKEN"}
     env["PYTHONPATH"] = str(LIB_PARENT)
-    done = subprocess.run([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", "serve", "--host", "0.0.0.0",
-                           "--port", "0"], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", "serve", "--port", "0", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "without a token" in lines[0]
+    assert len(lines) == 1 and words in lines[0], done.stderr
 
 
 def test_upload_over_the_limit_is_413(server, client, phantom):
