@@ -214,6 +214,7 @@ def _many_seeds(phantom, n):
 
 def test_two_jobs_on_one_ct_queue_and_the_second_waits(client, volume, phantom):
     first = client.submit_predict(volume, _many_seeds(phantom, 16))
+    _until(lambda: client.job(first)["state"] == "running")
     second = client.submit_predict(volume, phantom[2][:1])
     waiting = client.job(second)
     assert waiting["state"] == "queued" and waiting["queue_position"] == 0
@@ -241,10 +242,11 @@ def test_cancel_stops_a_running_job_at_its_next_batch(client, volume, phantom):
 
 
 def test_cancel_of_a_queued_job_means_it_never_runs(client, volume, phantom):
-    first = client.submit_predict(volume, _many_seeds(phantom, 8))
+    first = client.submit_predict(volume, _many_seeds(phantom, 32))
     queued = client.submit_predict(volume, phantom[2][:1])
     assert client.cancel(queued)["state"] == "cancelled"
-    client.wait(first, timeout=300)
+    client.cancel(first)
+    _until(lambda: client.job(first)["progress"]["stage"] == "cancelled", timeout=300)
     job = client.job(queued)
     assert job["state"] == "cancelled" and job["started_at"] is None and job["results"] is None
 
