@@ -515,3 +515,13 @@ def test_parent_watch_tells_a_running_process_from_an_ended_one():
     child.wait()
     assert not _process_alive(child.pid)
     assert _process_alive(os.getpid())
+
+
+def test_session_keeps_the_copy_it_holds_when_a_ct_comes_again():
+    session = _stepped_session()
+    image, matrix = _small_ct(5)
+    vid = session.add_volume(image, matrix)
+    held = session.volumes.get(vid)
+    assert session.add_volume(image.copy(), matrix, also_known_as="alias") == vid
+    assert session.volumes.get(vid) is held and session.volumes.get("alias") is held
+    session.close()

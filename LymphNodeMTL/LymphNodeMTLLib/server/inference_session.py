@@ -222,6 +222,14 @@ class InferenceSession:
         if expected_id is not None and vid != expected_id:
             raise InputError("the CT's content does not match the volume_id in the URL; "
                              "compute the id with protocol.volume_id over the bytes you send")
+        try:  # the same content (same hash) is held already: keep the copy jobs already use
+            vol = self.volumes.get(vid)
+        except NotFound:
+            vol = None
+        if vol is not None:
+            if also_known_as not in (None, vid):
+                self.volumes.put([also_known_as], vol)
+            return vid
         geometry = VolumeGeometry(np.asarray(ijk_to_ras, dtype=float), image.shape)
         # the engine works in float32 HU, as the volume reader gives it; converted once per CT
         vol = StoredVolume(np.ascontiguousarray(image, dtype=np.float32), geometry)
