@@ -525,3 +525,25 @@ def test_session_keeps_the_copy_it_holds_when_a_ct_comes_again():
     assert session.add_volume(image.copy(), matrix, also_known_as="alias") == vid
     assert session.volumes.get(vid) is held and session.volumes.get("alias") is held
     session.close()
+
+
+def test_session_engine_failure_is_a_failed_job_without_the_message(caplog):
+    session = _stepped_session()
+    engine = session.engines["m1"]
+
+    def broken(case, progress=None):
+        raise RuntimeError(f"cannot place seed {case.seeds[0].node_id}")
+
+    engine.predict = broken
+    vid = session.add_volume(*_small_ct(6))
+    with caplog.at_level("ERROR", logger="lymphnode_mtl.server"):
+        job = session.submit("predict", vid, seeds=[Seed("SECRET-7", (1.0, 1.0, 1.0))])
+        assert job.finished.wait(30)
+    assert job.state == "failed" and "RuntimeError" in job.error and "server log" in job.error
+    assert "SECRET-7" not in job.error
+    assert "RuntimeError" in caplog.text and "SECRET-7" not in caplog.text  # frames, not the message
+    ok = session.submit("predict", vid, seeds=_seeds(1))  # the worker lives on
+    engine.predict = SteppedEngine.predict.__get__(engine)
+    engine.permits.release()
+    assert ok.finished.wait(30) and ok.state == "done"
+    session.close()
