@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 import traceback
 from pathlib import Path
@@ -32,7 +33,8 @@ from .inference_session import InferenceSession, NotFound
 
 log = logging.getLogger("lymphnode_mtl.server")
 
-MAX_WAIT_S = 30.0  # longest long-poll of GET /v1/jobs/{id}?wait=S
+MAX_WAIT_S = 30.0
+VOLUME_ID = re.compile("[0-9a-f]{64}")  # sha256 hex, as protocol.volume_id gives it  # longest long-poll of GET /v1/jobs/{id}?wait=S
 
 
 class SeedIn(BaseModel):
@@ -204,8 +206,9 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
 
         def read_and_store():
             image, geometry, _ = read_volume(path)
-            # stored by its own hash, and by the id the client used if that differs
-            vid = session.add_volume(image, geometry.ijk_to_ras, also_known_as=volume_id)
+            # stored by its own hash, and by the id the client used if that differs (and is one)
+            alias = volume_id if VOLUME_ID.fullmatch(volume_id) else None
+            vid = session.add_volume(image, geometry.ijk_to_ras, also_known_as=alias)
             return vid, list(image.shape)
 
         try:
