@@ -547,3 +547,59 @@ def test_session_engine_failure_is_a_failed_job_without_the_message(caplog):
     engine.permits.release()
     assert ok.finished.wait(30) and ok.state == "done"
     session.close()
+
+
+# --- the HTTP layer in-process (plain ASGI calls, no socket) --------------------------------------
+def _asgi(app, method, path, body=b"", headers=()):
+    """(status, JSON) of one request straight into the ASGI app."""
+    import asyncio
+
+    sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+             "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(data or b"{}")
+
+
+def test_a_server_off_loopback_does_not_read_files(tmp_path):
+    from LymphNodeMTLLib.server.app import create_app
+
+    session = _stepped_session()
+    app = create_app(session, token=TOKEN, allow_from_file=False)
+    auth = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
+    status, body = _asgi(app, "POST", f"/v1/volumes/{'0' * 64}/from-file",
+                         json.dumps({"path": str(tmp_path / "ct.nrrd")}).encode(), auth)
+    assert status == 403 and "loopback" in body["error"]
+    status, body = _asgi(app, "GET", "/v1/health", headers=auth)
+    assert status == 200 and body["from_file"] is False
+    session.close()
+
+
+def test_an_unexpected_error_is_a_one_line_500_without_its_message(caplog):
+    from LymphNodeMTLLib.server.app import create_app
+
+    session = _stepped_session()
+
+    def broken():
+        raise KeyError("SECRET-" + str(3 * 3))  # the value, unlike this line, is not in the source
+
+    session.models = broken  # health calls it
+    app = create_app(session)
+    with caplog.at_level("INFO", logger="lymphnode_mtl.server"):
+        status, body = _asgi(app, "GET", "/v1/health")
+    assert status == 500 and "KeyError" in body["error"] and "\n" not in body["error"]
+    assert "SECRET-9" not in body["error"] and "SECRET-9" not in caplog.text
+    assert "GET /v1/health 500" in caplog.text
+    session.close()
