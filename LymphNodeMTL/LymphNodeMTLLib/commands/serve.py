@@ -45,6 +45,8 @@ def add_serve_parser(sub) -> None:
                         "default: the bundled demo model)")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where the engines run (default auto: a GPU when there is one)")
+    s.add_argument("--no-warm-up", action="store_true",
+                   help="skip the small prediction each engine makes at start (the first job then pays for it)")
     s.add_argument("--parent-pid", type=int, metavar="PID",
                    help="stop when process PID ends (a parent that starts the server and may crash)")
 
@@ -165,6 +167,8 @@ def run_serve(args) -> None:
     config = uvicorn.Config(app, log_config=None, access_log=False, server_header=False,
                             ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_keep_alive=60,
                             timeout_graceful_shutdown=5)  # long polls must not hold up a stop
+    if not args.no_warm_up:
+        session.warm_up()  # behind the URL line: a client may send its CT meanwhile
     if args.parent_pid is not None:
         _stop_with_parent(args.parent_pid)
     try:

@@ -277,6 +277,21 @@ class InferenceSession:
             self._cond.notify_all()
         return job
 
+    def warm_up(self) -> None:
+        """Queue one small predict per engine on a synthetic CT, so the first real job does not pay
+        for the framework's first pass (and, on a GPU, its kernel autotuning). Not counted, not
+        listed; real jobs on that engine simply queue behind it."""
+        size = 32
+        geometry = VolumeGeometry(np.eye(4), (size, size, size))
+        vol = StoredVolume(np.full((size, size, size), -100.0, np.float32), geometry)  # fat, in HU
+        centre = tuple(float(c) for c in geometry.ijk_to_ras_points([[size / 2] * 3])[0])
+        with self._cond:
+            for name in self.engines:
+                job = Job(uuid.uuid4().hex, "predict", f"warm-up/{name}", name, vol, [Seed("warm-up", centre)])
+                job.total = 1
+                self._pending.append(job)
+            self._cond.notify_all()
+
     def job(self, job_id: str) -> Job:
         with self._cond:
             job = self._jobs.get(job_id)
