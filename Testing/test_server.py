@@ -1,8 +1,10 @@
 """The inference server end to end: a real `lymphnode-mtl serve` process on loopback and its API.
 
-One server process serves the whole module (start-ups are the slow part); a phantom CT of
-32x96x96 voxels keeps every job short. Results are compared with an in-process NodeEngine on the
-same CT, so the server is held to exactly what the engine gives.
+One server process serves most of the module (start-ups are the slow part; only the TLS test
+starts a second); a phantom CT of 32x96x96 voxels keeps every job short. Results are compared with
+an in-process NodeEngine on the same CT, so the server is held to exactly what the engine gives.
+The session and the HTTP layer are also tested in-process, with an engine the test steps batch by
+batch, where timing would otherwise decide the outcome.
 """
 
 from __future__ import annotations
