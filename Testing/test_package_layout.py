@@ -26,7 +26,8 @@ STAGE_RANK = {
     "network": 3,
     "inference": 4, "training": 4,
     "evaluation": 5, "outputs": 5,
-    "commands": 6, "server": 6,
+    "server": 6,
+    "commands": 7,
 }
 GUI_MODULES = {"slicer", "qt", "ctk", "vtk"}
 TORCH_FREE_PACKAGES = ("core", "io")

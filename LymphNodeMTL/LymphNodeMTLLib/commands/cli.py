@@ -26,6 +26,7 @@ LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one se
   train     train a model folder from a training manifest
   evaluate  score a model folder on a manifest (AUC, Dice, calibration, plots)
   ablate    train the published components' variants and compare them in one table
+  serve     keep the engine resident behind an HTTP API (for the Slicer module or a GPU server)
 
 The bundled model is trained on synthetic phantoms: a demonstration, not a clinical model.
 Run `lymphnode-mtl COMMAND --help` for each command's options.
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model folder from a training manifest"),
     "evaluate": ("evaluate", "score a model on a manifest with per-node truth"),
     "ablate": ("ablate", "train and compare the published components (ablation table)"),
+    "serve": ("serve", "run the engine as a resident inference server (HTTP API)"),
 }
 
 
