@@ -22,6 +22,7 @@ LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one se
   train     train a model folder from a training manifest
   evaluate  score a model folder on a manifest (AUC, Dice, calibration, plots)
   ablate    train the published components' variants and compare them in one table
+  serve     keep the engine resident behind an HTTP API (for the Slicer module or a GPU server)
 
 The bundled model is trained on synthetic phantoms: a demonstration, not a clinical model.
 Run `lymphnode-mtl COMMAND --help` for each command's options.
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .ablate import add_ablate_parser
 
     add_ablate_parser(sub)
+    from .serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -137,6 +141,10 @@ def main(argv=None) -> int:
             from .ablate import run_ablate
 
             run_ablate(args)
+        elif args.command == "serve":
+            from .serve import run_serve
+
+            run_serve(args)
     except InputError as e:
         print(f"lymphnode-mtl: error: {e}", file=sys.stderr)
         return 2
