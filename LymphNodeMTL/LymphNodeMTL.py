@@ -8,7 +8,6 @@ installer, server process, HTTP client) live in LymphNodeMTLSlicerLib.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,7 +26,7 @@ from LymphNodeMTLLib.outputs import segmentation_writer as segw
 from LymphNodeMTLLib.outputs.results_table import write_results_csv
 from LymphNodeMTLLib.server import protocol
 from LymphNodeMTLSlicerLib import dependency_installer, results_table
-from LymphNodeMTLSlicerLib.module_job import JobCancelled, JobFailed, ModuleJob
+from LymphNodeMTLSlicerLib.module_job import JobCancelled, JobFailed, ModuleJob, NothingToDo
 from LymphNodeMTLSlicerLib.results_table import TABLE_SEGMENTATION_REFERENCE
 from LymphNodeMTLSlicerLib.run_plans import PredictionPlan, ReclassificationPlan, RunSummary
 from LymphNodeMTLSlicerLib.server_client import (
@@ -39,7 +38,7 @@ from LymphNodeMTLSlicerLib.server_client import (
 )
 from LymphNodeMTLSlicerLib.server_process import FAILED as SERVER_FAILED
 from LymphNodeMTLSlicerLib.server_process import READY as SERVER_READY
-from LymphNodeMTLSlicerLib.server_process import LocalServer, PopenRunner, QProcessRunner
+from LymphNodeMTLSlicerLib.server_process import LocalServer
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,

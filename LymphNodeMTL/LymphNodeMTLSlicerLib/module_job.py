@@ -6,7 +6,7 @@ the job reads or writes is still in the scene: a node deleted meanwhile ends the
 and nothing is applied. A failed or cancelled job changes nothing.
 """
 
-from .server_client import CANCELLED, DONE, FAILED, FINISHED_STATES
+from .server_client import CANCELLED, DONE, FAILED, FINISHED_STATES, STARTING
 
 
 class JobCancelled(Exception):
@@ -24,7 +24,7 @@ class ModuleJob:
         self._apply = apply
         self._watched = {role: node for role, node in watchedNodes.items() if node is not None}
         self.label = label
-        self.state = serverJob.state
+        self.state = STARTING  # results are applied by the first tick after the server is done
         self.summary = None
         self.error = None
 

@@ -10,54 +10,63 @@ one line saying what went wrong and what to do; nothing is applied by this file.
 """
 
 import json
-import urllib.error
-import urllib.request
 
 from LymphNodeMTLLib.server import protocol
+from LymphNodeMTLLib.server.client import InferenceClient, ServerError
 
 # Job states on this side (the server's own states plus the steps before the job exists).
 STARTING, CHECKING, UPLOADING, SUBMITTING, POLLING = "starting", "checking", "uploading", "submitting", "polling"
 DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 120.0  # the first health answer waits for the model to load
 UPLOAD_TIMEOUT_S = 600.0
 
 
 class Reply:
     """One HTTP answer: status 0 means no answer at all (refused, reset, timed out)."""
 
-    def __init__(self, status: int, body: bytes = b"", error: str = ""):
+    def __init__(self, status: int, payload=None, error: str = ""):
         self.status = int(status or 0)
-        self.body = body or b""
+        self.payload = payload
         self.error = error
 
-    def json(self):
-        try:
-            return json.loads(self.body.decode("utf-8")) if self.body else {}
-        except (UnicodeDecodeError, ValueError):
-            return {}
+    def json(self) -> dict:
+        return self.payload if isinstance(self.payload, dict) else {}
 
     def errorLine(self) -> str:
         """The server's one-line error, else the transport's."""
-        payload = self.json()
-        message = payload.get("error") if isinstance(payload, dict) else None
-        text = str(message or self.error or self.body[:200].decode("utf-8", "replace") or "no details")
+        text = str(self.json().get("error") or self.error or "no details")
         return " ".join(text.split())
 
 
-class BlockingTransport:
-    """stdlib HTTP for scripts and tests: each send completes (and calls onReply) before it returns."""
+def _parseJson(body: bytes):
+    try:
+        return json.loads(body.decode("utf-8")) if body else None
+    except (UnicodeDecodeError, ValueError):
+        return None
 
-    def send(self, method, url, headers=None, body=None, onReply=None, timeout=REQUEST_TIMEOUT_S):
-        request = urllib.request.Request(url, data=None if body is None else bytes(body),
-                                         headers=dict(headers or {}), method=method)
+
+class BlockingTransport:
+    """The Lib's stdlib client (keep-alive, one per server) for scripts and tests: each send
+    completes, and calls onReply, before it returns."""
+
+    def __init__(self):
+        self._clients = {}
+
+    def send(self, baseUrl, method, path, headers=None, body=None, onReply=None, timeout=REQUEST_TIMEOUT_S):
+        client = self._clients.get(baseUrl)
+        if client is None:
+            try:
+                client = self._clients[baseUrl] = InferenceClient(baseUrl, timeout=timeout)
+            except ValueError as error:  # not a server URL
+                onReply(Reply(0, None, str(error)))
+                return None
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                reply = Reply(response.status, response.read())
-        except urllib.error.HTTPError as error:
-            reply = Reply(error.code, error.read(), str(error.reason))
-        except (OSError, ValueError) as error:  # refused, reset, timeout, bad URL
-            reply = Reply(0, b"", str(getattr(error, "reason", None) or error))
+            status, payload = client.request(method, path, body=None if body is None else bytes(body),
+                                             headers=headers, timeout=timeout)
+            reply = Reply(status, payload)
+        except ServerError as error:
+            reply = Reply(error.status, {"error": str(error)} if error.status else None, str(error))
         if onReply is not None:
             onReply(reply)
         return None
@@ -76,9 +85,9 @@ class QtTransport:
         self._manager = qt.QNetworkAccessManager()
         self._replies = {}  # keeps each reply (and its body) alive until it finished
 
-    def send(self, method, url, headers=None, body=None, onReply=None, timeout=REQUEST_TIMEOUT_S):
+    def send(self, baseUrl, method, path, headers=None, body=None, onReply=None, timeout=REQUEST_TIMEOUT_S):
         qt = self._qt
-        request = qt.QNetworkRequest(qt.QUrl(url))
+        request = qt.QNetworkRequest(qt.QUrl(baseUrl + path))
         for key, value in (headers or {}).items():
             request.setRawHeader(qt.QByteArray(key.encode("latin-1")), qt.QByteArray(str(value).encode("latin-1")))
         if hasattr(request, "setTransferTimeout"):  # Qt >= 5.15
@@ -98,7 +107,7 @@ class QtTransport:
         error = "" if reply.error() == qt.QNetworkReply.NoError else str(reply.errorString())
         reply.deleteLater()
         if onReply is not None:
-            onReply(Reply(int(status) if status else 0, body, error))
+            onReply(Reply(int(status) if status else 0, _parseJson(body), error))
 
     def abort(self, handle) -> None:
         if handle is not None and id(handle) in self._replies:
@@ -124,7 +133,7 @@ class ServerConnection:
         if jsonBody is not None:
             body = json.dumps(jsonBody).encode("utf-8")
             extra["Content-Type"] = "application/json"
-        return self.transport.send(method, self.baseUrl + path, self.headers(extra), body, onReply, timeout)
+        return self.transport.send(self.baseUrl, method, path, self.headers(extra), body, onReply, timeout)
 
 
 class VolumePayload:
