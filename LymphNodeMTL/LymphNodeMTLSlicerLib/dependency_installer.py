@@ -16,25 +16,28 @@ import slicer
 # there and runs is not replaced for the upper pin, which only guards fresh installs.
 TORCH_REQUIREMENT = ">=2.8,<2.13"
 TORCH_ACCEPTED = ">=2.8"
-# distribution -> (import name, requirement). Only pure-Python or self-contained wheels, each pinned
-# on both sides; the server's HTTP stack is listed package by package because of --no-deps.
+# distribution -> (import name, accepted, installed). Accepted: a version already there that works
+# is kept. Installed: exact versions tested together (pip runs with --no-deps, so it cannot pick
+# a matching set itself; the server's HTTP stack is therefore listed package by package).
 PIP_REQUIREMENTS = {
-    "monai": ("monai", "monai>=1.6,<1.7"),
-    "safetensors": ("safetensors", "safetensors>=0.4,<1"),
-    "tqdm": ("tqdm", "tqdm>=4.60,<5"),
-    "scipy": ("scipy", "scipy>=1.10,<2"),
-    "fastapi": ("fastapi", "fastapi>=0.110,<1"),
-    "starlette": ("starlette", "starlette>=0.37,<2"),
-    "pydantic": ("pydantic", "pydantic>=2.6,<3"),
-    "pydantic-core": ("pydantic_core", "pydantic-core>=2.14,<3"),
-    "annotated-types": ("annotated_types", "annotated-types>=0.6,<1"),
-    "typing-inspection": ("typing_inspection", "typing-inspection>=0.4,<1"),
-    "typing-extensions": ("typing_extensions", "typing-extensions>=4.12,<5"),
-    "anyio": ("anyio", "anyio>=4,<5"),
-    "idna": ("idna", "idna>=3,<4"),
-    "uvicorn": ("uvicorn", "uvicorn>=0.29,<1"),
-    "h11": ("h11", "h11>=0.14,<1"),
-    "click": ("click", "click>=8,<9"),
+    "monai": ("monai", ">=1.6,<1.7", "==1.6.1"),
+    "safetensors": ("safetensors", ">=0.4,<1", "==0.8.0"),
+    "tqdm": ("tqdm", ">=4.60,<5", ">=4.60,<5"),
+    "scipy": ("scipy", ">=1.10,<2", ">=1.10,<2"),
+    "fastapi": ("fastapi", ">=0.165,<1", "==0.165.0"),
+    "starlette": ("starlette", ">=1.6,<2", "==1.10.0"),
+    "pydantic": ("pydantic", ">=2.9,<3", "==2.14.4"),
+    "pydantic-core": ("pydantic_core", ">=2.50,<3", "==2.50.5"),
+    "annotated-types": ("annotated_types", ">=0.6,<1", "==0.8.0"),
+    "annotated-doc": ("annotated_doc", ">=0.0.2,<1", "==0.0.7"),
+    "typing-inspection": ("typing_inspection", ">=0.4.4,<1", "==0.4.5"),
+    "typing-extensions": ("typing_extensions", ">=4.16,<5", "==4.16.0"),
+    "opentelemetry-api": ("opentelemetry", ">=1.44,<2", "==1.45.2"),
+    "anyio": ("anyio", ">=4.1,<5", "==4.16.0"),
+    "idna": ("idna", ">=2.8,<4", ">=2.8,<4"),
+    "uvicorn": ("uvicorn", ">=0.54,<1", "==0.54.0"),
+    "h11": ("h11", ">=0.8,<1", "==0.16.0"),
+    "click": ("click", ">=7,<9", "==8.5.1"),
 }
 # What DICOM SEG export needs. Never installed from here: highdicom 0.27 needs pydicom 3, and
 # Slicer 5.10 ships pydicom 2.4 that its own DICOM module relies on.
@@ -78,8 +81,8 @@ def missingRequirements() -> dict:
         version = installedVersion("torch")
         missing["torch"] = (f"torch{TORCH_REQUIREMENT} ({f'installed: {version}' if version else 'not installed'}), "
                             "through the PyTorch extension")
-    for distribution, (importName, requirement) in PIP_REQUIREMENTS.items():
-        why = unmetRequirement(distribution, requirement, importName)
+    for distribution, (importName, accepted, _installed) in PIP_REQUIREMENTS.items():
+        why = unmetRequirement(distribution, distribution + accepted, importName)
         if why:
             missing[distribution] = why
     return missing
@@ -104,7 +107,7 @@ def installRequirements(missing: dict) -> None:
             askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
         if torch is None:
             raise RuntimeError("PyTorch was not installed")
-    requirements = [PIP_REQUIREMENTS[name][1] for name in PIP_REQUIREMENTS if name in missing]
+    requirements = [name + PIP_REQUIREMENTS[name][2] for name in PIP_REQUIREMENTS if name in missing]
     if requirements:
         slicer.util.pip_install([*requirements, "--no-deps"])
 
