@@ -146,6 +146,7 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
             "models": session.models(),
             "max_upload_bytes": max_upload_bytes,
             "from_file": allow_from_file,
+            "jobs": session.counts(),
         }
 
     @app.head("/v1/volumes/{volume_id}")

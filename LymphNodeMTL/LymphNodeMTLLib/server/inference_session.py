@@ -127,6 +127,8 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)  # the work itself has ended
     submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None  # wall-clock seconds (time.time) on the server
+    finished_at: float | None = None
     queue_position: int | None = None
 
     def to_json(self) -> dict:
@@ -141,6 +143,9 @@ class Job:
             "error": self.error,
             "results": self.results,
             "ignored_options": list(self.ignored_options),
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
         }
 
 
@@ -186,6 +191,7 @@ class InferenceSession:
         self._busy_models: set[str] = set()
         self._cond = threading.Condition()
         self._closed = False
+        self._submitted = 0
         # one worker per engine: engines run side by side, never one engine twice at once
         self._workers = [threading.Thread(target=self._work, name=f"inference-{n}", daemon=True)
                          for n in range(len(self.engines))]
@@ -224,6 +230,14 @@ class InferenceSession:
     def has_volume(self, vid: str) -> bool:
         return vid in self.volumes
 
+    def counts(self) -> dict:
+        """Jobs submitted since start, queued, running and finished (kept); the CT store's bytes."""
+        with self._cond:
+            states = [j.state if not (j.state == CANCELLED and not j.finished.is_set()) else RUNNING
+                      for j in self._jobs.values()]
+        return {"submitted": self._submitted, "queued": states.count(QUEUED), "running": states.count(RUNNING),
+                "finished": sum(s in FINISHED for s in states), "volume_bytes": self.volumes.total_bytes()}
+
     # --- jobs ---------------------------------------------------------------------------------
     def submit(self, kind: str, volume_id: str, model: str | None = None, seeds=(), masks=(),
                options: dict | None = None) -> Job:
@@ -247,6 +261,7 @@ class InferenceSession:
             if self._closed:
                 raise InputError("the server is shutting down; try again once it has restarted")
             self._jobs[job.job_id] = job
+            self._submitted += 1
             self._pending.append(job)
             self._forget_old_jobs()
             self._cond.notify_all()
@@ -271,6 +286,7 @@ class InferenceSession:
             if job.state == QUEUED:
                 self._pending.remove(job)
                 job.state = job.stage = CANCELLED
+                job.finished_at = time.time()
                 job.finished.set()
             elif job.state == RUNNING:
                 job.cancel_requested.set()
@@ -316,13 +332,14 @@ class InferenceSession:
                 self._pending.remove(job)
                 self._busy_volumes.add(job.volume_id)
                 self._busy_models.add(job.model)
-                job.state, job.stage = RUNNING, "nodes"
+                job.state, job.stage, job.started_at = RUNNING, "nodes", time.time()
             try:
                 self._run(job)
             finally:
                 with self._cond:
                     self._busy_volumes.discard(job.volume_id)
                     self._busy_models.discard(job.model)
+                    job.finished_at = time.time()
                     job.finished.set()
                     self._cond.notify_all()
 
@@ -330,9 +347,9 @@ class InferenceSession:
         engine = self.engines[job.model]
 
         def progress(stage: str, done: int, total: int) -> None:
-            if job.cancel_requested.is_set():
-                raise JobCancelled
             job.stage, job.done, job.total = stage, int(done), int(total)
+            if job.cancel_requested.is_set():
+                raise JobCancelled  # out of the engine between two batches
 
         try:
             case = Case(job.volume.image, job.volume.geometry, job.seeds)

@@ -1,0 +1,381 @@
+"""The inference server end to end: a real `lymphnode-mtl serve` process on loopback and its API.
+
+One server process serves the whole module (start-ups are the slow part); a phantom CT of
+32x96x96 voxels keeps every job short. Results are compared with an in-process NodeEngine on the
+same CT, so the server is held to exactly what the engine gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.inference.engine import NodeEngine
+from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
+from LymphNodeMTLLib.network.model_store import default_model_dir
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
+from LymphNodeMTLLib.server import protocol
+from LymphNodeMTLLib.server.client import InferenceClient, ServerError
+from LymphNodeMTLLib.server.launcher import LIB_PARENT, start_server
+
+TOKEN = "s3cret-token-for-tests"
+UPLOAD_LIMIT_MB = 1  # the phantom (0.6 MB as int16) fits, 1.5 MB does not
+START_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    ph = generate_phantom_case(np.random.default_rng(5), 3, spacing=(1.0, 1.0, 2.0), field_of_view_mm=(96, 96, 64))
+    image = np.round(ph.image).astype(np.int16)  # a CT as Slicer holds it
+    seeds = [Seed(n.node_id, tuple(n.seed_ras)) for n in ph.nodes]
+    return image, ph.geometry, seeds
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return NodeEngine(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real server on a free loopback port: token from a file, 1 MB uploads, two model names."""
+    folder = tmp_path_factory.mktemp("server")
+    token_file = folder / "token.txt"
+    token_file.write_text(TOKEN + "\n")
+    log_path = folder / "server.log"
+    model = str(default_model_dir())
+    with open(log_path, "w") as log:
+        served = start_server(["--port", "0", "--device", "cpu", "--token-file", str(token_file),
+                               "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--model", model, "--model", model],
+                              stderr=log, timeout=START_TIMEOUT_S)
+    assert served.url, log_path.read_text()
+    try:
+        yield {"url": served.url, "log": log_path, "folder": folder}
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = InferenceClient(server["url"], token=TOKEN)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def volume(client, phantom):
+    image, geometry, _ = phantom
+    return client.ensure_volume(image, geometry.ijk_to_ras)
+
+
+def _in_process_case(phantom, seeds=None):
+    image, geometry, all_seeds = phantom
+    # the server keeps CTs as float32 HU, as the volume reader gives them
+    return Case(image.astype(np.float32), geometry, list(all_seeds if seeds is None else seeds))
+
+
+def _assert_same_results(got, expected):
+    assert [r.node_id for r in got] == [r.node_id for r in expected]
+    for g, e in zip(got, expected):
+        assert g.bbox_start_kji == e.bbox_start_kji and g.bbox_stop_kji == e.bbox_stop_kji
+        np.testing.assert_array_equal(g.mask, e.mask)
+        assert g.probability == pytest.approx(e.probability, abs=1e-6)
+        assert g.predicted_label == e.predicted_label
+        assert g.volume_mm3 == pytest.approx(e.volume_mm3)
+        assert g.short_axis_mm == pytest.approx(e.short_axis_mm)
+        assert g.status == e.status
+        assert g.extra.get("weights_sha256") == e.extra.get("weights_sha256")
+
+
+def _raw_request(url, head: bytes, body_chunks=()) -> tuple[int, dict]:
+    """Send a hand-made request on a plain socket; (status, JSON body) of the answer."""
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head)
+        try:
+            for chunk in body_chunks:
+                s.sendall(chunk)
+        except OSError:
+            pass  # the server answered and closed before the whole body: what we are testing
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            more = s.recv(65536)
+            if not more:
+                break
+            data += more
+    head_text, _, body = data.partition(b"\r\n\r\n")
+    return int(head_text.split()[1]), json.loads(body or b"{}")
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+# --- health, CTs ----------------------------------------------------------------------------------
+def test_health_names_the_models_and_the_device(client, engine):
+    h = client.health()
+    assert h["api_version"] == 1 and h["status"] == "ok" and h["device"] == "cpu"
+    assert h["model_id"] == engine.model_id and h["weights_sha256"] == engine.model.weights_sha256
+    assert [m["name"] for m in h["models"]] == ["phantom-demo", "phantom-demo-2"]
+    assert all(m["model_id"] == engine.model_id for m in h["models"])
+    assert h["max_upload_bytes"] == UPLOAD_LIMIT_MB * 2**20 and h["from_file"] is True
+
+
+def test_upload_stores_the_ct_under_its_content_hash(client, phantom, volume):
+    image, geometry, _ = phantom
+    assert volume == protocol.volume_id(image, geometry.ijk_to_ras)
+    assert client.has_volume(volume)
+    other = image.copy()
+    other[0, 0, 0] += 1
+    assert not client.has_volume(protocol.volume_id(other, geometry.ijk_to_ras))
+
+
+def test_upload_under_a_wrong_id_is_refused_and_not_stored(client, phantom):
+    image, geometry, _ = phantom
+    other = image.copy()
+    other[1, 2, 3] -= 5
+    wrong = protocol.volume_id(image, geometry.ijk_to_ras)[::-1]
+    with pytest.raises(ServerError) as err:
+        client.upload_volume(other, geometry.ijk_to_ras, volume_id=wrong)
+    assert err.value.status == 400 and "does not match" in str(err.value)
+    assert not client.has_volume(wrong)
+    assert not client.has_volume(protocol.volume_id(other, geometry.ijk_to_ras))
+
+
+def test_from_file_reads_the_ct_with_the_volume_reader(client, phantom, tmp_path):
+    image, geometry, _ = phantom
+    path = tmp_path / "ct.nrrd"
+    write_volume(path, image[:, ::-1].copy(), geometry)  # not the uploaded CT: a new id
+    read_image, read_geometry, _ = read_volume(path)
+    expected = protocol.volume_id(read_image, read_geometry.ijk_to_ras)
+    clients_name = protocol.volume_id(image[:, ::-1], geometry.ijk_to_ras)
+    assert not client.has_volume(expected)
+    answer = client.volume_from_file(path, clients_name)
+    assert answer == {"volume_id": expected, "shape": list(image.shape)}
+    assert client.has_volume(expected) and client.has_volume(clients_name)
+
+
+def test_from_file_problems_are_one_line_400s(client, tmp_path):
+    for path, words in ((tmp_path / "missing.nrrd", "not found"), ("relative/ct.nrrd", "absolute")):
+        with pytest.raises(ServerError) as err:
+            client.volume_from_file(path, "0" * 64)
+        assert err.value.status == 400 and words in str(err.value) and "\n" not in str(err.value)
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+def test_predict_gives_what_the_engine_gives_in_process(client, volume, phantom, engine):
+    expected = engine.predict(_in_process_case(phantom))
+    got = client.predict(volume, phantom[2], timeout=300)
+    _assert_same_results(got, expected)
+    assert any(not r.is_empty for r in got)
+
+
+def test_predict_with_the_second_model_name(client, volume, phantom, engine):
+    seed = phantom[2][:1]
+    got = client.predict(volume, seed, model="phantom-demo-2", options={"not_an_option": 1}, timeout=300)
+    _assert_same_results(got, engine.predict(_in_process_case(phantom, seed)))
+
+
+def test_classify_returns_the_given_masks_unchanged(client, volume, phantom, engine):
+    given = engine.predict(_in_process_case(phantom))
+    for r in given:  # a radiologist's edit: the first slice of every mask removed
+        r.mask = r.mask.copy()
+        r.mask[0] = False
+    got = client.classify(volume, given, timeout=300)
+    expected = engine.classify_masks(_in_process_case(phantom), given)
+    assert [r.node_id for r in got] == [r.node_id for r in given]
+    for g, r, e in zip(got, given, expected):
+        assert g.bbox_start_kji == r.bbox_start_kji and g.bbox_stop_kji == r.bbox_stop_kji
+        np.testing.assert_array_equal(g.mask, r.mask)
+        assert g.probability == pytest.approx(e.probability, abs=1e-6)
+        assert g.volume_mm3 == pytest.approx(e.volume_mm3)
+
+
+def _many_seeds(phantom, n):
+    """n distinct seeds around the phantom's nodes: a job of n / 8 batches on the CPU."""
+    rng = np.random.default_rng(1)
+    base = phantom[2]
+    return [Seed(f"S{i}", tuple(np.asarray(base[i % len(base)].ras) + rng.uniform(-1, 1, 3))) for i in range(n)]
+
+
+def test_two_jobs_on_one_ct_queue_and_the_second_waits(client, volume, phantom):
+    first = client.submit_predict(volume, _many_seeds(phantom, 16))
+    second = client.submit_predict(volume, phantom[2][:1])
+    waiting = client.job(second)
+    assert waiting["state"] == "queued" and waiting["queue_position"] == 0
+    done_second = client.wait(second, timeout=300)
+    done_first = client.job(first)
+    assert done_first["state"] == "done" and done_second["state"] == "done"
+    assert done_second["started_at"] >= done_first["finished_at"]
+    assert len(done_first["results"]) == 16 and len(done_second["results"]) == 1
+
+
+def test_cancel_stops_a_running_job_at_its_next_batch(client, volume, phantom):
+    long_job = client.submit_predict(volume, _many_seeds(phantom, 96))  # 12 batches
+    behind = client.submit_predict(volume, phantom[2][:1])
+    deadline = time.monotonic() + 300
+    while client.job(long_job)["progress"]["done"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)  # cancel once the first batch is through: the job is really running
+    assert client.cancel(long_job)["state"] == "cancelled"
+    assert client.wait(behind, timeout=300)["state"] == "done"  # runs only once the long job stopped
+    stopped = client.job(long_job)
+    assert stopped["state"] == "cancelled" and stopped["results"] is None
+    assert stopped["progress"]["stage"] == "cancelled"
+    assert stopped["progress"]["done"] < stopped["progress"]["total"] == 96
+    with pytest.raises(ServerError, match="cancelled"):
+        client.run(long_job)
+
+
+def test_cancel_of_a_queued_job_means_it_never_runs(client, volume, phantom):
+    first = client.submit_predict(volume, _many_seeds(phantom, 8))
+    queued = client.submit_predict(volume, phantom[2][:1])
+    assert client.cancel(queued)["state"] == "cancelled"
+    client.wait(first, timeout=300)
+    job = client.job(queued)
+    assert job["state"] == "cancelled" and job["started_at"] is None and job["results"] is None
+
+
+# --- security and refusals ------------------------------------------------------------------------
+def test_missing_or_wrong_token_is_refused_and_nothing_runs(server, client, volume, phantom):
+    image, geometry, seeds = phantom
+    before = client.health()["jobs"]["submitted"]
+    other = image.copy()
+    other[3, 3, 3] += 7
+    for token in (None, "wrong", TOKEN + "x"):
+        bad = InferenceClient(server["url"], token=token)
+        for call in (bad.health, lambda: bad.submit_predict(volume, seeds),
+                     lambda: bad.upload_volume(other, geometry.ijk_to_ras)):
+            with pytest.raises(ServerError) as err:
+                call()
+            assert err.value.status == 401 and "token" in str(err.value)
+        bad.close()
+    assert client.health()["jobs"]["submitted"] == before
+    assert not client.has_volume(protocol.volume_id(other, geometry.ijk_to_ras))
+
+
+def test_off_loopback_without_token_refuses_to_start(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LYMPHNODE_MTL_TOKEN"}
+    env["PYTHONPATH"] = str(LIB_PARENT)
+    done = subprocess.run([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", "serve", "--host", "0.0.0.0",
+                           "--port", "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "without a token" in lines[0]
+
+
+def test_upload_over_the_limit_is_413(server, client, phantom):
+    image, geometry, _ = phantom
+    big = np.zeros((48, 96, 96), np.int16)  # 3.4 MB as float64
+    headers = protocol.volume_headers(big.astype(np.float64), geometry.ijk_to_ras)
+    vid = protocol.volume_id(big.astype(np.float64), geometry.ijk_to_ras)
+    head = (f"PUT /v1/volumes/{vid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {big.size * 8}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    status, body = _raw_request(server["url"], head)  # refused on its Content-Length alone
+    assert status == 413 and "upload limit" in body["error"]
+    chunked = head.replace(f"Content-Length: {big.size * 8}".encode(), b"Transfer-Encoding: chunked")
+    chunk = b"%x\r\n" % (256 * 1024) + b"\0" * (256 * 1024) + b"\r\n"
+    status, body = _raw_request(server["url"], chunked, [chunk] * 14)  # no length: counted as it comes
+    assert status == 413
+    with pytest.raises(ServerError) as err:
+        client.upload_volume(big.astype(np.float32)[:40], geometry.ijk_to_ras)  # 1.4 MB
+    assert err.value.status == 413
+    assert not client.has_volume(vid)
+
+
+def _post_job(client, body):
+    with pytest.raises(ServerError) as err:
+        client.request("POST", "/v1/jobs", body=body)
+    return err.value
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"kind": "predict", "seeds": []}, 422, "volume_id"),
+    ({"volume_id": "V", "kind": "segment"}, 422, "kind"),
+    ({"volume_id": "V", "kind": "predict", "seeds": [{"id": "a", "ras": [1, 2]}]}, 422, "seeds.0.ras"),
+    ({"volume_id": "V", "kind": "predict", "seeds": [{"id": "a", "ras": [1, 2, "x"]}]}, 422, "seeds.0.ras"),
+    ({"volume_id": "V", "kind": "predict", "seeds": []}, 422, "no seeds"),
+    ({"volume_id": "V", "kind": "predict", "seeds": [{"id": "a", "ras": [9e3, 0, 0]}]}, 422, "outside the CT"),
+    ({"volume_id": "V", "kind": "predict", "model": "nope", "seeds": []}, 404, "unknown model"),
+    ({"volume_id": "0" * 64, "kind": "predict", "seeds": [{"id": "a", "ras": [0, 0, 0]}]}, 404, "upload it"),
+    ({"volume_id": "V", "kind": "classify", "masks": [{"id": "a"}]}, 422, "seed_ras"),
+    ({"volume_id": "V", "kind": "classify", "masks": [{"id": "a", "seed_ras": [0, 0, 0], "bbox_start_kji": [0, 0, 0],
+                                                       "bbox_stop_kji": [2, 2, 2], "mask": "!!"}]}, 422, "base64"),
+    ({"volume_id": "V", "kind": "classify", "masks": [{"id": "a", "seed_ras": [0, 0, 0], "bbox_start_kji": [0, 0, 0],
+                                                       "bbox_stop_kji": [999, 2, 2], "mask": "AA=="}]}, 422, "packed"),
+])
+def test_malformed_jobs_are_4xx_with_one_line(client, volume, body, status, words):
+    body = {k: (volume if v == "V" else v) for k, v in body.items()}
+    err = _post_job(client, body)
+    assert err.status == status and words in str(err) and "\n" not in str(err)
+
+
+def test_malformed_requests_are_4xx_with_one_line(server, client, volume, phantom):
+    image, geometry, _ = phantom
+    cases = [
+        (lambda: client.request("POST", "/v1/jobs", body=b"{not json", headers={"Content-Type": "application/json"}),
+         400, "not valid JSON"),
+        (lambda: client.request("PUT", f"/v1/volumes/{volume}", body=b"\0" * 10,
+                                headers={"X-LNM-Shape": "2,2", "X-LNM-Dtype": "int16",
+                                         "X-LNM-IJK-To-RAS": ",".join(["1"] * 16)}), 400, "X-LNM-Shape"),
+        (lambda: client.request("PUT", f"/v1/volumes/{volume}", body=b"\0" * 10,
+                                headers=protocol.volume_headers(image, geometry.ijk_to_ras)), 400, "bytes"),
+        (lambda: client.job("f" * 32), 404, "unknown job"),
+        (lambda: client.cancel("f" * 32), 404, "unknown job"),
+        (lambda: client.request("GET", "/v1/jobs/x?wait=-1"), 422, "wait"),
+        (lambda: client.request("GET", "/v1/nothing"), 404, "no such route"),
+        (lambda: client.request("PATCH", "/v1/health"), 405, "not allowed"),
+    ]
+    for call, status, words in cases:
+        with pytest.raises(ServerError) as err:
+            call()
+        assert err.value.status == status, words
+        assert words in str(err.value) and "\n" not in str(err.value)
+    assert client.health()["status"] == "ok"  # none of it hurt the server
+
+
+def test_the_log_holds_routes_not_patient_data(server, client, volume, phantom):
+    # runs after the jobs above: their ids, seeds and file paths must not be in the log
+    client.predict(volume, phantom[2][:1], timeout=300)
+    time.sleep(0.2)
+    log = server["log"].read_text()
+    assert "POST /v1/jobs 202" in log and "GET /v1/jobs/{job_id} 200" in log
+    assert "PUT /v1/volumes/{volume_id} 201" in log
+    for secret in (volume, volume[:12], "N01", "S12", "ct.nrrd", TOKEN, str(server["folder"])):
+        assert secret not in log, secret
+
+
+def test_tls_server_answers_https_with_its_certificate(tmp_path):
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate to serve")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    with open(tmp_path / "log.txt", "w") as log, start_server(
+            ["--port", "0", "--device", "cpu", "--tls-cert", str(cert), "--tls-key", str(key)],
+            stderr=log, env={"LYMPHNODE_MTL_TOKEN": TOKEN}, timeout=START_TIMEOUT_S) as served:
+        assert served.url.startswith("https://127.0.0.1:")
+        secure = InferenceClient(served.url, token=TOKEN, ssl_context=ssl.create_default_context(cafile=cert))
+        assert secure.health()["status"] == "ok"
+        with pytest.raises(ServerError) as err:  # the token from the environment is required
+            InferenceClient(served.url, ssl_context=ssl.create_default_context(cafile=cert)).health()
+        assert err.value.status == 401
+        with pytest.raises(ServerError) as err:  # a client that does not trust the certificate
+            InferenceClient(served.url, token=TOKEN).health()
+        assert err.value.status == 0
+        secure.close()
