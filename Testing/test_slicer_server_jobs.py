@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -259,3 +260,62 @@ def test_job_is_not_slowed_by_a_main_thread_that_holds_the_gil(mrml_scene, phant
     print(f"3-node predict, main thread free: {free:.2f} s; holding the GIL between ticks: {held:.2f} s")
     # Generous absolute slack: two loaded cores. A job on a Python thread would take many times longer.
     assert held <= 1.5 * free + 1.0
+
+
+# --- replies that arrive later, from the event loop (as QNetworkAccessManager delivers them) -------
+class DeferredTransport:
+    """The stdlib transport, but each reply is handed over only when the 'event loop' runs
+    (`pump`), never inside send(): the order of events the Qt transport produces."""
+
+    def __init__(self):
+        self._inner = server_client.BlockingTransport()
+        self.pending = []
+        self.aborted = 0
+
+    def send(self, baseUrl, method, path, headers=None, body=None, onReply=None, timeout=30.0):
+        replies = []
+        self._inner.send(baseUrl, method, path, headers, body, replies.append, timeout)
+        handle = types.SimpleNamespace(reply=replies[0], onReply=onReply, aborted=False)
+        self.pending.append(handle)
+        return handle
+
+    def abort(self, handle):
+        handle.aborted = True
+        self.aborted += 1
+
+    def pump(self):
+        pending, self.pending = self.pending, []
+        for handle in pending:
+            reply = server_client.Reply(0, None, "Operation canceled") if handle.aborted else handle.reply
+            if handle.onReply:
+                handle.onReply(reply)
+
+
+def test_jobs_work_when_replies_arrive_from_the_event_loop(mrml_scene, phantom, logic):
+    volume, markups = _inputs(phantom)
+    deferred = DeferredTransport()
+    logic_async = lnmtl.LymphNodeMTLLogic()
+    logic_async.transport = deferred
+    logic_async.idle = lambda: (deferred.pump(), time.sleep(TICK_S))
+    summary = logic_async.process(volume, markups, device="cpu")
+    assert summary.updatedIds == [n.node_id for n in phantom.nodes]
+
+    # Cancel with a poll in flight: that request is aborted, the job is deleted, nothing applied.
+    markups.RemoveAllControlPoints()
+    markups.AddControlPoint(*np.add(phantom.nodes[0].seed_ras, (1.5, 0.0, 0.0)), "moved")
+    job = logic_async.process(volume, markups, summary.segmentationNode, summary.tableNode,
+                              device="cpu", waitForCompletion=False)
+    end = time.monotonic() + 60
+    while not (job.serverJob.state == "polling" and deferred.pending):
+        assert time.monotonic() < end and not job.finished
+        job.tick()
+        if not (job.serverJob.state == "polling" and deferred.pending):
+            deferred.pump()
+    segments = summary.segmentationNode.GetSegmentation().GetNumberOfSegments()
+    job.cancel()
+    assert deferred.aborted == 1
+    deferred.pump()  # the aborted poll's reply, then the DELETE's
+    deferred.pump()
+    assert job.state == "cancelled" and job.summary is None
+    assert summary.segmentationNode.GetSegmentation().GetNumberOfSegments() == segments
+    assert _server_job_state(logic, job.serverJob.jobId) == "cancelled"

@@ -93,7 +93,19 @@ class QtTransport:
         if hasattr(request, "setTransferTimeout"):  # Qt >= 5.15
             request.setTransferTimeout(int(timeout * 1000))
         data = qt.QByteArray(bytes(body)) if body is not None else qt.QByteArray()
-        reply = self._manager.sendCustomRequest(request, qt.QByteArray(method.encode("ascii")), data)
+        # The verbs' own calls: Qt then knows, e.g., that a HEAD answer has no body to wait for.
+        if method == "GET":
+            reply = self._manager.get(request)
+        elif method == "HEAD":
+            reply = self._manager.head(request)
+        elif method == "DELETE":
+            reply = self._manager.deleteResource(request)
+        elif method == "PUT":
+            reply = self._manager.put(request, data)
+        elif method == "POST":
+            reply = self._manager.post(request, data)
+        else:
+            reply = self._manager.sendCustomRequest(request, qt.QByteArray(method.encode("ascii")), data)
         self._replies[id(reply)] = (reply, data)
         reply.connect("finished()", lambda: self._finished(reply, onReply))
         return reply
@@ -252,7 +264,8 @@ class ServerJob:
             self.state = UPLOADING
             self._send("PUT", f"/v1/volumes/{self.volume.volumeId}", self._onUploaded,
                        body=protocol.volume_bytes(self.volume.image),
-                       headers=protocol.volume_headers(self.volume.image, self.volume.ijkToRas),
+                       headers=dict(protocol.volume_headers(self.volume.image, self.volume.ijkToRas),
+                                    **{"Content-Type": "application/octet-stream"}),
                        timeout=UPLOAD_TIMEOUT_S)
         elif not self._failed(reply, (200,)):
             self._submit()

@@ -24,12 +24,16 @@ MODULE_DIR = Path(__file__).resolve().parents[1]  # holds LymphNodeMTLLib
 
 
 def slicerPythonExecutable() -> str:
-    """Slicer's own Python: PythonSlicer inside the application, else this interpreter."""
-    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
-        found = shutil.which("PythonSlicer") or shutil.which("PythonSlicer.exe")
-        if found:
-            return found
-    return sys.executable
+    """Slicer's own Python: PythonSlicer inside the application (sys.executable is the application
+    itself there, which must not be started again), else this interpreter."""
+    if not hasattr(sys.modules.get("slicer"), "app"):
+        return sys.executable
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    for candidate in (shutil.which(name), str(Path(sys.executable).resolve().parent / name)):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise RuntimeError(f"cannot find Slicer's {name} next to {sys.executable}: set the inference server "
+                       "to a running server's address in the module's Advanced settings")
 
 
 def serverArguments(device: str = "auto", modelFolder=None, token: str = "") -> list:
@@ -158,6 +162,7 @@ class LocalServer:
                 and self._runner.isRunning():
             return
         self.stop()
+        program = self._python or slicerPythonExecutable()
         self._key = key
         self.token = secrets.token_urlsafe(24)  # loopback only, but other local users need not drive it
         environment = dict(os.environ)
@@ -168,8 +173,7 @@ class LocalServer:
         self._runner = self._runnerFactory()
         self._output, self.url, self.error = "", None, None
         self.state, self.startedAt = STARTING, time.monotonic()
-        self._runner.start(self._python or slicerPythonExecutable(),
-                           serverArguments(device, modelFolder, self.token), environment, self.logPath)
+        self._runner.start(program, serverArguments(device, modelFolder, self.token), environment, self.logPath)
 
     def poll(self) -> str:
         """Read what the process printed, notice that it listens or that it died; the state."""
