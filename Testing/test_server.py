@@ -12,12 +12,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.inference.engine import NodeEngine
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
 from LymphNodeMTLLib.network.model_store import default_model_dir
@@ -211,6 +214,7 @@ def _many_seeds(phantom, n):
 
 def test_two_jobs_on_one_ct_queue_and_the_second_waits(client, volume, phantom):
     first = client.submit_predict(volume, _many_seeds(phantom, 16))
+    _until(lambda: client.job(first)["state"] == "running")
     second = client.submit_predict(volume, phantom[2][:1])
     waiting = client.job(second)
     assert waiting["state"] == "queued" and waiting["queue_position"] == 0
@@ -238,10 +242,11 @@ def test_cancel_stops_a_running_job_at_its_next_batch(client, volume, phantom):
 
 
 def test_cancel_of_a_queued_job_means_it_never_runs(client, volume, phantom):
-    first = client.submit_predict(volume, _many_seeds(phantom, 8))
+    first = client.submit_predict(volume, _many_seeds(phantom, 32))
     queued = client.submit_predict(volume, phantom[2][:1])
     assert client.cancel(queued)["state"] == "cancelled"
-    client.wait(first, timeout=300)
+    client.cancel(first)
+    _until(lambda: client.job(first)["progress"]["stage"] == "cancelled", timeout=300)
     job = client.job(queued)
     assert job["state"] == "cancelled" and job["started_at"] is None and job["results"] is None
 
@@ -264,14 +269,21 @@ def test_missing_or_wrong_token_is_refused_and_nothing_runs(server, client, volu
     assert not client.has_volume(protocol.volume_id(other, geometry.ijk_to_ras))
 
 
-def test_off_loopback_without_token_refuses_to_start(tmp_path):
+@pytest.mark.parametrize("args, words", [
+    (["--host", "0.0.0.0"], "without a token"),
+    (["--host", "192.0.2.1", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "without a token"),
+    (["--token-file", "/nonexistent/token.txt"], "token file"),
+    (["--tls-cert", "/nonexistent/cert.pem"], "--tls-key"),
+    (["--model", "/nonexistent/model"], "/nonexistent/model"),
+])
+def test_serve_refuses_to_start_with_one_line(args, words):
     env = {k: v for k, v in os.environ.items() if k != "LYMPHNODE_MTL_TOKEN"}
     env["PYTHONPATH"] = str(LIB_PARENT)
-    done = subprocess.run([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", "serve", "--host", "0.0.0.0",
-                           "--port", "0"], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", "serve", "--port", "0", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "without a token" in lines[0]
+    assert len(lines) == 1 and words in lines[0], done.stderr
 
 
 def test_upload_over_the_limit_is_413(server, client, phantom):
@@ -284,10 +296,15 @@ def test_upload_over_the_limit_is_413(server, client, phantom):
             + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
     status, body = _raw_request(server["url"], head)  # refused on its Content-Length alone
     assert status == 413 and "upload limit" in body["error"]
-    chunked = head.replace(f"Content-Length: {big.size * 8}".encode(), b"Transfer-Encoding: chunked")
+    small = protocol.volume_headers(np.zeros((4, 4, 4), np.int16), geometry.ijk_to_ras)
+    chunked = (f"PUT /v1/volumes/{vid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+               "Transfer-Encoding: chunked\r\n"
+               + "".join(f"{k}: {v}\r\n" for k, v in small.items()) + "\r\n").encode()
     chunk = b"%x\r\n" % (256 * 1024) + b"\0" * (256 * 1024) + b"\r\n"
-    status, body = _raw_request(server["url"], chunked, [chunk] * 14)  # no length: counted as it comes
-    assert status == 413
+    status, body = _raw_request(server["url"], chunked, [chunk] * 14)  # a body longer than it said:
+    assert status == 413  # counted as it comes, refused once past the limit
+    status, body = _raw_request(server["url"], head.replace(b"Content-Length: %d" % (big.size * 8), b"Content-Length: 0"))
+    assert status == 413 and "upload limit" in body["error"]  # the declared shape alone is too big
     with pytest.raises(ServerError) as err:
         client.upload_volume(big.astype(np.float32)[:40], geometry.ijk_to_ras)  # 1.4 MB
     assert err.value.status == 413
@@ -356,7 +373,7 @@ def test_the_log_holds_routes_not_patient_data(server, client, volume, phantom):
         assert secret not in log, secret
 
 
-def test_tls_server_answers_https_with_its_certificate(tmp_path):
+def test_tls_server_answers_https_and_stops_with_its_parent(tmp_path):
     import shutil
     import ssl
 
@@ -366,16 +383,167 @@ def test_tls_server_answers_https_with_its_certificate(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
                     "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    with open(tmp_path / "log.txt", "w") as log, start_server(
-            ["--port", "0", "--device", "cpu", "--tls-cert", str(cert), "--tls-key", str(key)],
-            stderr=log, env={"LYMPHNODE_MTL_TOKEN": TOKEN}, timeout=START_TIMEOUT_S) as served:
-        assert served.url.startswith("https://127.0.0.1:")
-        secure = InferenceClient(served.url, token=TOKEN, ssl_context=ssl.create_default_context(cafile=cert))
-        assert secure.health()["status"] == "ok"
-        with pytest.raises(ServerError) as err:  # the token from the environment is required
-            InferenceClient(served.url, ssl_context=ssl.create_default_context(cafile=cert)).health()
-        assert err.value.status == 401
-        with pytest.raises(ServerError) as err:  # a client that does not trust the certificate
-            InferenceClient(served.url, token=TOKEN).health()
-        assert err.value.status == 0
-        secure.close()
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        with open(tmp_path / "log.txt", "w") as log, start_server(
+                ["--port", "0", "--device", "cpu", "--tls-cert", str(cert), "--tls-key", str(key),
+                 "--parent-pid", str(parent.pid)],
+                stderr=log, env={"LYMPHNODE_MTL_TOKEN": TOKEN}, timeout=START_TIMEOUT_S) as served:
+            assert served.url.startswith("https://127.0.0.1:")
+            trusting = ssl.create_default_context(cafile=cert)
+            secure = InferenceClient(served.url, token=TOKEN, ssl_context=trusting)
+            assert secure.health()["status"] == "ok"
+            with pytest.raises(ServerError) as err:  # the token from the environment is required
+                InferenceClient(served.url, ssl_context=trusting).health()
+            assert err.value.status == 401
+            with pytest.raises(ServerError) as err:  # a client that does not trust the certificate
+                InferenceClient(served.url, token=TOKEN).health()
+            assert err.value.status == 0
+            secure.close()
+            parent.kill()  # the parent "crashes": the server stops by itself
+            parent.wait()
+            assert served.proc.wait(timeout=60) is not None
+        assert "parent process ended" in (tmp_path / "log.txt").read_text()
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# --- the session in-process, with an engine the test steps batch by batch ------------------------
+class SteppedEngine:
+    """Stands in for NodeEngine: two seeds per batch, each batch waits for the test's permit."""
+
+    def __init__(self, name):
+        from types import SimpleNamespace
+
+        self.model_id, self.device = name, "cpu"
+        self.model = SimpleNamespace(weights_sha256="0" * 64)
+        self.permits = threading.Semaphore(0)
+        self.batches = 0
+
+    def predict(self, case, progress=None):
+        total = len(case.seeds)
+        for stop in range(2, total + 2, 2):
+            assert self.permits.acquire(timeout=30), "the test never let this batch through"
+            self.batches += 1
+            progress("nodes", min(stop, total), total)
+        return [NodeResult(s.node_id, s.ras, (0, 0, 0), (1, 1, 1), np.ones((1, 1, 1), bool)) for s in case.seeds]
+
+    def classify_masks(self, case, results):
+        return results
+
+
+def _stepped_session(models=("m1",), max_volume_bytes=1 << 30):
+    from LymphNodeMTLLib.server.inference_session import InferenceSession
+
+    return InferenceSession([Path(m) for m in models], max_volume_bytes=max_volume_bytes,
+                            engine_factory=lambda d, device: SteppedEngine(Path(d).name))
+
+
+def _small_ct(value=0):
+    image = np.full((4, 4, 4), value, np.int16)
+    return image, np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+def _seeds(n):
+    return [Seed(f"n{i}", (1.0, 1.0, 1.0)) for i in range(n)]
+
+
+def _until(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_session_cancel_stops_the_engine_after_the_batch_it_is_in():
+    session = _stepped_session()
+    engine = session.engines["m1"]
+    vid = session.add_volume(*_small_ct())
+    job = session.submit("predict", vid, seeds=_seeds(6))  # three batches
+    engine.permits.release()
+    _until(lambda: job.done == 2)
+    session.cancel(job.job_id)
+    assert job.state == "cancelled" and job.stage == "nodes"  # still in its second batch
+    engine.permits.release(5)
+    assert job.finished.wait(30)
+    assert engine.batches == 2 and job.done == 4 and job.stage == "cancelled" and job.results is None
+    session.close()
+
+
+def test_session_runs_one_job_per_ct_and_other_cts_alongside():
+    session = _stepped_session(models=("m1", "m2"))
+    ct1 = session.add_volume(*_small_ct(1))
+    ct2 = session.add_volume(*_small_ct(2))
+    a = session.submit("predict", ct1, model="m1", seeds=_seeds(2))
+    b = session.submit("predict", ct1, model="m2", seeds=_seeds(2))  # m2 is free, the CT is not
+    c = session.submit("predict", ct2, model="m2", seeds=_seeds(2))
+    _until(lambda: a.state == "running" and c.state == "running")
+    assert b.state == "queued" and session.job(b.job_id).queue_position == 0
+    session.engines["m2"].permits.release()
+    assert c.finished.wait(30) and c.state == "done"
+    assert b.state == "queued"  # still behind a, which has not been let through
+    session.engines["m1"].permits.release()
+    session.engines["m2"].permits.release()
+    assert b.finished.wait(30) and a.state == "done" and b.state == "done"
+    assert b.started_at >= a.finished_at
+    assert [r["node_id"] for r in b.results] == ["n0", "n1"]
+    session.close()
+
+
+def test_session_store_drops_the_least_recently_used_ct_and_counts_aliases_once():
+    one_ct = 4 * 4 * 4 * 4  # float32 bytes of a 4x4x4 CT
+    session = _stepped_session(max_volume_bytes=2 * one_ct)
+    first = session.add_volume(*_small_ct(1), also_known_as="first-by-another-name")
+    second = session.add_volume(*_small_ct(2))
+    assert session.volumes.total_bytes() == 2 * one_ct
+    session.volumes.get(first)  # used: now the second is the oldest
+    third = session.add_volume(*_small_ct(3))
+    assert session.has_volume(first) and session.has_volume("first-by-another-name")
+    assert session.has_volume(third) and not session.has_volume(second)
+    with pytest.raises(Exception, match="upload it first"):
+        session.submit("predict", second, seeds=_seeds(1))
+    session.close()
+
+
+def test_parent_watch_tells_a_running_process_from_an_ended_one():
+    from LymphNodeMTLLib.commands.serve import _process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    assert _process_alive(child.pid)
+    child.kill()
+    child.wait()
+    assert not _process_alive(child.pid)
+    assert _process_alive(os.getpid())
+
+
+def test_session_keeps_the_copy_it_holds_when_a_ct_comes_again():
+    session = _stepped_session()
+    image, matrix = _small_ct(5)
+    vid = session.add_volume(image, matrix)
+    held = session.volumes.get(vid)
+    assert session.add_volume(image.copy(), matrix, also_known_as="alias") == vid
+    assert session.volumes.get(vid) is held and session.volumes.get("alias") is held
+    session.close()
+
+
+def test_session_engine_failure_is_a_failed_job_without_the_message(caplog):
+    session = _stepped_session()
+    engine = session.engines["m1"]
+
+    def broken(case, progress=None):
+        raise RuntimeError(f"cannot place seed {case.seeds[0].node_id}")
+
+    engine.predict = broken
+    vid = session.add_volume(*_small_ct(6))
+    with caplog.at_level("ERROR", logger="lymphnode_mtl.server"):
+        job = session.submit("predict", vid, seeds=[Seed("SECRET-7", (1.0, 1.0, 1.0))])
+        assert job.finished.wait(30)
+    assert job.state == "failed" and "RuntimeError" in job.error and "server log" in job.error
+    assert "SECRET-7" not in job.error
+    assert "RuntimeError" in caplog.text and "SECRET-7" not in caplog.text  # frames, not the message
+    ok = session.submit("predict", vid, seeds=_seeds(1))  # the worker lives on
+    engine.predict = SteppedEngine.predict.__get__(engine)
+    engine.permits.release()
+    assert ok.finished.wait(30) and ok.state == "done"
+    session.close()

@@ -45,6 +45,8 @@ def add_serve_parser(sub) -> None:
                         "default: the bundled demo model)")
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where the engines run (default auto: a GPU when there is one)")
+    s.add_argument("--parent-pid", type=int, metavar="PID",
+                   help="stop when process PID ends (a parent that starts the server and may crash)")
 
 
 def is_loopback(host: str) -> bool:
@@ -95,6 +97,43 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return False
+        try:
+            return kernel32.WaitForSingleObject(handle, 0) != 0  # 0: WAIT_OBJECT_0, it has ended
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_with_parent(pid: int, every_s: float = 1.0) -> None:
+    """A watcher thread: SIGTERM to ourselves (a clean uvicorn shutdown) once `pid` has ended,
+    so a server whose parent crashed does not hold the GPU forever."""
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while _process_alive(pid):
+            time.sleep(every_s)
+        logging.getLogger("lymphnode_mtl.server").info("parent process ended: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_serve(args) -> None:
     token = resolve_token(args)
     loopback = is_loopback(args.host)
@@ -104,6 +143,8 @@ def run_serve(args) -> None:
     _check_tls(args)
     if args.max_upload_mb <= 0 or args.volume_cache_mb <= 0:
         raise InputError("--max-upload-mb and --volume-cache-mb must be positive")
+    if args.parent_pid is not None and not _process_alive(args.parent_pid):
+        raise InputError(f"--parent-pid {args.parent_pid} is not a running process")
 
     import uvicorn
 
@@ -122,7 +163,10 @@ def run_serve(args) -> None:
     scheme = "https" if args.tls_cert else "http"
     print(f"listening on {scheme}://{shown}:{port}", flush=True)
     config = uvicorn.Config(app, log_config=None, access_log=False, server_header=False,
-                            ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_keep_alive=60)
+                            ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_keep_alive=60,
+                            timeout_graceful_shutdown=5)  # long polls must not hold up a stop
+    if args.parent_pid is not None:
+        _stop_with_parent(args.parent_pid)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

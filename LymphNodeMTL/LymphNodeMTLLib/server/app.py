@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -24,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..core.case import Seed
 from ..core.errors import InputError
 from . import protocol
 from .inference_session import InferenceSession, NotFound
@@ -166,14 +168,27 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
                               f"{max_upload_bytes / 2**20:.0f} MiB; ask for a larger --max-upload-mb")
         if length is not None and length.isdigit() and int(length) > max_upload_bytes:
             return too_big  # refused before reading the body
-        body = bytearray()
+        expected = int(np.prod(shape)) * dtype.itemsize
+        if expected > max_upload_bytes:
+            return too_big  # by its declared shape, before anything is read or allocated
+        body = bytearray(expected)  # filled in place: no regrowing copies of a large CT
+        view, size = memoryview(body), 0
+        hasher = protocol.volume_hasher(dtype.name, shape, matrix)  # hashed as it arrives
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_upload_bytes:
+            if size + len(chunk) > max_upload_bytes:
                 return too_big
+            if size + len(chunk) <= expected:
+                view[size:size + len(chunk)] = chunk
+            size += len(chunk)
+            hasher.update(chunk)
+        view.release()
         try:
+            if size != expected:
+                raise InputError(f"the upload holds {size} bytes but shape {','.join(map(str, shape))} "
+                                 f"of {dtype.name} needs {expected}; send the whole array")
             image = protocol.array_from_bytes(body, shape, dtype)  # a view: no second copy
-            vid = await run_in_threadpool(session.add_volume, image, matrix, volume_id)
+            vid = await run_in_threadpool(session.add_volume, image, matrix, volume_id,
+                                          hashed_id=hasher.hexdigest())
         except InputError as e:
             return _error(400, str(e))
         return {"volume_id": vid, "shape": list(shape)}
@@ -203,8 +218,6 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
     async def submit_job(body: JobIn):
         def submit():
             masks = [protocol.mask_from_json(m) for m in body.masks] if body.kind == "classify" else []
-            from ..core.case import Seed
-
             seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind == "predict" else []
             return session.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options)
 

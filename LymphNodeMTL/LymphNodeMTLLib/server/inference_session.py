@@ -75,7 +75,8 @@ class VolumeStore:
             vol = self._by_id.get(vid)
             if vol is None:
                 raise NotFound("no CT with that volume_id on the server; upload it first (PUT /v1/volumes/{id})")
-            self._by_id.move_to_end(vid)
+            for name in [k for k, v in self._by_id.items() if v is vol]:  # every name of this CT
+                self._by_id.move_to_end(name)
             return vol
 
     def __contains__(self, vid: str) -> bool:
@@ -211,15 +212,24 @@ class InferenceSession:
 
     # --- CTs ----------------------------------------------------------------------------------
     def add_volume(self, image: np.ndarray, ijk_to_ras, expected_id: str | None = None,
-                   also_known_as: str | None = None) -> str:
+                   also_known_as: str | None = None, hashed_id: str | None = None) -> str:
         """Store a CT under its volume_id (and optionally a second name); returns the id.
 
         `expected_id`: refuse (InputError) a CT whose content does not hash to it.
+        `hashed_id`: the id already computed over these very bytes (a streamed upload).
         """
-        vid = protocol.volume_id(image, ijk_to_ras)
+        vid = hashed_id or protocol.volume_id(image, ijk_to_ras)
         if expected_id is not None and vid != expected_id:
             raise InputError("the CT's content does not match the volume_id in the URL; "
                              "compute the id with protocol.volume_id over the bytes you send")
+        try:  # the same content (same hash) is held already: keep the copy jobs already use
+            vol = self.volumes.get(vid)
+        except NotFound:
+            vol = None
+        if vol is not None:
+            if also_known_as not in (None, vid):
+                self.volumes.put([also_known_as], vol)
+            return vid
         geometry = VolumeGeometry(np.asarray(ijk_to_ras, dtype=float), image.shape)
         # the engine works in float32 HU, as the volume reader gives it; converted once per CT
         vol = StoredVolume(np.ascontiguousarray(image, dtype=np.float32), geometry)
@@ -383,9 +393,11 @@ class InferenceSession:
             if job.state != RUNNING:
                 job.stage = job.state  # cancelled while its last batch ran: stays cancelled
                 return
-            job.state, job.error, job.results = state, error, results
+            # results before state: a reader that sees "done" always sees the results
+            job.error, job.results = error, results
             if state == DONE:
                 job.done = job.total
+            job.state = state
 
     def _forget_old_jobs(self) -> None:
         finished = [j for j in self._jobs.values() if j.state in FINISHED and j.finished.is_set()]

@@ -49,13 +49,19 @@ def volume_id(image: np.ndarray, ijk_to_ras) -> str:
     different CT (seeds are in RAS and would land elsewhere).
     """
     image = _little_endian(image)
-    matrix = np.ascontiguousarray(np.asarray(ijk_to_ras, dtype="<f8").reshape(4, 4))
-    h = hashlib.sha256()
-    h.update(image.dtype.name.encode("ascii"))
-    h.update(np.asarray(image.shape, dtype="<i8").tobytes())
-    h.update(matrix.tobytes())
+    h = volume_hasher(image.dtype.name, image.shape, ijk_to_ras)
     h.update(memoryview(image.reshape(-1)).cast("B"))  # no copy of a large CT
     return h.hexdigest()
+
+
+def volume_hasher(dtype_name: str, shape_kji, ijk_to_ras):
+    """sha256 primed with volume_id's header part; feed it the samples' bytes (a streamed upload)."""
+    matrix = np.ascontiguousarray(np.asarray(ijk_to_ras, dtype="<f8").reshape(4, 4))
+    h = hashlib.sha256()
+    h.update(dtype_name.encode("ascii"))
+    h.update(np.asarray(shape_kji, dtype="<i8").tobytes())
+    h.update(matrix.tobytes())
+    return h
 
 
 def volume_headers(image: np.ndarray, ijk_to_ras) -> dict[str, str]:
