@@ -3,6 +3,7 @@ order, empty probability without a usable mask, rows rebuilt from segment tags),
 installer (versions, one question, one pinned pip call, Slicer's own packages kept) and the local
 server's life cycle (kept warm, restarted when it died or its settings changed)."""
 
+import os
 import sys
 import types
 
@@ -208,6 +209,7 @@ def test_local_server_is_kept_warm_and_restarted_when_it_died_or_settings_change
     assert first.arguments[:3] == ["-m", "LymphNodeMTLLib.commands.cli", "serve"]
     assert first.arguments[first.arguments.index("--host") + 1] == "127.0.0.1"
     assert first.arguments[first.arguments.index("--device") + 1] == "cpu"
+    assert first.arguments[first.arguments.index("--parent-pid") + 1] == str(os.getpid())
     assert first.environment["LYMPHNODE_MTL_TOKEN"] == server.token and server.token
     assert server.token not in first.arguments  # not visible in the process list
 

@@ -319,3 +319,34 @@ def test_jobs_work_when_replies_arrive_from_the_event_loop(mrml_scene, phantom, 
     assert job.state == "cancelled" and job.summary is None
     assert summary.segmentationNode.GetSegmentation().GetNumberOfSegments() == segments
     assert _server_job_state(logic, job.serverJob.jobId) == "cancelled"
+
+
+# --- the local server ends with its parent, even one that never quits cleanly ----------------------
+def test_local_server_stops_when_its_parent_dies_without_quitting(tmp_path):
+    import subprocess
+    import sys
+
+    parent_code = (
+        "import sys, time\n"
+        "from LymphNodeMTLSlicerLib.server_process import LocalServer\n"
+        "server = LocalServer()\n"
+        "server.ensure('cpu', None)\n"
+        "assert server.waitUntilReady() == 'ready', server.error\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
+                              cwd=str(slicer_module_stubs.MODULE_DIR))
+    try:
+        server_pid = int(parent.stdout.readline())
+    finally:
+        parent.kill()  # as a crash would: no aboutToQuit, no atexit
+        parent.wait()
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(server_pid, signal.SIGKILL)
+    pytest.fail("the local server outlived its parent by 30 s")

@@ -37,9 +37,10 @@ def slicerPythonExecutable() -> str:
 
 
 def serverArguments(device: str = "auto", modelFolder=None, token: str = "") -> list:
-    """The command line after the Python executable (the token travels in the environment)."""
+    """The command line after the Python executable (the token travels in the environment). With
+    --parent-pid the server also stops when Slicer ends without quitting (a crash, a kill)."""
     arguments = ["-m", "LymphNodeMTLLib.commands.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-                 "--device", device or "auto"]
+                 "--device", device or "auto", "--parent-pid", str(os.getpid())]
     if modelFolder:
         arguments += ["--model", str(modelFolder)]
     return arguments
