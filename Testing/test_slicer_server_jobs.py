@@ -26,6 +26,7 @@ from LymphNodeMTLSlicerLib.module_job import JobFailed  # noqa: E402
 
 lnmtl = slicer_module_stubs.import_module_file()
 TICK_S = 0.1  # the widget's QTimer interval
+posix_only = pytest.mark.skipif(os.name == "nt", reason="needs POSIX signals and libc usleep")
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +192,7 @@ def test_malformed_requests_get_a_4xx_with_one_line(logic):
 
 
 # --- the server dies mid-job --------------------------------------------------------------------------
+@posix_only
 def test_server_killed_mid_job_fails_clearly_leaves_the_scene_and_restarts_on_next_apply(
         mrml_scene, phantom, logic):
     volume, markups = _inputs(phantom, count=2)
@@ -223,6 +225,7 @@ def _hold_gil_for(seconds):
     ctypes.PyDLL(None).usleep(int(seconds * 1e6))
 
 
+@posix_only
 def test_usleep_through_pydll_really_holds_the_gil():
     """The emulation below is only meaningful if a Python thread cannot run during it."""
     counts = []
@@ -244,6 +247,7 @@ def test_usleep_through_pydll_really_holds_the_gil():
     assert during <= 2  # at most the iteration already past the GIL when the hold began
 
 
+@posix_only
 def test_job_is_not_slowed_by_a_main_thread_that_holds_the_gil(mrml_scene, phantom, logic):
     volume, markups = _inputs(phantom)
     logic.process(volume, markups, device="cpu")  # warm: CT on the server, engine loaded
@@ -322,6 +326,7 @@ def test_jobs_work_when_replies_arrive_from_the_event_loop(mrml_scene, phantom, 
 
 
 # --- the local server ends with its parent, even one that never quits cleanly ----------------------
+@posix_only
 def test_local_server_stops_when_its_parent_dies_without_quitting(tmp_path):
     import subprocess
     import sys
