@@ -1,17 +1,14 @@
 """LymphNodeMTL: lymph-node masks and metastasis probabilities from seeds, inside 3D Slicer.
 
-Module (description), Widget (Qt wiring only), Logic (MRML <-> LymphNodeMTLLib only) and Test
-(the self-test Slicer's test runner calls). Everything numeric lives in LymphNodeMTLLib; torch and
-MONAI are imported only when the engine is first needed, so the module loads without them.
+Module (description), Widget (Qt wiring only), Logic (MRML <-> the inference server) and Test (the
+self-test Slicer's test runner calls). The engine runs in an inference server process, local by
+default (started with Slicer's own Python) or a shared GPU server: Slicer's Python never runs
+torch, and nothing runs on a Python thread. The Slicer-side helpers (results table, dependency
+installer, server process, HTTP client) live in LymphNodeMTLSlicerLib.
 """
 
-import csv
-import importlib.util
-import os
-import queue
-import threading
-import traceback
-from dataclasses import dataclass, field
+import json
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,9 +22,23 @@ from LymphNodeMTLLib.core.geometry import VolumeGeometry
 from LymphNodeMTLLib.core.mask_checksum import mask_bounds as _maskBounds
 from LymphNodeMTLLib.core.mask_checksum import mask_checksum as maskChecksum
 from LymphNodeMTLLib.core.node_result import NodeResult
-
-# Light Lib modules only (numpy); the engine (torch, MONAI) is imported on first use.
 from LymphNodeMTLLib.outputs import segmentation_writer as segw
+from LymphNodeMTLLib.outputs.results_table import write_results_csv
+from LymphNodeMTLLib.server import protocol
+from LymphNodeMTLSlicerLib import dependency_installer, results_table
+from LymphNodeMTLSlicerLib.module_job import JobCancelled, JobFailed, ModuleJob, NothingToDo
+from LymphNodeMTLSlicerLib.results_table import TABLE_SEGMENTATION_REFERENCE
+from LymphNodeMTLSlicerLib.run_plans import PredictionPlan, ReclassificationPlan, RunSummary
+from LymphNodeMTLSlicerLib.server_client import (
+    BlockingTransport,
+    QtTransport,
+    ServerConnection,
+    ServerJob,
+    VolumePayload,
+)
+from LymphNodeMTLSlicerLib.server_process import FAILED as SERVER_FAILED
+from LymphNodeMTLSlicerLib.server_process import READY as SERVER_READY
+from LymphNodeMTLSlicerLib.server_process import LocalServer
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
@@ -46,38 +57,27 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from vtk.util import numpy_support
 
-# --- dependencies (installed into Slicer's Python on first use) -----------------------------------
-# torch comes from the PyTorch extension (right build for the GPU); the rest from PyPI with min and
-# max pins, --no-deps so that pip never replaces Slicer's own numpy or SimpleITK.
-TORCH_REQUIREMENT = ">=2.1,<3"
-PIP_REQUIREMENTS = {  # import name -> pip requirement
-    "monai": "monai>=1.4,<1.7",
-    "safetensors": "safetensors>=0.4,<1",
-    "tqdm": "tqdm>=4.60,<5",
-    "scipy": "scipy>=1.10,<2",
-}
-
 # Segment tag holding a checksum of the mask the engine wrote: a different mask means edited.
 TAG_MASK_HASH = segw.TAG_MASK_HASH
-# Table node reference to the segmentation its rows describe.
-TABLE_SEGMENTATION_REFERENCE = "lymphNodeSegmentation"
-# Results table: column, value type, unit, description.
-TABLE_COLUMNS = (
-    ("id", "string", "", "Seed id: the label of the seed's control point"),
-    ("probability", "double", "", "Metastasis probability (demonstration model, not clinical)"),
-    ("label", "string", "", "Predicted class at the model's threshold"),
-    ("volume_mm3", "double", "mm3", "Volume of the node mask"),
-    ("short_axis_mm", "double", "mm", "RECIST short axis, in the axial plane"),
-    ("long_axis_mm", "double", "mm", "RECIST long axis, in the axial plane"),
-    ("mean_hu", "double", "HU", "Mean attenuation inside the mask"),
-)
-_DECIMALS = {"probability": 4, "volume_mm3": 2, "short_axis_mm": 2, "long_axis_mm": 2, "mean_hu": 1}
-DEFAULT_LABELS = ("benign", "metastatic")
-SEED_MOVED_MM = 0.01  # a seed further than this from the one a segment was made from has moved
 # Segment tag with the SHA-256 of the weights that made the segment (DICOM SEG records it).
 TAG_WEIGHTS_SHA256 = segw.TAG_WEIGHTS_SHA256
+SEED_MOVED_MM = 0.01  # a seed further than this from the one a segment was made from has moved
+LOCAL_SERVER = "local"  # the server setting for a server process on this computer
+SETTINGS_SERVER_URL = "LymphNodeMTL/serverUrl"
+SETTINGS_SERVER_TOKEN = "LymphNodeMTL/serverToken"
+TERMINOLOGY_FILE = Path(__file__).resolve().parent / "Resources" / "LymphNodeMTL.term.json"
 SLICER_DICOM_EXPORT = ("Slicer's own DICOM export also writes DICOM SEG: Data module, right-click the "
                        "segmentation, Export to DICOM (needs the QuantitativeReporting extension).")
+
+
+def moduleTerminologyEntry() -> str:
+    """The lymph-node terminology entry with the module's own terminology file as its context, so
+    that segments point to the list the module loads (same SNOMED CT codes as the Lib's writer)."""
+    context = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
+    return "~".join([context, *segw.LYMPH_NODE_TERMINOLOGY.split("~")[1:]])
+
+
+MODULE_TERMINOLOGY = moduleTerminologyEntry()
 
 
 #
@@ -95,10 +95,12 @@ class LymphNodeMTL(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Segments lymph nodes from one seed per node and estimates each node's probability of metastasis.
 Place seeds (one click per node), choose the CT, press Apply: you get one segment per node
-("LN &lt;id&gt;", coloured green to red by probability) and a table of probability, short and long
-axis, volume and mean HU. Edit a segment and press Re-classify to update its probability from your
-mask; add seeds and press Apply again to process only the new nodes. Edited segments are never
-overwritten unless you ask for it.
+("LN &lt;id&gt;", coloured green to red by probability) and a table of status, probability (with
+its interval), mask agreement, short and long axis, volume and mean HU, nodes to review first on
+top. Edit a segment and press Re-classify to update its probability from your mask; add seeds and
+press Apply again to process only the new nodes. Edited segments are never overwritten unless you
+ask for it. The engine runs in an inference server: by default one on this computer (started on
+first use, stopped when Slicer quits); Advanced settings take a shared server's address and token.
 <p><b>The bundled model was trained on synthetic phantoms only: it is a demonstration, not a
 clinical tool, and must not be used for diagnosis.</b> Use your own model folder for real work.</p>
 """)
@@ -110,11 +112,10 @@ classification papers (see the extension's README).
 
 
 def loadLymphNodeTerminology():
-    """Offer the module's lymph-node terminology in Slicer's terminology selector."""
-    path = os.path.join(os.path.dirname(__file__), "Resources", "LymphNodeMTL.term.json")
+    """Offer the module's lymph-node terminology (the one its segments point to) in Slicer."""
     terminologies = getattr(slicer.modules, "terminologies", None)
-    if terminologies and os.path.isfile(path):
-        terminologies.logic().LoadTerminologyFromFile(path)
+    if terminologies and TERMINOLOGY_FILE.is_file():
+        terminologies.logic().LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
 
 
 #
@@ -128,8 +129,8 @@ class LymphNodeMTLParameterNode:
 
     inputVolume: the CT.  seeds: one control point per node (its label is the node id).
     outputSegmentation / outputTable: created on first Apply when empty.
-    modelFolder: a model folder; empty = the bundled demonstration model.
-    device: where the network runs.  overwriteEdited: let Apply replace segments you edited.
+    modelFolder: a model folder for the local server; empty = the bundled demonstration model.
+    device: where the local server runs the network.  overwriteEdited: let Apply replace edits.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -147,7 +148,7 @@ class LymphNodeMTLParameterNode:
 
 
 class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Qt wiring only: parameter node <-> GUI, buttons -> Logic, worker job polled by a QTimer."""
+    """Qt wiring only: parameter node <-> GUI, buttons -> Logic, the running job ticked by a QTimer."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -155,8 +156,8 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None  # the running BackgroundJob
-        self._applyJobResult = None  # main-thread callback for its result
+        self._job = None  # the running ModuleJob
+        self._showResult = None  # main-thread callback for its summary
         self._pollTimer = None
 
     def setup(self) -> None:
@@ -172,8 +173,13 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportDirectoryButton.directory = slicer.app.defaultScenePath
         self.ui.progressBar.hide()
         self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(100)
+        self._pollTimer.setInterval(int(self.logic.pollIntervalS * 1000))
         self._pollTimer.connect("timeout()", self._pollJob)
+
+        # Server address and token are this computer's settings, not the scene's.
+        settings = qt.QSettings()
+        self.ui.serverUrlLineEdit.text = str(settings.value(SETTINGS_SERVER_URL, LOCAL_SERVER))
+        self.ui.serverTokenLineEdit.text = str(settings.value(SETTINGS_SERVER_TOKEN, ""))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -250,7 +256,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the running job; nothing is changed")
-            self.ui.applyButton.enabled = not self._job.cancelled
+            self.ui.applyButton.enabled = True
         else:
             self.ui.applyButton.text = _("Apply")
             self.ui.applyButton.toolTip = (_("Segment and classify the seeded nodes that have no segment yet")
@@ -263,24 +269,17 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if self._job:
             self._job.cancel()
-            self.ui.statusLabel.text = _("Cancelling...")
-            self._updateButtons()
+            self._pollJob()  # shows "cancelled" at once
             return
-        if not self._ensureDependencies():
+        if not self._prepareServer():
             return
         p = self._parameterNode
-        settings = qt.QSettings()
-        settings.setValue("LymphNodeMTL/device", p.device)
-        settings.setValue("LymphNodeMTL/modelFolder", p.modelFolder)
         with slicer.util.tryWithErrorDisplay(_("Cannot start the segmentation."), waitCursor=True):
             plan = self.logic.planPrediction(p.inputVolume, p.seeds, p.outputSegmentation, p.outputTable,
                                              overwriteEdited=p.overwriteEdited)
-            modelFolder, device = p.modelFolder or None, p.device
-            self._startJob(
-                lambda progress: self.logic.predictPlan(plan, modelFolder, device, progress),
-                lambda results: self._showPrediction(self.logic.applyPrediction(plan, results)),
-                _("Segmenting {count} node(s)...").format(count=len(plan.case.seeds)),
-            )
+            job = self.logic.startPrediction(plan, p.modelFolder or None, p.device)
+            self._startJob(job, self._showPrediction,
+                           _("Segmenting {count} node(s)...").format(count=len(plan.case.seeds)))
 
     def _showPrediction(self, summary) -> str:
         p = self._parameterNode
@@ -293,17 +292,14 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return summary.message()
 
     def onReclassifyButton(self) -> None:
-        if not self._ensureDependencies():
+        if not self._prepareServer():
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Cannot start the re-classification."), waitCursor=True):
             plan = self.logic.planReclassification(p.inputVolume, p.outputSegmentation, p.outputTable)
-            modelFolder, device = p.modelFolder or None, p.device
-            self._startJob(
-                lambda progress: self.logic.classifyPlan(plan, modelFolder, device, progress),
-                lambda results: self.logic.applyReclassification(plan, results).message(),
-                _("Re-classifying {count} edited node(s)...").format(count=len(plan.results)),
-            )
+            job = self.logic.startReclassification(plan, p.modelFolder or None, p.device)
+            self._startJob(job, lambda summary: summary.message(),
+                           _("Re-classifying {count} edited node(s)...").format(count=len(plan.results)))
 
     def onExportButton(self) -> None:
         p = self._parameterNode
@@ -327,11 +323,28 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNode.outputSegmentation:
             self.logic.setShow3D(self._parameterNode.outputSegmentation, show)
 
-    # --- worker job ------------------------------------------------------------------------------
-    def _startJob(self, compute, applyResult, statusText: str) -> None:
-        """Run compute(progress) on the Logic's worker thread; applyResult(result) later, here."""
-        self._job = self.logic.submit(compute)
-        self._applyJobResult = applyResult
+    # --- server and job --------------------------------------------------------------------------
+    def _prepareServer(self) -> bool:
+        """Save the settings, tell the Logic where the server is; for a local server, make sure its
+        packages are there (one question listing them)."""
+        p = self._parameterNode
+        settings = qt.QSettings()
+        url = self.ui.serverUrlLineEdit.text.strip() or LOCAL_SERVER
+        token = self.ui.serverTokenLineEdit.text.strip()
+        for key, value in (("LymphNodeMTL/device", p.device), ("LymphNodeMTL/modelFolder", p.modelFolder),
+                           (SETTINGS_SERVER_URL, url), (SETTINGS_SERVER_TOKEN, token)):
+            settings.setValue(key, value)
+        self.logic.setServer(url, token)
+        if url != LOCAL_SERVER:
+            return True  # a remote server brings its own packages
+        try:
+            return dependency_installer.ensureRequirements()
+        except Exception as error:
+            slicer.util.errorDisplay(_("Installing Python packages failed: {error}").format(error=error))
+            return False
+
+    def _startJob(self, job, showResult, statusText: str) -> None:
+        self._job, self._showResult = job, showResult
         self.ui.statusLabel.text = statusText
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress report
         self.ui.progressBar.show()
@@ -339,203 +352,30 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.start()
 
     def _pollJob(self) -> None:
+        """Timer tick: advance the job; when it ended, say how, and show its results."""
         job = self._job
         if job is None:
             self._pollTimer.stop()
             return
-        done, total = job.progress
+        job.tick()
+        _stage, done, total = job.progress
         if total:
             self.ui.progressBar.setRange(0, total)
             self.ui.progressBar.value = done
         if not job.finished:
             return
         self._pollTimer.stop()
-        self._job, applyResult, self._applyJobResult = None, self._applyJobResult, None
+        self._job, showResult, self._showResult = None, self._showResult, None
         self.ui.progressBar.hide()
         self._updateButtons()
-        if job.cancelled:
-            self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
-        elif job.error is not None:
-            self.ui.statusLabel.text = _("Failed.")
-            slicer.util.errorDisplay(_("Lymph Node MTL failed: {error}").format(error=job.error),
-                                     detailedText=job.traceback)
-        else:
+        if job.summary is not None:
             with slicer.util.tryWithErrorDisplay(_("Cannot show the results."), waitCursor=True):
-                self.ui.statusLabel.text = applyResult(job.result)
-
-    # --- dependencies ----------------------------------------------------------------------------
-    def _ensureDependencies(self) -> bool:
-        """Ask once to install what is missing, then install it; True when everything is there."""
-        missing = missingPythonPackages()
-        if not missing:
-            return True
-        listing = "\n".join(f"  - {requirementText(name)}" for name in missing)
-        if not slicer.util.confirmOkCancelDisplay(
-            _("Lymph Node MTL needs these Python packages, which are not installed yet:\n{listing}\n\n"
-              "Install them now? This downloads several hundred MB and can take a few minutes. "
-              "Slicer's own numpy and SimpleITK are kept.").format(listing=listing),
-            windowTitle=_("Install Python packages"),
-        ):
-            return False
-        try:
-            with slicer.util.WaitCursor():
-                installPythonPackages(missing)
-        except Exception as error:
-            slicer.util.errorDisplay(_("Installing Python packages failed: {error}").format(error=error),
-                                     detailedText=traceback.format_exc())
-            return False
-        still = missingPythonPackages()
-        if still:
-            slicer.util.errorDisplay(_("Still missing after installation: {names}. Restart Slicer and "
-                                       "try again.").format(names=", ".join(still)))
-        return not still
-
-
-def requirementText(name: str) -> str:
-    if name == "torch":
-        return f"torch{TORCH_REQUIREMENT} (through the PyTorch extension)"
-    return PIP_REQUIREMENTS[name]
-
-
-def missingPythonPackages() -> list:
-    """Import names of the packages the engine needs that are not installed (nothing is imported)."""
-    return [name for name in ("torch", *PIP_REQUIREMENTS) if importlib.util.find_spec(name) is None]
-
-
-def installPythonPackages(missing) -> None:
-    """torch through the PyTorch extension, the rest with pip (pinned, --no-deps)."""
-    if "torch" in missing:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            raise RuntimeError(
-                "the PyTorch extension is not installed: install 'PyTorch' from the Extensions Manager, "
-                "restart Slicer, and press Apply again"
-            ) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                raise RuntimeError("PyTorch was not installed")
-    for name in missing:
-        if name != "torch":
-            slicer.util.pip_install([PIP_REQUIREMENTS[name], "--no-deps"])
-
-
-#
-# Background work
-#
-
-
-class JobCancelled(Exception):
-    """Raised inside the worker (from the progress callback) when the user cancels."""
-
-
-class BackgroundJob:
-    """One piece of work for the worker thread; the GUI thread reads its state (no Qt here)."""
-
-    def __init__(self, compute):
-        self._compute = compute
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self.progress = (0, 0)  # (done, total), written by the worker
-        self.result = None
-        self.error = None
-        self.traceback = ""
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    @property
-    def finished(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout=None) -> bool:
-        return self._done.wait(timeout)
-
-    def run(self) -> None:
-        try:
-            if not self.cancelled:
-                self.result = self._compute(self._reportProgress)
-        except JobCancelled:
-            pass
-        except Exception as error:  # reported to the user by the GUI thread
-            self.error = error
-            self.traceback = traceback.format_exc()
-        finally:
-            self._done.set()
-
-    def _reportProgress(self, stage, done, total) -> None:
-        if self.cancelled:
-            raise JobCancelled()
-        self.progress = (int(done), int(total))
-
-
-class _InferenceWorker(threading.Thread):
-    """One persistent thread runs every job, so the engine (and GPU state) stays warm."""
-
-    def __init__(self):
-        super().__init__(name="LymphNodeMTL-inference", daemon=True)
-        self.jobs = queue.Queue()
-
-    def run(self) -> None:
-        while True:
-            self.jobs.get().run()
-
-
-#
-# Results of Logic operations
-#
-
-
-@dataclass
-class PredictionPlan:
-    """What Apply will do, decided on the main thread; `case` holds only the seeds to predict."""
-
-    volumeNode: object
-    segmentationNode: object
-    tableNode: object
-    case: Case
-    replaceSegmentIds: dict = field(default_factory=dict)  # node id -> existing segment to overwrite
-    keptIds: list = field(default_factory=list)  # existing segments left as they are
-    keptEditedIds: list = field(default_factory=list)  # ... of which edited by the radiologist
-
-
-@dataclass
-class ReclassificationPlan:
-    volumeNode: object
-    segmentationNode: object
-    tableNode: object
-    case: Case
-    results: list  # NodeResults holding the current (edited) masks
-    segmentIds: dict  # node id -> segment id
-    skippedEmptyIds: list = field(default_factory=list)
-
-
-@dataclass
-class RunSummary:
-    segmentationNode: object
-    tableNode: object
-    updatedIds: list
-    keptIds: list = field(default_factory=list)
-    keptEditedIds: list = field(default_factory=list)
-    skippedEmptyIds: list = field(default_factory=list)
-    results: list = field(default_factory=list)
-    verb: str = "segmented"
-
-    def message(self) -> str:
-        parts = [f"{len(self.updatedIds)} node(s) {self.verb}"]
-        if self.keptIds:
-            parts.append(f"{len(self.keptIds)} kept as they were")
-        if self.keptEditedIds:
-            parts.append(f"edited, not overwritten: {', '.join(self.keptEditedIds)}")
-        if self.skippedEmptyIds:
-            parts.append(f"empty, skipped: {', '.join(self.skippedEmptyIds)}")
-        return "; ".join(parts) + "."
+                self.ui.statusLabel.text = showResult(job.summary)
+        elif job.error:
+            self.ui.statusLabel.text = _("Failed: nothing was changed.")
+            slicer.util.errorDisplay(_("Lymph Node MTL failed: {error}").format(error=job.error))
+        else:
+            self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
 
 
 #
@@ -544,60 +384,107 @@ class RunSummary:
 
 
 class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
-    """MRML <-> LymphNodeMTLLib. Usable without the widget:
+    """MRML <-> the inference server. Usable without the widget:
 
         logic = LymphNodeMTLLogic()
         summary = logic.process(ctNode, seedsNode)           # segmentation + table nodes
         logic.reclassify(ctNode, summary.segmentationNode, summary.tableNode)
 
-    The engine (model on its device) stays loaded between calls; it is reloaded only when the model
-    folder, its weights or the device change.
+    Each run is a job: planned on the main thread (MRML read), computed by the server, applied on
+    the main thread (MRML written) from a timer tick; `waitForCompletion=False` returns the job for
+    the caller to tick. The local server stays warm between runs; it is started again when it
+    died, or when the device or model folder changes.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._engine = None
-        self._engineKey = None
-        self._engineLock = threading.Lock()
-        self._engineImage = None  # the CT array the engine last ran on (it keeps a device copy)
-        self._imageCache = (None, None)  # (volume key, float32 copy): unchanged CT, same array
-        self._worker = None
+        self.serverUrl = LOCAL_SERVER
+        self.serverToken = ""
+        self.pollIntervalS = 0.1
+        self.idle = None  # called between ticks while a script waits (default: events + sleep)
+        self.transport = None  # QtTransport inside Slicer, BlockingTransport elsewhere
+        self.serverInfo = {}  # the last health answer (model id, labels, device)
+        self._imageCache = (None, None)  # (volume key, copy): an unchanged CT is one array
+        self._payloadCache = (None, None)  # (volume key, VolumePayload): its content hash once
 
     def getParameterNode(self):
         return LymphNodeMTLParameterNode(super().getParameterNode())
 
-    # --- engine ----------------------------------------------------------------------------------
-    def engine(self, modelFolder=None, device="auto"):
-        """The resident NodeEngine for this model folder (None: the bundled model) and device."""
-        from LymphNodeMTLLib.inference.engine import NodeEngine  # torch + MONAI: first use only
-        from LymphNodeMTLLib.network.model_store import WEIGHTS_FILE, default_model_dir
+    # --- server ----------------------------------------------------------------------------------
+    def setServer(self, url: str, token: str = "") -> None:
+        """"local" (a server process on this computer) or a server's address, with its token."""
+        self.serverUrl = (url or LOCAL_SERVER).strip()
+        self.serverToken = token or ""
 
-        folder = Path(modelFolder or bundledModelFolder() or default_model_dir()).resolve()
-        weights = folder / WEIGHTS_FILE
-        stamp = weights.stat().st_mtime_ns if weights.is_file() else None
-        key = (str(folder), device or "auto", stamp)
-        with self._engineLock:
-            if self._engine is None or self._engineKey != key:
-                self._engine = None  # release the old model before loading another
-                self._engine = NodeEngine(folder, device or "auto")
-                self._engineKey = key
-            return self._engine
+    @staticmethod
+    def insideSlicerApp() -> bool:
+        return hasattr(getattr(slicer, "app", None), "processEvents")
+
+    def localServer(self) -> LocalServer:
+        from LymphNodeMTLSlicerLib.server_process import sharedLocalServer
+
+        return sharedLocalServer(self.insideSlicerApp())
+
+    def _transportInUse(self):
+        if self.transport is None:
+            self.transport = QtTransport() if self.insideSlicerApp() else BlockingTransport()
+        return self.transport
+
+    def _connector(self, modelFolder, device):
+        """(connect, unreachable) for a ServerJob; starts the local server when it is not running."""
+        if self.serverUrl != LOCAL_SERVER:
+            connection = ServerConnection(self.serverUrl, self.serverToken, self._transportInUse())
+            return (lambda: connection), None
+        server = self.localServer()
+        server.ensure(device, modelFolder)
+
+        def connect():
+            state = server.poll()
+            if state == SERVER_READY:
+                return ServerConnection(server.url, server.token, self._transportInUse(),
+                                        "the local inference server")
+            if state == SERVER_FAILED:
+                raise RuntimeError(f"{server.error}; press Apply again to retry")
+            return None  # still starting
+
+        return connect, server.unreachableMessage
+
+    def _serverJob(self, case: Case, request: dict, modelFolder, device):
+        connect, unreachable = self._connector(modelFolder, device)
+        return ServerJob(connect, self._payload(case), request, unreachable)
+
+    def waitForJob(self, job: ModuleJob, timeout: Optional[float] = None) -> RunSummary:
+        """Tick the job until it ends (scripts, tests, the self-test); its summary, or raise."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job.tick()
+            if job.finished:
+                break
+            if end is not None and time.monotonic() > end:
+                job.cancel()
+                raise JobFailed(f"the job did not finish within {timeout:.0f} s; it was cancelled")
+            self._idle()
+        if job.error:
+            raise JobFailed(job.error)
+        if job.summary is None:
+            raise JobCancelled("cancelled: nothing was changed")
+        return job.summary
+
+    def _idle(self) -> None:
+        if self.idle is not None:
+            self.idle()
+            return
+        if self.insideSlicerApp():
+            slicer.app.processEvents()  # network replies and process output arrive through Qt
+        time.sleep(self.pollIntervalS)
 
     def _labels(self):
-        return tuple(self._engine.config.labels) if self._engine else DEFAULT_LABELS
-
-    def submit(self, compute) -> BackgroundJob:
-        """Queue compute(progress) on the persistent worker thread; poll the returned job."""
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = _InferenceWorker()
-            self._worker.start()
-        job = BackgroundJob(compute)
-        self._worker.jobs.put(job)
-        return job
+        labels = self.serverInfo.get("labels")
+        return tuple(labels) if labels else results_table.DEFAULT_LABELS
 
     # --- MRML -> Lib -----------------------------------------------------------------------------
     def caseFromNodes(self, volumeNode, markupsNode=None) -> Case:
-        """The CT (a float32 copy the worker may own) with its IJK->world matrix, and the seeds."""
+        """The CT (a copy the server job may own) with its IJK->world matrix, and the seeds."""
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise InputError("select a CT volume that has image data")
         image = self._imageOf(volumeNode)
@@ -605,25 +492,30 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         seeds = self.seedsFromMarkups(markupsNode) if markupsNode is not None else []
         return Case(image, geometry, seeds, {"volume": volumeNode.GetName()})
 
-    def _imageOf(self, volumeNode) -> np.ndarray:
-        """A float32 copy of the voxels, made again only when the volume changed: repeated runs on
-        one CT then hand the engine the same array, whose device copy it keeps."""
+    @staticmethod
+    def _volumeKey(volumeNode):
         imageData = volumeNode.GetImageData()
         scalars = imageData.GetPointData().GetScalars()
-        key = (volumeNode.GetID(), imageData.GetMTime(), scalars.GetMTime() if scalars else 0,
-               imageData.GetDimensions())
+        return (volumeNode.GetID(), imageData.GetMTime(), scalars.GetMTime() if scalars else 0,
+                imageData.GetDimensions())
+
+    def _imageOf(self, volumeNode) -> np.ndarray:
+        """A copy of the voxels in a sample type the server takes (the CT's own when it can),
+        made again only when the volume changed: repeated runs on one CT send one array, once."""
+        key = self._volumeKey(volumeNode)
         if self._imageCache[0] != key:
             self._imageCache = (None, None)  # release the old copy first
-            self._imageCache = (key, np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32))
+            voxels = slicer.util.arrayFromVolume(volumeNode)
+            dtype = voxels.dtype if voxels.dtype.name in protocol.DTYPES else np.float32
+            self._imageCache = (key, np.array(voxels, dtype=dtype))
         return self._imageCache[1]
 
-    def _engineFor(self, image, modelFolder, device):
-        """The resident engine, told to drop its device copy of the CT when the CT is another one."""
-        engine = self.engine(modelFolder, device)
-        if self._engineImage is not image and hasattr(engine, "clear_volume_cache"):
-            engine.clear_volume_cache()
-        self._engineImage = image
-        return engine
+    def _payload(self, case: Case) -> VolumePayload:
+        """The CT as the server names it; the content hash is computed once per CT and geometry."""
+        key = (self._imageCache[0], case.geometry.ijk_to_ras.tobytes())
+        if self._payloadCache[0] != key or self._payloadCache[1].image is not case.image:
+            self._payloadCache = (key, VolumePayload(case.image, case.geometry.ijk_to_ras))
+        return self._payloadCache[1]
 
     @staticmethod
     def _ijkToWorld(volumeNode) -> np.ndarray:
@@ -658,16 +550,30 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         if markupsNode is not None:
             markupsNode.SetControlPointLabelFormat("%d")
 
+
     # --- Apply: segment and classify new nodes ----------------------------------------------------
     def process(self, volumeNode, markupsNode, segmentationNode=None, tableNode=None, modelFolder=None,
-                device="auto", overwriteEdited=False, progress=None) -> RunSummary:
+                device="auto", overwriteEdited=False, waitForCompletion=True):
         """Segment and classify every seed that has no segment yet (or whose seed moved); create or
         update ONE segmentation node and ONE table node. Segments the radiologist edited are kept
-        unless overwriteEdited. Synchronous: the widget runs the same three steps on its worker."""
+        unless overwriteEdited. Returns the RunSummary, or the running ModuleJob when not waiting."""
         plan = self.planPrediction(volumeNode, markupsNode, segmentationNode, tableNode, overwriteEdited)
-        results = self.predictPlan(plan, modelFolder, device, progress)
-        return self.applyPrediction(plan, results)
+        job = self.startPrediction(plan, modelFolder, device)
+        return self.waitForJob(job) if waitForCompletion else job
 
+    def startPrediction(self, plan: PredictionPlan, modelFolder=None, device="auto") -> ModuleJob:
+        """The server job for the plan's seeds; its results are applied on its finishing tick."""
+        seeds = [{"id": s.node_id, "ras": [float(v) for v in s.ras]} for s in plan.case.seeds]
+        serverJob = (self._serverJob(plan.case, {"kind": "predict", "seeds": seeds, "options": {}},
+                                     modelFolder, device) if seeds else NothingToDo())
+        return ModuleJob(serverJob, lambda results: self._applyWith(serverJob, self.applyPrediction, plan, results),
+                         {"CT": plan.volumeNode, "output segmentation": plan.segmentationNode,
+                          "output table": plan.tableNode}, "predict")
+
+    def _applyWith(self, serverJob, apply, plan, results):
+        if serverJob.health:
+            self.serverInfo = serverJob.health
+        return apply(plan, results)
     def planPrediction(self, volumeNode, markupsNode, segmentationNode=None, tableNode=None,
                        overwriteEdited=False) -> PredictionPlan:
         """Main thread: read the CT and seeds, decide which seeds to predict."""
@@ -702,12 +608,6 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         plan.case = Case(case.image, case.geometry, toPredict, case.metadata)
         return plan
 
-    def predictPlan(self, plan: PredictionPlan, modelFolder=None, device="auto", progress=None) -> list:
-        """Any thread: run the engine on the plan's seeds (no MRML access)."""
-        if not plan.case.seeds:
-            return []
-        return self._engineFor(plan.case.image, modelFolder, device).predict(plan.case, progress)
-
     def applyPrediction(self, plan: PredictionPlan, results) -> RunSummary:
         """Main thread: write the results into the segmentation and table nodes."""
         volumeNode = plan.volumeNode
@@ -733,7 +633,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
 
     # --- Re-classify: probabilities from the radiologist's masks ----------------------------------
     def reclassify(self, volumeNode, segmentationNode, tableNode=None, modelFolder=None, device="auto",
-                   segmentIds=None) -> RunSummary:
+                   segmentIds=None, waitForCompletion=True):
         """Re-classify nodes from their current masks; masks are left untouched.
 
         By default every lymph-node segment whose mask differs from the one the engine wrote (or
@@ -741,8 +641,17 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         prediction. Pass segmentIds to re-classify exactly those segments.
         """
         plan = self.planReclassification(volumeNode, segmentationNode, tableNode, segmentIds)
-        results = self.classifyPlan(plan, modelFolder, device)
-        return self.applyReclassification(plan, results)
+        job = self.startReclassification(plan, modelFolder, device)
+        return self.waitForJob(job) if waitForCompletion else job
+
+    def startReclassification(self, plan: ReclassificationPlan, modelFolder=None, device="auto") -> ModuleJob:
+        masks = [protocol.mask_to_json(result) for result in plan.results]
+        serverJob = (self._serverJob(plan.case, {"kind": "classify", "masks": masks, "options": {}},
+                                     modelFolder, device) if masks else NothingToDo())
+        return ModuleJob(serverJob,
+                         lambda results: self._applyWith(serverJob, self.applyReclassification, plan, results),
+                         {"CT": plan.volumeNode, "segmentation": plan.segmentationNode,
+                          "output table": plan.tableNode}, "classify")
 
     def planReclassification(self, volumeNode, segmentationNode, tableNode=None, segmentIds=None):
         """Main thread: read the masks of the segments to re-classify."""
@@ -765,16 +674,6 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
             plan.results.append(result)
             plan.segmentIds[nodeId] = segmentId
         return plan
-
-    def classifyPlan(self, plan: ReclassificationPlan, modelFolder=None, device="auto", progress=None):
-        """Any thread: classify under the given masks."""
-        if not plan.results:
-            return []
-        engine = self._engineFor(plan.case.image, modelFolder, device)
-        results = engine.classify_masks(plan.case, plan.results)
-        if progress:
-            progress("nodes", len(results), len(results))
-        return results
 
     def applyReclassification(self, plan: ReclassificationPlan, results) -> RunSummary:
         """Main thread: new probabilities and measurements into tags and table; masks untouched."""
@@ -847,7 +746,10 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
 
     def _setSegmentFacts(self, segment, result: NodeResult) -> None:
         """Terminology, colour by probability and the result tags, as the .seg.nrrd writer gives them."""
-        for key, value in segw.segment_tags(result, result.extra.get("model_id", "")).items():
+        tags = segw.segment_tags(result, result.extra.get("model_id", ""))
+        tags[segw.TERMINOLOGY_TAG] = MODULE_TERMINOLOGY  # the list this module loads
+        tags.update(results_table.resultTags(result))
+        for key, value in tags.items():
             segment.SetTag(key, value)
         segment.SetColor(*segw.probability_color(result.probability))
 
@@ -886,9 +788,19 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
             mask = self.segmentMask(segmentationNode, segmentId, volumeNode)
             result = self._resultFromMask(segmentationNode, segmentId, nodeId, mask, geometry)
             segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-            result.probability = _toFloat(self._tag(segment, segw.TAG_PROBABILITY))
+            number = lambda key: results_table.toFloat(self._tag(segment, key))  # noqa: E731
+            result.status = self._tag(segment, results_table.TAG_STATUS) or result.status
+            usable = results_table.hasUsableMask(result.status)
+            result.probability = number(segw.TAG_PROBABILITY) if usable else float("nan")
+            result.probability_low = number(results_table.TAG_PROBABILITY_LOW) if usable else float("nan")
+            result.probability_high = number(results_table.TAG_PROBABILITY_HIGH) if usable else float("nan")
+            result.mask_agreement = number(results_table.TAG_MASK_AGREEMENT)
             predicted = self._tag(segment, segw.TAG_PREDICTED_LABEL)
             result.predicted_label = int(predicted) if predicted.isdigit() else 0
+            result.volume_mm3 = number(segw.TAG_VOLUME)
+            result.short_axis_mm = number(segw.TAG_SHORT_AXIS)
+            result.long_axis_mm = number(segw.TAG_LONG_AXIS)
+            result.mean_hu = number(segw.TAG_MEAN_HU)
             result.extra["model_id"] = self._tag(segment, segw.TAG_MODEL_ID)
             result.extra["weights_sha256"] = self._tag(segment, TAG_WEIGHTS_SHA256)
             results.append(result)
@@ -943,76 +855,32 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
             shNode.SetItemParent(item, parent)
 
     def _syncTable(self, tableNode, segmentationNode, updated: dict) -> None:
-        """One row per lymph-node segment, in segment order: `updated` results give new values,
+        """One row per lymph-node segment (review-first order): `updated` results give new values,
         other rows keep theirs (or are rebuilt from the segment's tags when missing)."""
-        old = self.tableRows(tableNode)
+        old = results_table.tableRows(tableNode)
         segmentation = segmentationNode.GetSegmentation()
         labels = self._labels()
         rows = []
         for nodeId, segmentId in self.lymphNodeSegments(segmentationNode).items():
             if nodeId in updated:
-                rows.append(_rowFromResult(updated[nodeId], labels))
+                rows.append(results_table.rowFromResult(updated[nodeId], labels))
             elif nodeId in old:
                 rows.append(old[nodeId])
             else:
-                rows.append(self._rowFromTags(segmentation.GetSegment(segmentId), labels))
-        table = vtk.vtkTable()
-        for name, kind, _unit, _description in TABLE_COLUMNS:
-            column = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
-            column.SetName(name)
-            column.SetNumberOfValues(len(rows))
-            for index, row in enumerate(rows):
-                value = row.get(name)
-                if kind == "string":
-                    column.SetValue(index, _cellText(value))
-                else:
-                    column.SetValue(index, float("nan") if value is None else float(value))
-            table.AddColumn(column)
-        tableNode.SetAndObserveTable(table)
-        for name, _kind, unit, description in TABLE_COLUMNS:
-            tableNode.SetColumnUnitLabel(name, unit)
-            tableNode.SetColumnDescription(name, description)
-        tableNode.SetNodeReferenceID(TABLE_SEGMENTATION_REFERENCE, segmentationNode.GetID())
-        tableNode.SetLocked(True)  # read-only in the table view: values come from the segments
+                rows.append(results_table.rowFromTags(segmentation.GetSegment(segmentId), labels))
+        results_table.writeTable(tableNode, rows, segmentationNode)
 
     @staticmethod
     def tableRows(tableNode) -> dict:
         """Node id -> {column: value} of a results table (text columns str, numeric ones float)."""
-        rows = {}
-        table = tableNode.GetTable() if tableNode is not None else None
-        if table is None:
-            return rows
-        kinds = {name: kind for name, kind, _u, _d in TABLE_COLUMNS}
-        columns = [table.GetColumn(c) for c in range(table.GetNumberOfColumns())]
-        for row in range(table.GetNumberOfRows()):
-            values = {column.GetName(): _cellValue(column, row, kinds.get(column.GetName(), "string"))
-                      for column in columns}
-            if values.get("id"):
-                rows[values["id"]] = values
-        return rows
+        return results_table.tableRows(tableNode)
 
-    def _rowFromTags(self, segment, labels) -> dict:
-        tag = lambda key: _toFloat(self._tag(segment, key))  # noqa: E731
-        predicted = self._tag(segment, segw.TAG_PREDICTED_LABEL)
-        return {
-            "id": self._tag(segment, segw.TAG_SEED_ID),
-            "probability": tag(segw.TAG_PROBABILITY),
-            "label": _labelName(int(predicted), labels) if predicted.isdigit() else "",
-            "volume_mm3": tag(segw.TAG_VOLUME),
-            "short_axis_mm": tag(segw.TAG_SHORT_AXIS),
-            "long_axis_mm": tag(segw.TAG_LONG_AXIS),
-            "mean_hu": float("nan"),  # not kept in tags
-        }
-
-    @staticmethod
-    def _tag(segment, key, default=""):
-        value = vtk.reference("")
-        return str(value) if segment.GetTag(key, value) else default
+    _tag = staticmethod(results_table.segmentTag)
 
     # --- navigation ------------------------------------------------------------------------------
     def jumpToNode(self, tableNode, row: int, segmentationNode=None):
         """Centre the slice views on the node in table row `row` and select its segment."""
-        nodeId = tableNode.GetCellText(row, 0)
+        nodeId = results_table.nodeIdOfRow(tableNode, row)
         segmentationNode = segmentationNode or tableNode.GetNodeReference(TABLE_SEGMENTATION_REFERENCE)
         if segmentationNode is None:
             raise InputError("the table is not linked to a segmentation; run Apply again")
@@ -1054,11 +922,9 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         report["segmentation"] = str(segPath)
         report["messages"].append(f"Segmentation: {segPath}")
 
-        if tableNode is None:
-            tableNode = self._tableOf(segmentationNode)
-        if tableNode is not None:
-            csvPath = folder / "nodes.csv"
-            self._writeTableCsv(tableNode, csvPath)
+        results = self.resultsFromSegments(volumeNode, segmentationNode)
+        if results:  # the command line's nodes.csv: one writer, one format
+            csvPath = write_results_csv(folder / "nodes.csv", results)
             report["table"] = str(csvPath)
             report["messages"].append(f"Table: {csvPath}")
 
@@ -1066,39 +932,27 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         report["messages"].append(message)
         return report
 
-    def _writeTableCsv(self, tableNode, path) -> None:
-        """The table as CSV, numbers rounded as shown, unknown values (NaN) as empty cells."""
-        table = tableNode.GetTable()
-        names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
-        rows = self.tableRows(tableNode)
-        with segw.atomic_output(path) as temporary:
-            with open(temporary, "w", newline="", encoding="utf-8") as stream:
-                writer = csv.writer(stream, lineterminator="\n")
-                writer.writerow(names)
-                for values in rows.values():
-                    writer.writerow([_csvText(values.get(name), _DECIMALS.get(name)) for name in names])
-
     def _exportDicomSeg(self, segmentationNode, volumeNode, path):
         """DICOM SEG through the Lib's writer; (path or None, a line for the user)."""
         try:
             from LymphNodeMTLLib.outputs import dicom_seg_writer
         except ImportError:
-            return None, "DICOM SEG: not written, there is no DICOM SEG writer. " + SLICER_DICOM_EXPORT
-        results = self.resultsFromSegments(volumeNode, segmentationNode)
+            return None, "DICOM SEG: not written. " + dependency_installer.DICOM_SEG_NEEDS
+        results = [r for r in self.resultsFromSegments(volumeNode, segmentationNode) if r.mask.any()]
         if not results:
             return None, "DICOM SEG: not written, there are no lymph-node segments."
         # The volume's own grid (not world): DICOM positions are those of the source images.
         geometry = VolumeGeometry(self._ijkToLocal(volumeNode), slicer.util.arrayFromVolume(volumeNode).shape)
         sources, note = self._dicomSourceDatasets(volumeNode, geometry, dicom_seg_writer)
-        clinical = bool(self._engine and self._engine.config.clinical_use)
+        clinical = bool(self.serverInfo.get("clinical_use", False))
         try:
             dicom_seg_writer.write_dicom_seg(path, results, None, geometry, sources,
                                              results[0].extra.get("model_id", ""),
                                              results[0].extra.get("weights_sha256", ""),
                                              clinical_use=clinical)
         except ImportError as error:  # highdicom / pydicom not installed in this Python
-            return None, (f"DICOM SEG: not written, the Python package {error.name} is missing "
-                          f"(pip_install('highdicom') adds it). " + SLICER_DICOM_EXPORT)
+            return None, (f"DICOM SEG: not written, the Python package {error.name} is missing. "
+                          + dependency_installer.DICOM_SEG_NEEDS)
         except (ValueError, InputError) as error:  # e.g. segments that overlap after editing
             return None, f"DICOM SEG: not written ({error}). " + SLICER_DICOM_EXPORT
         return str(path), f"DICOM SEG: {path}{note}"
@@ -1126,60 +980,6 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
             return None, f"{synthetic[:-1]}; {error})"
 
 
-#
-# Helpers (pure functions)
-#
-
-
-def bundledModelFolder() -> Optional[str]:
-    """The demonstration model installed next to the module (extension package), if any; None in a
-    source checkout or when LYMPHNODE_MTL_MODEL overrides it (the Lib's default then applies)."""
-    if os.environ.get("LYMPHNODE_MTL_MODEL"):
-        return None
-    installed = Path(__file__).resolve().parent / "Resources" / "Models" / "phantom-demo"
-    return str(installed) if installed.is_dir() else None
-
-
-def _rowFromResult(result: NodeResult, labels) -> dict:
-    row = {"id": result.node_id, "label": _labelName(result.predicted_label, labels)}
-    for name, value in (("probability", result.probability), ("volume_mm3", result.volume_mm3),
-                        ("short_axis_mm", result.short_axis_mm), ("long_axis_mm", result.long_axis_mm),
-                        ("mean_hu", result.mean_hu)):
-        row[name] = round(float(value), _DECIMALS[name]) if np.isfinite(value) else float("nan")
-    return row
-
-
-def _labelName(predicted: int, labels) -> str:
-    return labels[predicted] if 0 <= predicted < len(labels) else str(predicted)
-
-
-def _cellText(value) -> str:
-    """Table text without double quotes (they do not survive Slicer's CSV/TSV round trip)."""
-    return "" if value is None else str(value).replace('"', "'")
-
-
-def _cellValue(column, row: int, kind: str):
-    """One table cell: numeric columns as float (NaN when empty), text columns as str."""
-    if column.IsA("vtkDataArray"):
-        value = float(column.GetTuple1(row))
-        return value if kind != "string" else str(value)
-    text = str(column.GetValue(row))
-    return text if kind == "string" else _toFloat(text)
-
-
-def _csvText(value, decimals) -> str:
-    if isinstance(value, float):
-        if not np.isfinite(value):
-            return ""
-        return f"{value:.{decimals}f}" if decimals is not None else repr(value)
-    return _cellText(value)
-
-
-def _toFloat(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 #
@@ -1188,20 +988,25 @@ def _toFloat(text) -> float:
 
 
 class LymphNodeMTLTest(ScriptedLoadableModuleTest):
-    """The full path on a phantom CT: process, edit, re-classify, add a seed, process again."""
+    """The full path on a phantom CT: process, edit, re-classify, add a seed, process again, with
+    the local inference server (started on first use)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        missing = missingPythonPackages()
-        if missing:
-            raise RuntimeError(f"missing Python packages {', '.join(missing)}: open the module and press "
-                               "Apply once to install them, then run the test again")
         self.setUp()
         self.test_PhantomEndToEnd()
 
+    def skipWithoutServerPackages(self):
+        """ctest loads test methods by name: each one skips itself when the engine cannot run."""
+        missing = dependency_installer.missingRequirements()
+        if missing:
+            self.skipTest("the local inference server needs " + "; ".join(missing.values())
+                          + ": open the module and press Apply once to install them")
+
     def test_PhantomEndToEnd(self):
+        self.skipWithoutServerPackages()
         from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 
         self.delayDisplay("Generating a phantom CT with three nodes")
@@ -1220,6 +1025,7 @@ class LymphNodeMTLTest(ScriptedLoadableModuleTest):
         segments = logic.lymphNodeSegments(segmentationNode)
         self.assertEqual(list(segments), [n.node_id for n in phantom.nodes[:2]])
         self.assertEqual(tableNode.GetNumberOfRows(), 2)
+        self.assertTrue(tableNode.GetUseColumnTitleAsColumnHeader())
         for result in summary.results:
             segment = segmentationNode.GetSegmentation().GetSegment(segments[result.node_id])
             self.assertEqual(segment.GetName(), f"LN {result.node_id}")

@@ -4,7 +4,8 @@ module file (LymphNodeMTL/LymphNodeMTL.py) imports under pytest.
 slicer-core gives `import slicer` with real MRML, logics and `slicer.util`, but not the scripted-module
 base classes, the parameter node wrapper, `slicer.i18n`, or the Qt/CTK Python bindings. `install()`
 adds only what is missing (inside the real Slicer application it changes nothing). The stand-ins do
-no GUI work: the Widget class can be defined but not shown; Logic and Test classes run for real.
+no GUI work: the Widget class can be defined but not shown (a test may drive its methods with
+stand-in widgets, QSettings and a QTimer it fires itself); Logic and Test classes run for real.
 """
 
 from __future__ import annotations
@@ -132,13 +133,57 @@ class _Anything:
         return _Anything()
 
 
+class QSettings:
+    """In-memory QSettings: one store per process, as the application's settings file would be."""
+
+    store: dict = {}
+
+    def value(self, key, default=None):
+        return self.store.get(key, default)
+
+    def setValue(self, key, value):
+        self.store[key] = value
+
+
+class QTimer:
+    """A timer that fires only when a test calls `fire()` (the test plays the event loop)."""
+
+    def __init__(self, *args):
+        self.active, self.interval, self._callbacks = False, 0, []
+
+    def setInterval(self, milliseconds):
+        self.interval = int(milliseconds)
+
+    def connect(self, signal, callback):
+        assert signal == "timeout()", signal
+        self._callbacks.append(callback)
+
+    def start(self, *args):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    def isActive(self):
+        return self.active
+
+    def fire(self):
+        if self.active:
+            for callback in list(self._callbacks):
+                callback()
+
+
+# Qt classes with a working stand-in; every other name is a do-nothing placeholder.
+_QT_STAND_INS = {"QSettings": QSettings, "QTimer": QTimer}
+
+
 def _fake_qt_module(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
 
     def class_named(attr):  # any class name resolves to the placeholder; dunders stay missing
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return _Anything
+        return _QT_STAND_INS.get(attr, _Anything) if name == "qt" else _Anything
 
     module.__getattr__ = class_named
     module.__file__ = __file__

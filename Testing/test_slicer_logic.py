@@ -1,5 +1,6 @@
-"""The module's Logic on real MRML (slicer-core) with the bundled model: the real
-LymphNodeMTL/LymphNodeMTL.py is imported through thin stand-ins for the Slicer application.
+"""The module's Logic on real MRML (slicer-core) against a real local inference server process
+(loopback, bundled model, CPU): the real LymphNodeMTL/LymphNodeMTL.py is imported through thin
+stand-ins for the Slicer application, and its results are compared with the engine run directly.
 
 Apply -> one segmentation + one table node matching the engine's NodeResults; Re-classify changes
 only edited nodes and never a mask; new seeds are processed alone; edited segments survive Apply
@@ -8,7 +9,6 @@ unless overwriteEdited; the scene survives .mrml and .mrb round trips; export fi
 
 import csv
 import math
-import sys
 import types
 
 import numpy as np
@@ -24,6 +24,7 @@ from slicer_harness import (
 import_slicer_or_skip()
 import slicer_module_stubs  # noqa: E402
 from LymphNodeMTLLib.core.case import Case, Seed  # noqa: E402
+from LymphNodeMTLLib.outputs import results_table as csv_table  # noqa: E402
 from LymphNodeMTLLib.outputs import segmentation_writer as segw  # noqa: E402
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
 
@@ -41,8 +42,17 @@ def phantom():
 
 @pytest.fixture(scope="module")
 def logic():
-    """One Logic for the whole file: its engine (bundled model, CPU) stays resident."""
+    """One Logic for the whole file; its local server (bundled model, CPU) stays warm."""
     return lnmtl.LymphNodeMTLLogic()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The same bundled model run in this process: what the server's answers are compared with."""
+    from LymphNodeMTLLib.inference.engine import NodeEngine
+    from LymphNodeMTLLib.network.model_store import default_model_dir
+
+    return NodeEngine(default_model_dir(), "cpu")
 
 
 def _add_inputs(phantom, seeds=None, labels=True):
@@ -87,7 +97,7 @@ def _same_row(a, b):
 
 
 # --- Apply ---------------------------------------------------------------------------------------
-def test_process_makes_one_segment_and_one_row_per_seed(mrml_scene, phantom, logic):
+def test_process_makes_one_segment_and_one_row_per_seed(mrml_scene, phantom, logic, engine):
     import slicer
 
     volume, markups = _add_inputs(phantom)
@@ -103,15 +113,23 @@ def test_process_makes_one_segment_and_one_row_per_seed(mrml_scene, phantom, log
     masks = _masks(seg_node, volume, logic)
     rows = logic.tableRows(table_node)
     assert list(segments) == ids and list(rows) == ids
-    labels = logic.engine(None, "cpu").config.labels
+    labels = engine.config.labels
+    direct = {r.node_id: r for r in engine.predict(logic.caseFromNodes(volume, markups))}
     for result in summary.results:
         segment = segments[result.node_id]
         assert segment.GetName() == f"LN {result.node_id}"
         assert "59441001" in segment.GetTerminology()
-        assert segment.GetTerminology() == segw.LYMPH_NODE_TERMINOLOGY
+        # The module's own terminology list, with the codes the Lib's writers use.
+        assert segment.GetTerminology() == lnmtl.MODULE_TERMINOLOGY
+        assert segment.GetTerminology().split("~")[1:] == segw.LYMPH_NODE_TERMINOLOGY.split("~")[1:]
         assert segment.GetColor() == pytest.approx(segw.probability_color(result.probability))
-        for key, value in segw.segment_tags(result, logic.engine(None, "cpu").model_id).items():
-            assert segment_tag(segment, key) == value, key
+        for key, value in segw.segment_tags(result, engine.model_id).items():
+            if key != segw.TERMINOLOGY_TAG:
+                assert segment_tag(segment, key) == value, key
+        # The server's answer is the engine's own.
+        assert np.array_equal(result.full_mask(phantom.image.shape),
+                              direct[result.node_id].full_mask(phantom.image.shape))
+        assert result.probability == pytest.approx(direct[result.node_id].probability, abs=1e-6)
         assert segment_tag(segment, lnmtl.TAG_MASK_HASH) == lnmtl.maskChecksum(masks[result.node_id])
         assert np.array_equal(masks[result.node_id], result.full_mask(phantom.image.shape))
         row = rows[result.node_id]
@@ -122,7 +140,11 @@ def test_process_makes_one_segment_and_one_row_per_seed(mrml_scene, phantom, log
         assert row["long_axis_mm"] == pytest.approx(result.long_axis_mm, abs=0.005)
         assert row["mean_hu"] == pytest.approx(result.mean_hu, abs=0.05, nan_ok=True)
     assert [table_node.GetColumnName(c) for c in range(table_node.GetNumberOfColumns())] == [
-        "id", "probability", "label", "volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu"]
+        "id", "status", "probability", "probability_low", "probability_high", "label", "mask_agreement",
+        "volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu"]
+    # Column names are the header, not a first data row that would look up a node called "id".
+    assert table_node.GetUseColumnTitleAsColumnHeader()
+    assert [table_node.GetCellText(r, 0) for r in range(table_node.GetNumberOfRows())] == ids
 
     # Outputs sit next to the CT in the subject hierarchy (same parent: the CT's study).
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_scene)
@@ -187,7 +209,7 @@ def test_masks_land_on_the_ct_voxels_for_any_orientation(mrml_scene, logic, dire
 
 
 # --- Re-classify ---------------------------------------------------------------------------------
-def test_reclassify_updates_only_the_edited_node_and_never_a_mask(mrml_scene, phantom, logic):
+def test_reclassify_updates_only_the_edited_node_and_never_a_mask(mrml_scene, phantom, logic, engine):
     volume, markups = _add_inputs(phantom)
     summary = logic.process(volume, markups, device="cpu")
     seg_node, table_node = summary.segmentationNode, summary.tableNode
@@ -220,7 +242,7 @@ def test_reclassify_updates_only_the_edited_node_and_never_a_mask(mrml_scene, ph
 
     # Same answer as the engine given the same mask directly.
     case = logic.caseFromNodes(volume)
-    direct = logic.engine(None, "cpu").classify_masks(case, [result])[0]
+    direct = engine.classify_masks(case, [result])[0]
     assert direct.probability == pytest.approx(result.probability, abs=1e-6)
 
 
@@ -256,7 +278,7 @@ def test_adding_a_seed_processes_only_the_new_node(mrml_scene, phantom, logic):
     assert third.updatedIds == [] and third.keptIds == [n.node_id for n in phantom.nodes]
 
 
-def test_edited_segment_is_kept_unless_overwrite_edited(mrml_scene, phantom, logic):
+def test_edited_segment_is_kept_unless_overwrite_edited(mrml_scene, phantom, logic, engine):
     volume, markups = _add_inputs(phantom)
     first = logic.process(volume, markups, device="cpu")
     seg_node, table_node = first.segmentationNode, first.tableNode
@@ -283,7 +305,7 @@ def test_edited_segment_is_kept_unless_overwrite_edited(mrml_scene, phantom, log
     assert restored.updatedIds == [edited_id]
     segment_id = logic.lymphNodeSegments(seg_node)[edited_id]
     ct = logic.caseFromNodes(volume)
-    (expected,) = logic.engine(None, "cpu").predict(
+    (expected,) = engine.predict(
         Case(ct.image, ct.geometry, [Seed(edited_id, phantom.nodes[0].seed_ras)]))
     restored_mask = logic.segmentMask(seg_node, segment_id, volume)
     assert np.array_equal(restored_mask, expected.full_mask(phantom.image.shape))
@@ -384,12 +406,17 @@ def test_export_writes_segmentation_and_table_files(mrml_scene, phantom, logic, 
                               result.full_mask(phantom.image.shape))
         assert by_id[result.node_id]["name"] == f"LN {result.node_id}"
 
+    # The command line's nodes.csv: same columns, same writer, read back by the Lib's reader.
     with open(report["table"], newline="") as stream:
-        rows = list(csv.DictReader(stream))
+        assert next(csv.reader(stream)) == list(csv_table.COLUMNS)
+    rows = csv_table.read_results_csv(report["table"])
     assert [r["id"] for r in rows] == summary.updatedIds
     for row, result in zip(rows, summary.results):
-        assert float(row["probability"]) == pytest.approx(result.probability, abs=5e-5)
-        assert '"' not in "".join(row.values())
+        assert row["probability"] == pytest.approx(result.probability, abs=5e-5)
+        assert row["predicted_label"] == result.predicted_label
+        assert row["volume_mm3"] == pytest.approx(result.volume_mm3, abs=0.005)
+        assert row["long_axis_mm"] == pytest.approx(result.long_axis_mm, abs=0.005)
+        assert (row["seed_r"], row["seed_a"], row["seed_s"]) == pytest.approx(result.seed_ras, abs=0.0055)  # tag: 3 decimals
     # DICOM SEG: written by the Lib's writer when it and highdicom are there (here the CT is not
     # from DICOM, so it references a synthetic series); otherwise a message says why not.
     assert any("DICOM SEG" in m for m in report["messages"])
@@ -401,31 +428,16 @@ def test_export_writes_segmentation_and_table_files(mrml_scene, phantom, logic, 
             assert np.array_equal(masks[f"LN {result.node_id}"], result.full_mask(phantom.image.shape))
 
 
-# --- worker thread (the widget's path, without Qt) ---------------------------------------------
-def test_worker_runs_prediction_off_the_main_thread_and_can_cancel(mrml_scene, phantom, logic):
-    volume, markups = _add_inputs(phantom)
-    plan = logic.planPrediction(volume, markups)
-    job = logic.submit(lambda progress: logic.predictPlan(plan, None, "cpu", progress))
-    assert job.wait(120) and job.error is None, job.traceback
-    assert job.progress == (N_NODES, N_NODES)
-    summary = logic.applyPrediction(plan, job.result)
-    assert summary.updatedIds == [n.node_id for n in phantom.nodes]
-
-    def endless(progress):
-        while True:
-            progress("nodes", 0, 1)
-
-    cancelled = logic.submit(endless)
-    cancelled.cancel()
-    assert cancelled.wait(10) and cancelled.cancelled and cancelled.error is None
-    assert cancelled.result is None
-
-
-def test_engine_stays_resident_until_model_or_device_change(logic):
-    engine = logic.engine(None, "cpu")
-    assert logic.engine(None, "cpu") is engine
-    other = logic.engine(None, "auto")  # another device setting: loaded again
-    assert other is not engine and logic.engine(None, "auto") is other
+# --- the local server stays warm -----------------------------------------------------------------
+def test_local_server_stays_warm_between_runs(mrml_scene, phantom, logic):
+    volume, markups = _add_inputs(phantom, seeds=1)
+    first = logic.process(volume, markups, device="cpu")
+    server = logic.localServer()
+    pid = server.pid
+    markups.AddControlPoint(*phantom.nodes[1].seed_ras, phantom.nodes[1].node_id)
+    second = logic.process(volume, markups, first.segmentationNode, first.tableNode, device="cpu")
+    assert second.updatedIds == [phantom.nodes[1].node_id]
+    assert server.pid == pid and server.isAlive()
 
 
 # --- module description, dependencies, self-test ---------------------------------------------------
@@ -441,28 +453,20 @@ def test_module_description(monkeypatch):
     assert "synthetic phantoms" in text and "not a clinical tool" in text
 
 
-def test_dependency_install_is_pinned_and_keeps_slicer_packages(monkeypatch):
-    import slicer
-
-    assert lnmtl.missingPythonPackages() == []  # the test venv has everything
-    calls = []
-    torch_logic = types.SimpleNamespace(
-        torchInstalled=lambda: False,
-        installTorch=lambda **kwargs: calls.append(("torch", kwargs)) or object(),
-    )
-    monkeypatch.setitem(sys.modules, "PyTorchUtils",
-                        types.SimpleNamespace(PyTorchUtilsLogic=lambda: torch_logic))
-    monkeypatch.setattr(slicer.util, "pip_install", lambda args: calls.append(("pip", args)))
-    lnmtl.installPythonPackages(["torch", "monai", "safetensors"])
-    assert calls[0] == ("torch", {"askConfirmation": True,
-                                  "torchVersionRequirement": lnmtl.TORCH_REQUIREMENT})
-    pips = [args for kind, args in calls if kind == "pip"]
-    assert [args[0].split(">")[0] for args in pips] == ["monai", "safetensors"]
-    assert all("--no-deps" in args and "<" in args[0] for args in pips)
-    assert not any(name in " ".join(map(" ".join, pips)).lower() for name in ("numpy", "simpleitk"))
-
-
 def test_module_self_test_runs(mrml_scene):
     """The ScriptedLoadableModuleTest that Slicer's test runner calls, on slicer-core MRML."""
     result = lnmtl.LymphNodeMTLTest("runTest").run()
     assert result.wasSuccessful(), [str(e[1]) for e in result.errors + result.failures]
+    assert not result.skipped  # this Python has every package the local server needs
+
+
+def test_module_self_test_skips_each_method_without_the_engine_packages(mrml_scene, monkeypatch):
+    """ctest loads test methods by name: each one skips, with a message, when torch is missing."""
+    from LymphNodeMTLSlicerLib import dependency_installer
+
+    monkeypatch.setattr(dependency_installer, "installedVersion",
+                        lambda name: None if name == "torch" else "99")
+    for name in ("runTest", "test_PhantomEndToEnd"):
+        result = lnmtl.LymphNodeMTLTest(name).run()
+        assert result.wasSuccessful() and len(result.skipped) == 1, name
+        assert "torch>=2.8" in result.skipped[0][1] and "Apply" in result.skipped[0][1]

@@ -1,7 +1,9 @@
 """The extension's non-Python files agree with the code: the .ui has every widget the module file
-uses and binds every parameter, the CMake lists name exactly the files that exist, the icons are
-128x128 PNGs, the terminology file is valid, and the extension descriptions agree."""
+uses and binds every parameter, the CMake lists name exactly the files that exist, the one icon is
+a 128x128 PNG, the terminology file is valid and is the one the segments point to, the extension
+descriptions agree and carry literal URLs of files in the repository, and the root has a LICENSE."""
 
+import ast
 import json
 import re
 import typing
@@ -17,6 +19,7 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "LymphNodeMTL.ui"
 TERM_FILE = MODULE_DIR / "Resources" / "LymphNodeMTL.term.json"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 EXTENSION_CMAKE = ROOT / "CMakeLists.txt"
+SLICER_LIB = MODULE_DIR / "LymphNodeMTLSlicerLib"
 # Qt's own widget classes need no <customwidget> declaration in the .ui.
 QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QToolButton", "QLineEdit", "QComboBox",
               "QCheckBox", "QProgressBar", "QTableView"}
@@ -113,7 +116,9 @@ def module_cmake():
 def test_cmake_scripts_are_the_module_file_and_every_lib_file(module_cmake):
     text, name = module_cmake
     scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS", name)
-    lib = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "LymphNodeMTLLib").rglob("*.py"))
+    lib = sorted(p.relative_to(MODULE_DIR).as_posix() for folder in ("LymphNodeMTLLib", "LymphNodeMTLSlicerLib")
+                 for p in (MODULE_DIR / folder).rglob("*.py"))
+    assert any(path.startswith("LymphNodeMTLSlicerLib/") for path in lib)
     expected = [f"{name}.py", *lib]
     missing = sorted(set(expected) - set(scripts))
     extra = sorted(set(scripts) - set(expected))
@@ -146,6 +151,8 @@ def test_cmake_builds_the_module_registers_its_self_test_and_ships_the_model(mod
     files = re.search(r"set\(_model_files ([^)]*)\)", text).group(1).split()
     assert sorted(files) == sorted([model_store.CONFIG_FILE, model_store.WEIGHTS_FILE,
                                     model_store.HASH_FILE, model_store.CARD_FILE])
+    # ... installed where the Lib's default_model_dir() looks beside an installed Lib.
+    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models/phantom-demo" in text
 
 
 def test_extension_cmake_describes_the_extension():
@@ -177,15 +184,86 @@ def test_s4ext_and_catalog_entry_agree_with_cmake():
     assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
     assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
     assert entry["scm_url"] == fields["scmurl"]
+    # The two descriptions in step, field by field.
+    assert entry["category"] == fields["category"]
+    assert entry["scm_type"] == fields["scm"] and entry["scm_revision"] == fields["scmrevision"]
+    assert " ".join(entry["build_dependencies"]) == fields["depends"]
+    assert entry.get("build_subdirectory", ".") == fields.get("build_subdirectory", ".")
+    assert str(int(entry.get("enabled", True))) == fields.get("enabled", "1")
 
 
-@pytest.mark.parametrize("path", [MODULE_DIR / "Resources" / "Icons" / "LymphNodeMTL.png",
-                                  ROOT / "Resources" / "Icons" / "LymphNodeMTL.png"])
-def test_icons_are_128_pixel_pngs(path):
+def _s4ext_fields():
+    fields = {}
+    for line in (ROOT / "LymphNodeMTL.s4ext").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            fields[key] = value.strip()
+    return fields
+
+
+def _cmake_value(key):
+    match = re.search(rf'set\({key} "([^"]*)"\)', EXTENSION_CMAKE.read_text())
+    assert match, key
+    return match.group(1)
+
+
+def test_icon_and_screenshot_urls_are_literal_and_name_files_in_the_repository():
+    """The Extensions Index checker reads these without CMake: no ${...}, http(s), existing files."""
+    fields = _s4ext_fields()
+    entry = json.loads((ROOT / "LymphNodeMTL.json").read_text())
+    repository = re.fullmatch(r"https://github.com/([^/]+/[^/]+?)(\.git)?", entry["scm_url"]).group(1)
+    raw = f"https://raw.githubusercontent.com/{repository}/{entry['scm_revision']}/"
+    for cmake_key, s4ext_key in (("EXTENSION_ICONURL", "iconurl"), ("EXTENSION_SCREENSHOTURLS", "screenshoturls")):
+        urls = _cmake_value(cmake_key).split()
+        assert urls and urls == fields[s4ext_key].split(), cmake_key
+        for url in urls:
+            assert "$" not in url and re.match(r"https?://", url), url
+            assert url.startswith(raw), url
+            path = ROOT / url[len(raw):]
+            assert path.is_file(), f"{url} names {path}, which is not in the repository"
+    assert _cmake_value("EXTENSION_HOMEPAGE") == fields["homepage"]
+    assert "$" not in EXTENSION_CMAKE.read_text().split("find_package")[0]
+
+
+def test_screenshot_is_a_real_picture():
+    from PIL import Image, ImageStat
+
+    path = ROOT / "Resources" / "Screenshots" / "LymphNodeMTL-1.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] >= 640
+        stats = ImageStat.Stat(image.convert("L"))
+        assert stats.stddev[0] > 20  # not a blank or flat image
+        assert len(image.convert("RGB").getcolors(1 << 20) or []) > 100
+
+
+def test_root_has_the_apache_license_pyproject_names():
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert re.search(r'^license = "Apache-2.0"', (ROOT / "pyproject.toml").read_text(), re.M)
+
+
+def test_the_icon_is_one_128_pixel_png_used_by_module_and_catalog():
+    """One file: the module's resource, which the catalog's icon URL names (no copy to drift)."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    icon = MODULE_DIR / "Resources" / "Icons" / "LymphNodeMTL.png"
+    with Image.open(icon) as image:
         assert image.format == "PNG" and image.size == (128, 128)
+    icons = [p for p in ROOT.rglob("LymphNodeMTL.png") if ".git" not in p.parts and "build" not in p.parts]
+    assert icons == [icon]
+    assert _cmake_value("EXTENSION_ICONURL").endswith("/" + icon.relative_to(ROOT).as_posix())
+
+
+def test_module_and_its_slicer_helpers_start_no_python_thread():
+    """PythonQt holds the GIL while Slicer idles: a Python thread would crawl. Work goes to the
+    server process; the module only ticks from timers."""
+    for path in [MODULE_FILE, *sorted(SLICER_LIB.glob("*.py"))]:
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        assert not imported & {"threading", "concurrent", "multiprocessing", "_thread"}, path.name
 
 
 # --- terminology ----------------------------------------------------------------------------------
@@ -213,3 +291,22 @@ def test_slicer_loads_the_terminology_file():
     assert entry.GetTypeObject().GetCodeValue() == "59441001"
     assert entry.GetCategoryObject().GetCodeValue() == "85756007"
     assert list(entry.GetTypeObject().GetRecommendedDisplayRGBValue()) == [68, 172, 100]
+
+
+def test_segments_point_to_the_module_terminology_file():
+    """The context of the segments' terminology entry is the list the module loads, and in that list
+    the entry's category and type codes resolve."""
+    import slicer_module_stubs
+    from slicer_harness import import_slicer_or_skip
+
+    slicer = import_slicer_or_skip()
+    module = slicer_module_stubs.import_module_file()
+    context, category, node_type, *_ = module.MODULE_TERMINOLOGY.split("~")
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert logic.LoadTerminologyFromFile(str(module.TERMINOLOGY_FILE)) == context
+    assert module.TERMINOLOGY_FILE == TERM_FILE.resolve()
+    found = slicer.vtkSlicerTerminologyEntry()
+    assert logic.FindTypeInTerminologyBy3dSlicerLabel(context, "lymph node", found)
+    code = lambda item: f"{item.GetCodingSchemeDesignator()}^{item.GetCodeValue()}^{item.GetCodeMeaning()}"  # noqa: E731
+    assert (code(found.GetCategoryObject()), code(found.GetTypeObject())) == (category, node_type)
+    assert node_type == "SCT^59441001^Lymph node"
