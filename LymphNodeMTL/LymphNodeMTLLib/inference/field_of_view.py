@@ -1,0 +1,146 @@
+"""The zoom policy: which field of view each node is segmented in.
+
+A patch has a fixed number of voxels; its field of view is patch size x patch spacing. A node larger
+than the field of view has no edge inside the patch for the network to find, so its mask is cut at
+the patch border or comes out empty. The engine therefore looks at every node first at the finest
+spacing the model was trained for and looks again, one spacing coarser, when
+
+- the node's mask reaches the patch border, or
+- at the finest view, the mask is empty or small while the seed sits in a region of like density
+  that reaches the patch border (a structure larger than the patch),
+
+up to the coarsest spacing the model config declares valid (`zoom_spacings_mm`). Of the views
+looked at, it keeps the finest one that holds the whole node: a view whose mask is non-empty and
+clear of its border, and that would also hold the mask every coarser complete view found. Small
+nodes thus keep their full detail; a wider view only wins when it shows the node to be larger than
+the finer one could hold.
+
+All geometry here is in patch space: the patch is centred on the seed, axis-aligned in RAS and
+isotropic, so a mask's reach from the seed in mm decides whether another view would hold it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .seed_component import keep_seed_component
+
+# Voxels at the patch border that count as touching it: the network's masks fade near the border.
+BORDER_VOXELS = 2
+# A finest-view mask reaching less than this share of the half field of view from the seed is
+# "small": together with a like-density region beyond the patch it means the network saw only
+# the middle of a large node.
+SMALL_REACH_SHARE = 1.0 / 3.0
+# Like density: within this many HU of the seed's (3x3x3-smoothed) value.
+LIKE_DENSITY_HU = 60.0
+
+
+@dataclass
+class PatchView:
+    """One node seen through one field of view: the network's patch outputs and their extent."""
+
+    spacing_mm: float
+    probability: torch.Tensor  # (N, N, N) mask probability on the patch grid, CPU
+    logit: float  # metastasis logit
+    mask: np.ndarray  # (N, N, N) bool: thresholded, seed component only
+    reach_mm: float  # farthest mask voxel edge from the seed along any RAS axis; 0 when empty
+
+    @property
+    def size(self) -> int:
+        return int(self.probability.shape[-1])
+
+    @property
+    def field_of_view_mm(self) -> float:
+        return self.size * self.spacing_mm
+
+    @property
+    def empty(self) -> bool:
+        return self.reach_mm <= 0.0
+
+    @property
+    def touches_border(self) -> bool:
+        return not self.empty and not holds(self.reach_mm, self.size, self.spacing_mm)
+
+    @property
+    def complete(self) -> bool:
+        return not self.empty and not self.touches_border
+
+
+def holds(reach_mm: float, size: int, spacing_mm: float, border_voxels: int = BORDER_VOXELS) -> bool:
+    """Whether a patch of `size` voxels of `spacing_mm`, centred on the seed, holds a mask that
+    reaches `reach_mm` from the seed, clear of its `border_voxels` outermost layers."""
+    return reach_mm <= (size / 2.0 - border_voxels) * spacing_mm
+
+
+def patch_view(probability: torch.Tensor, logit: float, spacing_mm: float, threshold: float) -> PatchView:
+    """A PatchView of one node's (N, N, N) patch probability."""
+    n = probability.shape[-1]
+    centre = np.full(3, (n - 1) / 2.0)
+    mask = keep_seed_component(probability.numpy() > threshold, centre, (spacing_mm,) * 3)
+    if mask.any():
+        idx = np.argwhere(mask)
+        reach = (float(np.abs(idx - centre).max()) + 0.5) * spacing_mm
+    else:
+        reach = 0.0
+    return PatchView(float(spacing_mm), probability, float(logit), mask, reach)
+
+
+def like_density_beyond_patch(hu_patches: torch.Tensor, border_voxels: int = BORDER_VOXELS,
+                              tolerance_hu: float = LIKE_DENSITY_HU) -> np.ndarray:
+    """(B,) bool: the region of like density connected to the seed (patch centre) reaches the
+    patch border, in (B, 1, N, N, N) HU patches."""
+    smooth = F.avg_pool3d(hu_patches.float(), 3, stride=1, padding=1, count_include_pad=False)
+    smooth = smooth[:, 0].cpu().numpy()
+    n = smooth.shape[-1]
+    mid = slice((n - 1) // 2, n // 2 + 1)  # the voxel(s) around the centre
+    out = np.zeros(len(smooth), dtype=bool)
+    for b, volume in enumerate(smooth):
+        seed_hu = float(volume[mid, mid, mid].mean())
+        like = np.abs(volume - seed_hu) <= tolerance_hu
+        labels, _ = ndimage.label(like)
+        seed_label = np.unique(labels[mid, mid, mid])
+        seed_label = seed_label[seed_label > 0]
+        if not len(seed_label):
+            continue
+        inner = slice(border_voxels, n - border_voxels)
+        region = np.isin(labels, seed_label)
+        out[b] = region.sum() > region[inner, inner, inner].sum()
+    return out
+
+
+def needs_wider_view(views: list[PatchView], like_density_beyond: bool) -> bool:
+    """Whether a node seen through `views` (finest first) should be looked at again, wider."""
+    last = views[-1]
+    if last.touches_border:
+        return True
+    if len(views) == 1 and like_density_beyond:
+        return last.empty or last.reach_mm < SMALL_REACH_SHARE * last.field_of_view_mm / 2.0
+    return False
+
+
+def choose_view(views: list[PatchView]) -> PatchView:
+    """The finest view that holds the whole node (module docstring).
+
+    When no view is complete: the widest view with a mask (its mask is cut: the caller marks the
+    node as touching the field of view), else the finest view (an empty mask).
+    """
+    for n, view in enumerate(views):
+        if view.complete and all(holds(wider.reach_mm, view.size, view.spacing_mm)
+                                 for wider in views[n + 1:] if wider.complete):
+            return view
+    with_mask = [v for v in views if not v.empty]
+    return with_mask[-1] if with_mask else views[0]
+
+
+def spacing_that_holds(reach_mm: float, size: int, spacings, border_voxels: int = 1):
+    """The finest of `spacings` whose patch holds a mask reaching `reach_mm` from the seed, and
+    whether it does (False: the coarsest spacing, which still cuts the mask)."""
+    for spacing in spacings:
+        if holds(reach_mm, size, spacing, border_voxels):
+            return float(spacing), True
+    return float(spacings[-1]), False
