@@ -20,6 +20,7 @@ from ..io.volume_reader import read_volume
 from ..outputs.results_table import write_results_csv
 from ..outputs.run_record import run_record
 from ..outputs.segmentation_writer import write_segmentation
+from ..outputs.status_notice import print_status_notice
 
 OUTPUT_FILES = ("nodes.seg.nrrd", "nodes.csv", "run.json")
 DICOM_SEG_FILE = "nodes.dcm"
@@ -103,12 +104,12 @@ def write_outputs(out_dir: Path, case: Case, results, engine, inputs: dict, dico
 
 def predict_to_folder(volume, seeds, out_dir, model=None, device="auto", batch_size=None,
                       overwrite=False, series_uid=None, engine: NodeEngine | None = None,
-                      dicom_seg: bool = False, report: bool = False):
+                      dicom_seg: bool = False, report: bool = False, uncertainty: bool = True):
     out_dir = Path(out_dir)
     check_output_folder(out_dir, overwrite, output_files(dicom_seg, report))
     case = load_case(volume, seeds, series_uid)
     dicom_sources = load_dicom_sources(volume, case) if dicom_seg else None  # fail before the network
-    engine = engine or NodeEngine(model, device, batch_size)
+    engine = engine or NodeEngine(model, device, batch_size, uncertainty=uncertainty)
     with tqdm(total=len(case.seeds), desc="nodes", unit="node", disable=None) as bar:
         def progress(_stage, done, _total):
             bar.update(done - bar.n)
@@ -132,5 +133,7 @@ def run_predict(args) -> None:
     dicom_seg, report = getattr(args, "dicom_seg", False), getattr(args, "report", False)
     results = predict_to_folder(args.volume, args.seeds, args.out, args.model, args.device,
                                 args.batch_size, args.overwrite, args.series_uid,
-                                dicom_seg=dicom_seg, report=report)
+                                dicom_seg=dicom_seg, report=report,
+                                uncertainty=not getattr(args, "no_uncertainty", False))
     print_summary(results, Path(args.out), output_files(dicom_seg, report))
+    print_status_notice(results)

@@ -68,7 +68,8 @@ class NodeEngine:
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.uncertainty = bool(uncertainty)
         self.fallbacks: list[str] = []  # what the OOM handling did, for run.json
-        self.field_of_view_counts: dict[str, int] = {}  # nodes per chosen field of view, for run.json
+        # the last call's chosen field of view per node id, for run.json
+        self.last_fields_of_view_mm: dict[str, float] = {}
         self._volume, self._volume_key, self._volume_device = None, None, None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shape: autotuned kernels pay off
@@ -194,9 +195,7 @@ class NodeEngine:
         return views, soft_tissue
 
     def _count_fields_of_view(self, results) -> None:
-        for r in results:
-            key = f"{r.field_of_view_mm:g}"
-            self.field_of_view_counts[key] = self.field_of_view_counts.get(key, 0) + 1
+        self.last_fields_of_view_mm = {str(r.node_id): float(r.field_of_view_mm) for r in results}
 
     # --- uncertainty --------------------------------------------------------------------------
     def _augment(self, case, centres, chosen, results, usable, tracker) -> None:
