@@ -6,8 +6,8 @@ the patch border or comes out empty. The engine therefore looks at every node fi
 spacing the model was trained for and looks again, one spacing coarser, when
 
 - the node's mask reaches the patch border, or
-- at the finest view, the mask is empty or small while the seed sits in a region of like density
-  that reaches the patch border (a structure larger than the patch),
+- at the finest view, the mask is empty or small (by volume) while the seed sits in a region of
+  like density that reaches the patch border (a structure larger than the patch),
 
 up to the coarsest spacing the model config declares valid (`zoom_spacings_mm`). Of the views
 looked at, it keeps the finest one that holds the whole node: a view whose mask is non-empty and
@@ -32,10 +32,11 @@ from .seed_component import keep_seed_component
 
 # Voxels at the patch border that count as touching it: the network's masks fade near the border.
 BORDER_VOXELS = 2
-# A finest-view mask reaching less than this share of the half field of view from the seed is
-# "small": together with a like-density region beyond the patch it means the network saw only
-# the middle of a large node.
-SMALL_REACH_SHARE = 1.0 / 3.0
+# A finest-view mask whose volume is that of a ball of less than this share of the half field of
+# view in radius is "small": together with a like-density region beyond the patch it means the
+# network saw only a fragment of a large node (measured: 64-80 mm spheres give 1-7 voxels at 1 mm,
+# some of them 20 mm from the seed).
+SMALL_RADIUS_SHARE = 1.0 / 3.0
 # Like density: within this many HU of the seed's (3x3x3-smoothed) value.
 LIKE_DENSITY_HU = 60.0
 
@@ -45,14 +46,12 @@ class PatchView:
     """One node seen through one field of view: the network's patch outputs and their extent."""
 
     spacing_mm: float
-    probability: torch.Tensor  # (N, N, N) mask probability on the patch grid, CPU
-    logit: float  # metastasis logit
-    mask: np.ndarray  # (N, N, N) bool: thresholded, seed component only
+    size: int  # patch voxels per side
     reach_mm: float  # farthest mask voxel edge from the seed along any RAS axis; 0 when empty
-
-    @property
-    def size(self) -> int:
-        return int(self.probability.shape[-1])
+    voxels: int = 0  # mask voxels
+    probability: torch.Tensor | None = None  # (N, N, N) mask probability on the patch grid, CPU
+    logit: float = 0.0  # metastasis logit
+    mask: np.ndarray | None = None  # (N, N, N) bool: thresholded, seed component only
 
     @property
     def field_of_view_mm(self) -> float:
@@ -87,7 +86,7 @@ def patch_view(probability: torch.Tensor, logit: float, spacing_mm: float, thres
         reach = (float(np.abs(idx - centre).max()) + 0.5) * spacing_mm
     else:
         reach = 0.0
-    return PatchView(float(spacing_mm), probability, float(logit), mask, reach)
+    return PatchView(float(spacing_mm), int(n), reach, int(mask.sum()), probability, float(logit), mask)
 
 
 def like_density_beyond_patch(hu_patches: torch.Tensor, border_voxels: int = BORDER_VOXELS,
@@ -119,7 +118,8 @@ def needs_wider_view(views: list[PatchView], like_density_beyond: bool) -> bool:
     if last.touches_border:
         return True
     if len(views) == 1 and like_density_beyond:
-        return last.empty or last.reach_mm < SMALL_REACH_SHARE * last.field_of_view_mm / 2.0
+        radius_mm = (3.0 * last.voxels / (4.0 * np.pi)) ** (1.0 / 3.0) * last.spacing_mm
+        return radius_mm < SMALL_RADIUS_SHARE * last.field_of_view_mm / 2.0
     return False
 
 
