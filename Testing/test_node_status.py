@@ -96,7 +96,7 @@ def test_outputs_show_the_status_and_no_number_for_unusable_nodes(case_and_resul
     # review first: every node that is not ok comes before the ok one
     assert [r.node_id for r in report_order(ordered)][-1] == "node"
     lines = status_notice_lines(ordered)
-    assert len(lines) == 1 and "fat (empty_mask)" in lines[0] and "node" not in lines[0].split(":", 1)[1]
+    assert len(lines) == 1 and "fat (empty_mask)" in lines[0] and "node (" not in lines[0]
 
 
 def test_reclassification_statuses(engine, case_and_results):
@@ -119,11 +119,11 @@ def test_reclassification_statuses(engine, case_and_results):
 
 
 def test_reclassifying_a_large_drawn_mask_picks_a_field_of_view_that_holds_it(engine):
-    """A 40 mm-wide drawn mask does not fit the 48 mm window clear of a voxel at its border:
+    """A 50 mm-long drawn mask does not fit the 48 mm window clear of a voxel at its border:
     the head sees it through the 96 mm one, the mask itself unchanged."""
     geometry, ras = _grid()
     centre = ras[24, 40, 40]
-    drawn = np.linalg.norm((ras - centre) / [23.0, 12.0, 12.0], axis=-1) <= 1.0
+    drawn = np.linalg.norm((ras - centre) / [25.0, 12.0, 12.0], axis=-1) <= 1.0
     image = np.where(drawn, 45.0, -100.0).astype(np.float32)
     idx = np.argwhere(drawn)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1

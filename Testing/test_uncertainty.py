@@ -1,5 +1,5 @@
-"""Test-time augmentation: the passes agree on a clean sphere and disagree on a blob centred on the
-face of a same-density slab (flagged low_agreement, still with a probability); the reported mask
+"""Test-time augmentation: the passes agree on a clean 20 mm sphere and disagree on a 12 mm blob
+centred on the face of a same-density slab (flagged low_agreement, still with a probability); the reported mask
 and probability are the plain pass's."""
 
 import numpy as np
@@ -22,10 +22,10 @@ def _grid():
     return geometry, ras, ras[tuple(n // 2 for n in SHAPE_KJI)]
 
 
-def _case(with_slab: bool, seed: int):
-    """A 12 mm blob in fat, alone or with a same-density slab whose face runs through its centre."""
+def _case(with_slab: bool, seed: int, radius_mm: float):
+    """A blob in fat, alone or with a same-density slab whose face runs through its centre."""
     geometry, ras, centre = _grid()
-    node = np.linalg.norm(ras - centre, axis=-1) <= 6.0
+    node = np.linalg.norm(ras - centre, axis=-1) <= radius_mm
     if with_slab:
         node |= (ras[..., 0] >= centre[0]) & (np.abs(ras[..., 2] - centre[2]) <= 15.0)
     rng = np.random.default_rng(seed)
@@ -40,13 +40,13 @@ def engines():
 
 @pytest.fixture(scope="module")
 def sphere(engines):
-    case = _case(False, 3)
+    case = _case(False, 3, 10.0)
     return engines[0].predict(case)[0], engines[1].predict(case)[0]
 
 
 @pytest.fixture(scope="module")
 def blob_on_slab(engines):
-    return engines[0].predict(_case(True, 4))[0]
+    return engines[0].predict(_case(True, 4, 6.0))[0]
 
 
 def test_passes_agree_on_a_clean_sphere(sphere):
