@@ -81,7 +81,7 @@ def mixed_size_phantom(shape_kji, n_nodes=20, seed=0, sizes_mm=(3.0, 80.0)):
         box = image[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
         box[d2 <= (diameter / 2.0) ** 2] += 145.0  # 45 HU in -100 HU fat
         ras = geometry.ijk_to_ras_points(centre / np.asarray(SPACING))[0]
-        seeds.append(Seed(f"{diameter:.0f}mm", tuple(ras)))
+        seeds.append(Seed(f"N{n + 1}-{diameter:.0f}mm", tuple(ras)))
     return image, geometry, seeds
 
 

@@ -31,7 +31,7 @@ from . import test_time_augmentation as tta
 from .field_of_view import (
     PatchView,
     choose_view,
-    like_density_beyond_patch,
+    like_density_signs,
     needs_wider_view,
     patch_view,
     spacing_that_holds,
@@ -157,6 +157,7 @@ class NodeEngine:
             )
             self._set_probability(new, logit)
             new.field_of_view_mm = size * spacing
+            new.extra["fields_of_view_mm"] = [new.field_of_view_mm]
             measure_node(new, case.image, case.geometry)
             apply_status(new, node_status_of(new, True, not fit, case.geometry.shape_kji, 0.0))
             updated.append(new)
@@ -175,6 +176,7 @@ class NodeEngine:
         pending = list(range(len(centres)))
         soft_tissue = np.ones(len(centres), dtype=bool)
         like_beyond = np.zeros(len(centres), dtype=bool)
+        edgeless = np.full(len(centres), np.nan)
         for level, spacing in enumerate(spacings):
             if not pending:
                 break
@@ -190,8 +192,9 @@ class NodeEngine:
             if level == 0:
                 soft_tissue[pending] = [in_soft_tissue(h) for h in first["seed_hu"]]
                 like_beyond[pending] = first["like_density_beyond"]
+                edgeless[pending] = first["edgeless_share"]
             # a seed off soft tissue is no node: a wider view would only find a larger structure
-            pending = [k for k in pending if soft_tissue[k] and needs_wider_view(views[k], like_beyond[k])]
+            pending = [k for k in pending if soft_tissue[k] and needs_wider_view(views[k], like_beyond[k], edgeless[k])]
         return views, soft_tissue
 
     def _count_fields_of_view(self, results) -> None:
@@ -225,14 +228,14 @@ class NodeEngine:
         """Mask probabilities (on the CPU) and metastasis logits for every centre, through patches
         of `spacing` mm; `flips`: per centre, patch dims to flip (flipped back on the way out).
 
-        first_view: also return, per centre, the seed's HU and whether a like-density region
-        reaches beyond the patch (field_of_view.py), read from the same HU patches.
+        first_view: also return, per centre, the seed's HU and the like-density signs
+        (field_of_view.py), read from the same HU patches.
 
         Batches shrink on CUDA out-of-memory (halving down to one node), then the engine moves to
         the CPU, so a small GPU slows a run down instead of failing it.
         """
         probs, logits = [], []
-        first = {"seed_hu": [], "like_density_beyond": []}
+        first = {"seed_hu": [], "like_density_beyond": [], "edgeless_share": []}
         total, start = len(centres), 0
         while start < total:
             stop = min(start + self.batch_size, total)
@@ -245,7 +248,10 @@ class NodeEngine:
                 continue
             if first_view:
                 first["seed_hu"].extend(seed_hu(hu, spacing).tolist())
-                first["like_density_beyond"].extend(like_density_beyond_patch(hu).tolist())
+                masks = [patch_view(pi, 0.0, spacing, self.config.mask_threshold).mask for pi in p]
+                beyond, edgeless = like_density_signs(hu, masks)
+                first["like_density_beyond"].extend(beyond.tolist())
+                first["edgeless_share"].extend(edgeless.tolist())
             probs.append(p)
             logits.append(l)
             start = stop

@@ -6,8 +6,10 @@ the patch border or comes out empty. The engine therefore looks at every node fi
 spacing the model was trained for and looks again, one spacing coarser, when
 
 - the node's mask reaches the patch border, or
-- at the finest view, the mask is empty or small (by volume) while the seed sits in a region of
-  like density that reaches the patch border (a structure larger than the patch),
+- at the finest view, the seed sits in a region of like density that reaches the patch border (a
+  structure larger than the patch) and the mask is empty, a few voxels, misses the seed, or has
+  no edge: most of the shell just outside it is of the same density (measured at 1 mm: 50-80 mm
+  spheres give empty masks, a few voxels 20 mm from the seed, or a 6 mm ball around the seed),
 
 up to the coarsest spacing the model config declares valid (`zoom_spacings_mm`). Of the views
 looked at, it keeps the finest one that holds the whole node: a view whose mask is non-empty and
@@ -32,13 +34,15 @@ from .seed_component import keep_seed_component
 
 # Voxels at the patch border that count as touching it: the network's masks fade near the border.
 BORDER_VOXELS = 2
-# A finest-view mask whose volume is that of a ball of less than this share of the half field of
-# view in radius is "small": together with a like-density region beyond the patch it means the
-# network saw only a fragment of a large node (measured: 64-80 mm spheres give 1-7 voxels at 1 mm,
-# some of them 20 mm from the seed).
-SMALL_RADIUS_SHARE = 1.0 / 3.0
+# A mask of fewer voxels than a ball of this radius (patch voxels) is a fragment, not a node
+# (a 3 mm node at 1 mm has 14 voxels).
+FRAGMENT_RADIUS_VOXELS = 1.5
 # Like density: within this many HU of the seed's (3x3x3-smoothed) value.
 LIKE_DENSITY_HU = 60.0
+# A mask whose outer shell is more than this share of like density has found no edge there (a
+# node touching a vessel borders fat over most of its surface; a blob centred on the face of a
+# same-density slab, about half of it, is looked at wider too).
+EDGELESS_SHARE = 0.4
 
 
 @dataclass
@@ -49,6 +53,7 @@ class PatchView:
     size: int  # patch voxels per side
     reach_mm: float  # farthest mask voxel edge from the seed along any RAS axis; 0 when empty
     voxels: int = 0  # mask voxels
+    covers_seed: bool = False  # the mask holds the voxel(s) at the patch centre, where the seed is
     probability: torch.Tensor | None = None  # (N, N, N) mask probability on the patch grid, CPU
     logit: float = 0.0  # metastasis logit
     mask: np.ndarray | None = None  # (N, N, N) bool: thresholded, seed component only
@@ -86,40 +91,47 @@ def patch_view(probability: torch.Tensor, logit: float, spacing_mm: float, thres
         reach = (float(np.abs(idx - centre).max()) + 0.5) * spacing_mm
     else:
         reach = 0.0
-    return PatchView(float(spacing_mm), int(n), reach, int(mask.sum()), probability, float(logit), mask)
+    mid = slice((n - 1) // 2, n // 2 + 1)
+    return PatchView(float(spacing_mm), int(n), reach, int(mask.sum()), bool(mask[mid, mid, mid].any()),
+                     probability, float(logit), mask)
 
 
-def like_density_beyond_patch(hu_patches: torch.Tensor, border_voxels: int = BORDER_VOXELS,
-                              tolerance_hu: float = LIKE_DENSITY_HU) -> np.ndarray:
-    """(B,) bool: the region of like density connected to the seed (patch centre) reaches the
-    patch border, in (B, 1, N, N, N) HU patches."""
+def like_density_signs(hu_patches: torch.Tensor, masks: list[np.ndarray], border_voxels: int = BORDER_VOXELS,
+                       tolerance_hu: float = LIKE_DENSITY_HU) -> tuple[np.ndarray, np.ndarray]:
+    """Per node of (B, 1, N, N, N) HU patches and their (N, N, N) seed-component masks: whether
+    the region of like density connected to the seed (patch centre) reaches the patch border, and
+    the share of like density in the one-voxel shell just outside the mask (NaN when empty)."""
     smooth = F.avg_pool3d(hu_patches.float(), 3, stride=1, padding=1, count_include_pad=False)
     smooth = smooth[:, 0].cpu().numpy()
     n = smooth.shape[-1]
     mid = slice((n - 1) // 2, n // 2 + 1)  # the voxel(s) around the centre
-    out = np.zeros(len(smooth), dtype=bool)
-    for b, volume in enumerate(smooth):
-        seed_hu = float(volume[mid, mid, mid].mean())
-        like = np.abs(volume - seed_hu) <= tolerance_hu
+    beyond = np.zeros(len(smooth), dtype=bool)
+    edgeless = np.full(len(smooth), np.nan)
+    inner = slice(border_voxels, n - border_voxels)
+    for b, (volume, mask) in enumerate(zip(smooth, masks)):
+        like = np.abs(volume - float(volume[mid, mid, mid].mean())) <= tolerance_hu
+        if mask.any():
+            shell = ndimage.binary_dilation(mask) & ~mask
+            edgeless[b] = float(like[shell].mean())
         labels, _ = ndimage.label(like)
         seed_label = np.unique(labels[mid, mid, mid])
         seed_label = seed_label[seed_label > 0]
-        if not len(seed_label):
-            continue
-        inner = slice(border_voxels, n - border_voxels)
-        region = np.isin(labels, seed_label)
-        out[b] = region.sum() > region[inner, inner, inner].sum()
-    return out
+        if len(seed_label):
+            region = np.isin(labels, seed_label)
+            beyond[b] = region.sum() > region[inner, inner, inner].sum()
+    return beyond, edgeless
 
 
-def needs_wider_view(views: list[PatchView], like_density_beyond: bool) -> bool:
-    """Whether a node seen through `views` (finest first) should be looked at again, wider."""
+def needs_wider_view(views: list[PatchView], like_density_beyond: bool, edgeless_share: float) -> bool:
+    """Whether a node seen through `views` (finest first) should be looked at again, wider;
+    like_density_beyond and edgeless_share: like_density_signs of the finest view."""
     last = views[-1]
     if last.touches_border:
         return True
     if len(views) == 1 and like_density_beyond:
-        radius_mm = (3.0 * last.voxels / (4.0 * np.pi)) ** (1.0 / 3.0) * last.spacing_mm
-        return radius_mm < SMALL_RADIUS_SHARE * last.field_of_view_mm / 2.0
+        fragment = last.voxels < 4.0 / 3.0 * np.pi * FRAGMENT_RADIUS_VOXELS**3
+        no_edge = bool(edgeless_share > EDGELESS_SHARE)  # NaN (empty mask) compares False
+        return fragment or not last.covers_seed or no_edge
     return False
 
 
