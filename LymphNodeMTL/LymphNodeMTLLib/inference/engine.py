@@ -371,6 +371,8 @@ def _mask_reach_mm(result: NodeResult, geometry: VolumeGeometry, centre_ras) -> 
 def _head_spacing(network, spacing_mm: float):
     """The head measures the node in mm (soft-mask margin, volume, diameters): tell it the patch
     spacing of this batch, and restore the trained one afterwards."""
+    while not isinstance(network, torch.nn.Module) and hasattr(network, "network"):
+        network = network.network  # a wrapper around the network (a test double, a profiler)
     modules = [m for m in network.modules() if hasattr(m, "spacing_mm")] \
         if isinstance(network, torch.nn.Module) else []
     saved = [m.spacing_mm for m in modules]
