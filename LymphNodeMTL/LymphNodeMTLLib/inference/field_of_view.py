@@ -37,7 +37,7 @@ BORDER_VOXELS = 2
 # A mask of fewer voxels than a ball of this radius (patch voxels) is a fragment, not a node
 # (a 3 mm node at 1 mm has 14 voxels).
 FRAGMENT_RADIUS_VOXELS = 1.5
-# Like density: within this many HU of the seed's (3x3x3-smoothed) value.
+# Like density: 3x3x3-smoothed HU within this many HU of the seed's value.
 LIKE_DENSITY_HU = 60.0
 # A mask whose outer shell is more than this share of like density has found no edge there (a
 # node touching a vessel borders fat over most of its surface; a blob centred on the face of a
@@ -108,8 +108,11 @@ def like_density_signs(hu_patches: torch.Tensor, masks: list[np.ndarray], border
     beyond = np.zeros(len(smooth), dtype=bool)
     edgeless = np.full(len(smooth), np.nan)
     inner = slice(border_voxels, n - border_voxels)
+    # the seed's own HU from the unsmoothed voxels at the centre: smoothing would blur a 3 mm node
+    # into its fat and make all the fat "like" it
+    seed_values = hu_patches[:, 0, mid, mid, mid].float().flatten(1).median(dim=1).values.cpu().numpy()
     for b, (volume, mask) in enumerate(zip(smooth, masks)):
-        like = np.abs(volume - float(volume[mid, mid, mid].mean())) <= tolerance_hu
+        like = np.abs(volume - float(seed_values[b])) <= tolerance_hu
         if mask.any():
             shell = ndimage.binary_dilation(mask) & ~mask
             edgeless[b] = float(like[shell].mean())
