@@ -18,7 +18,8 @@ from LymphNodeMTLLib.outputs.results_table import COLUMNS
 from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation
 
 EXPECTED_COLUMNS = ["id", "seed_r", "seed_a", "seed_s", "probability", "predicted_label",
-                    "volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu", "sd_hu"]
+                    "volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu", "sd_hu",
+                    "status", "mask_agreement", "probability_low", "probability_high", "field_of_view_mm"]
 
 
 @pytest.fixture
@@ -63,24 +64,33 @@ def test_help_speaks_plainly(capsys):
 def test_predict_writes_all_outputs(ct_and_seeds, tmp_path, capsys):
     ct, seeds = ct_and_seeds
     out = tmp_path / "out"
-    code, stdout, _ = run_cli(["predict", "--volume", ct, "--seeds", seeds, "--out", out, "--device", "cpu"], capsys)
+    code, stdout, stderr = run_cli(["predict", "--volume", ct, "--seeds", seeds, "--out", out, "--device", "cpu"], capsys)
     assert code == 0
     assert "nodes.seg.nrrd" in stdout
+    # the seed in plain fat (whatever the network finds there runs into the small CT's edge) gets
+    # no usable mask: said on stderr, and no probability or label anywhere
+    assert "without a usable mask" in stderr and "4R" not in stderr
 
     with open(out / "nodes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0].keys()) == EXPECTED_COLUMNS == list(COLUMNS)
     assert [r["id"] for r in rows] == ["4R", "7"]
     assert float(rows[0]["seed_r"]) == pytest.approx(SPHERE_CENTRE_RAS[0], abs=0.01)
-    for r in rows:
+    assert rows[0]["status"] == "ok" and rows[1]["status"] in ("empty_mask", "touches_field_of_view")
+    assert f"7 ({rows[1]['status']})" in stderr
+    for r in rows[:1]:
         assert 0.0 <= float(r["probability"]) <= 1.0
         assert r["predicted_label"] in ("0", "1")
+        assert float(r["probability_low"]) <= float(r["probability"]) <= float(r["probability_high"])
+        assert 0.9 <= float(r["mask_agreement"]) <= 1.0 and float(r["field_of_view_mm"]) == 48.0
+    assert rows[1]["probability"] == rows[1]["predicted_label"] == rows[1]["probability_low"] == ""
 
     record = json.loads((out / "run.json").read_text())
     assert record["model_id"] and len(record["weights_sha256"]) == 64
     assert record["device"] == "cpu"
     assert {"torch", "monai", "SimpleITK", "numpy"} <= set(record["packages"])
     assert {"sample_patches", "forward", "paste_back", "measurements", "write_outputs"} <= set(record["timings_s"])
+    assert record["fields_of_view_mm"]["4R"] == 48.0 and record["uncertainty"] is True
 
     labelmap, geometry, segments = read_segmentation(out / "nodes.seg.nrrd")
     _, ct_geometry, _ = read_volume(ct)
@@ -214,7 +224,10 @@ def test_predict_output_opens_in_slicer_unchanged(ct_and_seeds, tmp_path, capsys
     with open(out / "nodes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for s, row in zip(segments, rows):
-        assert float(segment_tag(s, "LymphNodeMTL.Probability")) == pytest.approx(float(row["probability"]), abs=1e-4)
+        # a node without a usable mask: "nan" in the tag, an empty cell in the table
+        assert float(segment_tag(s, "LymphNodeMTL.Probability")) == pytest.approx(
+            float(row["probability"] or "nan"), abs=1e-4, nan_ok=True)
+        assert segment_tag(s, "LymphNodeMTL.Status") == row["status"]
     _, ct_geometry, _ = read_volume(ct)
     labelmap_node = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     ids = vtk.vtkStringArray()

@@ -1,5 +1,7 @@
 """Inference benchmark: stage breakdown, seeds 1/10/50/200, batch sizes, precisions, and MONAI
-sliding-window inference of the same network over the whole CT for comparison, in one run.
+sliding-window inference of the same network over the whole CT for comparison, in one run; then
+the cost of the field-of-view zoom (a case of mixed node sizes, 3-80 mm, against the fixed finest
+window) and of the test-time augmentation (uncertainty) passes, each on its own.
 
     .venv/bin/python benchmarks/bench_inference.py --device cpu --json work-tmp/bench-cpu.json
     python benchmarks/bench_inference.py --device cuda --precision fp32,bf16 --channels-last --compile
@@ -54,6 +56,56 @@ def big_phantom(shape_kji=(300, 512, 512), seed=0, tile_mm=100.0):
                     ijk = tile.geometry.ras_to_ijk_points(n.seed_ras)[0] + [i0, j0, k0]
                     seeds.append(Seed(f"{len(seeds) + 1}", tuple(geometry.ijk_to_ras_points(ijk)[0])))
     return image, geometry, seeds
+
+
+def mixed_size_phantom(shape_kji, n_nodes=20, seed=0, sizes_mm=(3.0, 80.0)):
+    """Fat with noise and `n_nodes` spheres of diameters spread log-evenly over `sizes_mm`, each
+    in its own 100 mm cell, seeded at their centres: a case where some nodes need a wider view."""
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal(shape_kji, dtype=np.float32)
+    image *= 15.0
+    image -= 100.0
+    geometry = VolumeGeometry.from_lps((0.0, 0.0, 0.0), SPACING, np.eye(3).flatten(), shape_kji)
+    extent = np.asarray(shape_kji[::-1]) * SPACING  # i, j, k in mm
+    cells = [np.array([x, y, z]) for z in np.arange(50.0, extent[2] - 49.0, 100.0)
+             for y in np.arange(50.0, extent[1] - 49.0, 100.0) for x in np.arange(50.0, extent[0] - 49.0, 100.0)]
+    seeds = []
+    for n, diameter in enumerate(np.geomspace(*sizes_mm, n_nodes)[:len(cells)]):
+        centre = cells[n]  # mm from the first voxel along i, j, k
+        r_vox = diameter / 2.0 / np.asarray(SPACING)
+        lo = np.maximum(np.floor(centre / SPACING - r_vox).astype(int), 0)
+        hi = np.ceil(centre / SPACING + r_vox).astype(int) + 1
+        ii, jj, kk = (np.arange(a, b) * s for a, b, s in zip(lo, hi, SPACING))
+        d2 = ((kk[:, None, None] - centre[2]) ** 2 + (jj[None, :, None] - centre[1]) ** 2
+              + (ii[None, None, :] - centre[0]) ** 2)
+        box = image[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        box[d2 <= (diameter / 2.0) ** 2] += 145.0  # 45 HU in -100 HU fat
+        ras = geometry.ijk_to_ras_points(centre / np.asarray(SPACING))[0]
+        seeds.append(Seed(f"N{n + 1}-{diameter:.0f}mm", tuple(ras)))
+    return image, geometry, seeds
+
+
+def field_of_view_and_uncertainty_costs(engine, shape_kji, repeats):
+    """End-to-end seconds of one mixed-size case: fixed finest window, with zoom, and with zoom
+    and uncertainty; and how many nodes each field of view took."""
+    image, geometry, seeds = mixed_size_phantom(shape_kji)
+    case = Case(image, geometry, seeds)
+    allowed = engine.config.zoom_spacings_mm
+    out = {"seeds": len(seeds)}
+    try:
+        engine.config.zoom_spacings_mm = allowed[:1]
+        out["fixed_window_s"] = timed(lambda: engine.predict(case), engine.device, repeats)
+        engine.config.zoom_spacings_mm = allowed
+        out["zoom_s"] = timed(lambda: engine.predict(case), engine.device, repeats)
+        out["fields_of_view_mm"] = dict(engine.last_fields_of_view_mm)
+        engine.uncertainty = True
+        out["zoom_and_uncertainty_s"] = timed(lambda: engine.predict(case), engine.device, repeats)
+    finally:
+        engine.config.zoom_spacings_mm = allowed
+        engine.uncertainty = False
+    out["zoom_cost"] = out["zoom_s"] / out["fixed_window_s"]
+    out["uncertainty_cost"] = out["zoom_and_uncertainty_s"] / out["zoom_s"]
+    return out
 
 
 def sync(device):
@@ -122,6 +174,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--shape", default="300,512,512", help="k,j,i voxels")
     p.add_argument("--json", default="", help="write results here")
+    p.add_argument("--skip-field-of-view", action="store_true",
+                   help="skip the zoom and uncertainty cost measurement")
     args = p.parse_args()
 
     t0 = time.perf_counter()
@@ -188,6 +242,15 @@ def main():
                      device, 1, warmup=device.type == "cuda")  # minutes on a CPU: one run
         print(f"MONAI sliding-window inference over the whole CT (overlap {args.sliding_window_overlap}): {sw_s:.2f} s")
 
+    costs = None
+    if not args.skip_field_of_view:
+        costs = field_of_view_and_uncertainty_costs(engine, tuple(int(v) for v in args.shape.split(",")),
+                                                    args.repeats)
+        print(f"mixed node sizes 3-80 mm, {costs['seeds']} seeds: fixed window {costs['fixed_window_s']:.2f} s, "
+              f"with zoom {costs['zoom_s']:.2f} s ({costs['zoom_cost']:.2f}x), with zoom and uncertainty "
+              f"{costs['zoom_and_uncertainty_s']:.2f} s ({costs['uncertainty_cost']:.2f}x of zoom alone); "
+              f"fields of view: {sorted(costs['fields_of_view_mm'].items())}", flush=True)
+
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
@@ -203,6 +266,7 @@ def main():
         "peak_rss_mib": peak_rss_mib,
         "rss_after_ct_mib": rss_after_ct,
         "rows": rows,
+        "field_of_view_and_uncertainty": costs,
         **extra,
         "command": " ".join(sys.argv),
     }

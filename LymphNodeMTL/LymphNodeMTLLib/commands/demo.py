@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..core import node_status
 from ..outputs.output_folder import cleanup_on_signals
+from ..outputs.status_notice import print_status_notice
 from .predict import OUTPUT_FILES, load_case, output_folder, print_summary, run_engine, write_results
 
 INPUT_FOLDER = "input"
@@ -52,7 +54,7 @@ def run(args) -> None:
     out_dir = Path(args.out)
     folder = output_folder(out_dir, args.overwrite, OUTPUT_FILES + (INPUT_FOLDER,))
     folder.check()
-    engine = NodeEngine(args.model, args.device, args.batch_size)
+    engine = NodeEngine(args.model, args.device, args.batch_size, uncertainty=not args.no_uncertainty)
     with cleanup_on_signals(), folder:
         ct, seeds, truth, phantom = write_demo_inputs(folder.staging, args.seed, args.nodes)
         case = load_case(ct, seeds)
@@ -63,10 +65,12 @@ def run(args) -> None:
                       {"volume": str(final["volume"]), "seeds": str(final["seeds"])})
         folder.publish()
     print_summary(results, out_dir)
+    print_status_notice(results)
     truth_by_id = {n.node_id: n for n in phantom.nodes}
     print("\nphantom truth (true probability P and drawn label) next to the prediction:")
     for r in results:
         n = truth_by_id[r.node_id]
-        print(f"  {r.node_id}: predicted {r.probability:.2f}, true P {n.probability:.2f}, label {n.label}")
+        predicted = f"{r.probability:.2f}" if r.status in node_status.HAS_USABLE_MASK else f"— ({r.status})"
+        print(f"  {r.node_id}: predicted {predicted}, true P {n.probability:.2f}, label {n.label}")
     print(f"\ninputs: {final['volume']}, {final['seeds']}, {final['truth']}")
     print(f"open {final['volume']} and {out_dir / 'nodes.seg.nrrd'} in 3D Slicer to review the masks")

@@ -8,6 +8,7 @@ CLI does nothing but parse its arguments for it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.case import Case
+from ..outputs.status_notice import print_status_notice
 from ..outputs.output_folder import OutputFolder, cleanup_on_signals
 
 if TYPE_CHECKING:  # the engine imports torch: only when a prediction runs
@@ -152,6 +154,7 @@ def predict_to_folder(
     dicom_seg: bool = False,
     report: bool = False,
     *,
+    uncertainty: bool = True,
     warn: Callable[[str], None] | None = None,
 ) -> list["NodeResult"]:
     """Segment and classify the lymph nodes of one CT and write the results into a folder.
@@ -176,6 +179,8 @@ def predict_to_folder(
         engine: a NodeEngine to reuse (then model, device and batch_size are ignored).
         dicom_seg: also write nodes.dcm, a DICOM SEG referencing the CT series.
         report: also write report.png and report.html for review.
+        uncertainty: run the test-time augmentation passes (mask agreement, probability interval,
+            status low_agreement); about 5x the network time on a CPU.
         warn: receives warning lines (e.g. non-finite voxels outside the body read as air);
             default: printed on stderr.
 
@@ -198,7 +203,7 @@ def predict_to_folder(
     if engine is None:
         from ..inference.engine import NodeEngine
 
-        engine = NodeEngine(model, device, batch_size)
+        engine = NodeEngine(model, device, batch_size, uncertainty=uncertainty)
     with cleanup_on_signals(), folder:
         results = run_engine(engine, case)
         inputs = {"volume": str(volume), "seeds": str(seeds)}
@@ -209,8 +214,10 @@ def predict_to_folder(
 
 def print_summary(results, out_dir: Path, names=OUTPUT_FILES) -> None:
     print(f"{'node':>8} {'probability':>11} {'short mm':>9} {'long mm':>8} {'volume mm3':>11}")
-    for r in sorted(results, key=lambda r: -r.probability):
-        print(f"{r.node_id:>8} {r.probability:>11.3f} {r.short_axis_mm:>9.1f} {r.long_axis_mm:>8.1f} "
+    # nodes without a probability (their status says why) last, and shown as a dash, never a number
+    for r in sorted(results, key=lambda r: (math.isnan(r.probability), 0.0 if math.isnan(r.probability) else -r.probability)):
+        probability = "—" if math.isnan(r.probability) else f"{r.probability:.3f}"
+        print(f"{r.node_id:>8} {probability:>11} {r.short_axis_mm:>9.1f} {r.long_axis_mm:>8.1f} "
               f"{r.volume_mm3:>11.0f}")
     for name in names:
         print(f"wrote {out_dir / name}")
@@ -233,6 +240,8 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     results = predict_to_folder(args.volume, args.seeds, args.out, args.model, args.device,
                                 args.batch_size, args.overwrite, args.series_uid,
-                                dicom_seg=args.dicom_seg, report=args.report)
+                                dicom_seg=args.dicom_seg, report=args.report,
+                                uncertainty=not args.no_uncertainty)
     print_summary(results, Path(args.out), output_files(args.dicom_seg, args.report))
+    print_status_notice(results)
 

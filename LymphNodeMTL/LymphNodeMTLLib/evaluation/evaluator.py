@@ -226,7 +226,9 @@ def score_case(engine, manifest_case) -> list[NodeScore]:
     truth_p = _truth_probabilities(manifest_case.nodes_csv) if manifest_case.nodes_csv else {}
     scores = []
     for node, result in zip(manifest_case.nodes, results):
-        score = NodeScore(manifest_case.case_id, node.node_id, node.label, result.probability,
+        # a node without a usable mask shows no probability; the metrics score what the network said
+        probability = result.extra.get("network_probability", result.probability)
+        score = NodeScore(manifest_case.case_id, node.node_id, node.label, probability,
                           result.short_axis_mm, true_probability=truth_p.get(node.node_id, float("nan")),
                           slice_mm=float(max(geometry.spacing)), empty_mask=result.is_empty)
         if label_map is not None and node.mask_value is not None:

@@ -1,10 +1,13 @@
 """The inference engine: Case -> NodeResults, with the model resident between calls.
 
-predict():          seeds -> patches (one batched grid_sample) -> network -> masks pasted back into
-                    the CT grid by bounding box -> overlaps resolved -> seed component kept ->
-                    measurements.
-classify_masks():   re-classification: the same path, but the head pools under given masks (a
-                    radiologist's corrected segments) and the masks are returned untouched.
+predict():          seeds -> patches (one batched grid_sample per field of view) -> network ->
+                    a wider field of view for nodes that need one (field_of_view.py) -> masks
+                    pasted back into the CT grid by bounding box -> overlaps resolved -> seed
+                    component kept -> measurements -> optional test-time augmentation
+                    (test_time_augmentation.py) -> a status per node (node_status_rules.py).
+classify_masks():   re-classification: the head pools under given masks (a radiologist's corrected
+                    segments) through the finest field of view that holds each mask; the masks
+                    are returned untouched.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from ..core.node_result import NodeResult
 from ..network.model_store import LoadedModel, default_model_dir, load_model
 from ..preprocessing.network_input import network_input
 from ..preprocessing.patch_sampler import sample_patches, volume_tensor
+from . import test_time_augmentation as tta
+from .field_of_view import (
+    PatchView,
+    choose_view,
+    like_density_signs,
+    needs_wider_view,
+    patch_view,
+    spacing_that_holds,
+)
 from .mask_pasting import PastedProbability, paste_patch_probability
+from .node_status_rules import apply_status, in_soft_tissue, node_status_of, seed_hu
 from .overlap_resolution import resolve_overlaps
 from .seed_component import keep_seed_component
 
@@ -38,9 +51,14 @@ class NodeEngine:
         model_dir: model folder; None for the bundled default.
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "cuda:N".
         batch_size: patches per forward pass; None picks one for the device.
+        uncertainty: also run the test-time augmentation passes (mask agreement, probability
+            interval, `low_agreement` status); about 1 + 4 passes of the network per node. Off
+            here so library callers (evaluation, training checks) pay only for what they use;
+            the predict command turns it on.
     """
 
-    def __init__(self, model_dir=None, device: str = "auto", batch_size: int | None = None):
+    def __init__(self, model_dir=None, device: str = "auto", batch_size: int | None = None,
+                 uncertainty: bool = False):
         self.timings: dict[str, float] = {}
         with self._timed("load_model"):
             self.model: LoadedModel = load_model(model_dir or default_model_dir())
@@ -48,7 +66,10 @@ class NodeEngine:
             self.network = self.model.network.to(self.device).eval()
         self.config = self.model.config
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.uncertainty = bool(uncertainty)
         self.fallbacks: list[str] = []  # what the OOM handling did, for run.json
+        # the last call's chosen field of view per node id, for run.json
+        self.last_fields_of_view_mm: dict[str, float] = {}
         self._volume, self._volume_key, self._volume_device = None, None, None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shape: autotuned kernels pay off
@@ -56,6 +77,11 @@ class NodeEngine:
     @property
     def model_id(self) -> str:
         return self.config.model_id
+
+    @property
+    def zoom_spacings_mm(self) -> tuple[float, ...]:
+        """The patch spacings the model is valid for, finest first (the model config's)."""
+        return tuple(self.config.zoom_spacings_mm)
 
     @contextmanager
     def _timed(self, stage: str):
@@ -67,79 +93,188 @@ class NodeEngine:
 
     # --- public API ---------------------------------------------------------------------------
     def predict(self, case: Case, progress: Progress | None = None) -> list[NodeResult]:
-        """Masks, probabilities and measurements for every seed of `case`."""
+        """Masks, probabilities, measurements and a status for every seed of `case`."""
         case.validate_seeds()
         centres = case.seed_array()
-        mask_probs, logits = self._run_network(case, centres, None, progress)
+        n = len(centres)
+        tracker = _ProgressTracker(progress, n, n * (1 + len(tta.PASSES) * self.uncertainty))
+        views, soft_tissue = self._look(case, centres, tracker)
+        chosen = [choose_view(v) for v in views]
         with self._timed("paste_back"):
-            spacing = self.config.preprocessing.patch_spacing_mm
-            boxes = [
-                paste_patch_probability(mask_probs[n], case.geometry, centres[n], spacing)
-                for n in range(len(centres))
-            ]
+            boxes = [paste_patch_probability(view.probability, case.geometry, centres[k], view.spacing_mm)
+                     for k, view in enumerate(chosen)]
             resolve_overlaps(boxes, self.config.mask_threshold)
         results = []
         with self._timed("postprocess"):
-            for seed, box, logit in zip(case.seeds, boxes, logits):
-                results.append(self._node_result(seed, box, logit, case.geometry))
+            for seed, box, view in zip(case.seeds, boxes, chosen):
+                result = self._node_result(seed, box, view.logit, case.geometry)
+                result.field_of_view_mm = view.field_of_view_mm
+                result.extra["fields_of_view_mm"] = [v.field_of_view_mm for v in views[len(results)]]
+                results.append(result)
         with self._timed("measurements"):
             for r in results:
                 measure_node(r, case.image, case.geometry)
+        usable = [k for k, (r, view) in enumerate(zip(results, chosen))
+                  if soft_tissue[k] and view.complete and not r.is_empty]
+        if self.uncertainty and usable:
+            with self._timed("uncertainty_total"):
+                self._augment(case, centres, chosen, results, usable, tracker)
+        for k, (r, view) in enumerate(zip(results, chosen)):
+            apply_status(r, node_status_of(r, soft_tissue[k], not view.complete, case.geometry.shape_kji,
+                                           tta.LOW_AGREEMENT))
+        self._count_fields_of_view(results)
+        tracker.finish()
         return results
 
     def classify_masks(self, case: Case, results: list[NodeResult]) -> list[NodeResult]:
-        """Re-classify nodes from their (edited) masks; returns new results, masks unchanged."""
+        """Re-classify nodes from their (edited) masks; returns new results, masks unchanged.
+
+        Each mask is seen through the finest field of view that holds it whole (it is never
+        zoomed or cut to fit one); an empty mask, one cut at the CT's edge, or one too large for
+        the widest view gets that status and no probability.
+        """
         if not results:
             return []
         centres = np.array([r.seed_ras for r in results], dtype=float)
-        mask_patches = self._mask_patches(case, results, centres)
-        _, logits = self._run_network(case, centres, mask_patches, None)
+        size = self.config.preprocessing.patch_size
+        spacings, fits = [], []
+        for r, centre in zip(results, centres):
+            spacing, fit = spacing_that_holds(_mask_reach_mm(r, case.geometry, centre), size,
+                                              self.zoom_spacings_mm)
+            spacings.append(spacing)
+            fits.append(fit)
+        logits = np.zeros(len(results))
+        for spacing in sorted(set(spacings)):
+            group = [k for k, s in enumerate(spacings) if s == spacing]
+            mask_patches = self._mask_patches(case, [results[k] for k in group], centres[group], spacing)
+            _, group_logits, _ = self._run_network(case, centres[group], spacing, mask_patches)
+            logits[group] = group_logits
         updated = []
-        for r, logit in zip(results, logits):
+        for r, logit, spacing, fit in zip(results, logits, spacings, fits):
             new = NodeResult(
                 r.node_id, tuple(r.seed_ras), r.bbox_start_kji, r.bbox_stop_kji, r.mask.copy(),
-                extra=dict(r.extra),
+                extra={k: v for k, v in r.extra.items() if k != "network_probability"},
             )
             self._set_probability(new, logit)
+            new.field_of_view_mm = size * spacing
+            new.extra["fields_of_view_mm"] = [new.field_of_view_mm]
             measure_node(new, case.image, case.geometry)
+            apply_status(new, node_status_of(new, True, not fit, case.geometry.shape_kji, 0.0))
             updated.append(new)
+        self._count_fields_of_view(updated)
         return updated
 
+    # --- fields of view -----------------------------------------------------------------------
+    def _look(self, case, centres, tracker):
+        """Every node through the finest view, then wider ones while it needs them.
+
+        Returns per node its views (finest first) and whether its seed is on soft tissue.
+        """
+        spacings = self.zoom_spacings_mm
+        threshold = self.config.mask_threshold
+        views: list[list[PatchView]] = [[] for _ in centres]
+        pending = list(range(len(centres)))
+        soft_tissue = np.ones(len(centres), dtype=bool)
+        like_beyond = np.zeros(len(centres), dtype=bool)
+        edgeless = np.full(len(centres), np.nan)
+        for level, spacing in enumerate(spacings):
+            if not pending:
+                break
+            if level > 0:
+                tracker.add(len(pending))
+            # the wider views' share of the time, for run.json and the benchmark (their sampling and
+            # forward passes are also in sample_patches and forward)
+            with self._timed("zoom_total" if level else "first_view_total"):
+                probs, logits, first = self._run_network(case, centres[pending], spacing, None,
+                                                         tracker=tracker, first_view=level == 0)
+            for row, k in enumerate(pending):
+                views[k].append(patch_view(probs[row], logits[row], spacing, threshold))
+            if level == 0:
+                soft_tissue[pending] = [in_soft_tissue(h) for h in first["seed_hu"]]
+                like_beyond[pending] = first["like_density_beyond"]
+                edgeless[pending] = first["edgeless_share"]
+            # a seed off soft tissue is no node: a wider view would only find a larger structure
+            pending = [k for k in pending if soft_tissue[k] and needs_wider_view(views[k], like_beyond[k], edgeless[k])]
+        return views, soft_tissue
+
+    def _count_fields_of_view(self, results) -> None:
+        self.last_fields_of_view_mm = {str(r.node_id): float(r.field_of_view_mm) for r in results}
+
+    # --- uncertainty --------------------------------------------------------------------------
+    def _augment(self, case, centres, chosen, results, usable, tracker) -> None:
+        """Mask agreement and probability interval of the usable nodes (test_time_augmentation)."""
+        threshold = self.config.mask_threshold
+        for spacing in sorted({chosen[k].spacing_mm for k in usable}):
+            group = [k for k in usable if chosen[k].spacing_mm == spacing]
+            offsets = {k: tta.pass_offsets(chosen[k].mask, spacing) for k in group}
+            jobs = [(k, p) for k in group for p in range(len(tta.PASSES))]
+            pass_centres = np.array([centres[k] + offsets[k][p][::-1] * spacing for k, p in jobs])
+            flips = [tta.PASSES[p].flip_dims for _, p in jobs]
+            probs, logits, _ = self._run_network(case, pass_centres, spacing, None, flips=flips,
+                                                 tracker=tracker)
+            for k in group:
+                rows = [row for row, (kk, _) in enumerate(jobs) if kk == k]
+                masks = [chosen[k].mask] + [tta.pass_mask(probs[row].numpy(), offsets[k][p], threshold, spacing)
+                                            for row, p in zip(rows, range(len(tta.PASSES)))]
+                agreement = tta.mean_pairwise_dice(masks, [np.zeros(3, int)] + offsets[k])
+                pass_probs = [self._probability(chosen[k].logit)] + [self._probability(logits[row]) for row in rows]
+                r = results[k]
+                r.mask_agreement = agreement
+                r.probability_low, r.probability_high = float(min(pass_probs)), float(max(pass_probs))
+
     # --- internals ----------------------------------------------------------------------------
-    def _run_network(self, case, centres, mask_patches, progress):
-        """Mask probabilities (on the CPU) and metastasis logits for every centre.
+    def _run_network(self, case, centres, spacing, mask_patches, flips=None, tracker=None,
+                     first_view=False):
+        """Mask probabilities (on the CPU) and metastasis logits for every centre, through patches
+        of `spacing` mm; `flips`: per centre, patch dims to flip (flipped back on the way out).
+
+        first_view: also return, per centre, the seed's HU and the like-density signs
+        (field_of_view.py), read from the same HU patches.
 
         Batches shrink on CUDA out-of-memory (halving down to one node), then the engine moves to
         the CPU, so a small GPU slows a run down instead of failing it.
         """
         probs, logits = [], []
+        first = {"seed_hu": [], "like_density_beyond": [], "edgeless_share": []}
         total, start = len(centres), 0
         while start < total:
             stop = min(start + self.batch_size, total)
             try:
-                p, l = self._run_batch(case, centres[start:stop],
-                                       None if mask_patches is None else mask_patches[start:stop])
+                p, l, hu = self._run_batch(case, centres[start:stop], spacing,
+                                           None if mask_patches is None else mask_patches[start:stop],
+                                           None if flips is None else flips[start:stop])
             except torch.OutOfMemoryError:
                 self._recover_from_oom()
                 continue
+            if first_view:
+                first["seed_hu"].extend(seed_hu(hu, spacing).tolist())
+                masks = [patch_view(pi, 0.0, spacing, self.config.mask_threshold).mask for pi in p]
+                beyond, edgeless = like_density_signs(hu, masks)
+                first["like_density_beyond"].extend(beyond.tolist())
+                first["edgeless_share"].extend(edgeless.tolist())
             probs.append(p)
             logits.append(l)
             start = stop
-            if progress:
-                progress("nodes", stop, total)
-        return torch.cat(probs), torch.cat(logits).numpy()
+            if tracker:
+                tracker.advance(len(p))
+        return torch.cat(probs), torch.cat(logits).numpy(), first
 
-    def _run_batch(self, case, centres, mask_patches):
+    def _run_batch(self, case, centres, spacing, mask_patches, flips=None):
         pre = self.config.preprocessing
         with self._timed("sample_patches"):
             volume = self._volume_on_device(case.image)
-            patches = sample_patches(volume, case.geometry, centres, pre.patch_size, pre.patch_spacing_mm)
-            x = network_input(patches, pre)
-        with self._timed("forward"), torch.inference_mode():
+            hu = sample_patches(volume, case.geometry, centres, pre.patch_size, spacing)
+            x = network_input(hu, pre)
+            if flips is not None:
+                x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, flips)])
+        with self._timed("forward"), torch.inference_mode(), _head_spacing(self.network, spacing):
             given = None if mask_patches is None else mask_patches.to(self.device)
             slice_mm = torch.full((x.shape[0],), case.geometry.coarsest_spacing_mm, device=self.device)
             out = self.network(x, given, slice_mm=slice_mm)
-            return torch.sigmoid(out.mask_logits[:, 0]).float().cpu(), out.metastasis_logit.float().cpu()
+            prob = torch.sigmoid(out.mask_logits[:, 0]).float()
+            if flips is not None:
+                prob = torch.stack([pi.flip(list(f)) if f else pi for pi, f in zip(prob, flips)])
+            return prob.cpu(), out.metastasis_logit.float().cpu(), hu
 
     def clear_volume_cache(self) -> None:
         """Forget the device copy of the CT (call after editing the CT array in place)."""
@@ -169,8 +304,8 @@ class NodeEngine:
         else:
             raise MemoryError("out of memory on the CPU even one node at a time; close other programs")
 
-    def _mask_patches(self, case, results, centres) -> torch.Tensor:
-        """Given masks, resampled onto each node's patch grid (nearest neighbour)."""
+    def _mask_patches(self, case, results, centres, spacing) -> torch.Tensor:
+        """Given masks, resampled onto each node's patch grid of `spacing` mm (nearest neighbour)."""
         pre = self.config.preprocessing
         out = []
         for r, centre in zip(results, centres):
@@ -179,7 +314,7 @@ class NodeEngine:
             if min(r.mask.shape) < 2:  # grid_sample needs two voxels per axis: pad by one
                 vol, sub_geom = _pad_one(vol, sub_geom)
             out.append(
-                sample_patches(vol, sub_geom, centre[None], pre.patch_size, pre.patch_spacing_mm,
+                sample_patches(vol, sub_geom, centre[None], pre.patch_size, spacing,
                                mode="nearest", outside_value=0.0)
             )
         return torch.cat(out)
@@ -194,9 +329,11 @@ class NodeEngine:
         self._set_probability(result, logit)
         return result
 
+    def _probability(self, logit: float) -> float:
+        return float(1.0 / (1.0 + np.exp(-float(logit) / self.config.temperature)))
+
     def _set_probability(self, result: NodeResult, logit: float) -> None:
-        t = self.config.temperature
-        result.probability = float(1.0 / (1.0 + np.exp(-float(logit) / t)))
+        result.probability = self._probability(logit)
         result.predicted_label = int(result.probability >= self.config.metastasis_threshold)
         result.extra["model_id"] = self.model_id
         result.extra["weights_sha256"] = self.model.weights_sha256
@@ -217,3 +354,59 @@ def _pad_one(vol: torch.Tensor, geometry: VolumeGeometry):
     start = (-1, -1, -1)
     stop = tuple(s + 1 for s in geometry.shape_kji)
     return padded, geometry.crop(start, stop)
+
+
+def _mask_reach_mm(result: NodeResult, geometry: VolumeGeometry, centre_ras) -> float:
+    """How far (mm, along any RAS axis, to the voxel's edge) a CT-grid mask reaches from `centre_ras`."""
+    idx = np.argwhere(result.mask)
+    if not len(idx):
+        return 0.0
+    ras = geometry.ijk_to_ras_points((idx + np.asarray(result.bbox_start_kji))[:, ::-1])
+    # a voxel's half extent along RAS, whatever the grid's orientation
+    half = 0.5 * np.abs(geometry.ijk_to_ras[:3, :3]).sum(axis=1)
+    return float((np.abs(ras - np.asarray(centre_ras, dtype=float)) + half).max())
+
+
+@contextmanager
+def _head_spacing(network, spacing_mm: float):
+    """The head measures the node in mm (soft-mask margin, volume, diameters): tell it the patch
+    spacing of this batch, and restore the trained one afterwards."""
+    while not isinstance(network, torch.nn.Module) and hasattr(network, "network"):
+        network = network.network  # a wrapper around the network (a test double, a profiler)
+    modules = [m for m in network.modules() if hasattr(m, "spacing_mm")] \
+        if isinstance(network, torch.nn.Module) else []
+    saved = [m.spacing_mm for m in modules]
+    for m in modules:
+        m.spacing_mm = float(spacing_mm)
+    try:
+        yield
+    finally:
+        for m, value in zip(modules, saved):
+            m.spacing_mm = value
+
+
+class _ProgressTracker:
+    """Progress in nodes, over all passes: the first view, wider views and augmentation passes
+    are counted as patches and reported as the share of `nodes` done, never going back."""
+
+    def __init__(self, progress: Progress | None, nodes: int, planned_patches: int):
+        self.progress, self.nodes = progress, nodes
+        self.planned, self.done, self.reported = max(planned_patches, 1), 0, 0
+
+    def add(self, patches: int) -> None:
+        self.planned += patches
+
+    def advance(self, patches: int) -> None:
+        self.done += patches
+        value = min(self.nodes, int(self.nodes * self.done / self.planned))
+        if self.done >= self.planned:
+            value = self.nodes
+        self._report(value)
+
+    def finish(self) -> None:
+        self._report(self.nodes)
+
+    def _report(self, value: int) -> None:
+        if self.progress and value > self.reported:
+            self.reported = value
+            self.progress("nodes", value, self.nodes)

@@ -45,6 +45,17 @@ class ModelConfig:
     labels: tuple[str, str] = ("benign", "metastatic")
     clinical_use: bool = False
     training: dict = field(default_factory=dict)
+    # patch spacings the network is valid for, finest first; the engine widens its field of view
+    # over these only (same patch size, coarser spacing). None: the patch spacing alone (no zoom).
+    zoom_spacings_mm: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        base = float(self.preprocessing.patch_spacing_mm)
+        spacings = tuple(sorted({float(s) for s in (self.zoom_spacings_mm or (base,))}))
+        if spacings[0] != base or any(s <= 0 for s in spacings):
+            raise ValueError(f"zoom_spacings_mm {list(spacings)} must start at the patch spacing "
+                             f"{base} mm and grow from there")
+        self.zoom_spacings_mm = spacings
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +70,7 @@ class ModelConfig:
             "calibration": {"temperature": self.temperature},
             "labels": list(self.labels),
             "clinical_use": self.clinical_use,
+            "zoom_spacings_mm": list(self.zoom_spacings_mm),
             "training": self.training,
         }
 
@@ -77,6 +89,7 @@ class ModelConfig:
             labels=tuple(d.get("labels", ("benign", "metastatic"))),
             clinical_use=bool(d.get("clinical_use", False)),
             training=dict(d.get("training", {})),
+            zoom_spacings_mm=d.get("zoom_spacings_mm"),
         )
 
     def network_config(self) -> NetworkConfig:

@@ -1,9 +1,11 @@
 """A case report for review: `report.png` and a self-contained `report.html`.
 
-One row per node, highest metastasis probability first: axial, coronal and sagittal thumbnails
-centred on the node with its mask outline (and, on the axial one, the RECIST short axis and that
-slice's long axis), next to the probability, the axes, the volume and the HU statistics. A one-line
-header names the model and, for a model not cleared for clinical use, says so.
+One row per node, nodes to review first (any status but ok, core/node_status.py), then highest
+metastasis probability first: axial, coronal and sagittal thumbnails centred on the node with its
+mask outline (and, on the axial one, the RECIST short axis and that slice's long axis), next to the
+status (in a red box when it is not ok), the probability with its interval and the mask agreement,
+the axes, the volume and the HU statistics. A node without a usable mask shows "—" for its
+probability. A one-line header names the model and, for a model not cleared for clinical use, says so.
 
 Thumbnails are resampled from the CT onto RAS-aligned planes through the node (trilinear CT,
 mask outline at the 0.5 level of the interpolated mask), so oblique, flipped or sagittally
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..core import node_status
 from ..core.case import Case
 from ..core.geometry import VolumeGeometry
 from ..core.measurements import boundary_points, feret_caliper, mask_in_sar_order
@@ -44,22 +47,57 @@ TEXT_WIDTH_IN = 3.2
 NOT_CLINICAL = "NOT FOR CLINICAL USE"
 VIEWS = ("axial", "coronal", "sagittal")
 _LABEL_BOX = {"facecolor": "black", "alpha": 0.5, "edgecolor": "none", "pad": 1.0}
+NO_VALUE = "\u2014"  # the probability of a node without a usable mask
+REVIEW_COLOR = "#b00000"
+# What each status tells the reader, in words.
+STATUS_TEXT = {
+    node_status.OK: "ok",
+    node_status.TOUCHES_FIELD_OF_VIEW: "mask cut at the field of view or the CT's edge",
+    node_status.EMPTY_MASK: "no mask found at the seed",
+    node_status.SEED_NOT_IN_SOFT_TISSUE: "seed not on soft tissue (air, lung or bone)",
+    node_status.LOW_AGREEMENT: "uncertain mask: augmented passes disagree",
+}
 
 
 # --- public API ---------------------------------------------------------------------------------
+def review_first(result: NodeResult) -> bool:
+    """A node to look at before the others: its status is not ok."""
+    return result.status != node_status.OK
+
+
 def report_order(results: list[NodeResult]) -> list[NodeResult]:
-    """Nodes by metastasis probability, highest first; unknown (NaN) last; ties keep input order."""
+    """Nodes to review first, then by metastasis probability, highest first; unknown (NaN) last
+    within each group; ties keep input order."""
     def key(r):
         p = r.probability
-        return (1, 0.0) if p is None or not math.isfinite(p) else (0, -float(p))
+        known = p is not None and math.isfinite(p)
+        return (0 if review_first(r) else 1, 0 if known else 1, -float(p) if known else 0.0)
 
     return sorted(results, key=key)
+
+
+def status_text(result: NodeResult) -> str:
+    """'ok', or 'REVIEW: <what the status means>'."""
+    if not review_first(result):
+        return STATUS_TEXT[node_status.OK]
+    return f"REVIEW: {STATUS_TEXT.get(result.status, result.status)}"
+
+
+def probability_text(result: NodeResult) -> str:
+    """'0.734 (0.70-0.76)' with the augmentation interval where known; '—' when unknown."""
+    p = result.probability
+    if p is None or not math.isfinite(p):
+        return NO_VALUE
+    lo, hi = result.probability_low, result.probability_high
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        return f"{p:.3f} ({lo:.2f}-{hi:.2f})"
+    return f"{p:.3f}"
 
 
 def header_text(model_id: str, clinical_use: bool, n_nodes: int) -> str:
     """The report's one-line header."""
     text = f"LymphNodeMTL | model {model_id} | {n_nodes} node{'s' * (n_nodes != 1)}, " \
-           "highest probability first"
+           "nodes to review first, then highest probability first"
     # the warning leads, so it is the one part of the line that can never be cut off
     return text if clinical_use else f"{NOT_CLINICAL} | {text}"
 
@@ -258,19 +296,31 @@ def _render_row(case: Case, result: NodeResult) -> np.ndarray:
             ax.text(*xy, text, transform=ax.transAxes, color="white", fontsize=size,
                     ha=align[0], va=align[1], bbox=_LABEL_BOX)
     text_x = 3 * side + 0.01
-    figure.text(text_x, 0.88, segment_name(result.node_id), fontsize=12, fontweight="bold",
+    figure.text(text_x, 0.95, segment_name(result.node_id), fontsize=12, fontweight="bold",
                 va="top")
-    figure.text(text_x, 0.70, f"metastasis probability {_number(result.probability, 3)}",
+    if review_first(result):  # as large as the probability, white on red: not small print
+        figure.text(text_x, 0.79, status_text(result), fontsize=9, fontweight="bold", va="top",
+                    color="white", bbox={"facecolor": REVIEW_COLOR, "edgecolor": "none", "pad": 2})
+    figure.text(text_x, 0.64, f"metastasis probability {probability_text(result)}",
                 fontsize=10, va="top", color="black",
                 bbox={"facecolor": color, "alpha": 0.45, "edgecolor": "none", "pad": 2})
-    for line, y in zip(_measurement_lines(result, axes_mm), (0.52, 0.40, 0.28, 0.16)):
+    for line, y in zip(_measurement_lines(result, axes_mm), (0.49, 0.38, 0.27, 0.16, 0.05)):
         figure.text(text_x, y, line, fontsize=8.5, va="top")
     return _to_rgb(figure)
 
 
+def _certainty_line(result: NodeResult) -> str:
+    parts = []
+    if result.mask_agreement is not None and math.isfinite(result.mask_agreement):
+        parts.append(f"mask agreement {result.mask_agreement:.2f}")
+    if result.field_of_view_mm is not None and math.isfinite(result.field_of_view_mm):
+        parts.append(f"field of view {result.field_of_view_mm:.0f} mm")
+    return ", ".join(parts)
+
+
 def _measurement_lines(result: NodeResult, axes_mm: RecistAxes | None) -> list[str]:
     if result.is_empty:
-        return ["no mask: the node was not segmented", "", "", ""]
+        return ["no mask: the node was not segmented", _certainty_line(result), "", "", ""]
     drawn = ""
     if axes_mm is not None and abs(axes_mm.long_mm - result.long_axis_mm) >= 0.05:
         drawn = f", {axes_mm.long_mm:.1f} on this slice"  # the longest chord is on another slice
@@ -279,6 +329,7 @@ def _measurement_lines(result: NodeResult, axes_mm: RecistAxes | None) -> list[s
         f"long axis {_number(result.long_axis_mm, 1)} mm (dashed{drawn})",
         f"volume {_number(result.volume_mm3, 0)} mm\u00b3",
         f"mean {_number(result.mean_hu, 0)} HU, SD {_number(result.sd_hu, 0)} HU",
+        _certainty_line(result),
     ]
 
 
@@ -303,6 +354,8 @@ table { border-collapse: collapse; }
 td, th { border-bottom: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #eee; }
 td.id { text-align: left; font-weight: bold; }
+td.status { text-align: left; }
+tr:not([data-status="ok"]) td.status { color: white; background: #b00000; font-weight: bold; }
 img { display: block; }
 """.strip()
 
@@ -325,16 +378,19 @@ def _html(header: str, case: Case, ordered: list[NodeResult], row_pngs: list[byt
         f"<p>{esc('; '.join(facts))}. Thumbnails: window {WINDOW_HU[0]:.0f} to "
         f"{WINDOW_HU[1]:.0f} HU, patient right on the image left; solid line: short axis, "
         "dashed: long axis on the same axial slice.</p>",
-        "<table><thead><tr><th>node</th><th>metastasis probability</th><th>short axis mm</th>"
+        "<table><thead><tr><th>node</th><th>status</th><th>metastasis probability (interval)</th>"
+        "<th>mask agreement</th><th>short axis mm</th>"
         "<th>long axis mm</th><th>volume mm\u00b3</th><th>mean HU</th>"
         "<th>axial, coronal, sagittal</th></tr></thead><tbody>",
     ]
     for result, png in zip(ordered, row_pngs):
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         lines.append(
-            f'<tr class="node" data-node-id="{esc(str(result.node_id), quote=True)}">'
+            f'<tr class="node" data-node-id="{esc(str(result.node_id), quote=True)}" data-status="{esc(result.status, quote=True)}">'
             f'<td class="id">{esc(segment_name(result.node_id))}</td>'
-            f"<td>{_number(result.probability, 3)}</td><td>{_number(result.short_axis_mm, 1)}</td>"
+            f'<td class="status">{esc(status_text(result))}</td>'
+            f"<td>{esc(probability_text(result))}</td><td>{_number(result.mask_agreement, 2)}</td>"
+            f"<td>{_number(result.short_axis_mm, 1)}</td>"
             f"<td>{_number(result.long_axis_mm, 1)}</td><td>{_number(result.volume_mm3, 0)}</td>"
             f"<td>{_number(result.mean_hu, 0)}</td>"
             f'<td><img alt="{esc(segment_name(result.node_id), quote=True)}" src="{uri}"></td></tr>'

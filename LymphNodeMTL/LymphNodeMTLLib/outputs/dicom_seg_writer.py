@@ -228,10 +228,16 @@ def _labelmap(results: list[NodeResult], shape_kji) -> np.ndarray:
     return labelmap
 
 
-def segment_description_text(probability: float, clinical_use: bool) -> str:
-    """'metastasis probability 0.734 (LymphNodeMTL demo model, not for clinical use)'."""
+def segment_description_text(probability: float, clinical_use: bool, status: str = "ok",
+                             agreement: float = float("nan")) -> str:
+    """'metastasis probability 0.734 (LymphNodeMTL demo model, not for clinical use)'; a node
+    whose status is not ok says so first: 'REVIEW: empty_mask, metastasis probability unknown
+    (...)', 'REVIEW: low_agreement (mask agreement 0.62), metastasis probability 0.412 (...)'."""
     value = "unknown" if probability is None or not math.isfinite(probability) else f"{probability:.3f}"
     text = f"metastasis probability {value}"
+    if status and status != "ok":
+        known = agreement is not None and math.isfinite(agreement)
+        text = f"REVIEW: {status}{f' (mask agreement {agreement:.2f})' if known else ''}, {text}"
     return text if clinical_use else f"{text} ({DEMO_NOTE})"
 
 
@@ -252,7 +258,8 @@ def _segment_description(number: int, result: NodeResult, algorithm, clinical_us
         anatomic_regions=[hd.sr.CodedConcept(*region)] if region else None,
         display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
     )
-    description.SegmentDescription = segment_description_text(result.probability, clinical_use)
+    description.SegmentDescription = segment_description_text(result.probability, clinical_use,
+                                                              result.status, result.mask_agreement)
     return description
 
 

@@ -1,7 +1,8 @@
 """The per-node results table as CSV: one row per node, for spreadsheets and statistics tools.
 
 Numbers are rounded to what is meaningful (probability 4 decimals, millimetres and mm^3
-2 decimals, HU 1 decimal); a value that is not known (NaN) is an empty cell.
+2 decimals, HU 1 decimal); a value that is not known (NaN) is an empty cell. A node without a
+usable mask (its `status` says why, core/node_status.py) has empty probability and label cells.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ COLUMNS = (
     "long_axis_mm",
     "mean_hu",
     "sd_hu",
+    "status",
+    "mask_agreement",
+    "probability_low",
+    "probability_high",
+    "field_of_view_mm",
 )
-# Decimals per float column; `id` is text and `predicted_label` an integer.
+# Columns a table written before statuses and uncertainty lacks; read as unknown.
+OPTIONAL_COLUMNS = ("status", "mask_agreement", "probability_low", "probability_high", "field_of_view_mm")
+UNKNOWN_LABEL = -1  # predicted_label of a node without a usable mask: an empty cell
+# Decimals per float column; `id` and `status` are text and `predicted_label` an integer.
 _DECIMALS = {
     "seed_r": 2,
     "seed_a": 2,
@@ -37,6 +46,10 @@ _DECIMALS = {
     "long_axis_mm": 2,
     "mean_hu": 1,
     "sd_hu": 1,
+    "mask_agreement": 3,
+    "probability_low": 4,
+    "probability_high": 4,
+    "field_of_view_mm": 1,
 }
 
 
@@ -63,10 +76,16 @@ def _row(result: NodeResult) -> dict[str, str]:
         "long_axis_mm": result.long_axis_mm,
         "mean_hu": result.mean_hu,
         "sd_hu": result.sd_hu,
+        "mask_agreement": result.mask_agreement,
+        "probability_low": result.probability_low,
+        "probability_high": result.probability_high,
+        "field_of_view_mm": result.field_of_view_mm,
     }
     row = {column: _format(value, _DECIMALS[column]) for column, value in values.items()}
     row["id"] = str(result.node_id)
-    row["predicted_label"] = str(int(result.predicted_label))
+    label = int(result.predicted_label)
+    row["predicted_label"] = "" if label < 0 else str(label)
+    row["status"] = str(result.status)
     return row
 
 
@@ -77,22 +96,26 @@ def _format(value, decimals: int) -> str:
 
 
 def read_results_csv(path) -> list[dict]:
-    """Rows as dicts keyed by COLUMNS: `id` str, `predicted_label` int, others float (NaN if empty).
+    """Rows as dicts keyed by COLUMNS: `id` and `status` str, `predicted_label` int (UNKNOWN_LABEL
+    if empty), others float (NaN if empty). A table without OPTIONAL_COLUMNS reads them as unknown
+    (status "").
 
     Raises ValueError when a column is missing, naming it.
     """
     with open(path, newline="", encoding="utf-8") as stream:
         reader = csv.DictReader(stream)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ()) and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{path}: results table lacks column(s) {', '.join(missing)}")
         return [_parse_row(row) for row in reader]
 
 
 def _parse_row(row: dict[str, str]) -> dict:
-    parsed = {column: _parse_float(row[column]) for column in _DECIMALS}
+    parsed = {column: _parse_float(row.get(column) or "") for column in _DECIMALS}
     parsed["id"] = row["id"]
-    parsed["predicted_label"] = int(row["predicted_label"])
+    label = row["predicted_label"].strip()
+    parsed["predicted_label"] = int(label) if label else UNKNOWN_LABEL
+    parsed["status"] = row.get("status") or ""
     return {column: parsed[column] for column in COLUMNS}
 
 

@@ -42,4 +42,8 @@ def run_record(engine, inputs: dict, n_nodes: int, case_metadata: dict) -> dict:
         "timings_s": {k: round(v, 4) for k, v in engine.timings.items()},
         "batch_size": engine.batch_size,
         "fallbacks": list(engine.fallbacks),
+        # the fields of view the model allows and the one each node was segmented in (mm)
+        "zoom_spacings_mm": list(getattr(engine, "zoom_spacings_mm", ())),
+        "uncertainty": bool(getattr(engine, "uncertainty", False)),
+        "fields_of_view_mm": dict(getattr(engine, "last_fields_of_view_mm", {})),
     }

@@ -38,6 +38,12 @@ TAG_MEAN_HU = TAG_PREFIX + "MeanHu"
 # checksum of the mask the engine wrote: a segment whose mask differs was edited by a person
 TAG_MASK_HASH = TAG_PREFIX + "MaskHash"
 TAG_WEIGHTS_SHA256 = TAG_PREFIX + "WeightsSha256"
+# what the engine can say about the node (core/node_status.py) and how sure it is
+TAG_STATUS = TAG_PREFIX + "Status"
+TAG_MASK_AGREEMENT = TAG_PREFIX + "MaskAgreement"
+TAG_PROBABILITY_LOW = TAG_PREFIX + "ProbabilityLow"
+TAG_PROBABILITY_HIGH = TAG_PREFIX + "ProbabilityHigh"
+TAG_FIELD_OF_VIEW = TAG_PREFIX + "FieldOfViewMm"
 # Slicer's segment tag holding the terminology (vtkSegment::GetTerminologyEntryTagName()).
 TERMINOLOGY_TAG = "TerminologyEntry"
 # Slicer's serialised terminology entry, fields joined by '~', codes as scheme^value^meaning:
@@ -94,13 +100,19 @@ def segment_tags(result: NodeResult, model_id: str = "") -> dict[str, str]:
         TAG_SEED_ID: result.node_id,
         TAG_SEED_RAS: " ".join(f"{c:.3f}" for c in result.seed_ras),
         TAG_PROBABILITY: _fixed(result.probability, 4),
-        TAG_PREDICTED_LABEL: str(int(result.predicted_label)),
+        # a node without a usable mask has no label (-1): an empty tag, as in nodes.csv
+        TAG_PREDICTED_LABEL: "" if int(result.predicted_label) < 0 else str(int(result.predicted_label)),
         TAG_SHORT_AXIS: _fixed(result.short_axis_mm, 2),
         TAG_LONG_AXIS: _fixed(result.long_axis_mm, 2),
         TAG_VOLUME: _fixed(result.volume_mm3, 2),
         TAG_MEAN_HU: _fixed(result.mean_hu, 1),
         TAG_MODEL_ID: model_id,
         TAG_MASK_HASH: mask_checksum(result.mask, result.bbox_start_kji),
+        TAG_STATUS: str(result.status),
+        TAG_MASK_AGREEMENT: _fixed(result.mask_agreement, 3),
+        TAG_PROBABILITY_LOW: _fixed(result.probability_low, 4),
+        TAG_PROBABILITY_HIGH: _fixed(result.probability_high, 4),
+        TAG_FIELD_OF_VIEW: _fixed(result.field_of_view_mm, 1),
     }
     if result.extra.get("weights_sha256"):
         tags[TAG_WEIGHTS_SHA256] = result.extra["weights_sha256"]

@@ -1,0 +1,79 @@
+"""Which status a node's result gets (core/node_status.py), and what a status takes away.
+
+In order of precedence: a seed not on soft tissue, an empty mask, a mask cut by the field of view
+or by the CT's own edge, disagreeing test-time augmentation passes, else ok. A node whose status
+leaves no usable mask gets no probability and no label, so no output can show a confident-looking
+number for it; the network's own figure stays in `extra["network_probability"]` for evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..core import node_status
+from ..core.node_result import NodeResult
+
+# Soft tissue at the seed: above lung and air (below -250 HU, also the bottom of the network's HU
+# window) and below bone, calcification and dense contrast (above 300 HU). Fat is included: a
+# node's fatty hilum is part of the node.
+SOFT_TISSUE_HU = (-250.0, 300.0)
+SEED_BALL_MM = 2.0  # the seed's HU is the median within this radius (noise, a slightly off click)
+UNKNOWN_LABEL = -1  # predicted_label of a node without a usable mask
+
+
+def seed_hu(hu_patches: torch.Tensor, spacing_mm: float) -> np.ndarray:
+    """(B,) median HU within SEED_BALL_MM of the patch centre of (B, 1, N, N, N) HU patches."""
+    n = hu_patches.shape[-1]
+    r = max(1, int(math.ceil(SEED_BALL_MM / spacing_mm)))
+    lo, hi = max(0, (n - 1) // 2 - r), min(n, n // 2 + r + 1)
+    core = hu_patches[:, 0, lo:hi, lo:hi, lo:hi].float()
+    axis = (torch.arange(lo, hi, dtype=torch.float32, device=core.device) - (n - 1) / 2.0) * spacing_mm
+    d2 = axis.view(-1, 1, 1) ** 2 + axis.view(1, -1, 1) ** 2 + axis.view(1, 1, -1) ** 2
+    inside = d2 <= max(SEED_BALL_MM, spacing_mm) ** 2
+    return core[:, inside].median(dim=1).values.cpu().numpy()
+
+
+def in_soft_tissue(hu: float) -> bool:
+    return SOFT_TISSUE_HU[0] <= float(hu) <= SOFT_TISSUE_HU[1]
+
+
+def touches_volume_edge(result: NodeResult, shape_kji) -> bool:
+    """Whether a non-empty mask reaches the outermost voxel layer of the CT (the node is cut)."""
+    if result.is_empty:
+        return False
+    return any(a <= 0 or b >= n for a, b, n in zip(result.bbox_start_kji, result.bbox_stop_kji, shape_kji))
+
+
+def node_status_of(result: NodeResult, seed_in_soft_tissue: bool, cut_by_view: bool, shape_kji,
+                   low_agreement_below: float) -> str:
+    """The one status of a node's result (module docstring for the precedence)."""
+    if not seed_in_soft_tissue:
+        return node_status.SEED_NOT_IN_SOFT_TISSUE
+    if result.is_empty:
+        return node_status.EMPTY_MASK
+    if cut_by_view or touches_volume_edge(result, shape_kji):
+        return node_status.TOUCHES_FIELD_OF_VIEW
+    if math.isfinite(result.mask_agreement) and result.mask_agreement < low_agreement_below:
+        return node_status.LOW_AGREEMENT
+    return node_status.OK
+
+
+def apply_status(result: NodeResult, status: str) -> None:
+    """Set the status; without a usable mask, clear the probability, its interval and the label."""
+    result.status = status
+    if status in node_status.HAS_USABLE_MASK:
+        return
+    if math.isfinite(result.probability):
+        result.extra["network_probability"] = float(result.probability)
+    result.probability = float("nan")
+    result.probability_low = float("nan")
+    result.probability_high = float("nan")
+    result.predicted_label = UNKNOWN_LABEL
+
+
+def review_first(result: NodeResult) -> bool:
+    """Nodes a reader should look at before the others: any status but ok."""
+    return result.status != node_status.OK
