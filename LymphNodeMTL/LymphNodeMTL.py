@@ -748,7 +748,6 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         """Terminology, colour by probability and the result tags, as the .seg.nrrd writer gives them."""
         tags = segw.segment_tags(result, result.extra.get("model_id", ""))
         tags[segw.TERMINOLOGY_TAG] = MODULE_TERMINOLOGY  # the list this module loads
-        tags.update(results_table.resultTags(result))
         for key, value in tags.items():
             segment.SetTag(key, value)
         segment.SetColor(*segw.probability_color(result.probability))

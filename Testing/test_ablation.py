@@ -193,9 +193,9 @@ def test_resume_ignores_options_that_were_off_and_loader_workers(ablation_run, t
                 data["training"][key] = value
         config_file.write_text(json.dumps(data))
         # the checksum file covers the config: record the edit, as a version that wrote it would
-        from LymphNodeMTLLib.network.model_checksums import checksum_text
+        from LymphNodeMTLLib.network.model_store import record_checksums
 
-        (folder / "model.safetensors.sha256").write_text(checksum_text(folder, ["config.json", "model.safetensors"]))
+        record_checksums(folder)
         return finished_variant(folder, wanted)
 
     assert saved_with(retired_option=0, init_from=_DROP, num_workers=7) is not None

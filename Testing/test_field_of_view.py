@@ -14,7 +14,7 @@ from LymphNodeMTLLib.core.measurements import measure_node
 from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.inference.engine import NodeEngine
 from LymphNodeMTLLib.inference.field_of_view import PatchView, choose_view, holds, spacing_that_holds
-from LymphNodeMTLLib.network.model_store import default_model_dir
+from LymphNodeMTLLib.network.model_store import default_model_dir, record_checksums
 from scipy.spatial.transform import Rotation
 
 SIZES_MM = (4, 20, 50, 80)
@@ -133,6 +133,7 @@ def test_an_old_model_config_never_zooms(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config.pop("zoom_spacings_mm")
     (folder / "config.json").write_text(json.dumps(config))
+    record_checksums(folder)  # a deliberate edit: the config, not its checksum, is under test
     engine = NodeEngine(folder, device="cpu")
     assert engine.zoom_spacings_mm == (1.0,)
     case, _ = _shape_case("thick_axial", "sphere", 50)

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from LymphNodeMTLLib.commands.cli import main
 from LymphNodeMTLLib.core.errors import ModelError
-from LymphNodeMTLLib.network.model_checksums import checksum_text, read_checksums, sha256_of
+from LymphNodeMTLLib.network.model_checksums import read_checksums, sha256_of
 from LymphNodeMTLLib.network.model_config_schema import validate_model_config
 from LymphNodeMTLLib.network.model_store import (
     CONFIG_FILE,
@@ -18,6 +18,7 @@ from LymphNodeMTLLib.network.model_store import (
     ModelConfig,
     default_model_dir,
     load_model,
+    record_checksums,
     save_model,
 )
 
@@ -41,7 +42,7 @@ def edited(folder, change, record=True):
     change(config)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     if record:
-        (folder / HASH_FILE).write_text(checksum_text(folder, [CONFIG_FILE, WEIGHTS_FILE]))
+        record_checksums(folder)
     return folder
 
 
@@ -157,8 +158,8 @@ def test_save_model_records_both_and_a_weights_only_file_still_loads(tmp_path):
 
 
 def test_predict_with_a_zero_temperature_model_is_one_line(model_copy, tmp_path, capsys):
-    from ct_samples import body_ct, body_geometry, write_case
     import numpy as np
+    from ct_samples import body_ct, body_geometry, write_case
 
     edited(model_copy, setter("calibration.temperature", 0))
     ct, seeds = write_case(tmp_path / "in", body_ct(np.random.default_rng(1)), body_geometry())

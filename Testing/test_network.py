@@ -230,9 +230,8 @@ def test_a_model_folder_with_a_bad_network_config_fails_to_load_with_that_line(t
     saved["network"]["encoder"] = "unet"
     (tmp_path / "config.json").write_text(json.dumps(saved))
     # the checksum file covers the config too: record the edited one, so the network config is what fails
-    from LymphNodeMTLLib.network.model_checksums import checksum_text
-    from LymphNodeMTLLib.network.model_store import CONFIG_FILE, HASH_FILE, WEIGHTS_FILE
-    (tmp_path / HASH_FILE).write_text(checksum_text(tmp_path, [CONFIG_FILE, WEIGHTS_FILE]))
+    from LymphNodeMTLLib.network.model_store import record_checksums
+    record_checksums(tmp_path)
     with pytest.raises(ModelError, match=r"^network\.encoder: 'unet' is not one of 'resunet', 'dense_attention'$"):
         load_model(tmp_path)
 

@@ -36,11 +36,11 @@ COLUMN_NAMES = tuple(name for name, *_ in TABLE_COLUMNS)
 DECIMALS = {"probability": 4, "probability_low": 4, "probability_high": 4, "mask_agreement": 3,
             "volume_mm3": 2, "short_axis_mm": 2, "long_axis_mm": 2, "mean_hu": 1}
 _KINDS = {name: kind for name, kind, _unit, _description in TABLE_COLUMNS}
-# Segment tags for the facts segment_tags() does not carry (kept so a reloaded scene can rebuild rows).
-TAG_STATUS = segw.TAG_PREFIX + "Status"
-TAG_MASK_AGREEMENT = segw.TAG_PREFIX + "MaskAgreement"
-TAG_PROBABILITY_LOW = segw.TAG_PREFIX + "ProbabilityLow"
-TAG_PROBABILITY_HIGH = segw.TAG_PREFIX + "ProbabilityHigh"
+# The Lib's segment tags (segment_tags()) carry every fact a row needs, so a reloaded scene rebuilds it.
+TAG_STATUS = segw.TAG_STATUS
+TAG_MASK_AGREEMENT = segw.TAG_MASK_AGREEMENT
+TAG_PROBABILITY_LOW = segw.TAG_PROBABILITY_LOW
+TAG_PROBABILITY_HIGH = segw.TAG_PROBABILITY_HIGH
 DEFAULT_LABELS = ("benign", "metastatic")
 
 
@@ -72,14 +72,6 @@ def rowFromResult(result: NodeResult, labels=DEFAULT_LABELS) -> dict:
             value = math.nan
         row[name] = round(float(value), DECIMALS[name]) if _finite(value) else math.nan
     return row
-
-
-def resultTags(result: NodeResult) -> dict:
-    """The extra segment tags this table needs to rebuild a row from a segment alone."""
-    return {TAG_STATUS: result.status or node_status.OK,
-            TAG_MASK_AGREEMENT: _fixed(result.mask_agreement, DECIMALS["mask_agreement"]),
-            TAG_PROBABILITY_LOW: _fixed(result.probability_low, 4),
-            TAG_PROBABILITY_HIGH: _fixed(result.probability_high, 4)}
 
 
 def rowFromTags(segment, labels=DEFAULT_LABELS) -> dict:

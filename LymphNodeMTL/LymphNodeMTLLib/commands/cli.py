@@ -12,8 +12,8 @@ import importlib
 import math
 import sys
 
-from ..core.version import __version__
 from ..core.errors import InputError
+from ..core.version import __version__
 
 PROG = "lymphnode-mtl"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.case import Case
-from ..outputs.status_notice import print_status_notice
 from ..outputs.output_folder import OutputFolder, cleanup_on_signals
+from ..outputs.status_notice import print_status_notice
 
 if TYPE_CHECKING:  # the engine imports torch: only when a prediction runs
     from ..core.node_result import NodeResult

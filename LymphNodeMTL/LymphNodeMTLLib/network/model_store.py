@@ -22,8 +22,8 @@ from ..core.errors import ModelError
 from ..preprocessing.network_input import PreprocessingConfig
 from .model_checksums import checksum_text, sha256_of, verify_checksums
 from .model_config_schema import FORMAT, validate_model_config
-from .node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
 from .network_config import NetworkConfig
+from .node_descriptors import EARLIER_NUM_DESCRIPTORS, NUM_DESCRIPTORS
 from .node_network import MultiTaskNodeNet
 
 CONFIG_FILE = "config.json"
@@ -126,6 +126,13 @@ def default_model_dir() -> Path:
     return next((c for c in candidates if (c / CONFIG_FILE).is_file()), candidates[-1])
 
 
+def record_checksums(folder) -> None:
+    """Write the folder's checksum file over its config and weights as they are now: after a
+    deliberate edit of config.json (a new model version's recipe, a test), never to hide damage."""
+    folder = Path(folder)
+    (folder / HASH_FILE).write_text(checksum_text(folder, (CONFIG_FILE, WEIGHTS_FILE)))
+
+
 def save_model(folder, config: ModelConfig, network: torch.nn.Module, card_text: str) -> str:
     """Write the model files into `folder` (created if needed). Returns the weights' hash.
 
@@ -143,7 +150,7 @@ def save_model(folder, config: ModelConfig, network: torch.nn.Module, card_text:
         digest = sha256_of(tmp / WEIGHTS_FILE)
         (tmp / CARD_FILE).write_text(card_text)
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        (tmp / HASH_FILE).write_text(checksum_text(tmp, (CONFIG_FILE, WEIGHTS_FILE)))
+        record_checksums(tmp)
         for name in (WEIGHTS_FILE, HASH_FILE, CARD_FILE, CONFIG_FILE):
             os.replace(tmp / name, folder / name)
     finally:
