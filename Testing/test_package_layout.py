@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "LymphNodeMTL" / "LymphNodeMTLLib"
@@ -32,14 +31,6 @@ STAGE_RANK = {
 GUI_MODULES = {"slicer", "qt", "ctk", "vtk"}
 TORCH_FREE_PACKAGES = ("core", "io")
 
-# Today's code that breaks the rules above, in files owned elsewhere; each entry says where. Remove
-# an entry when its code is fixed (test_known_exceptions_are_still_needed says when).
-KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()
-KNOWN_TORCH_AT_IMPORT = {
-    "LymphNodeMTLLib.core.device",  # `import torch` at module level
-    "LymphNodeMTLLib.core.node_attributes",  # `import torch` at module level
-    "LymphNodeMTLLib.io.training_manifest",  # through core.node_attributes
-}
 
 
 def _module_name(path: Path) -> str:
@@ -189,7 +180,7 @@ def test_no_import_cycle_between_lib_modules():
 
 
 def test_imports_go_down_the_stage_order_only():
-    unexpected = _upward_imports() - KNOWN_UPWARD_IMPORTS
+    unexpected = _upward_imports()
     assert not unexpected, "imports against the stage order of docs/architecture.md: " + ", ".join(
         f"{a} -> {b}" for a, b in sorted(unexpected))
 
@@ -206,15 +197,14 @@ def test_lib_never_imports_slicer_qt_ctk_or_vtk():
 
 
 def test_torch_is_not_imported_by_the_package_core_or_io():
-    unexpected = _torch_at_import() - KNOWN_TORCH_AT_IMPORT
+    unexpected = _torch_at_import()
     assert not unexpected, f"these modules import torch when imported (import it where it is used): {sorted(unexpected)}"
 
 
 def test_torch_free_modules_really_load_without_torch():
     """The static reading checked by an import: the package and every torch-free core/io module
     in a fresh interpreter, then torch must still be absent."""
-    names = sorted(n for n in MODULES if (n == PACKAGE or _stage(n) in TORCH_FREE_PACKAGES)
-                   and n not in KNOWN_TORCH_AT_IMPORT)
+    names = sorted(n for n in MODULES if n == PACKAGE or _stage(n) in TORCH_FREE_PACKAGES)
     code = ("import importlib, sys\n"
             f"for name in {names!r}:\n"
             "    importlib.import_module(name)\n"
@@ -225,11 +215,3 @@ def test_torch_free_modules_really_load_without_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"importing {names} loaded {out.stdout.strip()}"
 
-
-@pytest.mark.parametrize("known, found", [
-    pytest.param(KNOWN_UPWARD_IMPORTS, _upward_imports, id="upward imports"),
-    pytest.param(KNOWN_TORCH_AT_IMPORT, _torch_at_import, id="torch at import"),
-])
-def test_known_exceptions_are_still_needed(known, found):
-    fixed = known - found()
-    assert not fixed, f"fixed, so remove from this test's known exceptions: {sorted(fixed)}"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch  # on first use: core stays importable without it
+
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():

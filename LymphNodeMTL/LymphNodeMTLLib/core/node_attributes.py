@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import math
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from .errors import InputError
 
@@ -53,6 +56,8 @@ def read_attributes(row: dict, where: str) -> tuple[float, ...] | None:
 def attribute_targets(attributes: torch.Tensor) -> torch.Tensor:
     """(N, K) attributes, NaN where unknown -> (N, K') standardised float64 targets of the columns
     that at least two nodes know with some spread (NaN kept where unknown)."""
+    import torch  # on first use: reading a manifest needs no torch
+
     x = attributes.double().clone()
     for name in LOG_SCALED:
         k = ATTRIBUTE_NAMES.index(name)
