@@ -3,7 +3,7 @@
 One server process serves most of the module (start-ups are the slow part; only the TLS test
 starts a second); a phantom CT of 32x96x96 voxels keeps every job short. Results are compared with
 an in-process NodeEngine on the same CT, so the server is held to exactly what the engine gives.
-The session and the HTTP layer are also tested in-process, with an engine the test steps batch by
+The service and the HTTP layer are also tested in-process, with an engine the test steps batch by
 batch, where timing would otherwise decide the outcome.
 """
 
@@ -427,7 +427,7 @@ def test_tls_server_answers_https_and_stops_with_its_parent(tmp_path):
         parent.wait()
 
 
-# --- the session in-process, with an engine the test steps batch by batch ------------------------
+# --- the service in-process, with an engine the test steps batch by batch ------------------------
 class SteppedEngine:
     """Stands in for NodeEngine: two seeds per batch, each batch waits for the test's permit."""
 
@@ -451,10 +451,10 @@ class SteppedEngine:
         return results
 
 
-def _stepped_session(models=("m1",), max_volume_bytes=1 << 30):
-    from LymphNodeMTLLib.server.inference_session import InferenceSession
+def _stepped_service(models=("m1",), max_volume_bytes=1 << 30):
+    from LymphNodeMTLLib.server.inference_service import InferenceService
 
-    return InferenceSession([Path(m) for m in models], max_volume_bytes=max_volume_bytes,
+    return InferenceService([Path(m) for m in models], max_volume_bytes=max_volume_bytes,
                             engine_factory=lambda d, device: SteppedEngine(Path(d).name),
                             ct_check=None)  # the tiny constant test CTs are no CT: the stand-in engine does not care
 
@@ -476,54 +476,54 @@ def _until(condition, timeout=30):
         time.sleep(0.005)
 
 
-def test_session_cancel_stops_the_engine_after_the_batch_it_is_in():
-    session = _stepped_session()
-    engine = session.engines["m1"]
-    vid = session.add_volume(*_small_ct())
-    job = session.submit("predict", vid, seeds=_seeds(6))  # three batches
+def test_service_cancel_stops_the_engine_after_the_batch_it_is_in():
+    service = _stepped_service()
+    engine = service.engines["m1"]
+    vid = service.add_volume(*_small_ct())
+    job = service.submit("predict", vid, seeds=_seeds(6))  # three batches
     engine.permits.release()
     _until(lambda: job.done == 2)
-    session.cancel(job.job_id)
+    service.cancel(job.job_id)
     assert job.state == "cancelled" and job.stage == "nodes"  # still in its second batch
     engine.permits.release(5)
     assert job.finished.wait(30)
     assert engine.batches == 2 and job.done == 4 and job.stage == "cancelled" and job.results is None
-    session.close()
+    service.close()
 
 
-def test_session_runs_one_job_per_ct_and_other_cts_alongside():
-    session = _stepped_session(models=("m1", "m2"))
-    ct1 = session.add_volume(*_small_ct(1))
-    ct2 = session.add_volume(*_small_ct(2))
-    a = session.submit("predict", ct1, model="m1", seeds=_seeds(2))
-    b = session.submit("predict", ct1, model="m2", seeds=_seeds(2))  # m2 is free, the CT is not
-    c = session.submit("predict", ct2, model="m2", seeds=_seeds(2))
+def test_service_runs_one_job_per_ct_and_other_cts_alongside():
+    service = _stepped_service(models=("m1", "m2"))
+    ct1 = service.add_volume(*_small_ct(1))
+    ct2 = service.add_volume(*_small_ct(2))
+    a = service.submit("predict", ct1, model="m1", seeds=_seeds(2))
+    b = service.submit("predict", ct1, model="m2", seeds=_seeds(2))  # m2 is free, the CT is not
+    c = service.submit("predict", ct2, model="m2", seeds=_seeds(2))
     _until(lambda: a.state == "running" and c.state == "running")
-    assert b.state == "queued" and session.job(b.job_id).queue_position == 0
-    session.engines["m2"].permits.release()
+    assert b.state == "queued" and service.job(b.job_id).queue_position == 0
+    service.engines["m2"].permits.release()
     assert c.finished.wait(30) and c.state == "done"
     assert b.state == "queued"  # still behind a, which has not been let through
-    session.engines["m1"].permits.release()
-    session.engines["m2"].permits.release()
+    service.engines["m1"].permits.release()
+    service.engines["m2"].permits.release()
     assert b.finished.wait(30) and a.state == "done" and b.state == "done"
     assert b.started_at >= a.finished_at
     assert [r["node_id"] for r in b.results] == ["n0", "n1"]
-    session.close()
+    service.close()
 
 
-def test_session_store_drops_the_least_recently_used_ct_and_counts_aliases_once():
+def test_service_store_drops_the_least_recently_used_ct_and_counts_aliases_once():
     one_ct = 4 * 4 * 4 * 4  # float32 bytes of a 4x4x4 CT
-    session = _stepped_session(max_volume_bytes=2 * one_ct)
-    first = session.add_volume(*_small_ct(1), also_known_as="first-by-another-name")
-    second = session.add_volume(*_small_ct(2))
-    assert session.volumes.total_bytes() == 2 * one_ct
-    session.volumes.get(first)  # used: now the second is the oldest
-    third = session.add_volume(*_small_ct(3))
-    assert session.has_volume(first) and session.has_volume("first-by-another-name")
-    assert session.has_volume(third) and not session.has_volume(second)
+    service = _stepped_service(max_volume_bytes=2 * one_ct)
+    first = service.add_volume(*_small_ct(1), also_known_as="first-by-another-name")
+    second = service.add_volume(*_small_ct(2))
+    assert service.volumes.total_bytes() == 2 * one_ct
+    service.volumes.get(first)  # used: now the second is the oldest
+    third = service.add_volume(*_small_ct(3))
+    assert service.has_volume(first) and service.has_volume("first-by-another-name")
+    assert service.has_volume(third) and not service.has_volume(second)
     with pytest.raises(Exception, match="upload it first"):
-        session.submit("predict", second, seeds=_seeds(1))
-    session.close()
+        service.submit("predict", second, seeds=_seeds(1))
+    service.close()
 
 
 def test_parent_watch_tells_a_running_process_from_an_ended_one():
@@ -537,36 +537,36 @@ def test_parent_watch_tells_a_running_process_from_an_ended_one():
     assert _process_alive(os.getpid())
 
 
-def test_session_keeps_the_copy_it_holds_when_a_ct_comes_again():
-    session = _stepped_session()
+def test_service_keeps_the_copy_it_holds_when_a_ct_comes_again():
+    service = _stepped_service()
     image, matrix = _small_ct(5)
-    vid = session.add_volume(image, matrix)
-    held = session.volumes.get(vid)
-    assert session.add_volume(image.copy(), matrix, also_known_as="alias") == vid
-    assert session.volumes.get(vid) is held and session.volumes.get("alias") is held
-    session.close()
+    vid = service.add_volume(image, matrix)
+    held = service.volumes.get(vid)
+    assert service.add_volume(image.copy(), matrix, also_known_as="alias") == vid
+    assert service.volumes.get(vid) is held and service.volumes.get("alias") is held
+    service.close()
 
 
-def test_session_engine_failure_is_a_failed_job_without_the_message(caplog):
-    session = _stepped_session()
-    engine = session.engines["m1"]
+def test_service_engine_failure_is_a_failed_job_without_the_message(caplog):
+    service = _stepped_service()
+    engine = service.engines["m1"]
 
     def broken(case, progress=None):
         raise RuntimeError(f"cannot place seed {case.seeds[0].node_id}")
 
     engine.predict = broken
-    vid = session.add_volume(*_small_ct(6))
+    vid = service.add_volume(*_small_ct(6))
     with caplog.at_level("ERROR", logger="lymphnode_mtl.server"):
-        job = session.submit("predict", vid, seeds=[Seed("SECRET-7", (1.0, 1.0, 1.0))])
+        job = service.submit("predict", vid, seeds=[Seed("SECRET-7", (1.0, 1.0, 1.0))])
         assert job.finished.wait(30)
     assert job.state == "failed" and "RuntimeError" in job.error and "server log" in job.error
     assert "SECRET-7" not in job.error
     assert "RuntimeError" in caplog.text and "SECRET-7" not in caplog.text  # frames, not the message
-    ok = session.submit("predict", vid, seeds=_seeds(1))  # the worker lives on
+    ok = service.submit("predict", vid, seeds=_seeds(1))  # the worker lives on
     engine.predict = SteppedEngine.predict.__get__(engine)
     engine.permits.release()
     assert ok.finished.wait(30) and ok.state == "done"
-    session.close()
+    service.close()
 
 
 # --- the HTTP layer in-process (plain ASGI calls, no socket) --------------------------------------
@@ -596,30 +596,30 @@ def _asgi(app, method, path, body=b"", headers=()):
 def test_a_server_off_loopback_does_not_read_files(tmp_path):
     from LymphNodeMTLLib.server.app import create_app
 
-    session = _stepped_session()
-    app = create_app(session, token=TOKEN, allow_from_file=False)
+    service = _stepped_service()
+    app = create_app(service, token=TOKEN, allow_from_file=False)
     auth = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
     status, body = _asgi(app, "POST", f"/v1/volumes/{'0' * 64}/from-file",
                          json.dumps({"path": str(tmp_path / "ct.nrrd")}).encode(), auth)
     assert status == 403 and "loopback" in body["error"]
     status, body = _asgi(app, "GET", "/v1/health", headers=auth)
     assert status == 200 and body["from_file"] is False
-    session.close()
+    service.close()
 
 
 def test_an_unexpected_error_is_a_one_line_500_without_its_message(caplog):
     from LymphNodeMTLLib.server.app import create_app
 
-    session = _stepped_session()
+    service = _stepped_service()
 
     def broken():
         raise KeyError("SECRET-" + str(3 * 3))  # the value, unlike this line, is not in the source
 
-    session.models = broken  # health calls it
-    app = create_app(session)
+    service.models = broken  # health calls it
+    app = create_app(service)
     with caplog.at_level("INFO", logger="lymphnode_mtl.server"):
         status, body = _asgi(app, "GET", "/v1/health")
     assert status == 500 and "KeyError" in body["error"] and "\n" not in body["error"]
     assert "SECRET-9" not in body["error"] and "SECRET-9" not in caplog.text
     assert "GET /v1/health 500" in caplog.text
-    session.close()
+    service.close()

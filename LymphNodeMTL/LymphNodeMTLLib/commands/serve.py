@@ -154,13 +154,13 @@ def run(args) -> None:
     import uvicorn
 
     from ..server.app import create_app
-    from ..server.inference_session import InferenceSession
+    from ..server.inference_service import InferenceService
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    session = InferenceSession(args.model or [None], device=args.device,
+    service = InferenceService(args.model or [None], device=args.device,
                                max_volume_bytes=int(args.volume_cache_mb * 2**20))
-    app = create_app(session, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
+    app = create_app(service, token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
                      allow_from_file=loopback)
     sock = _bind(args.host, args.port)
     port = sock.getsockname()[1]
@@ -171,12 +171,12 @@ def run(args) -> None:
                             ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_keep_alive=60,
                             timeout_graceful_shutdown=5)  # long polls must not hold up a stop
     if not args.no_warm_up:
-        session.warm_up()  # behind the URL line: a client may send its CT meanwhile
+        service.warm_up()  # behind the URL line: a client may send its CT meanwhile
     if args.parent_pid is not None:
         _stop_with_parent(args.parent_pid)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        session.close()
+        service.close()
         sock.close()
 

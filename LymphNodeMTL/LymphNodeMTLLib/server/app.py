@@ -1,6 +1,6 @@
-"""The HTTP layer of the inference server (FastAPI): routes of docs/server-api.md over an InferenceSession.
+"""The HTTP layer of the inference server (FastAPI): routes of docs/server-api.md over an InferenceService.
 
-Thin on purpose: it checks the token, bounds uploads, turns the session's errors into one-line
+Thin on purpose: it checks the token, bounds uploads, turns the service's errors into one-line
 JSON errors with the right status, and moves every heavy step (hashing a CT, reading a file, the
 engine itself) off the event loop. The access log names the route template, never the ids or
 paths in a request, so no patient data reaches the log.
@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..core.case import Seed
 from ..core.errors import InputError
 from . import protocol
-from .inference_session import InferenceSession, NotFound
+from .inference_service import InferenceService, NotFound
 
 log = logging.getLogger("lymphnode_mtl.server")
 
@@ -113,9 +113,9 @@ class GuardMiddleware:
         return False
 
 
-def create_app(session: InferenceSession, *, token: str | None = None, max_upload_bytes: int = 2 << 30,
+def create_app(service: InferenceService, *, token: str | None = None, max_upload_bytes: int = 2 << 30,
                allow_from_file: bool = True, device: str = "") -> FastAPI:
-    """The API over `session`. `allow_from_file`: only for a server bound to loopback."""
+    """The API over `service`. `allow_from_file`: only for a server bound to loopback."""
     app = FastAPI(title="LymphNodeMTL inference server", version=str(protocol.API_VERSION),
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(GuardMiddleware, token=token)
@@ -140,22 +140,22 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
 
     @app.get("/v1/health")
     def health():
-        name, engine = session.engine(None)
+        name, engine = service.engine(None)
         return {
             "api_version": protocol.API_VERSION,
             "status": "ok",
             "model_id": engine.model_id,
             "weights_sha256": engine.model.weights_sha256,
             "device": str(engine.device),
-            "models": session.models(),
+            "models": service.models(),
             "max_upload_bytes": max_upload_bytes,
             "from_file": allow_from_file,
-            "jobs": session.counts(),
+            "jobs": service.counts(),
         }
 
     @app.head("/v1/volumes/{volume_id}")
     def has_volume(volume_id: str):
-        return Response(status_code=200 if session.has_volume(volume_id) else 404)
+        return Response(status_code=200 if service.has_volume(volume_id) else 404)
 
     @app.put("/v1/volumes/{volume_id}", status_code=201)
     async def upload_volume(volume_id: str, request: Request):
@@ -189,7 +189,7 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
                 raise InputError(f"the upload holds {size} bytes but shape {','.join(map(str, shape))} "
                                  f"of {dtype.name} needs {expected}; send the whole array")
             image = protocol.array_from_bytes(body, shape, dtype)  # a view: no second copy
-            vid = await run_in_threadpool(session.add_volume, image, matrix, volume_id,
+            vid = await run_in_threadpool(service.add_volume, image, matrix, volume_id,
                                           hashed_id=hasher.hexdigest())
         except InputError as e:
             return _error(400, str(e))
@@ -208,7 +208,7 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
             image, geometry, _ = read_volume(path)
             # stored by its own hash, and by the id the client used if that differs (and is one)
             alias = volume_id if VOLUME_ID.fullmatch(volume_id) else None
-            vid = session.add_volume(image, geometry.ijk_to_ras, also_known_as=alias)
+            vid = service.add_volume(image, geometry.ijk_to_ras, also_known_as=alias)
             return vid, list(image.shape)
 
         try:
@@ -222,25 +222,25 @@ def create_app(session: InferenceSession, *, token: str | None = None, max_uploa
         def submit():
             masks = [protocol.mask_from_json(m) for m in body.masks] if body.kind == "classify" else []
             seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind == "predict" else []
-            return session.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options)
+            return service.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options)
 
         job = await run_in_threadpool(submit)
         return {"job_id": job.job_id, "state": job.state, "ignored_options": job.ignored_options}
 
     @app.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0):
-        job = session.job(job_id)
+        job = service.job(job_id)
         if wait > 0:
             # long poll: answer as soon as the job finishes, without holding a thread meanwhile
             deadline = time.monotonic() + wait
             while job.state not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
-            job = session.job(job_id)
+            job = service.job(job_id)
         return Response(json.dumps(job.to_json(), allow_nan=False), media_type="application/json")
 
     @app.delete("/v1/jobs/{job_id}")
     def cancel_job(job_id: str):
-        job = session.cancel(job_id)
+        job = service.cancel(job_id)
         return {"job_id": job.job_id, "state": job.state}
 
     return app

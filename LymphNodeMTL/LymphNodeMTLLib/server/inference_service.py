@@ -1,6 +1,6 @@
 """The server's state behind the HTTP layer: resident engines, the CT store and the job queue.
 
-One InferenceSession per server process. It keeps one NodeEngine per allowed model folder loaded
+One InferenceService per server process. It keeps one NodeEngine per allowed model folder loaded
 for the server's lifetime, holds uploaded CTs by volume_id (least recently used dropped first
 beyond a memory bound), and runs jobs on worker threads: at most one job per CT and one per
 engine at a time, the rest wait in arrival order. A running job is cancelled at its next batch by
@@ -165,7 +165,7 @@ def _model_names(model_dirs) -> list[str]:
     return names
 
 
-class InferenceSession:
+class InferenceService:
     """Engines, CTs and jobs of one server process.
 
     Args:
