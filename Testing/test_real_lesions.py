@@ -40,8 +40,9 @@ def test_the_manifest_has_masks_and_no_labels(scores):
 
 
 @pytest.mark.xfail(strict=False, reason="bundled model v4 was trained on the spec's world at one 48 mm field "
-                   "of view: two of the three lesions get empty masks (Dice 0.80 on the third); the target "
-                   "holds only once the model is retrained on the wide world across spacings")
+                   "of view: with the engine's zoom the three lesions get Dice 0.66, 0.74 and 0.00 (two "
+                   "flagged low_agreement); the target holds only once the model is retrained on the wide "
+                   "world across spacings")
 def test_every_real_lesion_gets_a_mask_with_dice_of_at_least_0_7(scores):
     failing = {s.case_id: round(s.dice, 3) for s in scores if s.empty_mask or not s.dice >= 0.70}
     assert not failing, f"empty mask or Dice < 0.70: {failing}"
