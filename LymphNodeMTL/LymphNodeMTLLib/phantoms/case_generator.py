@@ -283,16 +283,22 @@ def _add_vessel(rng, hu, tissue, geometry, centre, inner_axes, scale, vessel_hu)
     point = centre + np.array(
         [0.8 * inner_axes[0] * np.cos(angle), 0.8 * inner_axes[1] * np.sin(angle), 0.0]
     ) * np.sqrt(rng.random())
+    box, in_tube = straight_tube(geometry, point, axis, radius)
+    inside = in_tube & (tissue[box] != AIR)
+    _paint(hu[box], tissue[box], inside, VESSEL, vessel_hu)
+
+
+def straight_tube(geometry: VolumeGeometry, point, axis, radius: float):
+    """A straight tube of `radius` mm through `point` (RAS) along unit `axis`, crossing the whole
+    volume: (the voxel box it touches, the tube's voxels in that box)."""
     reach = float(np.linalg.norm(geometry.spacing * np.asarray(geometry.shape_kji[::-1])))
     ends = np.array([point - reach * axis, point + reach * axis])
     start, stop = _box_of_ras_aabb(geometry, ends.min(axis=0) - radius, ends.max(axis=0) + radius)
     r, a, s = _ras_components(geometry, start, stop, point)
     ur, ua, us = (float(x) for x in axis)
     along = r * ur + a * ua + s * us
-    distance_sq = r**2 + a**2 + s**2 - along**2
     box = tuple(slice(b, e) for b, e in zip(start, stop))
-    inside = (distance_sq <= radius**2) & (tissue[box] != AIR)
-    _paint(hu[box], tissue[box], inside, VESSEL, vessel_hu)
+    return box, r**2 + a**2 + s**2 - along**2 <= radius**2
 
 
 def _smooth_noise(rng, shape_kji, spacing_kji, correlation_mm: float) -> np.ndarray:

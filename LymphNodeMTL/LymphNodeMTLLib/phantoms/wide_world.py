@@ -52,6 +52,7 @@ from .case_generator import (
     _ras_components,
     _smooth_noise,
     random_direction,
+    straight_tube,
 )
 from .features import NodeFeatures, sample_labels
 from .node_renderer import (
@@ -294,14 +295,8 @@ def _vessel(rng, hu, tissue, geometry, centre, inner, value):
         axis = np.array([np.sin(tilt) * np.cos(turn), np.sin(tilt) * np.sin(turn), np.cos(tilt)])
     axis /= np.linalg.norm(axis)
     point = _inner_point(rng, centre, inner, spread=0.8, s_range=0.0)
-    reach = float(np.linalg.norm(geometry.spacing * np.asarray(geometry.shape_kji[::-1])))
-    ends = np.array([point - reach * axis, point + reach * axis])
-    start, stop = _box_of_ras_aabb(geometry, ends.min(axis=0) - radius, ends.max(axis=0) + radius)
-    r, a, s = _ras_components(geometry, start, stop, point)
-    ur, ua, us = (float(x) for x in axis)
-    along = r * ur + a * ua + s * us
-    box = tuple(slice(b, e) for b, e in zip(start, stop))
-    inside = (r**2 + a**2 + s**2 - along**2 <= radius**2) & np.isin(tissue[box], (FAT, ORGAN, MUSCLE))
+    box, in_tube = straight_tube(geometry, point, axis, radius)
+    inside = in_tube & np.isin(tissue[box], (FAT, ORGAN, MUSCLE))
     _paint(hu[box], tissue[box], inside, VESSEL, value)
 
 
