@@ -196,13 +196,21 @@ def test_dataset_draws_each_nodes_spacing_per_step(spec_case):
 def test_trainer_across_spacings_records_the_spacings(tmp_path, spec_case):
     config = TrainConfig(epochs=1, batch_size=4, device="cpu", network={"channels": [4, 8]},
                          preprocessing={"patch_size": 16, "patch_spacing_mm": 1.5}, mixed_precision=False,
-                         spacing_range_mm=[1.5, 3.0], spacing_levels=2, descriptor_refit=False, val_fraction=0.0)
+                         spacing_range_mm=[1.5, 3.0], spacing_levels=2, descriptor_refit=True, val_fraction=0.0)
     trainer = Trainer(config, tmp_path / "model", log=lambda *_: None)
     assert trainer.cache_spacing_options()["spacings_mm"] == (1.5, 3.0)
     cache = build_patch_cache([_nodes(spec_case)], trainer.pre, config.jitter_mm, **trainer.cache_spacing_options())
     trainer.set_cache(cache)
+    before = [m.spacing_mm for m in trainer.module.modules() if hasattr(m, "spacing_mm")]
+    seen = []  # the spacing the head measured in, per forward call and patch count
+    trainer.network.register_forward_pre_hook(
+        lambda net, args: seen.append((net.head_input.spacing_mm, args[0].shape[0])))
     trainer.fit()
+    assert {s for s, _ in seen} == {1.5, 3.0}  # each patch measured at its own spacing
+    seen.clear()
     trainer.finish()
+    assert {s for s, _ in seen} == {1.5, 3.0}  # the refit reads the training rows the same way
+    assert [m.spacing_mm for m in trainer.module.modules() if hasattr(m, "spacing_mm")] == before  # restored
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["training"]["spacing_range_mm"] == [1.5, 3.0]
     if "zoom_spacings_mm" in saved["preprocessing"]:  # where the preprocessing records them

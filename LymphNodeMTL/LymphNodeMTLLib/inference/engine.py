@@ -25,6 +25,7 @@ from ..core.geometry import VolumeGeometry
 from ..core.measurements import measure_node
 from ..core.node_result import NodeResult
 from ..network.model_store import LoadedModel, default_model_dir, load_model
+from ..network.patch_spacing import patch_spacing
 from ..preprocessing.network_input import network_input
 from ..preprocessing.patch_sampler import sample_patches, volume_tensor
 from . import test_time_augmentation as tta
@@ -267,7 +268,7 @@ class NodeEngine:
             x = network_input(hu, pre)
             if flips is not None:
                 x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, flips)])
-        with self._timed("forward"), torch.inference_mode(), _head_spacing(self.network, spacing):
+        with self._timed("forward"), torch.inference_mode(), patch_spacing(self.network, spacing):
             given = None if mask_patches is None else mask_patches.to(self.device)
             slice_mm = torch.full((x.shape[0],), case.geometry.coarsest_spacing_mm, device=self.device)
             out = self.network(x, given, slice_mm=slice_mm)
@@ -365,24 +366,6 @@ def _mask_reach_mm(result: NodeResult, geometry: VolumeGeometry, centre_ras) -> 
     # a voxel's half extent along RAS, whatever the grid's orientation
     half = 0.5 * np.abs(geometry.ijk_to_ras[:3, :3]).sum(axis=1)
     return float((np.abs(ras - np.asarray(centre_ras, dtype=float)) + half).max())
-
-
-@contextmanager
-def _head_spacing(network, spacing_mm: float):
-    """The head measures the node in mm (soft-mask margin, volume, diameters): tell it the patch
-    spacing of this batch, and restore the trained one afterwards."""
-    while not isinstance(network, torch.nn.Module) and hasattr(network, "network"):
-        network = network.network  # a wrapper around the network (a test double, a profiler)
-    modules = [m for m in network.modules() if hasattr(m, "spacing_mm")] \
-        if isinstance(network, torch.nn.Module) else []
-    saved = [m.spacing_mm for m in modules]
-    for m in modules:
-        m.spacing_mm = float(spacing_mm)
-    try:
-        yield
-    finally:
-        for m, value in zip(modules, saved):
-            m.spacing_mm = value
 
 
 class _ProgressTracker:

@@ -38,6 +38,7 @@ from torch import nn
 from ..core.node_attributes import attribute_targets
 from ..network.node_descriptors import NUM_DESCRIPTORS
 from ..network.node_head import NodeHead
+from ..network.patch_spacing import patch_spacing, spacing_groups
 
 MIN_NODES_PER_CLASS = 10
 MIN_SOFT_NODES = 200  # fewer soft-labelled nodes than this: the logistic refit on 0/1 labels
@@ -62,19 +63,34 @@ def refittable(network) -> bool:
 @torch.no_grad()
 def collect_head_inputs(network, inputs) -> torch.Tensor:
     """(N, width) head inputs of the network in eval mode over an iterable of input batches, each
-    x or (x, slice_mm) (the source CTs' slice thickness, node_descriptors)."""
+    x, (x, slice_mm) (the source CTs' slice thickness, node_descriptors) or (x, slice_mm,
+    spacing_mm) (each patch's voxel size: the head measures in mm, so each spacing is run as its
+    own group, patch_spacing.py)."""
     rows = []
     hook = network.head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].detach().float().cpu()))
     was_training = network.training
     network.eval()
+    out = []
     try:
         for item in inputs:
-            x, slice_mm = item if isinstance(item, tuple) else (item, None)
-            network(x, slice_mm=slice_mm)
+            x, slice_mm, spacing_mm = (*item, None, None)[:3] if isinstance(item, tuple) else (item, None, None)
+            if spacing_mm is None:
+                network(x, slice_mm=slice_mm)
+                out.append(rows.pop())
+                continue
+            batch = torch.empty(0)
+            for spacing, idx in spacing_groups(spacing_mm):
+                with patch_spacing(network, spacing):
+                    network(x[idx.to(x.device)], slice_mm=None if slice_mm is None else slice_mm[idx.to(slice_mm.device)])
+                part = rows.pop()
+                if not len(batch):
+                    batch = part.new_zeros((x.shape[0], part.shape[1]))
+                batch[idx] = part
+            out.append(batch)
     finally:
         hook.remove()
         network.train(was_training)
-    return torch.cat(rows) if rows else torch.zeros(0, 0)
+    return torch.cat(out) if out else torch.zeros(0, 0)
 
 
 def refit_descriptor_path(head: NodeHead, head_inputs: torch.Tensor, labels: torch.Tensor,

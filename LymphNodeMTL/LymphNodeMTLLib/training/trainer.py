@@ -11,7 +11,6 @@ reproducible seeds. Under `torchrun` it trains with DistributedDataParallel
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import random
@@ -200,9 +199,6 @@ class Trainer:
         spacings = trained_spacings(self.config, self.pre)
         if spacings == (self.pre.patch_spacing_mm,):
             return {}
-        if not self._spacing_inputs({"spacing_mm": torch.zeros(0)}):
-            self.log("warning: this network's forward takes no per-patch spacing; its descriptors "
-                     f"read every patch as {self.pre.patch_spacing_mm} mm voxels")
         return {"spacings_mm": spacings, "levels_per_node": self.config.spacing_levels_per_node,
                 "seed": self.config.seed}
 
@@ -253,20 +249,11 @@ class Trainer:
         self.scaler.update()
         return {k: float(losses[k].detach()) for k in ("total", "seg", "cls")}
 
-    def _refit_cache(self) -> PatchCache:
-        """The training rows the head is refitted on: all of them, or, for a network whose
-        descriptors take no per-patch spacing, those at the spacing they assume."""
-        cache = self.train_set.cache
-        if cache.spacing_mm is None or self._spacing_inputs({"spacing_mm": torch.zeros(0)}):
-            return cache
-        return cache.subset(torch.nonzero(cache.spacing_mm == float(self.pre.patch_spacing_mm)).flatten())
-
-    def _spacing_inputs(self, batch) -> dict:
-        """Each patch's spacing (B,) mm, for a network whose forward takes it (patch_spacing_mm);
-        one trained at a single spacing needs none."""
-        if "patch_spacing_mm" not in inspect.signature(self.module.forward).parameters:
-            return {}
-        return {"patch_spacing_mm": batch["spacing_mm"].to(self.device)}
+    @staticmethod
+    def _spacing_inputs(batch) -> dict:
+        """Each patch's spacing (B,) mm: the training module runs each spacing as its own group
+        with the network told that spacing (patch_spacing.py), as inference runs each zoom level."""
+        return {"patch_spacing_mm": batch["spacing_mm"]}
 
     def _extras(self, batch) -> dict:
         """Loss inputs beyond the targets: teacher logits (distillation), stations (when the data carry them)."""
@@ -388,8 +375,9 @@ class Trainer:
         """Refit the head's descriptor path on the training nodes as inference reads them."""
         if self.val_set is not None:
             before = self.evaluate(self.val_set)["auc"]
-        nodes = NodePatchDataset(self._refit_cache(), self.pre, augment=False)
-        inputs = ((self._inputs(batch, train=False), batch["slice_mm"].to(self.device))
+        nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
+        inputs = ((self._inputs(batch, train=False), batch["slice_mm"].to(self.device),
+                   batch["spacing_mm"])
                   for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
         labels, soft, attributes = nodes.cache.labels, nodes.cache.soft_labels, nodes.cache.attributes

@@ -1,0 +1,109 @@
+"""Training across patch spacings tells the network each patch's spacing, as inference does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from LymphNodeMTLLib.network.network_config import NetworkConfig
+from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
+from LymphNodeMTLLib.network.patch_spacing import patch_spacing, spacing_groups
+from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig, network_input
+from LymphNodeMTLLib.training.descriptor_refit import collect_head_inputs
+from LymphNodeMTLLib.training.losses.multitask_loss import MultiTaskLoss
+from LymphNodeMTLLib.training.training_module import MultiTaskTrainingModule
+
+PRE = PreprocessingConfig(patch_size=16, patch_spacing_mm=1.0)
+
+
+def _batch(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(n, 1, 16, 16, 16, generator=g) * 80.0
+    r = torch.arange(16).float() - 7.5
+    ball = ((r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= 20.0).float()
+    image = image + 40.0 * ball  # a node-like blob, so the predicted masks are not all empty
+    mask = ball.expand(n, 1, 16, 16, 16).clone()
+    label = torch.tensor([0.0, 1.0] * (n // 2) + [0.0] * (n % 2))
+    return network_input(image, PRE), mask, torch.ones(n, dtype=torch.bool), label, torch.ones(n, dtype=torch.bool)
+
+
+def _module(seed: int = 0) -> MultiTaskTrainingModule:
+    torch.manual_seed(seed)
+    network = MultiTaskNodeNet(NetworkConfig(channels=(4, 8), patch_spacing_mm=1.0))
+    return MultiTaskTrainingModule(network, teacher_forcing=0.0, loss=MultiTaskLoss(mixed_lambda=0.1)).eval()
+
+
+def _spacings(module) -> set[float]:
+    return {m.spacing_mm for m in module.modules() if hasattr(m, "spacing_mm")}
+
+
+def test_patch_spacing_sets_every_measuring_module_and_restores_it():
+    module = _module()
+    assert _spacings(module) == {1.0}
+    with patch_spacing(module, 2.5):
+        assert _spacings(module) == {2.5}  # the head's descriptors, its pooling and the losses
+    assert _spacings(module) == {1.0}
+    with pytest.raises(RuntimeError), patch_spacing(module, 3.0):
+        raise RuntimeError("a failed batch")
+    assert _spacings(module) == {1.0}
+
+
+def test_spacing_groups_cover_the_batch_once():
+    groups = spacing_groups(torch.tensor([2.0, 1.0, 2.0, 1.5, 1.0]))
+    assert [s for s, _ in groups] == [1.0, 1.5, 2.0]
+    assert sorted(torch.cat([i for _, i in groups]).tolist()) == [0, 1, 2, 3, 4]
+    assert groups[2][1].tolist() == [0, 2]
+
+
+def test_the_spacing_changes_what_the_head_reads():
+    module = _module()
+    x, mask, has_mask, label, has_label = _batch(2)
+    with torch.no_grad():
+        at_1 = module(x, mask, has_mask, label, has_label, patch_spacing_mm=torch.tensor([1.0, 1.0]))
+        at_2 = module(x, mask, has_mask, label, has_label, patch_spacing_mm=torch.tensor([2.0, 2.0]))
+    # the same voxels read as 2 mm voxels are a node eight times the volume
+    assert not torch.allclose(at_1["outputs"].metastasis_logit, at_2["outputs"].metastasis_logit)
+    torch.testing.assert_close(at_1["outputs"].mask_logits, at_2["outputs"].mask_logits)  # the mask is in voxels
+
+
+def test_a_mixed_batch_equals_each_spacing_run_on_its_own():
+    module = _module()
+    x, mask, has_mask, label, has_label = _batch(4)
+    spacing = torch.tensor([2.0, 1.0, 2.0, 1.0])
+    with torch.no_grad():
+        mixed = module(x, mask, has_mask, label, has_label, patch_spacing_mm=spacing)
+        parts = {}
+        for s, idx in ((1.0, [1, 3]), (2.0, [0, 2])):
+            parts[s] = (idx, module(x[idx], mask[idx], has_mask[idx], label[idx], has_label[idx],
+                                    patch_spacing_mm=torch.full((2,), s)))
+    for s, (idx, alone) in parts.items():
+        torch.testing.assert_close(mixed["outputs"].metastasis_logit[idx], alone["outputs"].metastasis_logit)
+        torch.testing.assert_close(mixed["outputs"].mask_logits[idx], alone["outputs"].mask_logits)
+    for key in ("total", "seg", "cls"):  # each group weighted by its share of the batch
+        torch.testing.assert_close(mixed[key], 0.5 * parts[1.0][1][key] + 0.5 * parts[2.0][1][key])
+    assert _spacings(module) == {1.0}
+
+
+def test_a_mixed_batch_trains_through_every_group():
+    module = _module().train()
+    x, mask, has_mask, label, has_label = _batch(4)
+    losses = module(x, mask, has_mask, label, has_label, patch_spacing_mm=torch.tensor([1.0, 2.0, 1.0, 2.0]))
+    losses["total"].backward()
+    grads = [p.grad for p in module.network.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_head_inputs_are_collected_at_each_patchs_spacing():
+    network = _module().network
+    x, *_ = _batch(4)
+    slice_mm = torch.ones(4)
+    spacing = torch.tensor([1.0, 2.0, 2.0, 1.0])
+    mixed = collect_head_inputs(network, [(x, slice_mm, spacing)])
+    for s in (1.0, 2.0):
+        idx = (spacing == s).nonzero().flatten()
+        with patch_spacing(network, s):
+            alone = collect_head_inputs(network, [(x[idx], slice_mm[idx])])
+        torch.testing.assert_close(mixed[idx], alone)
+    assert not torch.allclose(mixed[0], mixed[1]) or not torch.allclose(x[0], x[1])
+    plain = collect_head_inputs(network, [(x, slice_mm)])
+    torch.testing.assert_close(plain[[0, 3]], mixed[[0, 3]])  # no spacing given: the network's own
