@@ -6,6 +6,7 @@ keeping the spec's label model; the patch cache must give patches at the spacing
 geometry right (the node's size in mm does not change with the spacing).
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -213,9 +214,12 @@ def test_trainer_across_spacings_records_the_spacings(tmp_path, spec_case):
     assert [m.spacing_mm for m in trainer.module.modules() if hasattr(m, "spacing_mm")] == before  # restored
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["training"]["spacing_range_mm"] == [1.5, 3.0]
-    if "zoom_spacings_mm" in saved["preprocessing"]:  # where the preprocessing records them
-        assert list(saved["preprocessing"]["zoom_spacings_mm"]) == [1.5, 3.0]
-    load_model(tmp_path / "model")
+    assert saved["zoom_spacings_mm"] == [1.5, 3.0]  # the engine zooms over these
+    assert load_model(tmp_path / "model").config.zoom_spacings_mm == (1.5, 3.0)
+    # fine-tuning it across other spacings: same network and preprocessing, its own zoom levels
+    tuned = Trainer(dataclasses.replace(config, spacing_range_mm=[1.5, 2.25], init_from=str(tmp_path / "model")),
+                    tmp_path / "tuned", log=lambda *_: None)
+    assert tuned.model_config.zoom_spacings_mm == (1.5, 2.25)
     with pytest.raises(ValueError):  # the network is built at the patch spacing: it must be in range
         Trainer(TrainConfig(preprocessing={"patch_spacing_mm": 1.0}, spacing_range_mm=[1.5, 3.0], device="cpu"),
                 tmp_path / "other", log=lambda *_: None)

@@ -10,7 +10,6 @@ reproducible seeds. Under `torchrun` it trains with DistributedDataParallel
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -65,7 +64,7 @@ class TrainConfig:
     preprocessing: dict = field(default_factory=dict)
     # across spacings: [low, high] mm; every node is cached at `spacing_levels` spacings from low to
     # high (log-spaced; `spacing_levels_per_node` of them per node, None = all) and each step draws
-    # one; the model's config then lists them as preprocessing.zoom_spacings_mm. None = one spacing.
+    # one; the model's config then lists them as zoom_spacings_mm. None = one spacing.
     spacing_range_mm: list | None = None
     spacing_levels: int = 4
     spacing_levels_per_node: int | None = None
@@ -122,15 +121,6 @@ def trained_spacings(config: TrainConfig, pre: PreprocessingConfig) -> tuple[flo
     return tuple(sorted(set(spacing_levels(low, high, config.spacing_levels)) | {float(pre.patch_spacing_mm)}))
 
 
-def _with_zoom_spacings(pre: PreprocessingConfig, spacings) -> PreprocessingConfig:
-    """The preprocessing as saved: with the spacings the network was trained at, where the
-    preprocessing records them (zoom_spacings_mm)."""
-    if "zoom_spacings_mm" not in {f.name for f in dataclasses.fields(pre)}:
-        return pre
-    kind = list if isinstance(pre.zoom_spacings_mm, list) else tuple
-    return dataclasses.replace(pre, zoom_spacings_mm=kind(float(s) for s in spacings))
-
-
 def split_by_case(cache: PatchCache, val_fraction: float, seed: int):
     """Validation nodes come from whole held-out cases (no leakage between a case's nodes)."""
     cases = sorted(set(cache.case_ids))
@@ -156,8 +146,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest 3-D convolutions
         self.model_config = ModelConfig(
             config.model_id, network=_recipe_network(config.network),
-            preprocessing=_with_zoom_spacings(self.pre, trained_spacings(config, self.pre)),
-            training=asdict(config),
+            preprocessing=self.pre, training=asdict(config),
+            zoom_spacings_mm=trained_spacings(config, self.pre),  # the fields of view it is valid for
         )
         self.network = self.model_config.build_network()
         if config.init_from:
