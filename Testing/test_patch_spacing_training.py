@@ -107,3 +107,30 @@ def test_head_inputs_are_collected_at_each_patchs_spacing():
     assert not torch.allclose(mixed[0], mixed[1]) or not torch.allclose(x[0], x[1])
     plain = collect_head_inputs(network, [(x, slice_mm)])
     torch.testing.assert_close(plain[[0, 3]], mixed[[0, 3]])  # no spacing given: the network's own
+
+
+def test_teacher_logits_read_each_cached_row_at_its_spacing(tmp_path):
+    from LymphNodeMTLLib.network.model_store import ModelConfig, save_model
+    from LymphNodeMTLLib.training.losses.self_distillation import teacher_logits
+    from LymphNodeMTLLib.training.node_patch_dataset import PatchCache
+
+    network = _module().network
+    config = ModelConfig("teacher", network={"channels": [4, 8]}, preprocessing=PRE, temperature=1.5)
+    save_model(tmp_path / "teacher", config, network, "a test teacher")
+    g = torch.Generator().manual_seed(3)
+    n = 5
+    images = (torch.randn(n, 1, 18, 18, 18, generator=g) * 80.0).half()
+    spacing = torch.tensor([1.0, 2.0, 1.0, 2.0, 2.0])
+    cache = PatchCache(images, torch.zeros(n, 1, 18, 18, 18, dtype=torch.uint8), torch.zeros(n),
+                       torch.zeros(n, dtype=torch.bool), [f"n{i}" for i in range(n)], ["c"] * n, 1,
+                       slice_mm=torch.ones(n), spacing_mm=spacing)
+    got = teacher_logits([tmp_path / "teacher"], cache, PRE, "cpu", batch_size=2)
+    assert got.shape == (1, n)
+    network.eval()
+    x = network_input(images[:, :, 1:17, 1:17, 1:17].float(), PRE)
+    with torch.no_grad():
+        for s in (1.0, 2.0):
+            with patch_spacing(network, s):
+                expected = network(x, slice_mm=torch.ones(n)).metastasis_logit / 1.5
+            rows = spacing == s
+            torch.testing.assert_close(got[0, rows], expected[rows], rtol=1e-4, atol=1e-5)

@@ -82,14 +82,17 @@ class DistillationConfig:
 
 @torch.no_grad()
 def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 16) -> torch.Tensor:
-    """(T, N) metastasis logits of each teacher on each cached node's central patch."""
+    """(T, N) metastasis logits of each teacher on each cached node's central patch, each patch read
+    at its own spacing (patch_spacing.py)."""
     from ...network.model_store import load_model
+    from ...network.patch_spacing import patch_spacing, spacing_groups
     from ...preprocessing.network_input import network_input
 
     m, n = cache.margin, pre.patch_size
     crop = (slice(None), slice(None), *(slice(m, m + n),) * 3)
     rows = []
     slices = cache.slice_or_default(pre.patch_spacing_mm)
+    groups = spacing_groups(cache.spacing_or_default(pre.patch_spacing_mm))
     for folder in model_dirs:
         loaded = load_model(folder)
         tp = loaded.config.preprocessing
@@ -97,11 +100,13 @@ def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 1
             raise ValueError(f"teacher {folder} uses {tp.patch_size} voxels of {tp.patch_spacing_mm} mm; "
                              f"the student {pre.patch_size} of {pre.patch_spacing_mm} mm")
         net = loaded.network.to(device).eval()
-        out = []
-        for start in range(0, len(cache), batch_size):
-            images = cache.images[start:start + batch_size][crop].float().to(device)
-            x = network_input(images, tp)
-            slice_mm = slices[start:start + batch_size].to(device)
-            out.append(net(x, slice_mm=slice_mm).metastasis_logit.float().cpu() / loaded.config.temperature)
-        rows.append(torch.cat(out))
+        logits = torch.zeros(len(cache))
+        for spacing, idx in groups:
+            with patch_spacing(net, spacing):
+                for start in range(0, len(idx), batch_size):
+                    rows_of = idx[start:start + batch_size]
+                    x = network_input(cache.images[rows_of][crop].float().to(device), tp)
+                    out = net(x, slice_mm=slices[rows_of].to(device)).metastasis_logit.float().cpu()
+                    logits[rows_of] = out / loaded.config.temperature
+        rows.append(logits)
     return torch.stack(rows)
