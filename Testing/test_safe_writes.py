@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ct_samples import body_ct, body_geometry, centre_ras, write_case
 from LymphNodeMTLLib.commands.cli import main
 from LymphNodeMTLLib.core.errors import InputError
@@ -317,6 +318,32 @@ def test_train_refuses_an_existing_model_folder_before_training(manifest, tmp_pa
     assert code == 2
     one_error_line(err, "already holds a model (config.json, model.safetensors)")
     assert listing(out) == before
+
+
+def test_a_signal_during_training_keeps_the_last_checkpoint_and_no_temporary_file(manifest, tmp_path):
+    recipe = tmp_path / "long.json"
+    recipe.write_text(json.dumps({"epochs": 10000, "batch_size": 2, "val_fraction": 0.0, "device": "cpu",
+                                  "network": {"channels": [4, 8]}, "mixed_precision": False,
+                                  "preprocessing": {"patch_size": 16, "patch_spacing_mm": 2.0}}))
+    out = tmp_path / "model"
+    env = {**os.environ, "PYTHONPATH": LIB, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "LymphNodeMTLLib.commands.cli", *train(manifest, out, "--config",
+                              str(recipe))], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists():
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the next epochs, where a checkpoint may be half-written
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # whole, for --resume
+    assert int(torch.load(out / "checkpoint.pt", weights_only=False)["epoch"]) >= 1
 
 
 def test_train_refuses_a_file_as_out_before_training(manifest, tmp_path, capsys):

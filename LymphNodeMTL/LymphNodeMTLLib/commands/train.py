@@ -84,6 +84,7 @@ def check_model_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 def run(args) -> dict:
     from ..io.training_manifest import check_manifest_geometry, read_manifest
+    from ..outputs.output_folder import cleanup_on_signals
     from ..training.trainer import CHECKPOINT, TrainConfig, Trainer
 
     try:
@@ -100,8 +101,11 @@ def run(args) -> dict:
         if not checkpoint.is_file():
             raise InputError(f"--resume: {checkpoint} does not exist; start without --resume")
         trainer.load_checkpoint(checkpoint)
-    trainer.prepare(args.manifest)
-    trainer.fit()
-    metrics = trainer.finish()
+    # a scheduler's time limit or a closed terminal unwinds like Ctrl-C: no temporary file stays,
+    # and the last whole checkpoint is kept for --resume
+    with cleanup_on_signals():
+        trainer.prepare(args.manifest)
+        trainer.fit()
+        metrics = trainer.finish()
     print(f"model written to {out}: {metrics}")
     return metrics

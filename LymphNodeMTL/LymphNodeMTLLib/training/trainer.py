@@ -303,8 +303,11 @@ class Trainer:
         if self.balancer is not None and self.balancer.norm_ema is not None:
             state["balancer_norm_ema"] = torch.tensor(self.balancer.norm_ema)
         tmp = self.out_dir / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / CHECKPOINT)
+        try:
+            torch.save(state, tmp)
+            tmp.replace(self.out_dir / CHECKPOINT)  # the old checkpoint stays whole until then
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, path) -> None:
         # weights_only: a checkpoint is data, never code
