@@ -204,3 +204,28 @@ def test_resume_ignores_options_that_were_off_and_loader_workers(ablation_run, t
 
 
 _DROP = object()
+
+
+def test_an_earlier_table_is_refused_without_resume_or_overwrite(manifests, tmp_path, capsys):
+    train, test = manifests
+    (tmp_path / "ablation.md").write_text("my annotated table")
+    rc = main(["ablate", "--manifest", str(train), "--test-manifest", str(test), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "already holds an ablation" in err[0] and "--overwrite" in err[0]
+    assert (tmp_path / "ablation.md").read_text() == "my annotated table"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.md"]
+
+
+def test_a_second_ablation_into_a_locked_folder_is_refused(manifests, tmp_path, capsys):
+    from LymphNodeMTLLib.outputs.output_folder import FolderLock
+
+    train, test = manifests
+    lock = FolderLock(tmp_path)
+    lock.acquire()
+    try:
+        rc = main(["ablate", "--manifest", str(train), "--test-manifest", str(test), "--out", str(tmp_path)])
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert rc == 2 and "another lymphnode-mtl run is writing" in err
+    assert not (tmp_path / "models").exists()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from ..core.errors import InputError
+
+TABLE_FILES = ("ablation.md", "ablation.json")
 
 EPILOG = """\
 variants (default: all, in this order):
@@ -45,6 +48,8 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--label-fraction", type=float, default=1.0, metavar="F",
                    help="keep labels on this share of training nodes (distillation experiments; default 1)")
     a.add_argument("--bootstrap", type=positive_int, default=1000, metavar="N", help="bootstrap resamples for the CIs")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace the table (and retrain the variants) of an earlier run in DIR")
     a.add_argument("--resume", action="store_true",
                    help="reuse variants already trained in DIR/models with the same config (a run cut off "
                         "part-way goes on where it stopped)")
@@ -72,6 +77,7 @@ def command_line(args) -> str:
 
 def run(args) -> dict:
     from ..evaluation.ablation.ablation import DEFAULT_VARIANTS, VARIANT_NAMES, run_ablation
+    from ..outputs.output_folder import FolderLock, check_folder_path, cleanup_on_signals, os_error_line
     from ..training.trainer import TrainConfig
 
     unknown = [v for v in args.variants or () if v not in VARIANT_NAMES]
@@ -90,7 +96,23 @@ def run(args) -> dict:
     for name, value in (("--mask-fraction", args.mask_fraction), ("--label-fraction", args.label_fraction)):
         if not 0.0 < value <= 1.0:
             raise InputError(f"{name} must be in (0, 1], got {value}")
-    return run_ablation(args.manifest, args.test_manifest, args.out, base=base,
-                        variants=tuple(args.variants or DEFAULT_VARIANTS), n_boot=args.bootstrap,
-                        mask_fraction=args.mask_fraction, label_fraction=args.label_fraction,
-                        command=command_line(args), resume=args.resume)
+    out = Path(args.out)
+    check_folder_path(out)
+    earlier = [n for n in TABLE_FILES if (out / n).exists()]
+    if earlier and not (args.resume or args.overwrite):
+        raise InputError(f"{out} already holds an ablation ({', '.join(earlier)}); choose another --out, "
+                         "pass --resume to go on with it, or --overwrite to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(os_error_line(e, out)) from None
+    lock = FolderLock(out)
+    lock.acquire()  # two ablations in one folder would train over each other's variants
+    try:
+        with cleanup_on_signals():
+            return run_ablation(args.manifest, args.test_manifest, out, base=base,
+                                variants=tuple(args.variants or DEFAULT_VARIANTS), n_boot=args.bootstrap,
+                                mask_fraction=args.mask_fraction, label_fraction=args.label_fraction,
+                                command=command_line(args), resume=args.resume)
+    finally:
+        lock.release()

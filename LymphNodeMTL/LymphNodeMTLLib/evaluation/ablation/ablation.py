@@ -10,6 +10,7 @@ manifest's held-out cases, never the test set) beat the base.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -136,7 +137,14 @@ def hide_annotations(cache: PatchCache, mask_fraction: float, label_fraction: fl
 
 
 def write_ablation(out_dir: Path, result: dict, log=print) -> None:
+    """ablation.json and ablation.md, each written beside itself and renamed over the old one, so a
+    reader never sees half a table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ablation.json").write_text(summary_json(result))
-    (out_dir / "ablation.md").write_text(ablation_markdown(result))
+    for name, text in (("ablation.json", summary_json(result)), ("ablation.md", ablation_markdown(result))):
+        temporary = out_dir / f".{name}.tmp"
+        try:
+            temporary.write_text(text)
+            os.replace(temporary, out_dir / name)
+        finally:
+            temporary.unlink(missing_ok=True)
     log(f"ablation table: {out_dir / 'ablation.md'}")
