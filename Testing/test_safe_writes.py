@@ -390,6 +390,17 @@ def test_train_refuses_a_label_map_on_another_grid(manifest, tmp_path, capsys):
     one_error_line(err, "label map labels.nrrd is on another voxel grid than its CT ct.nrrd")
 
 
+def test_train_refuses_a_training_ct_that_is_not_in_hu(manifest, tmp_path, capsys):
+    from LymphNodeMTLLib.io.volume_reader import read_volume
+
+    image, geometry, _ = read_volume(manifest.parent / "ct.nrrd")
+    write_volume(manifest.parent / "ct.nrrd", (image.astype(np.int32) + 1024).astype(np.uint16), geometry)  # raw
+    rc = main(train(manifest, tmp_path / "model"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "ct.nrrd" in err[0], err
+    assert not (tmp_path / "model" / "config.json").exists()
+
+
 def test_a_latin1_manifest_is_one_line(manifest, tmp_path, capsys):
     (manifest.parent / "nodes.csv").write_bytes(
         "id,r,a,s,label\nStation 4R gauche \xe9,0,0,0,1\n".encode("latin-1"))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
 
+from ..core.ct_plausibility import check_ct_plausibility
 from ..core.errors import InputError
 from ..core.node_attributes import ATTRIBUTE_NAMES
 from ..io.training_manifest import ManifestCase
@@ -142,7 +143,10 @@ class CaseNodes:
 
 
 def manifest_case_nodes(case: ManifestCase) -> CaseNodes:
-    image, geometry, _ = read_volume(case.image)
+    """A manifest case read for training, its CT held to the same plausibility rules as a CT to
+    predict on (a raw uint16 or MR volume would teach the network nonsense)."""
+    image, geometry, metadata = read_volume(case.image)
+    image = check_ct_plausibility(image, geometry, metadata.get("Modality"), case.image.name)
     label_map = None
     if case.label_map is not None:
         label_map, label_geom, _ = read_volume(case.label_map)
