@@ -30,6 +30,15 @@ def test_stress_cases_keep_the_label_model_and_truth():
         assert len({n.mask_value for n in case.nodes}) == len(case.nodes)
 
 
+def test_a_cluster_node_that_gives_way_still_has_its_seed_in_its_mask():
+    """Case 10 of the stress set (seed 9191): a clustered node gave way to its neighbour until none
+    of it was left on the slices' centres, and the seed could not be drawn."""
+    rng = np.random.default_rng(np.random.SeedSequence(9191).spawn(11)[10])
+    case = generate_stress_case(rng, int(rng.integers(4, 9)))
+    assert case.nodes
+    assert all((case.label_map == n.mask_value).sum() >= 3 and _seed_in_own_mask(case, n) for n in case.nodes)
+
+
 def _centre_to_edge_noise(image: np.ndarray) -> float:
     """Robust in-plane noise SD (MAD of the residual of a 3x3 median) at the centre / near the edge."""
     residual = image - ndimage.median_filter(image, size=(1, 3, 3))

@@ -216,7 +216,11 @@ def main():
     p.add_argument("--stress", type=int, default=60, help="stress cases")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--tiny", action="store_true", help="smoke run: 3+2+1 cases, 1 epoch, tiny test sets")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="evaluate the model already in --out three ways and rewrite its card (no training)")
     args = p.parse_args()
+    if args.evaluate_only:
+        return evaluate_only(args)
     if args.tiny:
         args.wide, args.wide_real, args.spec, args.epochs = 3, 2, 1, 1
         args.test_synthetic, args.test_real, args.stress, args.n_boot = 2, 1, 2, 50
@@ -237,26 +241,49 @@ def main():
           f"in {timings['phantoms and cache']:.1f} min", flush=True)
     trainer.set_cache(cache)
     trainer.model_config.training["spacing_levels_mm"] = list(trained_spacings(config, trainer.pre))
+    trainer.model_config.training["cached_patches"] = len(cache)
     t0 = time.perf_counter()
     trainer.fit()
     timings["training"] = (time.perf_counter() - t0) / 60
     recipe = (f"`{' '.join(['scripts/train_wide_world_model.py'] + sys.argv[1:])}` "
               f"(ran on {trainer.device.type}, {torch.get_num_threads()} threads)")
+    trainer.model_config.training["recipe"] = recipe
+    trainer.model_config.training["recipe_minutes"] = timings  # the refit's own time is in the card
     t0 = time.perf_counter()
     metrics = trainer.finish(lambda cfg, m: card(cfg, m, len(cache), recipe, timings, {}))
     timings["refit and calibration"] = (time.perf_counter() - t0) / 60
+    evaluate_and_write_card(args, trainer.model_config, metrics, len(cache), recipe, timings, trainer.device.type)
+
+
+def evaluate_and_write_card(args, config, metrics: dict, n_patches: int, recipe: str, timings: dict,
+                            device: str) -> None:
+    """Evaluate the saved model three ways; rewrite its card with the figures (weights and config
+    stay as saved)."""
     work = args.work or Path(f"{args.out.rstrip('/')}-eval")
     t0 = time.perf_counter()
-    evaluations = evaluate_three_ways(Path(args.out), work, args, trainer.device.type)
+    evaluations = evaluate_three_ways(Path(args.out), work, args, device)
     timings["evaluation"] = (time.perf_counter() - t0) / 60
-    # the card is rewritten with the figures; the weights and config stay as saved
-    text = card(trainer.model_config, metrics, len(cache), recipe, timings, evaluations)
+    text = card(config, metrics, n_patches, recipe, timings, evaluations)
     (Path(args.out) / "model-card.md").write_text(text)
     (work / "evaluations.json").write_text(json.dumps(
         {k: {m: v for m, v in s.items() if not isinstance(v, dict)} for k, s in evaluations.items()}, indent=2,
         default=str) + "\n")
     print(json.dumps({"timings_min": timings, "validation": {k: v for k, v in metrics.items()
                                                             if isinstance(v, (int, float))}}, indent=1))
+
+
+def evaluate_only(args) -> None:
+    """The evaluation step of a recipe run alone, on the model it saved in --out."""
+    from LymphNodeMTLLib.core.device import resolve_device
+    from LymphNodeMTLLib.network.model_store import load_model
+
+    config = load_model(args.out).config
+    timings = dict(config.training.get("recipe_minutes") or {})
+    n_patches = config.training.get("cached_patches", 0)
+    recipe = config.training.get("recipe", "(not recorded)")
+    recipe += f"; evaluated by `scripts/train_wide_world_model.py --out {args.out} --evaluate-only`"
+    evaluate_and_write_card(args, config, config.training.get("validation", {}), n_patches, recipe, timings,
+                            resolve_device(args.device).type)
 
 
 if __name__ == "__main__":

@@ -167,8 +167,8 @@ def _place(rng, hu, tissue, label_fine, coords, n_sub, features, placed, value):
             continue  # against a box over part of its surface, not buried in it
         taken = label_fine[box] > 0
         if mode == "cluster":
-            inside &= ~taken
-            if not (ndimage.binary_dilation(inside) & taken).any():
+            inside &= ~taken  # the later node gives way: it must still show on the slices' centres
+            if (inside & on_slice).sum() < 3 or not (ndimage.binary_dilation(inside) & taken).any():
                 continue
         elif (ndimage.binary_dilation(inside, iterations=2) & taken).any():
             continue
