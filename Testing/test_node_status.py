@@ -120,7 +120,7 @@ def test_reclassification_statuses(engine, case_and_results):
 
 def test_reclassifying_a_large_drawn_mask_picks_a_field_of_view_that_holds_it(engine):
     """A 50 mm-long drawn mask does not fit the 48 mm window clear of a voxel at its border:
-    the head sees it through the 96 mm one, the mask itself unchanged."""
+    the head sees it through the next wider view the model declares, the mask itself unchanged."""
     geometry, ras = _grid()
     centre = ras[24, 40, 40]
     drawn = np.linalg.norm((ras - centre) / [25.0, 12.0, 12.0], axis=-1) <= 1.0
@@ -129,7 +129,9 @@ def test_reclassifying_a_large_drawn_mask_picks_a_field_of_view_that_holds_it(en
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
     given = NodeResult("big", tuple(centre), tuple(lo), tuple(hi), drawn[tuple(slice(a, b) for a, b in zip(lo, hi))])
     (updated,) = engine.classify_masks(Case(image, geometry, [Seed("big", tuple(centre))]), [given])
-    assert updated.field_of_view_mm == 96.0 and updated.status == node_status.OK
+    size = engine.config.preprocessing.patch_size
+    wider = [size * s for s in engine.zoom_spacings_mm if size * s > 48.0]
+    assert updated.field_of_view_mm == wider[0] and updated.status == node_status.OK
     np.testing.assert_array_equal(updated.mask, given.mask)
     assert 0.0 <= updated.probability <= 1.0
 
@@ -155,4 +157,20 @@ def test_real_lesions_have_no_silent_empty_mask(engine):
             assert r.status != node_status.OK or not r.is_empty, folder.name
             if r.status not in node_status.HAS_USABLE_MASK:
                 assert math.isnan(r.probability), folder.name
-            assert r.field_of_view_mm in (48.0, 96.0)
+            assert r.field_of_view_mm in [engine.config.preprocessing.patch_size * s for s in engine.zoom_spacings_mm]
+
+
+def test_a_mask_of_fat_only_is_no_node_but_a_fatty_hilum_is_part_of_one():
+    from LymphNodeMTLLib.inference.node_status_rules import holds_only_fat
+
+    rng = np.random.default_rng(2)
+    image = rng.normal(-100.0, 12.0, (10, 10, 10)).astype(np.float32)  # fat
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:8, 2:8, 2:8] = True
+    blob = NodeResult("blob", (0.0, 0.0, 0.0), (0, 0, 0), (10, 10, 10), mask)
+    assert holds_only_fat(blob, image)
+    node = image.copy()
+    node[2:8, 2:8, 4:8] = rng.normal(45.0, 12.0, (6, 6, 4))  # two thirds solid, one third fatty hilum
+    assert not holds_only_fat(blob, node)
+    empty = NodeResult("none", (0.0, 0.0, 0.0), (0, 0, 0), (10, 10, 10), np.zeros((10, 10, 10), bool))
+    assert not holds_only_fat(empty, image)

@@ -73,7 +73,7 @@ def test_a_users_own_files_are_never_removed(inputs, tmp_path, capsys):
     after = listing(out)
     assert {k: after[k] for k in before} == before
     assert sorted(set(after) - set(before)) == OUTPUTS
-    warnings = [line for line in err.splitlines() if "warning" in line]
+    warnings = [line for line in err.splitlines() if "warning" in line and "not written by this run" in line]
     assert len(warnings) == 1 and "report.html" in warnings[0] and "nodes.dcm" in warnings[0]
     # --overwrite replaces this tool's results only; the user's files still stay
     code, _, err = run_cli(predict(inputs, out, "--overwrite"), capsys)

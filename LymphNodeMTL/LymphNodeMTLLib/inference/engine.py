@@ -38,7 +38,7 @@ from .field_of_view import (
     spacing_that_holds,
 )
 from .mask_pasting import PastedProbability, paste_patch_probability
-from .node_status_rules import apply_status, in_soft_tissue, node_status_of, seed_hu
+from .node_status_rules import apply_status, holds_only_fat, in_soft_tissue, node_status_of, seed_hu
 from .overlap_resolution import resolve_overlaps
 from .seed_component import keep_seed_component
 
@@ -114,6 +114,9 @@ class NodeEngine:
                 results.append(result)
         with self._timed("measurements"):
             for r in results:
+                if holds_only_fat(r, case.image):  # no node there: said as an empty mask, not drawn
+                    r.extra["fat_only_mask_voxels"] = int(r.mask.sum())
+                    r.mask[...] = False
                 measure_node(r, case.image, case.geometry)
         usable = [k for k, (r, view) in enumerate(zip(results, chosen))
                   if soft_tissue[k] and view.complete and not r.is_empty]

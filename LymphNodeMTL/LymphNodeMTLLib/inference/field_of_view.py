@@ -6,10 +6,11 @@ the patch border or comes out empty. The engine therefore looks at every node fi
 spacing the model was trained for and looks again, one spacing coarser, when
 
 - the node's mask reaches the patch border, or
-- at the finest view, the seed sits in a region of like density that reaches the patch border (a
-  structure larger than the patch) and the mask is empty, a few voxels, misses the seed, or has
-  no edge: most of the shell just outside it is of the same density (measured at 1 mm: 50-80 mm
-  spheres give empty masks, a few voxels 20 mm from the seed, or a 6 mm ball around the seed),
+- the seed sits in a region of like density that reaches the finest patch's border (a structure
+  larger than the patch) and the mask is empty, a few voxels or misses the seed (at any view), or,
+  at the finest view, has no edge: most of the shell just outside it is of the same density
+  (measured at 1 mm: 50-80 mm spheres give empty masks, a few voxels 20 mm from the seed, or a
+  6 mm ball around the seed),
 
 up to the coarsest spacing the model config declares valid (`zoom_spacings_mm`). Of the views
 looked at, it keeps the finest one that holds the whole node: a view whose mask is non-empty and
@@ -131,11 +132,14 @@ def needs_wider_view(views: list[PatchView], like_density_beyond: bool, edgeless
     last = views[-1]
     if last.touches_border:
         return True
-    if len(views) == 1 and like_density_beyond:
-        fragment = last.voxels < 4.0 / 3.0 * np.pi * FRAGMENT_RADIUS_VOXELS**3
-        no_edge = bool(edgeless_share > EDGELESS_SHARE)  # NaN (empty mask) compares False
-        return fragment or not last.covers_seed or no_edge
-    return False
+    if not like_density_beyond:
+        return False
+    # a structure larger than the finest view: as long as a view finds only a fragment, or a mask
+    # off the seed, the node is still larger than that view (an 80 mm sphere at 1.44 mm gives two
+    # voxels); the shell's share of like density is measured at the finest view only
+    fragment = last.voxels < 4.0 / 3.0 * np.pi * FRAGMENT_RADIUS_VOXELS**3
+    no_edge = len(views) == 1 and bool(edgeless_share > EDGELESS_SHARE)  # NaN (empty mask) compares False
+    return fragment or not last.covers_seed or no_edge
 
 
 def choose_view(views: list[PatchView]) -> PatchView:

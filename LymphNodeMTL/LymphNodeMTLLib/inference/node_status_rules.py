@@ -1,6 +1,7 @@
 """Which status a node's result gets (core/node_status.py), and what a status takes away.
 
-In order of precedence: a seed not on soft tissue, an empty mask, a mask cut by the field of view
+In order of precedence: a seed not on soft tissue, an empty mask (also a mask the network drew in
+fat only, which the engine empties: holds_only_fat), a mask cut by the field of view
 or by the CT's own edge, disagreeing test-time augmentation passes, else ok. A node whose status
 leaves no usable mask gets no probability and no label, so no output can show a confident-looking
 number for it; the network's own figure stays in `extra["network_probability"]` for evaluation.
@@ -40,11 +41,32 @@ def in_soft_tissue(hu: float) -> bool:
     return SOFT_TISSUE_HU[0] <= float(hu) <= SOFT_TISSUE_HU[1]
 
 
-def touches_volume_edge(result: NodeResult, shape_kji) -> bool:
-    """Whether a non-empty mask reaches the outermost voxel layer of the CT (the node is cut)."""
+# A mask at least three quarters of which reads as fat holds no node tissue: a blob the network drew
+# around a seed placed in fat. A fatty hilum is a part of a node, never three quarters of it: on
+# the phantom test sets the lowest 75th percentile of a true node mask is -52 HU (partial volume of
+# a few-voxel node); fat itself reads -150 to -80 HU.
+FAT_ONLY_P75_HU = -60.0
+
+
+def holds_only_fat(result: NodeResult, image: np.ndarray) -> bool:
+    """Whether the CT under a non-empty mask is fat for at least three quarters of its voxels."""
     if result.is_empty:
         return False
-    return any(a <= 0 or b >= n for a, b, n in zip(result.bbox_start_kji, result.bbox_stop_kji, shape_kji))
+    values = image[result.slices()][result.mask]
+    return bool(np.percentile(values, 75) < FAT_ONLY_P75_HU)
+
+
+# The network's mask of a node the CT cuts fades just before the CT's edge (it sees air-padding
+# beyond it): a mask this many voxel layers from the edge counts as reaching it.
+EDGE_LAYERS = 2
+
+
+def touches_volume_edge(result: NodeResult, shape_kji) -> bool:
+    """Whether a non-empty mask reaches the CT's outermost EDGE_LAYERS voxel layers (the node is cut)."""
+    if result.is_empty:
+        return False
+    return any(a < EDGE_LAYERS or b > n - EDGE_LAYERS
+               for a, b, n in zip(result.bbox_start_kji, result.bbox_stop_kji, shape_kji))
 
 
 def node_status_of(result: NodeResult, seed_in_soft_tissue: bool, cut_by_view: bool, shape_kji,
