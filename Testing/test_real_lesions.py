@@ -2,7 +2,7 @@
 
 Three soft-tissue lesions of 30-66 mm in 5 mm-slice abdominal CT, each with a 3-D mask and one
 seed; no labels. Measured the way evaluate measures any manifest: the data are never trained on.
-The target: every lesion gets a mask, with Dice >= 0.70.
+The target: every lesion gets a mask, with Dice >= 0.70; each case is its own test.
 """
 
 import importlib.util
@@ -39,10 +39,23 @@ def test_the_manifest_has_masks_and_no_labels(scores):
     assert all(s.label is None for s in scores)
 
 
-@pytest.mark.xfail(strict=False, reason="bundled model v4 was trained on the spec's world at one 48 mm field "
-                   "of view: with the engine's zoom the three lesions get Dice 0.66, 0.74 and 0.00 (two "
-                   "flagged low_agreement); the target holds only once the model is retrained on the wide "
-                   "world across spacings")
-def test_every_real_lesion_gets_a_mask_with_dice_of_at_least_0_7(scores):
-    failing = {s.case_id: round(s.dice, 3) for s in scores if s.empty_mask or not s.dice >= 0.70}
-    assert not failing, f"empty mask or Dice < 0.70: {failing}"
+# One case the bundled model does not meet: a bulky mass of near-fat attenuation (median -55 HU
+# inside, -69 HU in the 3-voxel rim around it), which no phantom world shows; the engine reports an
+# empty mask (status empty_mask, no probability) rather than a wrong one. strict: a model that
+# segments it turns this into a failure to be promoted to a plain assertion.
+FAT_DENSITY_MASS = "deeplesion_000010_01_01_078-090"
+
+
+def _case_ids():
+    return sorted(p.name for p in WRITER.REAL_LESIONS.iterdir() if (p / "ct.nrrd").is_file()) \
+        if WRITER.REAL_LESIONS.is_dir() else []
+
+
+@pytest.mark.parametrize("case_id", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="a near-fat-density bulky mass: empty mask"))
+    if c == FAT_DENSITY_MASS else c for c in _case_ids()])
+def test_every_real_lesion_gets_a_mask_with_dice_of_at_least_0_7(scores, case_id):
+    mine = [s for s in scores if s.case_id == case_id]
+    assert mine
+    failing = {s.node_id: round(s.dice, 3) for s in mine if s.empty_mask or not s.dice >= 0.70}
+    assert not failing, f"{case_id}: empty mask or Dice < 0.70: {failing}"
