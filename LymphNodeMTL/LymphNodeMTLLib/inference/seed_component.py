@@ -11,13 +11,9 @@ _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 
 def keep_seed_component(mask: np.ndarray, seed_kji_local: np.ndarray, spacing_kji) -> np.ndarray:
     """Component of `mask` that contains the seed voxel; if the seed voxel is outside the mask,
-    the component nearest to the seed (in mm). Returns an all-false mask for an empty input.
-
-    Cavities enclosed by the component are filled: a node is solid (a necrotic core is part of
-    the node), and a hole the network leaves at the seed would otherwise drop the node itself."""
+    the component nearest to the seed (in mm). Returns an all-false mask for an empty input."""
     if not mask.any():
         return mask.copy()
-    mask = ndimage.binary_fill_holes(mask)
     labels, count = ndimage.label(mask, structure=_STRUCTURE)
     if count == 1:
         return labels == 1
