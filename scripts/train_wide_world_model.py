@@ -248,7 +248,7 @@ def main():
     recipe = (f"`{' '.join(['scripts/train_wide_world_model.py'] + sys.argv[1:])}` "
               f"(ran on {trainer.device.type}, {torch.get_num_threads()} threads)")
     trainer.model_config.training["recipe"] = recipe
-    trainer.model_config.training["recipe_minutes"] = timings  # the refit's own time is in the card
+    trainer.model_config.training["recipe_minutes"] = dict(timings)  # the refit's own time is in the card
     t0 = time.perf_counter()
     metrics = trainer.finish(lambda cfg, m: card(cfg, m, len(cache), recipe, timings, {}))
     timings["refit and calibration"] = (time.perf_counter() - t0) / 60

@@ -74,19 +74,17 @@ def collect_head_inputs(network, inputs) -> torch.Tensor:
     try:
         for item in inputs:
             x, slice_mm, spacing_mm = (*item, None, None)[:3] if isinstance(item, tuple) else (item, None, None)
-            if spacing_mm is None:
+            if spacing_mm is None:  # one group, at the spacing the network holds
                 network(x, slice_mm=slice_mm)
                 out.append(rows.pop())
                 continue
-            batch = torch.empty(0)
+            parts, order = [], []
             for spacing, idx in spacing_groups(spacing_mm):
                 with patch_spacing(network, spacing):
                     network(x[idx.to(x.device)], slice_mm=None if slice_mm is None else slice_mm[idx.to(slice_mm.device)])
-                part = rows.pop()
-                if not len(batch):
-                    batch = part.new_zeros((x.shape[0], part.shape[1]))
-                batch[idx] = part
-            out.append(batch)
+                parts.append(rows.pop())
+                order.append(idx)
+            out.append(torch.cat(parts)[torch.argsort(torch.cat(order))])  # back in batch order
     finally:
         hook.remove()
         network.train(was_training)

@@ -229,7 +229,7 @@ class Trainer:
         x = self._inputs(batch, train=True)
         losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype,
                                    slice_mm=batch["slice_mm"].to(self.device), **self._extras(batch),
-                                   **self._spacing_inputs(batch))
+                                   patch_spacing_mm=batch["spacing_mm"])
         self.optimizer.zero_grad(set_to_none=True)
         if self.balancer is not None:
             self.balancer.backward([self.scaler.scale(t) for t in losses["terms"]], self.network.shared_parameters())
@@ -238,12 +238,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {k: float(losses[k].detach()) for k in ("total", "seg", "cls")}
-
-    @staticmethod
-    def _spacing_inputs(batch) -> dict:
-        """Each patch's spacing (B,) mm: the training module runs each spacing as its own group
-        with the network told that spacing (patch_spacing.py), as inference runs each zoom level."""
-        return {"patch_spacing_mm": batch["spacing_mm"]}
 
     def _extras(self, batch) -> dict:
         """Loss inputs beyond the targets: teacher logits (distillation), stations (when the data carry them)."""
@@ -263,7 +257,7 @@ class Trainer:
             x = self._inputs(batch, train=False)
             mask, has_mask, label, has_label = self._targets(batch)
             losses = self.module(x, mask, has_mask, label, has_label, slice_mm=batch["slice_mm"].to(self.device),
-                                 **self._spacing_inputs(batch))
+                                 patch_spacing_mm=batch["spacing_mm"])
             out = losses["outputs"]
             totals.append(float(losses["seg"] + losses["cls"]) * x.shape[0])
             logits.append(out.metastasis_logit.float().cpu())
