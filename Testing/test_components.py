@@ -281,8 +281,9 @@ def test_mixed_head_loss_is_ce_plus_lambda_mse():
     label = torch.tensor([1.0, 0.0, 0.0])
     has_label = torch.tensor([True, True, False])
     has_mask = torch.tensor([True, False, True])
-    loss = MixedLoss(lam=0.3)(logit, value, label, has_label, mask, has_mask)
-    target = short_axis_from_mask(mask[[0, 2]]) / 10.0
+    spacing = torch.tensor([1.0, 2.0, 0.5])  # each row's target is measured at its own spacing
+    loss = MixedLoss(lam=0.3)(logit, value, label, has_label, mask, has_mask, spacing)
+    target = torch.stack([short_axis_from_mask(mask[:1], 1.0)[0], short_axis_from_mask(mask[2:], 0.5)[0]]) / 10.0
     expected = (F.binary_cross_entropy_with_logits(logit[:2], label[:2])
                 + 0.3 * F.mse_loss(value[[0, 2]], target))
     torch.testing.assert_close(loss, expected)
@@ -345,7 +346,8 @@ def test_pseudo_masks_in_the_loss_follow_the_two_stages():
     mask = torch.zeros(2, 1, 16, 16, 16)
     mask[0, :, 4:10, 4:10, 4:10] = 1
     out = net(x)
-    args = (out, mask, torch.tensor([True, False]), torch.tensor([1.0, 0.0]), torch.tensor([True, True]))
+    args = (out, mask, torch.tensor([True, False]), torch.tensor([1.0, 0.0]), torch.tensor([True, True]),
+            torch.ones(2))
     loss.train()
     loss.epoch = 0  # stage 1: masks only, no classification
     stage1 = loss(*args)

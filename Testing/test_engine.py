@@ -147,11 +147,11 @@ class _OomAbove:
         self.network, self.limit, self.always = network, limit, always
         self.calls = []
 
-    def __call__(self, x, mask=None, slice_mm=None):
+    def __call__(self, x, mask=None, slice_mm=None, spacing_mm=None):
         self.calls.append(x.shape[0])
         if self.always or x.shape[0] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.network(x, mask, slice_mm=slice_mm)
+        return self.network(x, mask, slice_mm=slice_mm, spacing_mm=spacing_mm)
 
     def to(self, device):
         self.always = False  # the CPU has room

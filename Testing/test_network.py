@@ -47,14 +47,14 @@ def test_soft_pooling_is_a_weighted_mean_per_scale():
     mask[0, 0, 2:6, 2:6, 2:6] = 1
     fine = torch.randn(1, 3, 8, 8, 8)
     coarse = torch.randn(1, 2, 4, 4, 4)
-    out = pool([fine, coarse], mask)
+    out = pool([fine, coarse], mask, 1.0)
     assert out.shape == (1, 5)
     w = soft_expand_mask(mask, 1.0, 1.0)
     expected = (fine * w).sum(dim=(2, 3, 4)) / w.sum()
     torch.testing.assert_close(out[:, :3], expected, rtol=1e-5, atol=1e-5)
     # a constant feature pools to that constant, whatever the mask
     const = torch.full((1, 1, 8, 8, 8), 3.5)
-    assert float(pool([const], mask)) == pytest.approx(3.5, rel=1e-5)
+    assert float(pool([const], mask, 1.0)) == pytest.approx(3.5, rel=1e-5)
 
 
 def test_uncertainty_weighting_formula_and_gradient():
@@ -92,7 +92,8 @@ def test_loss_trains_only_the_heads_it_has_labels_for():
     mask = (torch.rand(2, 1, 16, 16, 16) > 0.7).float()
     out = net(x, mask)
     # no masks: the decoder's output layer gets no gradient from the segmentation loss
-    losses = loss_fn(out, mask, torch.tensor([False, False]), torch.tensor([1.0, 0.0]), torch.tensor([True, True]))
+    losses = loss_fn(out, mask, torch.tensor([False, False]), torch.tensor([1.0, 0.0]), torch.tensor([True, True]),
+                     torch.ones(2))
     assert float(losses["seg"]) == 0.0 and float(losses["cls"]) > 0
     losses["total"].backward()
     assert net.mask_out.conv.conv.weight.grad is None or float(net.mask_out.conv.conv.weight.grad.abs().sum()) == 0
@@ -100,7 +101,7 @@ def test_loss_trains_only_the_heads_it_has_labels_for():
     # no labels: classification loss is zero, segmentation loss is not
     net.zero_grad()
     out = net(x, mask)
-    losses = loss_fn(out, mask, torch.tensor([True, True]), torch.zeros(2), torch.tensor([False, False]))
+    losses = loss_fn(out, mask, torch.tensor([True, True]), torch.zeros(2), torch.tensor([False, False]), torch.ones(2))
     assert float(losses["cls"]) == 0.0 and float(losses["seg"]) > 0
 
 

@@ -215,3 +215,46 @@ def test_torch_free_modules_really_load_without_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"importing {names} loaded {out.stdout.strip()}"
 
+
+
+def _network_attributes() -> set[str]:
+    """Names the network's modules keep on themselves (`self.name = ...` in network/ classes)."""
+    names = set()
+    for name, path in MODULES.items():
+        if _stage(name) != "network":
+            continue
+        for cls in ast.walk(ast.parse(path.read_text())):
+            if isinstance(cls, ast.ClassDef):
+                for node in ast.walk(cls):
+                    targets = node.targets if isinstance(node, ast.Assign) else \
+                        [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+                    names |= {t.attr for t in targets if isinstance(t, ast.Attribute)
+                              and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    return {n for n in names if not n.startswith("__")}
+
+
+def _attribute_writes_from_outside(attributes: set[str]) -> list[str]:
+    """`x.name = ...` (x not self) and setattr(x, "name", ...) anywhere in the Lib, for those names."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:
+                if (isinstance(t, ast.Attribute) and t.attr in attributes
+                        and not (isinstance(t.value, ast.Name) and t.value.id in ("self", "cls"))):
+                    found.append(f"{name}:{node.lineno} sets .{t.attr}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value in attributes):
+                found.append(f"{name}:{node.lineno} calls setattr")
+    return found
+
+
+def test_nothing_changes_the_networks_computation_by_setting_its_attributes():
+    """What varies per batch (the patch spacing, the source slice thickness) is an argument of the
+    network's forward, never an attribute someone sets on its modules for a while."""
+    attributes = _network_attributes()
+    assert {"pooling", "hu_window", "sigma_mm"} <= attributes  # the reader sees the head's own
+    found = _attribute_writes_from_outside(attributes)
+    assert not found, "set these through forward() arguments instead: " + "; ".join(found)

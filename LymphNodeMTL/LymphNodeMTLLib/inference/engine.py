@@ -25,7 +25,6 @@ from ..core.geometry import VolumeGeometry
 from ..core.measurements import measure_node
 from ..core.node_result import NodeResult
 from ..network.model_store import LoadedModel, default_model_dir, load_model
-from ..network.patch_spacing import patch_spacing
 from ..preprocessing.network_input import network_input
 from ..preprocessing.patch_sampler import sample_patches, volume_tensor
 from . import test_time_augmentation as tta
@@ -271,10 +270,10 @@ class NodeEngine:
             x = network_input(hu, pre)
             if flips is not None:
                 x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, flips)])
-        with self._timed("forward"), torch.inference_mode(), patch_spacing(self.network, spacing):
+        with self._timed("forward"), torch.inference_mode():
             given = None if mask_patches is None else mask_patches.to(self.device)
             slice_mm = torch.full((x.shape[0],), case.geometry.coarsest_spacing_mm, device=self.device)
-            out = self.network(x, given, slice_mm=slice_mm)
+            out = self.network(x, given, slice_mm=slice_mm, spacing_mm=spacing)
             prob = torch.sigmoid(out.mask_logits[:, 0]).float()
             if flips is not None:
                 prob = torch.stack([pi.flip(list(f)) if f else pi for pi, f in zip(prob, flips)])

@@ -74,17 +74,17 @@ def lesion_attention_head(config: NetworkConfig, width: int) -> nn.Module:
 HEADS = {"soft_mask_pooling": soft_mask_pooling_head, "lesion_attention": lesion_attention_head}
 
 
-# --- where a network without a mask branch pools: (x, spacing_mm, radius_mm) -> (B, 1, D, H, W) -----
-def seed_ball_region(x: torch.Tensor, spacing_mm: float, radius_mm: float) -> torch.Tensor:
-    """A ball of radius_mm around the patch centre, where the seed is."""
+# --- where a network without a mask branch pools: (x, spacing_mm (B,), radius_mm) -> (B, 1, D, H, W) --
+def seed_ball_region(x: torch.Tensor, spacing_mm: torch.Tensor, radius_mm: float) -> torch.Tensor:
+    """A ball of radius_mm around the patch centre, where the seed is, on each patch's own spacing."""
     b, _, *size = x.shape
-    axes = [(torch.arange(n, device=x.device, dtype=torch.float32) - (n - 1) / 2.0) * spacing_mm for n in size]
-    d2 = axes[0].view(-1, 1, 1) ** 2 + axes[1].view(1, -1, 1) ** 2 + axes[2].view(1, 1, -1) ** 2
-    ball = (d2 <= radius_mm**2).to(x.dtype)
-    return ball.expand(b, 1, *size)
+    axes = [torch.arange(n, device=x.device, dtype=torch.float32) - (n - 1) / 2.0 for n in size]
+    d2_vox = axes[0].view(-1, 1, 1) ** 2 + axes[1].view(1, -1, 1) ** 2 + axes[2].view(1, 1, -1) ** 2
+    d2 = d2_vox.unsqueeze(0) * spacing_mm.to(x.device, torch.float32).view(-1, 1, 1, 1) ** 2
+    return (d2 <= radius_mm**2).to(x.dtype).unsqueeze(1)
 
 
-def whole_patch_region(x: torch.Tensor, spacing_mm: float, radius_mm: float) -> torch.Tensor:
+def whole_patch_region(x: torch.Tensor, spacing_mm: torch.Tensor, radius_mm: float) -> torch.Tensor:
     """The whole patch."""
     b, _, *size = x.shape
     return x.new_ones(b, 1, *size)

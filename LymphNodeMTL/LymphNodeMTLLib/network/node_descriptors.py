@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..preprocessing.network_input import unwindow_hu
+from .batch_spacing import by_spacing, spacing_of_batch
 from .hilum_sectors import ellipsoid_frame, hilum_sector_signs
 
 # HU thresholds of the radiologic signs: fat (a fatty hilum) is below FAT_HU; solid node tissue
@@ -77,10 +78,11 @@ def _relative_radius(mean: torch.Tensor, cov: torch.Tensor, coords: torch.Tensor
     return torch.einsum("bni,bij,bnj->bn", centred, inv, centred).clamp_min(0.0).sqrt()
 
 
-def principal_diameters_mm(mask: torch.Tensor, spacing_mm: float) -> torch.Tensor:
+def principal_diameters_mm(mask: torch.Tensor, spacing_mm: torch.Tensor | float) -> torch.Tensor:
     """(B, 3) ascending diameters of the ellipsoid with the mask's second moments: a solid
-    ellipsoid of semi-axis a has variance a^2 / 5 along that axis, so d = 2 sqrt(5 lambda)."""
-    return _diameters(_moments(mask, spacing_mm)[1])
+    ellipsoid of semi-axis a has variance a^2 / 5 along that axis, so d = 2 sqrt(5 lambda).
+    spacing_mm: (B,) patch voxel size, or one number for all."""
+    return by_spacing(lambda s, m: _diameters(_moments(m, s)[1]), spacing_mm, mask)
 
 
 def noise_anisotropy(hu: torch.Tensor, smooth: torch.Tensor, hu_window: tuple[float, float],
@@ -127,12 +129,13 @@ def _masked_mean(values: torch.Tensor, weights: torch.Tensor, fallback: torch.Te
     return torch.where(total > 0, mean, fallback)
 
 
-def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
+def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: torch.Tensor | float,
                      hu_window: tuple[float, float] = (-250.0, 350.0),
                      slice_mm: torch.Tensor | None = None) -> torch.Tensor:
     """(B, NUM_DESCRIPTORS), in the order of DESCRIPTOR_NAMES, of the binarised mask and the
-    windowed CT (as the network reads it), and `slice_mm` (B,): the coarsest voxel spacing of the
-    CT each patch was sampled from (None: as fine as the patch).
+    windowed CT (as the network reads it) on patches of `spacing_mm` (B,) (or one number for all),
+    and `slice_mm` (B,): the
+    coarsest voxel spacing of the CT each patch was sampled from (None: as fine as the patch).
 
     Size and shape (from the mask): log volume, log principal diameters, surface compactness, the
     mask's disagreement with its moment ellipsoid (an irregular margin). Inside the ellipsoid:
@@ -151,6 +154,14 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
     true value still added 0.003 of AUC (soft-label MLP, 8.4k training nodes: validation 0.800 ->
     0.803, test 0.822 -> 0.826). The caller knows it exactly: it sampled the patch.
     """
+    spacing_mm = spacing_of_batch(spacing_mm, mask.shape[0], float("nan"), mask.device)
+    slice_mm = spacing_mm if slice_mm is None else slice_mm.to(spacing_mm)
+    return by_spacing(lambda s, m, i, t: _descriptors_at(m, i, s, hu_window, t), spacing_mm, mask, image, slice_mm)
+
+
+def _descriptors_at(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float, hu_window,
+                    slice_mm: torch.Tensor) -> torch.Tensor:
+    """node_descriptors of patches that share one spacing."""
     m = (mask > 0.5).float()
     voxels = m.flatten(1).sum(1)
     present = (voxels > 0).float().unsqueeze(1)
@@ -216,8 +227,6 @@ def node_descriptors(mask: torch.Tensor, image: torch.Tensor, spacing_mm: float,
         noise_anisotropy(hu_img, smooth_img, hu_window),
     ], dim=1)
     hilum = hilum_sector_signs(ellipsoid_frame(*moments), hu, inside, noise)
-    if slice_mm is None:
-        slice_mm = torch.full_like(voxels, float(spacing_mm))
     log_slice = torch.log(slice_mm.to(voxels).clamp_min(1e-3)).unsqueeze(1)
     feats = torch.cat([feats, hilum, log_slice], dim=1)
     return feats * present
@@ -229,23 +238,21 @@ class NodeHeadInput(nn.Module):
     Args:
         channels: feature channels per scale.
         pool_sigma_mm: context margin of the soft mask pooling (M2ANet).
-        spacing_mm: patch voxel size.
         hu_window: the preprocessing HU window, to read HU back from the network input.
     """
 
-    def __init__(self, channels, pool_sigma_mm: float = 3.0, spacing_mm: float = 1.0,
-                 hu_window: tuple[float, float] = (-250.0, 350.0)):
+    def __init__(self, channels, pool_sigma_mm: float = 3.0, hu_window: tuple[float, float] = (-250.0, 350.0)):
         super().__init__()
         from .components.soft_mask_pooling import SoftMaskPooling
 
-        self.pooling = SoftMaskPooling(pool_sigma_mm, spacing_mm, second_moment=True)
-        self.spacing_mm = float(spacing_mm)
+        self.pooling = SoftMaskPooling(pool_sigma_mm, second_moment=True)
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.width = 2 * sum(int(c) for c in channels) + NUM_DESCRIPTORS
 
-    def forward(self, feats, mask: torch.Tensor, image: torch.Tensor,
+    def forward(self, feats, mask: torch.Tensor, image: torch.Tensor, spacing_mm: torch.Tensor,
                 slice_mm: torch.Tensor | None = None) -> torch.Tensor:
-        """slice_mm: (B,) the source CT's coarsest spacing per node (node_descriptors)."""
-        pooled = self.pooling(feats, mask)
-        desc = node_descriptors(mask, image, self.spacing_mm, self.hu_window, slice_mm)
+        """spacing_mm: (B,) patch voxel size; slice_mm: (B,) the source CT's coarsest spacing per
+        node (node_descriptors)."""
+        pooled = self.pooling(feats, mask, spacing_mm)
+        desc = node_descriptors(mask, image, spacing_mm, self.hu_window, slice_mm)
         return torch.cat([pooled, desc.to(pooled.dtype)], dim=1)

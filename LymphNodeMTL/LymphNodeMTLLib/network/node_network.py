@@ -34,6 +34,7 @@ from .components.deep_supervision import DEEP_SUPERVISION_WEIGHTS, DeepSupervisi
 from .components.routing_gate import RoutingGate
 from .components.task_aware_attention import ClassificationAwarePath, SegmentationAwareDecoder
 from .components.task_specific_attention import TaskSpecificAttention
+from .batch_spacing import spacing_of_batch
 from .network_config import NetworkConfig
 from .node_descriptors import NodeHeadInput
 from .norm_layer import monai_norm
@@ -132,7 +133,7 @@ class MultiTaskNodeNet(nn.Module):
                 self.deep_supervision = DeepSupervisionHeads(sources[len(sources) - self.num_aux:])
 
         # metastasis branch
-        self.head_input = NodeHeadInput(ch, config.pool_sigma_mm, config.patch_spacing_mm, config.hu_window)
+        self.head_input = NodeHeadInput(ch, config.pool_sigma_mm, config.hu_window)
         width = self.head_input.width
         if self.classifies:
             self.bottom_up = ClassificationAwarePath(ch, config.norm) if config.task_aware_attention else None
@@ -174,10 +175,9 @@ class MultiTaskNodeNet(nn.Module):
             outputs.append(x)
         return outputs
 
-    def region_mask(self, x: torch.Tensor) -> torch.Tensor:
+    def region_mask(self, x: torch.Tensor, spacing_mm: torch.Tensor) -> torch.Tensor:
         """Where a network without a mask branch pools (config.pool_region). (B, 1, D, H, W) float."""
-        return POOL_REGIONS[self.config.pool_region](x, self.config.patch_spacing_mm,
-                                                     self.config.seed_ball_radius_mm)
+        return POOL_REGIONS[self.config.pool_region](x, spacing_mm, self.config.seed_ball_radius_mm)
 
     @staticmethod
     def fallback_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -188,17 +188,20 @@ class MultiTaskNodeNet(nn.Module):
             mask = torch.where(empty.view(-1, 1, 1, 1, 1), seed_ball, mask)
         return mask.float()
 
-    def _pooled(self, feats, mask, x, slice_mm=None) -> torch.Tensor:
+    def _pooled(self, feats, mask, x, spacing_mm, slice_mm) -> torch.Tensor:
         """The head input: features pooled under `mask` and the node descriptors (x: channel 0 = CT)."""
-        return self.head_input(feats, mask, x[:, :1], slice_mm)
+        return self.head_input(feats, mask, x[:, :1], spacing_mm, slice_mm)
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                use_mask: torch.Tensor | None = None, slice_mm: torch.Tensor | None = None) -> NetworkOutput:
+                use_mask: torch.Tensor | None = None, slice_mm: torch.Tensor | None = None,
+                spacing_mm: torch.Tensor | float | None = None) -> NetworkOutput:
         """x: (B, C, D, H, W); mask: optional (B, 1, D, H, W) mask to pool under; use_mask: optional
         (B,) bool choosing, per node, the given mask (True) or the predicted one (teacher forcing);
         slice_mm: optional (B,) coarsest spacing of each patch's source CT (None: as fine as the
-        patch; node_descriptors)."""
+        patch; node_descriptors); spacing_mm: (B,) each patch's voxel size, or one number for the
+        batch (None: the spacing the network is built at, config.patch_spacing_mm)."""
+        spacing_mm = spacing_of_batch(spacing_mm, x.shape[0], self.config.patch_spacing_mm, x.device)
         feats = self.encode(x)
         parts: dict = {}
         branch = {t: feats for t in self.branch_tasks}
@@ -217,7 +220,7 @@ class MultiTaskNodeNet(nn.Module):
                 parts["deep_supervision"] = self.deep_supervision(sources, mask_logits.shape[2:])
             predicted = self.fallback_mask(mask_logits.detach() > 0, x)
         else:
-            predicted = self.region_mask(x)
+            predicted = self.region_mask(x, spacing_mm)
             mask_logits = (predicted * 2.0 - 1.0) * 8.0  # the pooling region, as confident logits
         if mask is None:
             pool_mask = predicted
@@ -235,15 +238,15 @@ class MultiTaskNodeNet(nn.Module):
                 logit, value = res["logit"], res["value"]
                 parts["lesion_map"] = res["map_logits"]
             elif self.config.mixed_head:
-                logit, value = self.head(self._pooled(cls_feats, pool_mask, x, slice_mm))
+                logit, value = self.head(self._pooled(cls_feats, pool_mask, x, spacing_mm, slice_mm))
             else:
-                logit, value = self.head(self._pooled(cls_feats, pool_mask, x, slice_mm)).squeeze(1), None
+                logit, value = self.head(self._pooled(cls_feats, pool_mask, x, spacing_mm, slice_mm)).squeeze(1), None
             parts["metastasis_value"] = value
         else:
             logit = mask_logits.new_zeros(x.shape[0])
         if self.short_axis_head is not None:
-            parts["short_axis"] = self.short_axis_head(self._pooled(branch[SHORT_AXIS], pool_mask, x, slice_mm))
+            parts["short_axis"] = self.short_axis_head(self._pooled(branch[SHORT_AXIS], pool_mask, x, spacing_mm, slice_mm))
         if self.station_head is not None:
             source = branch[CLASSIFICATION] if self.classifies else feats
-            parts["station_logits"] = self.station_head(self._pooled(source, pool_mask, x, slice_mm))
+            parts["station_logits"] = self.station_head(self._pooled(source, pool_mask, x, spacing_mm, slice_mm))
         return NetworkOutput(mask_logits=mask_logits, metastasis_logit=logit, pool_mask=pool_mask, **parts)

@@ -38,7 +38,6 @@ from torch import nn
 from ..core.node_attributes import attribute_targets
 from ..network.node_descriptors import NUM_DESCRIPTORS
 from ..network.node_head import NodeHead
-from ..network.patch_spacing import patch_spacing, spacing_groups
 
 MIN_NODES_PER_CLASS = 10
 MIN_SOFT_NODES = 200  # fewer soft-labelled nodes than this: the logistic refit on 0/1 labels
@@ -64,8 +63,7 @@ def refittable(network) -> bool:
 def collect_head_inputs(network, inputs) -> torch.Tensor:
     """(N, width) head inputs of the network in eval mode over an iterable of input batches, each
     x, (x, slice_mm) (the source CTs' slice thickness, node_descriptors) or (x, slice_mm,
-    spacing_mm) (each patch's voxel size: the head measures in mm, so each spacing is run as its
-    own group, patch_spacing.py)."""
+    spacing_mm) (each patch's voxel size, batch_spacing.py)."""
     rows = []
     hook = network.head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].detach().float().cpu()))
     was_training = network.training
@@ -74,17 +72,8 @@ def collect_head_inputs(network, inputs) -> torch.Tensor:
     try:
         for item in inputs:
             x, slice_mm, spacing_mm = (*item, None, None)[:3] if isinstance(item, tuple) else (item, None, None)
-            if spacing_mm is None:  # one group, at the spacing the network holds
-                network(x, slice_mm=slice_mm)
-                out.append(rows.pop())
-                continue
-            parts, order = [], []
-            for spacing, idx in spacing_groups(spacing_mm):
-                with patch_spacing(network, spacing):
-                    network(x[idx.to(x.device)], slice_mm=None if slice_mm is None else slice_mm[idx.to(slice_mm.device)])
-                parts.append(rows.pop())
-                order.append(idx)
-            out.append(torch.cat(parts)[torch.argsort(torch.cat(order))])  # back in batch order
+            network(x, slice_mm=slice_mm, spacing_mm=spacing_mm)
+            out.append(rows.pop())
     finally:
         hook.remove()
         network.train(was_training)

@@ -157,7 +157,7 @@ class Trainer:
         self.network.to(self.device)
         self.distillation = DistillationConfig.from_dict(config.distillation)
         loss = build_loss(self.network, config.loss, config.pseudo_masks,
-                          self.distillation.loss() if self.distillation else None, self.pre.patch_spacing_mm)
+                          self.distillation.loss() if self.distillation else None)
         self.module = MultiTaskTrainingModule(self.network, config.teacher_forcing, loss).to(self.device)
         self.balancer = GradientBalancer(**config.gradient_balancer) if config.gradient_balancer is not None else None
         if self.balancer is not None and self.dist.enabled:
@@ -229,7 +229,7 @@ class Trainer:
         x = self._inputs(batch, train=True)
         losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype,
                                    slice_mm=batch["slice_mm"].to(self.device), **self._extras(batch),
-                                   patch_spacing_mm=batch["spacing_mm"])
+                                   spacing_mm=batch["spacing_mm"].to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         if self.balancer is not None:
             self.balancer.backward([self.scaler.scale(t) for t in losses["terms"]], self.network.shared_parameters())
@@ -257,7 +257,7 @@ class Trainer:
             x = self._inputs(batch, train=False)
             mask, has_mask, label, has_label = self._targets(batch)
             losses = self.module(x, mask, has_mask, label, has_label, slice_mm=batch["slice_mm"].to(self.device),
-                                 patch_spacing_mm=batch["spacing_mm"])
+                                 spacing_mm=batch["spacing_mm"].to(self.device))
             out = losses["outputs"]
             totals.append(float(losses["seg"] + losses["cls"]) * x.shape[0])
             logits.append(out.metastasis_logit.float().cpu())
@@ -364,7 +364,7 @@ class Trainer:
             before = self.evaluate(self.val_set)["auc"]
         nodes = NodePatchDataset(self.train_set.cache, self.pre, augment=False)
         inputs = ((self._inputs(batch, train=False), batch["slice_mm"].to(self.device),
-                   batch["spacing_mm"])
+                   batch["spacing_mm"].to(self.device))
                   for batch in self._loader(nodes, shuffle=False))
         head_inputs = collect_head_inputs(self.network, inputs)
         labels, soft, attributes = nodes.cache.labels, nodes.cache.soft_labels, nodes.cache.attributes

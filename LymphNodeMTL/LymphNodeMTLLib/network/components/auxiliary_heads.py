@@ -18,9 +18,10 @@ from ..node_descriptors import principal_diameters_mm
 SHORT_AXIS_UNIT_MM = 10.0
 
 
-def short_axis_from_mask(mask: torch.Tensor, spacing_mm: float = 1.0) -> torch.Tensor:
-    """(B, 1, D, H, W) binary masks -> (B,) smallest principal diameter in mm (0 for empty masks)."""
-    diameter = principal_diameters_mm(mask, float(spacing_mm))[:, 0]
+def short_axis_from_mask(mask: torch.Tensor, spacing_mm: torch.Tensor | float) -> torch.Tensor:
+    """(B, 1, D, H, W) binary masks on patches of spacing_mm ((B,), or one number for all) -> (B,)
+    smallest principal diameter in mm (0 for empty masks)."""
+    diameter = principal_diameters_mm(mask, spacing_mm)[:, 0]
     present = mask.flatten(1).sum(1) > 0
     return torch.where(present, diameter, torch.zeros_like(diameter))
 
@@ -58,12 +59,13 @@ class StationHead(nn.Module):
 
 
 def short_axis_loss(predicted: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor,
-                    spacing_mm: float = 1.0) -> torch.Tensor:
-    """MSE between predicted and measured short axis (units of 10 mm) over nodes with a mask."""
+                    spacing_mm: torch.Tensor) -> torch.Tensor:
+    """MSE between predicted and measured short axis (units of 10 mm) over nodes with a mask;
+    spacing_mm: (B,) patch voxel size."""
     if not bool(has_mask.any()):
         return predicted.sum() * 0.0
     idx = has_mask.nonzero().flatten()
-    target = short_axis_from_mask(mask[idx], spacing_mm) / SHORT_AXIS_UNIT_MM
+    target = short_axis_from_mask(mask[idx], spacing_mm[idx.to(spacing_mm.device)]) / SHORT_AXIS_UNIT_MM
     return F.mse_loss(predicted[idx].float(), target)
 
 

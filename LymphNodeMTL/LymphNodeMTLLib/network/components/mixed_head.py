@@ -37,15 +37,14 @@ class MixedLoss(nn.Module):
 
     Args:
         lam: weight of the regression term.
-        spacing_mm: patch voxel size (for the short axis measured from the mask).
     """
 
-    def __init__(self, lam: float = 0.1, spacing_mm: float = 1.0):
+    def __init__(self, lam: float = 0.1):
         super().__init__()
         self.lam = float(lam)
-        self.spacing_mm = float(spacing_mm)
 
-    def forward(self, logit, value, label, has_label, mask, has_mask) -> torch.Tensor:
+    def forward(self, logit, value, label, has_label, mask, has_mask, spacing_mm) -> torch.Tensor:
+        """spacing_mm: (B,) patch voxel size (for the short axis measured from the mask)."""
         zero = logit.sum() * 0.0
         ce = zero
         if bool(has_label.any()):
@@ -54,6 +53,6 @@ class MixedLoss(nn.Module):
         mse = zero
         if bool(has_mask.any()):
             idx = has_mask.nonzero().flatten()
-            target = short_axis_from_mask(mask[idx], self.spacing_mm) / SHORT_AXIS_UNIT_MM
+            target = short_axis_from_mask(mask[idx], spacing_mm[idx.to(spacing_mm.device)]) / SHORT_AXIS_UNIT_MM
             mse = F.mse_loss(value[idx].float(), target)
         return ce + self.lam * mse

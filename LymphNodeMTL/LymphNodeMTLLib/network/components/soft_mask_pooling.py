@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batch_spacing import by_spacing
+
 
 def soft_expand_mask(mask: torch.Tensor, sigma_mm: float, spacing_mm: float) -> torch.Tensor:
     """Soft weights w = max_y in mask exp(-|x - y|^2 / 2 sigma^2) for a (B, 1, D, H, W) binary mask.
@@ -52,25 +54,23 @@ class SoftMaskPooling(nn.Module):
 
     Args:
         sigma_mm: width of the context margin outside the mask (methods.md: 2-5 mm).
-        spacing_mm: patch voxel size in mm at the finest scale.
         eps: avoids division by zero for an empty mask.
         second_moment: also return the weighted SD of every channel (texture, heterogeneity).
     """
 
-    def __init__(self, sigma_mm: float = 3.0, spacing_mm: float = 1.0, eps: float = 1e-6,
-                 second_moment: bool = False):
+    def __init__(self, sigma_mm: float = 3.0, eps: float = 1e-6, second_moment: bool = False):
         super().__init__()
         self.sigma_mm = float(sigma_mm)
-        self.spacing_mm = float(spacing_mm)
         self.eps = float(eps)
         self.second_moment = bool(second_moment)
 
-    def forward(self, features: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """features: list of (B, C_s, D_s, H_s, W_s); mask: (B, 1, D, H, W) in {0, 1}.
+    def forward(self, features: list[torch.Tensor], mask: torch.Tensor, spacing_mm: torch.Tensor) -> torch.Tensor:
+        """features: list of (B, C_s, D_s, H_s, W_s); mask: (B, 1, D, H, W) in {0, 1}; spacing_mm:
+        (B,) patch voxel size at the finest scale (batch_spacing.py).
 
         Returns (B, sum C_s) pooled means, followed by (B, sum C_s) SDs with second_moment.
         """
-        weights = soft_expand_mask(mask, self.sigma_mm, self.spacing_mm)
+        weights = by_spacing(lambda s, m: soft_expand_mask(m, self.sigma_mm, s), spacing_mm, mask)
         pooled, sds = [], []
         for feat in features:
             w = weights

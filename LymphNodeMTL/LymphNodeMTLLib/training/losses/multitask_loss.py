@@ -40,7 +40,6 @@ class MultiTaskLoss(nn.Module):
         lesion_map_weight: weight of the LA-Net lesion-map BCE inside the mask task.
         pseudo_masks: LA-Net two-stage pseudo-mask settings, or None.
         distillation: a MultiTeacherDistillation, or None.
-        spacing_mm: patch voxel size (short-axis targets).
         unknown: leftover loss options; any is an error.
     """
 
@@ -48,7 +47,7 @@ class MultiTaskLoss(nn.Module):
                  short_axis: bool = False, stations: bool = False, mixed_lambda: float = 0.1,
                  deep_supervision_weights=DEEP_SUPERVISION_WEIGHTS, lesion_map_weight: float = 1.0,
                  pseudo_masks: PseudoMaskConfig | None = None, distillation: nn.Module | None = None,
-                 spacing_mm: float = 1.0, unknown: dict | None = None):
+                 unknown: dict | None = None):
         super().__init__()
         if unknown:
             raise ValueError(f"unknown loss options: {', '.join(sorted(unknown))}")
@@ -61,12 +60,11 @@ class MultiTaskLoss(nn.Module):
         self.tasks = tuple(tasks)
         self.short_axis = bool(short_axis)
         self.stations = bool(stations)
-        self.mixed = MixedLoss(mixed_lambda, spacing_mm)
+        self.mixed = MixedLoss(mixed_lambda)
         self.deep_supervision_weights = tuple(float(w) for w in deep_supervision_weights)
         self.lesion_map_weight = float(lesion_map_weight)
         self.pseudo_masks = pseudo_masks
         self.distillation = distillation
-        self.spacing_mm = float(spacing_mm)
         self.epoch = 0  # set by the trainer (two-stage pseudo-mask schedule)
         n = len(self.tasks) + int(self.short_axis) + int(self.stations)
         self.balance = UncertaintyWeighting(n)
@@ -113,10 +111,11 @@ class MultiTaskLoss(nn.Module):
         return weighted_mean(per_sample, weights)
 
     def forward(self, out: NetworkOutput, mask: torch.Tensor, has_mask: torch.Tensor,
-                label: torch.Tensor, has_label: torch.Tensor,
+                label: torch.Tensor, has_label: torch.Tensor, spacing_mm: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None, station: torch.Tensor | None = None) -> dict:
         """mask (B,1,D,H,W) float; has_mask (B,) bool; label (B,) float; has_label (B,) bool;
-        teacher_logits (T, B) for distillation; station (B,) long, -1 unknown."""
+        spacing_mm (B,) patch voxel size (short-axis targets); teacher_logits (T, B) for
+        distillation; station (B,) long, -1 unknown."""
         zero = out.metastasis_logit.sum() * 0.0
         # the schedule shapes training only; validation losses always cover every task
         stage1 = self.training and self.pseudo_masks is not None and self.pseudo_masks.in_stage1(self.epoch)
@@ -134,7 +133,8 @@ class MultiTaskLoss(nn.Module):
             if not train_head:
                 cls = zero
             elif out.metastasis_value is not None:
-                cls = self.mixed(out.metastasis_logit, out.metastasis_value, label, has_label, mask, has_mask)
+                cls = self.mixed(out.metastasis_logit, out.metastasis_value, label, has_label, mask, has_mask,
+                                 spacing_mm)
             elif bool(has_label.any()):
                 idx = has_label.nonzero().flatten()
                 cls = F.binary_cross_entropy_with_logits(out.metastasis_logit[idx], label[idx])
@@ -142,7 +142,7 @@ class MultiTaskLoss(nn.Module):
                 cls = cls + self.lesion_map_weight * self._lesion_map(out.lesion_map, mask, has_mask, zero, pseudo)
             losses.append(cls)
         if self.short_axis:
-            sa = short_axis_loss(out.short_axis, mask, has_mask, self.spacing_mm)
+            sa = short_axis_loss(out.short_axis, mask, has_mask, spacing_mm)
             result["short_axis"] = sa.detach()
             losses.append(sa)
         if self.stations:
@@ -162,7 +162,7 @@ class MultiTaskLoss(nn.Module):
 
 
 def build_loss(network, loss: dict | None = None, pseudo_masks: dict | None = None,
-               distillation: nn.Module | None = None, spacing_mm: float = 1.0) -> MultiTaskLoss | None:
+               distillation: nn.Module | None = None) -> MultiTaskLoss | None:
     """The multi-task loss for `network` (a MultiTaskNodeNet: its tasks and auxiliary heads) and the
     training config's loss options; None when nothing differs from the default MultiTaskLoss() (so
     default training is unchanged)."""
@@ -181,6 +181,5 @@ def build_loss(network, loss: dict | None = None, pseudo_masks: dict | None = No
         lesion_map_weight=float(loss.pop("lesion_map_weight", 1.0)),
         pseudo_masks=PseudoMaskConfig.from_dict(pseudo_masks),
         distillation=distillation,
-        spacing_mm=spacing_mm,
         unknown=loss,
     )

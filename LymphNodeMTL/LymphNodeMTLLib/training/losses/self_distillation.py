@@ -83,16 +83,15 @@ class DistillationConfig:
 @torch.no_grad()
 def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 16) -> torch.Tensor:
     """(T, N) metastasis logits of each teacher on each cached node's central patch, each patch read
-    at its own spacing (patch_spacing.py)."""
+    at its own spacing (batch_spacing.py)."""
     from ...network.model_store import load_model
-    from ...network.patch_spacing import patch_spacing, spacing_groups
     from ...preprocessing.network_input import network_input
 
     m, n = cache.margin, pre.patch_size
     crop = (slice(None), slice(None), *(slice(m, m + n),) * 3)
     rows = []
     slices = cache.slice_or_default(pre.patch_spacing_mm)
-    groups = spacing_groups(cache.spacing_or_default(pre.patch_spacing_mm))
+    spacings = cache.spacing_or_default(pre.patch_spacing_mm)
     for folder in model_dirs:
         loaded = load_model(folder)
         tp = loaded.config.preprocessing
@@ -101,12 +100,10 @@ def teacher_logits(model_dirs: Sequence, cache, pre, device, batch_size: int = 1
                              f"the student {pre.patch_size} of {pre.patch_spacing_mm} mm")
         net = loaded.network.to(device).eval()
         logits = torch.zeros(len(cache))
-        for spacing, idx in groups:
-            with patch_spacing(net, spacing):
-                for start in range(0, len(idx), batch_size):
-                    rows_of = idx[start:start + batch_size]
-                    x = network_input(cache.images[rows_of][crop].float().to(device), tp)
-                    out = net(x, slice_mm=slices[rows_of].to(device)).metastasis_logit.float().cpu()
-                    logits[rows_of] = out / loaded.config.temperature
+        for start in range(0, len(cache), batch_size):
+            rows_of = slice(start, start + batch_size)
+            x = network_input(cache.images[rows_of][crop].float().to(device), tp)
+            out = net(x, slice_mm=slices[rows_of].to(device), spacing_mm=spacings[rows_of].to(device))
+            logits[rows_of] = out.metastasis_logit.float().cpu() / loaded.config.temperature
         rows.append(logits)
     return torch.stack(rows)
