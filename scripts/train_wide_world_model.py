@@ -46,7 +46,7 @@ from LymphNodeMTLLib.phantoms.dataset_writer import phantom_attributes, write_ph
 from LymphNodeMTLLib.phantoms.stress_generator import generate_stress_case
 from LymphNodeMTLLib.phantoms.wide_world import generate_wide_case
 from LymphNodeMTLLib.training.node_patch_dataset import CaseNodes, PatchCache, build_patch_cache
-from LymphNodeMTLLib.training.trainer import TrainConfig, Trainer, trained_spacings
+from LymphNodeMTLLib.training.trainer import CHECKPOINT, TrainConfig, Trainer, trained_spacings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts, when imported
 from make_test_set import write_test_set  # noqa: E402
@@ -100,16 +100,17 @@ def _attributes(features) -> tuple:
     return tuple(float(given[k]) if k in given else math.nan for k in ATTRIBUTE_NAMES)
 
 
-def _generate(rng, world: str, background):
-    """One case; a real background holds fewer nodes, fewer still when crowded."""
+def _generate(rng, world: str, background, attempts: int = 5):
+    """One case; a real background holds fewer nodes, fewer still when crowded, and a crop of it
+    with no room even for one node is drawn again (the stream goes on: another crop)."""
     n_nodes = int(rng.integers(6, 13)) if background is None else int(rng.integers(3, 8))
-    while True:
+    for attempt in range(attempts):
         try:
             if world == "wide":
                 return generate_wide_case(rng, n_nodes, background=background)
             return generate_phantom_case(rng, n_nodes, background=background)
         except InputError:
-            if n_nodes == 1:
+            if attempt == attempts - 1:
                 raise
             n_nodes = max(1, n_nodes // 2)
 
@@ -215,6 +216,15 @@ def main():
     p.add_argument("--test-real", type=int, default=20)
     p.add_argument("--stress", type=int, default=60, help="stress cases")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--model-id", default="lymphnode-mtl-wide-world-v6")
+    p.add_argument("--no-prompts", action="store_true",
+                   help="train for seeds alone (no prompt channels, no simulated interactions)")
+    p.add_argument("--interactions", default="{}",
+                   help="JSON of InteractionConfig fields (training/interaction_simulation.py); {} = its defaults")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (the same command otherwise; the cache is rebuilt)")
+    p.add_argument("--no-evaluation", action="store_true",
+                   help="train, refit and save only (evaluate later with --evaluate-only)")
     p.add_argument("--tiny", action="store_true", help="smoke run: 3+2+1 cases, 1 epoch, tiny test sets")
     p.add_argument("--evaluate-only", action="store_true",
                    help="evaluate the model already in --out three ways and rewrite its card (no training)")
@@ -225,12 +235,16 @@ def main():
         args.wide, args.wide_real, args.spec, args.epochs = 3, 2, 1, 1
         args.test_synthetic, args.test_real, args.stress, args.n_boot = 2, 1, 2, 50
     low, high = (float(v) for v in args.spacing_range.split(","))
-    config = TrainConfig(model_id="lymphnode-mtl-wide-world-v5", epochs=args.epochs, max_minutes=args.minutes,
+    prompts = not args.no_prompts
+    config = TrainConfig(model_id=args.model_id, epochs=args.epochs, max_minutes=args.minutes,
                          seed=args.seed, device=args.device, patience=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, init_from=args.init_from, num_workers=args.workers if args.workers > 1 else 0,
                          network={"channels": [int(c) for c in args.channels.split(",")]},
                          spacing_range_mm=[low, high], spacing_levels=args.levels,
-                         spacing_levels_per_node=args.levels_per_node)
+                         spacing_levels_per_node=args.levels_per_node,
+                         preprocessing={"prompt_channels": True} if prompts else {},
+                         interactions=json.loads(args.interactions) if prompts else None,
+                         keep_best=not prompts)
     timings = {}
     trainer = Trainer(config, args.out)
     t0 = time.perf_counter()
@@ -240,6 +254,9 @@ def main():
     print(f"cached {len(cache)} patches of {len(set(zip(cache.case_ids, cache.node_ids)))} nodes "
           f"in {timings['phantoms and cache']:.1f} min", flush=True)
     trainer.set_cache(cache)
+    if args.resume:
+        trainer.load_checkpoint(Path(args.out) / CHECKPOINT)
+        print(f"resumed after epoch {trainer.epoch}", flush=True)
     trainer.model_config.training["spacing_levels_mm"] = list(trained_spacings(config, trainer.pre))
     trainer.model_config.training["cached_patches"] = len(cache)
     t0 = time.perf_counter()
@@ -252,6 +269,9 @@ def main():
     t0 = time.perf_counter()
     metrics = trainer.finish(lambda cfg, m: card(cfg, m, len(cache), recipe, timings, {}))
     timings["refit and calibration"] = (time.perf_counter() - t0) / 60
+    if args.no_evaluation:
+        print(json.dumps({"timings_min": timings}), flush=True)
+        return
     evaluate_and_write_card(args, trainer.model_config, metrics, len(cache), recipe, timings, trainer.device.type)
 
 

@@ -40,6 +40,7 @@ _RULES = (
      and v[0] < v[1], "must be [low, high] HU with -3000 <= low < high <= 4000"),
     ("preprocessing.guidance_sigma_vox", False, lambda v: _number(v) and 0 < v <= 100,
      "must be a width above 0 and at most 100 voxels"),
+    ("preprocessing.prompt_channels", False, lambda v: isinstance(v, bool), "must be true or false"),
     ("postprocessing.mask_threshold", False, lambda v: _number(v) and 0 < v < 1,
      "must be a probability strictly between 0 and 1"),
     ("postprocessing.metastasis_threshold", False, lambda v: _number(v) and 0 < v < 1,

@@ -93,10 +93,11 @@ class ModelConfig:
         )
 
     def network_config(self) -> NetworkConfig:
-        """The "network" dict, typed and checked; patch spacing and HU window from the preprocessing
-        unless the dict gives them."""
+        """The "network" dict, typed and checked; patch spacing, HU window and input channels from
+        the preprocessing unless the dict gives them."""
         return NetworkConfig.from_dict(self.network, patch_spacing_mm=self.preprocessing.patch_spacing_mm,
-                                       hu_window=tuple(self.preprocessing.hu_window))
+                                       hu_window=tuple(self.preprocessing.hu_window),
+                                       in_channels=self.preprocessing.input_channels)
 
     def build_network(self) -> MultiTaskNodeNet:
         """The network this config describes (fresh weights)."""

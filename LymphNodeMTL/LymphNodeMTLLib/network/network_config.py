@@ -8,7 +8,7 @@ not deep inside a block constructor. Where the dict took either a flag or a dict
 
 Keys (docs/ablation.md says which paper each component comes from):
 
-    in_channels              image channels (windowed CT + seed guidance = 2)
+    in_channels              input channels (windowed CT + seed guidance = 2; + 5 prompt channels)
     channels                 feature channels per encoder scale, finest first
     head_hidden, dropout     width of the metastasis MLP, dropout before its last layer
     pool_sigma_mm            context margin of the soft mask pooling
@@ -261,9 +261,10 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None, *, patch_spacing_mm: float | None = None,
-                  hu_window=None) -> "NetworkConfig":
-        """The config of a model config's "network" dict. patch_spacing_mm and hu_window: the
-        preprocessing's, used where the dict does not give them."""
+                  hu_window=None, in_channels: int | None = None) -> "NetworkConfig":
+        """The config of a model config's "network" dict. patch_spacing_mm, hu_window and
+        in_channels: the preprocessing's, used where the dict does not give them (a dict that gives
+        other input channels than the preprocessing makes is refused)."""
         d = dict(d or {})
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(known))
@@ -273,6 +274,9 @@ class NetworkConfig:
             d.setdefault("patch_spacing_mm", patch_spacing_mm)
         if hu_window is not None:
             d.setdefault("hu_window", hu_window)
+        if in_channels is not None:
+            if d.setdefault("in_channels", in_channels) != in_channels:
+                _fail("in_channels", f"is {d['in_channels']} but the preprocessing makes {in_channels} input channels")
         d["fusion"] = FusionConfig.parse(d.get("fusion"))
         d["routing_gate"] = RoutingGateConfig.parse(d.get("routing_gate"))
         return cls(**d)

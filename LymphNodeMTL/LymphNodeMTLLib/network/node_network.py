@@ -192,6 +192,19 @@ class MultiTaskNodeNet(nn.Module):
         """The head input: features pooled under `mask` and the node descriptors (x: channel 0 = CT)."""
         return self.head_input(feats, mask, x[:, :1], spacing_mm, slice_mm)
 
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) node-mask logits alone: forward's mask branch without the heads (a
+        simulated click needs only the mask)."""
+        if not self.segments:
+            raise ValueError("this network has no mask branch")
+        feats = self.encode(x)
+        if self.routing is not None:
+            routed, _ = self.routing(feats[-1])
+            feats = feats[:-1] + [routed[SEGMENTATION]]
+        if self.task_attention is not None:
+            feats = self.task_attention(feats, SEGMENTATION)
+        return self.mask_out(self.decode(feats)[-1])
+
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 use_mask: torch.Tensor | None = None, slice_mm: torch.Tensor | None = None,

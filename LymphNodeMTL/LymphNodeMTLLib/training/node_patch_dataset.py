@@ -6,7 +6,9 @@ Across spacings, a node is cached once per spacing level (the same voxel count a
 level covers a wider field of view); each training step draws one of the node's levels, so the
 network learns every field of view the engine's zoom may pick.
 Augmentation (MONAI): flips, small rotations, intensity scale/shift; guidance dropout so the model
-also works without a seed prior.
+also works without a seed prior. For a model that reads prompts, each sample also draws how it is
+prompted (interaction_simulation.py): a line or a box from its augmented true mask, and how many
+clicks the trainer simulates on it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
 
 from ..core.ct_plausibility import check_ct_plausibility
@@ -25,6 +28,7 @@ from ..io.training_manifest import ManifestCase
 from ..io.volume_reader import read_volume
 from ..preprocessing.network_input import PreprocessingConfig
 from ..preprocessing.patch_sampler import sample_patches, volume_tensor
+from .interaction_simulation import InteractionConfig, bounding_box, jittered_line, long_axis_line, loosened_box
 
 
 @dataclass
@@ -104,6 +108,26 @@ class PatchCache:
             None if self.slice_mm is None else self.slice_mm[idx],
             None if self.spacing_mm is None else self.spacing_mm[idx],
         )
+
+
+def _plain(value) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+
+
+def _reach_vox(mask: torch.Tensor) -> float:
+    """How far (voxels, along any axis, to the voxel's edge) a cached (M, M, M) mask reaches from
+    the patch centre; infinite for a mask at the cached patch's border (cut: larger than it)."""
+    size = mask.shape[-1]
+    reach = 0.0
+    for axis in range(3):
+        present = torch.nonzero(mask.amax(dim=tuple(d for d in range(3) if d != axis))).flatten()
+        if not len(present):
+            return 0.0
+        if int(present[0]) == 0 or int(present[-1]) == size - 1:
+            return float("inf")
+        reach = max(reach, float((present.float() - (size - 1) / 2.0).abs().max()) + 0.5)
+    return reach
 
 
 def _column_or_none(values: torch.Tensor) -> torch.Tensor | None:
@@ -250,14 +274,18 @@ class NodePatchDataset(torch.utils.data.Dataset):
         augment: False for validation (central crop, no augmentation).
         jitter_mm: maximum seed displacement (a ball, not a box).
         seed: base of the per-sample random streams (reproducible runs).
+        interactions: how samples are prompted (augmenting only; None: a seed alone, always).
 
     With augmentation, a node cached at several spacings is one sample whose spacing is drawn
-    anew at every step; without it, every cached row is a sample (each spacing is scored).
+    anew at every step; without it, every cached row is a sample (each spacing is scored). A
+    sample started from a line or a box is read at the finest spacing that holds its whole node,
+    as the engine reads such a node.
     """
 
     def __init__(self, cache: PatchCache, pre: PreprocessingConfig, augment: bool,
-                 jitter_mm: float = 3.0, seed: int = 0):
+                 jitter_mm: float = 3.0, seed: int = 0, interactions: InteractionConfig | None = None):
         self.cache, self.pre, self.augment = cache, pre, augment
+        self.interactions = interactions if augment else None
         self.spacing_mm = cache.spacing_or_default(pre.patch_spacing_mm)
         self.jitter_vox = jitter_mm / self.spacing_mm  # per row: the same mm at every spacing
         self.seed = seed
@@ -271,6 +299,7 @@ class NodePatchDataset(torch.utils.data.Dataset):
             for row, key in enumerate(zip(cache.case_ids, cache.node_ids)):
                 rows.setdefault(key, []).append(row)
             self.node_rows = list(rows.values())
+        self.whole_node_row = self._whole_node_rows() if self.interactions is not None else None
         self.transforms = Compose([
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=0),
             RandFlipd(["image", "mask"], prob=0.5, spatial_axis=1),
@@ -280,6 +309,18 @@ class NodePatchDataset(torch.utils.data.Dataset):
             RandScaleIntensityd("image", factors=0.05, prob=0.5),
             RandShiftIntensityd("image", offsets=15.0, prob=0.5),
         ])
+
+    def _whole_node_rows(self) -> list[int]:
+        """Per sample, its finest cached row whose patch holds the whole node clear of the border
+        (the view a line or box gives the engine), else its coarsest row."""
+        m, n = self.cache.margin, self.pre.patch_size
+        limit = n / 2.0 - 2.0 - m  # voxels from the centre, after the largest crop shift
+        chosen = []
+        for rows in self.node_rows:
+            ordered = sorted(rows, key=lambda r: float(self.spacing_mm[r]))
+            fitting = [r for r in ordered if self.cache.has_mask[r] and _reach_vox(self.cache.masks[r, 0]) <= limit]
+            chosen.append(fitting[0] if fitting else ordered[-1])
+        return chosen
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -292,21 +333,45 @@ class NodePatchDataset(torch.utils.data.Dataset):
         rows = self.node_rows[sample]
         idx = rows[0]
         offset = np.zeros(3, dtype=int)
+        mode, clicks = "seed", 0
         if self.augment:
+            if self.interactions is not None:
+                # a stream of its own, so the augmentation stays what it is without prompts
+                mode, clicks = self.interactions.draw(np.random.default_rng((self.seed, self.epoch, sample, 1)))
             rng = np.random.default_rng((self.seed, self.epoch, sample))
             if len(rows) > 1:
                 idx = rows[int(rng.integers(len(rows)))]
+            if mode != "seed" and bool(self.cache.has_mask[self.whole_node_row[sample]]):
+                idx = self.whole_node_row[sample]
+            elif not bool(self.cache.has_mask[idx]):
+                mode, clicks = "seed", 0  # no truth to draw a line, a box or a correction from
             offset = self._ball_offset(rng, float(self.jitter_vox[idx]))
             self.transforms.set_random_state(seed=int(rng.integers(2**31)))
         image = self.cache.images[idx].float()
         mask = self.cache.masks[idx].float()
         crop = tuple(slice(m + o, m + o + n) for o in offset)
-        sample = {"image": image[(slice(None), *crop)], "mask": mask[(slice(None), *crop)]}
+        patch = {"image": image[(slice(None), *crop)], "mask": mask[(slice(None), *crop)]}
         if self.augment:
-            sample = self.transforms(sample)
+            patch = self.transforms(patch)
+        # plain tensors: MONAI's transforms return MetaTensors, whose per-operation bookkeeping
+        # would follow the batch through every layer of the network and its backward pass
+        image, truth = (_plain(patch[k]) for k in ("image", "mask"))
+        truth = (truth > 0.5).float()
+        line, box = np.full((2, 3), np.nan, np.float32), np.full((2, 3), np.nan, np.float32)
+        if mode != "seed":
+            rng = np.random.default_rng((self.seed, self.epoch, sample, 2))
+            node = truth[0].numpy() > 0.5
+            if mode == "line" and (drawn := long_axis_line(node)) is not None:
+                jitter = self.interactions.line_jitter_mm / float(self.spacing_mm[idx])
+                line = jittered_line(drawn, rng, jitter).astype(np.float32)
+            elif mode == "box" and (drawn := bounding_box(node)) is not None:
+                box = loosened_box(drawn, rng, self.interactions.box_loosen).astype(np.float32)
         return {
-            "image": torch.as_tensor(sample["image"]).float(),
-            "mask": (torch.as_tensor(sample["mask"]) > 0.5).float(),
+            "image": image.float(),
+            "mask": truth,
+            "line": torch.from_numpy(line),
+            "box": torch.from_numpy(box),
+            "clicks": clicks,
             "label": self.cache.labels[idx],
             "has_mask": self.cache.has_mask[idx],
             "slice_mm": self.slice_mm[idx],

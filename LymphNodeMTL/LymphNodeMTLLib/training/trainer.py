@@ -10,6 +10,7 @@ reproducible seeds. Under `torchrun` it trains with DistributedDataParallel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -24,11 +25,13 @@ from ..core.classification_metrics import roc_auc
 from ..core.device import resolve_device
 from ..core.errors import InputError
 from ..io.training_manifest import read_manifest
+from ..network.input_widening import widen_input_channels
 from ..network.model_store import ModelConfig, load_model, save_model
 from ..preprocessing.network_input import PreprocessingConfig, network_input
 from . import distributed
 from .descriptor_refit import collect_head_inputs, cross_fitted_logits, refit_descriptor_path, refittable
 from .gradient_balancer import GradientBalancer
+from .interaction_simulation import InteractionConfig, batch_prompts, simulate_clicks
 from .losses.multitask_loss import build_loss
 from .losses.self_distillation import DistillationConfig, teacher_logits
 from .mixed_precision import autocast_dtype
@@ -73,6 +76,12 @@ class TrainConfig:
     gradient_balancer: dict | None = None  # MT-IDS DD-GB: {"momentum": 0.9}
     distillation: dict | None = None  # SD-MdaNet: {"teachers": [model dirs], "weights", "beta", "temperature"}
     pseudo_masks: dict | None = None  # LA-Net: {"threshold": 0.8, "weight": 0.1, "stage1_epochs": 1}
+    # prompts (interaction_simulation.py): InteractionConfig's fields, {} for its defaults; needs
+    # "prompt_channels": true in the preprocessing. None: seeds alone.
+    interactions: dict | None = None
+    # keep the weights of the epoch with the lowest validation loss (False: the last epoch's; the
+    # validation loss reads seeds alone, so it cannot tell how well prompts are followed)
+    keep_best: bool = True
 
     @classmethod
     def from_json(cls, path) -> "TrainConfig":
@@ -86,11 +95,15 @@ def seed_everything(seed: int) -> None:
 
 
 def initial_weights(model_dir, model_config: ModelConfig) -> tuple[dict, dict]:
-    """The weights of a saved model to fine-tune (refused unless its network and preprocessing match),
-    and where they came from: its id, weights hash and training, kept in the new model's config."""
+    """The weights of a saved model to fine-tune (refused unless its network and preprocessing match,
+    but for prompt channels this config adds: they start at zero weight, so the model starts as
+    the source), and where they came from: its id, weights hash and training, kept in the new
+    model's config."""
     source = load_model(model_dir)
+    source_pre = dataclasses.replace(source.config.preprocessing,
+                                     prompt_channels=model_config.preprocessing.prompt_channels)
     if (_recipe_network(source.config.network) != _recipe_network(model_config.network)
-            or source.config.preprocessing.to_dict() != model_config.preprocessing.to_dict()):
+            or source_pre != model_config.preprocessing):
         raise InputError(f"init_from {model_dir}: its network or preprocessing differ from this training "
                          "config's; copy them from its config.json or train from scratch")
     provenance = {"model_id": source.config.model_id, "weights_sha256": source.weights_sha256,
@@ -102,7 +115,7 @@ def initial_weights(model_dir, model_config: ModelConfig) -> tuple[dict, dict]:
     # a refine MLP is the product of the source's refit, not of its recipe: this training's refit
     # fits its own, and until then the head is the source's deep + wide path
     state = {k: v for k, v in source.network.state_dict().items() if not k.startswith("head.refine.")}
-    return state, provenance
+    return widen_input_channels(state, model_config.build_network().state_dict()), provenance
 
 
 def _recipe_network(network: dict) -> dict:
@@ -139,6 +152,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.log = log
         self.pre = PreprocessingConfig.from_dict(config.preprocessing)
+        self.interactions = InteractionConfig.from_dict(config.interactions)
+        if self.interactions is not None and not self.pre.prompt_channels:
+            raise ValueError('interactions need "prompt_channels": true in the preprocessing')
         self.dist = distributed.setup(config.device)
         self.device = self.dist.device or resolve_device(config.device)
         seed_everything(config.seed)
@@ -196,7 +212,7 @@ class Trainer:
         self.cache = cache
         self.train_idx, self.val_idx = split_by_case(cache, self.config.val_fraction, self.config.seed)
         self.train_set = NodePatchDataset(cache.subset(self.train_idx), self.pre, True,
-                                          self.config.jitter_mm, self.config.seed)
+                                          self.config.jitter_mm, self.config.seed, self.interactions)
         self.val_set = NodePatchDataset(cache.subset(self.val_idx), self.pre, False) if self.val_idx else None
         if self.distillation is not None:
             full = teacher_logits(self.distillation.teachers, cache, self.pre, self.device)
@@ -210,14 +226,40 @@ class Trainer:
                                            shuffle=shuffle and sampler is None, generator=g, num_workers=workers,
                                            pin_memory=self.device.type == "cuda", persistent_workers=False)
 
-    def _inputs(self, batch, train: bool):
-        """The network input as inference builds it; while training, a share of the nodes lose
-        their seed guidance (guidance_dropout), so the network also segments without it."""
-        x = network_input(batch["image"].to(self.device), self.pre)
+    def _inputs(self, batch, train: bool, prompts=None):
+        """The network input as inference builds it (with each sample's prompts, if any); while
+        training, a share of the unprompted nodes lose their seed guidance (guidance_dropout), so
+        the network also segments without it."""
+        x = network_input(batch["image"].to(self.device), self.pre, prompts)
         if train and self.config.guidance_dropout > 0:
             drop = torch.rand(x.shape[0], device=self.device) < self.config.guidance_dropout
+            if prompts is not None:
+                drop &= torch.tensor([p is None for p in prompts], device=self.device)
             x[drop, 1:] = 0.0
         return x
+
+    def _prompted_inputs(self, batch):
+        """A training batch's input with its drawn prompts and, where drawn, the clicks simulated
+        on the network's current predictions (interaction_simulation.py); and which rows have
+        prompts. Without interactions: the plain input, no row prompted."""
+        if self.interactions is None:
+            return self._inputs(batch, train=True), torch.zeros(len(batch["image"]), dtype=torch.bool)
+        prompts = batch_prompts(batch)
+        if int(batch["clicks"].max()) > 0:
+            image = batch["image"].to(self.device)
+
+            @torch.no_grad()
+            def predict_masks(rows, row_prompts):
+                x = network_input(image[rows], self.pre, row_prompts)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    logits = self.network.segment(x)
+                return (logits[:, 0] > 0).cpu().numpy()
+
+            truth = batch["mask"][:, 0].numpy() > 0.5
+            prompts = simulate_clicks(predict_masks, prompts, truth, batch["clicks"].tolist())
+        prompted = torch.tensor([p is not None for p in prompts])
+        return self._inputs(batch, train=True, prompts=prompts), prompted
 
     # --- steps --------------------------------------------------------------------------------
     def _targets(self, batch):
@@ -226,8 +268,12 @@ class Trainer:
 
     def train_step(self, batch) -> dict:
         self.train_module.train()
-        x = self._inputs(batch, train=True)
-        losses = self.train_module(x, *self._targets(batch), amp_dtype=self.amp_dtype,
+        x, prompted = self._prompted_inputs(batch)
+        mask, has_mask, label, has_label = self._targets(batch)
+        # the probability is always read without prompts (the engine re-classifies a prompted
+        # mask on the plain input), so prompted samples train the mask only
+        has_label = has_label & ~prompted.to(self.device)
+        losses = self.train_module(x, mask, has_mask, label, has_label, amp_dtype=self.amp_dtype,
                                    slice_mm=batch["slice_mm"].to(self.device), **self._extras(batch),
                                    spacing_mm=batch["spacing_mm"].to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
@@ -341,6 +387,8 @@ class Trainer:
                     best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
                 else:
                     self.bad_epochs += 1
+                if not cfg.keep_best:
+                    best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
             else:
                 best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
             record["minutes"] = (time.perf_counter() - start) / 60
