@@ -5,6 +5,9 @@ predict():          seeds -> patches (one batched grid_sample per field of view)
                     pasted back into the CT grid by bounding box -> overlaps resolved -> seed
                     component kept -> measurements -> optional test-time augmentation
                     (test_time_augmentation.py) -> a status per node (node_status_rules.py).
+                    Nodes with a line, a box or clicks run as prompt chains instead
+                    (prompt_chain.py) and are re-classified from their final masks.
+refine():           one node from its prompts (the server's and the Slicer module's click).
 classify_masks():   re-classification: the head pools under given masks (a radiologist's corrected
                     segments) through the finest field of view that holds each mask; the masks
                     are returned untouched.
@@ -13,16 +16,18 @@ classify_masks():   re-classification: the head pools under given masks (a radio
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from ..core.case import Case
+from ..core.case import Case, Seed
+from ..core.errors import InputError
 from ..core.device import resolve_device
 from ..core.geometry import VolumeGeometry
 from ..core.measurements import measure_node
+from ..core.node_prompts import NodePrompts
 from ..core.node_result import NodeResult
 from ..network.model_store import LoadedModel, default_model_dir, load_model
 from ..preprocessing.network_input import network_input
@@ -39,6 +44,7 @@ from .field_of_view import (
 from .mask_pasting import PastedProbability, paste_patch_probability
 from .node_status_rules import apply_status, holds_only_fat, in_soft_tissue, node_status_of, seed_hu
 from .overlap_resolution import resolve_overlaps
+from .prompt_chain import choose_prompt_view, run_chains
 from .seed_component import keep_seed_component
 
 Progress = Callable[[str, int, int], None]
@@ -92,33 +98,60 @@ class NodeEngine:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
 
     # --- public API ---------------------------------------------------------------------------
-    def predict(self, case: Case, progress: Progress | None = None) -> list[NodeResult]:
-        """Masks, probabilities, measurements and a status for every seed of `case`."""
+    def predict(self, case: Case, progress: Progress | None = None,
+                prompts: Mapping[str, NodePrompts] | None = None) -> list[NodeResult]:
+        """Masks, probabilities, measurements and a status for every seed of `case`.
+
+        prompts: per node id, what the radiologist gave besides the seed (core/node_prompts.py): a
+        node with a line, a box or clicks runs as a prompt chain (prompt_chain.py) and its
+        probability is read from its final mask as a re-classification reads a corrected one; the
+        other nodes go the seed's way. A node without a seed has its anchor as its seed in `case`.
+        """
         case.validate_seeds()
+        node_prompts = self._node_prompts(case, prompts)
         centres = case.seed_array()
         n = len(centres)
-        tracker = _ProgressTracker(progress, n, n * (1 + len(tta.PASSES) * self.uncertainty))
-        views, soft_tissue = self._look(case, centres, tracker)
-        chosen = [choose_view(v) for v in views]
+        chained = [k for k, p in enumerate(node_prompts) if p is not None]
+        seeded = [k for k in range(n) if node_prompts[k] is None or not node_prompts[k].has_extent]
+        tracker = _ProgressTracker(progress, n, n * (1 + len(tta.PASSES) * self.uncertainty)
+                                   + sum(len(node_prompts[k].clicks) for k in chained))
+        views: list[list[PatchView]] = [[] for _ in range(n)]
+        soft_tissue = np.ones(n, dtype=bool)  # a prompted node is where the radiologist says it is
+        if seeded:
+            looked, on_soft_tissue = self._look(case, centres[seeded], tracker)
+            for row, k in enumerate(seeded):
+                views[k], soft_tissue[k] = looked[row], on_soft_tissue[row]
+        chosen = [choose_view(v) if v else None for v in views]
+        view_centres = centres.copy()
+        if chained:
+            with self._timed("prompts"):
+                self._follow_prompts(case, node_prompts, chained, chosen, views, view_centres, tracker)
         with self._timed("paste_back"):
-            boxes = [paste_patch_probability(view.probability, case.geometry, centres[k], view.spacing_mm)
+            boxes = [paste_patch_probability(view.probability, case.geometry, view_centres[k], view.spacing_mm)
                      for k, view in enumerate(chosen)]
             resolve_overlaps(boxes, self.config.mask_threshold)
         results = []
         with self._timed("postprocess"):
-            for seed, box, view in zip(case.seeds, boxes, chosen):
-                result = self._node_result(seed, box, view.logit, case.geometry)
+            for k, (seed, box, view) in enumerate(zip(case.seeds, boxes, chosen)):
+                keep = [seed.ras] if node_prompts[k] is None else _positive_points(node_prompts[k])
+                result = self._node_result(seed, box, view.logit, case.geometry, keep)
                 result.field_of_view_mm = view.field_of_view_mm
-                result.extra["fields_of_view_mm"] = [v.field_of_view_mm for v in views[len(results)]]
+                result.extra["fields_of_view_mm"] = [v.field_of_view_mm for v in views[k]]
                 results.append(result)
         with self._timed("measurements"):
-            for r in results:
-                if holds_only_fat(r, case.image):  # no node there: said as an empty mask, not drawn
+            for k, r in enumerate(results):
+                # no node there: said as an empty mask, not drawn (a prompted node is the radiologist's)
+                if node_prompts[k] is None and holds_only_fat(r, case.image):
                     r.extra["fat_only_mask_voxels"] = int(r.mask.sum())
                     r.mask[...] = False
                 measure_node(r, case.image, case.geometry)
+        if chained:  # a prompted mask is read as a corrected one is: on the plain input
+            logits, _, _ = self._mask_logits(case, [results[k] for k in chained])
+            for k, logit in zip(chained, logits):
+                self._set_probability(results[k], logit)
+                results[k].extra["prompts"] = len(node_prompts[k].clicks)
         usable = [k for k, (r, view) in enumerate(zip(results, chosen))
-                  if soft_tissue[k] and view.complete and not r.is_empty]
+                  if node_prompts[k] is None and soft_tissue[k] and view.complete and not r.is_empty]
         if self.uncertainty and usable:
             with self._timed("uncertainty_total"):
                 self._augment(case, centres, chosen, results, usable, tracker)
@@ -129,6 +162,15 @@ class NodeEngine:
         tracker.finish()
         return results
 
+    def refine(self, case: Case, prompts: NodePrompts) -> NodeResult:
+        """One node from its prompts (its seed in `case` among others, or added as its anchor):
+        mask, status, measurements and the re-classified probability."""
+        seed = next((s for s in case.seeds if s.node_id == prompts.node_id), None)
+        if seed is None:
+            seed = Seed(prompts.node_id, tuple(float(v) for v in (prompts.seed or prompts.anchor)))
+        single = Case(case.image, case.geometry, [seed], case.metadata)
+        return self.predict(single, prompts={prompts.node_id: prompts})[0]
+
     def classify_masks(self, case: Case, results: list[NodeResult]) -> list[NodeResult]:
         """Re-classify nodes from their (edited) masks; returns new results, masks unchanged.
 
@@ -138,20 +180,8 @@ class NodeEngine:
         """
         if not results:
             return []
-        centres = np.array([r.seed_ras for r in results], dtype=float)
+        logits, spacings, fits = self._mask_logits(case, results)
         size = self.config.preprocessing.patch_size
-        spacings, fits = [], []
-        for r, centre in zip(results, centres):
-            spacing, fit = spacing_that_holds(_mask_reach_mm(r, case.geometry, centre), size,
-                                              self.zoom_spacings_mm)
-            spacings.append(spacing)
-            fits.append(fit)
-        logits = np.zeros(len(results))
-        for spacing in sorted(set(spacings)):
-            group = [k for k, s in enumerate(spacings) if s == spacing]
-            mask_patches = self._mask_patches(case, [results[k] for k in group], centres[group], spacing)
-            _, group_logits, _ = self._run_network(case, centres[group], spacing, mask_patches)
-            logits[group] = group_logits
         updated = []
         for r, logit, spacing, fit in zip(results, logits, spacings, fits):
             new = NodeResult(
@@ -166,6 +196,70 @@ class NodeEngine:
             updated.append(new)
         self._count_fields_of_view(updated)
         return updated
+
+    def _mask_logits(self, case: Case, results: list[NodeResult]):
+        """Metastasis logits of nodes under their given masks (plain input: seed guidance, no
+        prompts), each through the finest view that holds its mask; with those spacings and
+        whether each mask fits its view."""
+        centres = np.array([r.seed_ras for r in results], dtype=float)
+        size = self.config.preprocessing.patch_size
+        spacings, fits = [], []
+        for r, centre in zip(results, centres):
+            spacing, fit = spacing_that_holds(_mask_reach_mm(r, case.geometry, centre), size,
+                                              self.zoom_spacings_mm)
+            spacings.append(spacing)
+            fits.append(fit)
+        logits = np.zeros(len(results))
+        for spacing in sorted(set(spacings)):
+            group = [k for k, s in enumerate(spacings) if s == spacing]
+            mask_patches = self._mask_patches(case, [results[k] for k in group], centres[group], spacing)
+            _, group_logits, _ = self._run_network(case, centres[group], spacing, mask_patches)
+            logits[group] = group_logits
+        return logits, spacings, fits
+
+    # --- prompts ------------------------------------------------------------------------------
+    def _node_prompts(self, case: Case, prompts) -> list[NodePrompts | None]:
+        """Per seed of `case`, its prompts when it has more than a seed (else None), checked."""
+        prompts = dict(prompts or {})
+        ids = {s.node_id for s in case.seeds}
+        unknown = sorted(set(prompts) - ids)
+        if unknown:
+            raise InputError(f"prompts for node(s) {', '.join(unknown)} that have no seed; give each a seed, "
+                             "a line or a box")
+        out = []
+        for seed in case.seeds:
+            p = prompts.get(seed.node_id)
+            if p is not None:
+                p.validate(case.geometry)
+            out.append(None if p is None or p.is_seed_only else p)
+        if any(p is not None for p in out) and not self.config.preprocessing.prompt_channels:
+            raise InputError(f"the model {self.model_id} reads seeds only; use a model with prompt channels "
+                             "for lines, boxes and clicks")
+        return out
+
+    def _follow_prompts(self, case, node_prompts, chained, chosen, views, view_centres, tracker) -> None:
+        """Run the prompt chains of the `chained` nodes; their chosen view, views and view centre
+        become the chain's, in place."""
+        size = self.config.preprocessing.patch_size
+        threshold = self.config.mask_threshold
+        chain_views, first = [], []
+        for k in chained:
+            p = node_prompts[k]
+            start = None if p.has_extent else chosen[k].spacing_mm
+            view = choose_prompt_view(p, self.zoom_spacings_mm, size, start)
+            chain_views.append(view)
+            same = not p.has_extent and view.spacing_mm == chosen[k].spacing_mm
+            first.append((chosen[k].probability, chosen[k].logit) if same else None)
+
+        def run(centres, spacing, patch_prompts):
+            probs, logits, _ = self._run_network(case, centres, spacing, None, prompts=patch_prompts, tracker=tracker)
+            return probs, logits
+
+        finals = run_chains(run, [node_prompts[k] for k in chained], chain_views, size, threshold, first)
+        for k, view, (prob, logit) in zip(chained, chain_views, finals):
+            chosen[k] = patch_view(prob, logit, view.spacing_mm, threshold)
+            views[k] = [chosen[k]]
+            view_centres[k] = view.centre_ras
 
     # --- fields of view -----------------------------------------------------------------------
     def _look(self, case, centres, tracker):
@@ -227,9 +321,10 @@ class NodeEngine:
 
     # --- internals ----------------------------------------------------------------------------
     def _run_network(self, case, centres, spacing, mask_patches, flips=None, tracker=None,
-                     first_view=False):
+                     first_view=False, prompts=None):
         """Mask probabilities (on the CPU) and metastasis logits for every centre, through patches
-        of `spacing` mm; `flips`: per centre, patch dims to flip (flipped back on the way out).
+        of `spacing` mm; `flips`: per centre, patch dims to flip (flipped back on the way out);
+        `prompts`: per centre, its prompts on the patch grid (PatchPrompts).
 
         first_view: also return, per centre, the seed's HU and the like-density signs
         (field_of_view.py), read from the same HU patches.
@@ -245,7 +340,8 @@ class NodeEngine:
             try:
                 p, l, hu = self._run_batch(case, centres[start:stop], spacing,
                                            None if mask_patches is None else mask_patches[start:stop],
-                                           None if flips is None else flips[start:stop])
+                                           None if flips is None else flips[start:stop],
+                                           None if prompts is None else prompts[start:stop])
             except torch.OutOfMemoryError:
                 self._recover_from_oom()
                 continue
@@ -262,12 +358,12 @@ class NodeEngine:
                 tracker.advance(len(p))
         return torch.cat(probs), torch.cat(logits).numpy(), first
 
-    def _run_batch(self, case, centres, spacing, mask_patches, flips=None):
+    def _run_batch(self, case, centres, spacing, mask_patches, flips=None, prompts=None):
         pre = self.config.preprocessing
         with self._timed("sample_patches"):
             volume = self._volume_on_device(case.image)
             hu = sample_patches(volume, case.geometry, centres, pre.patch_size, spacing)
-            x = network_input(hu, pre)
+            x = network_input(hu, pre, prompts)
             if flips is not None:
                 x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, flips)])
         with self._timed("forward"), torch.inference_mode():
@@ -322,10 +418,12 @@ class NodeEngine:
             )
         return torch.cat(out)
 
-    def _node_result(self, seed, box: PastedProbability, logit, geometry: VolumeGeometry):
+    def _node_result(self, seed, box: PastedProbability, logit, geometry: VolumeGeometry, keep_points):
+        """The node's result from its pasted probability: thresholded, the components at
+        `keep_points` (RAS: its seed, or its anchor, seed and positive clicks) kept."""
         mask = box.probability > self.config.mask_threshold
-        seed_local = geometry.ras_to_ijk_points(seed.ras)[0][::-1] - np.asarray(box.start_kji)
-        mask = keep_seed_component(mask, seed_local, geometry.spacing[::-1])
+        local = geometry.ras_to_ijk_points(keep_points)[:, ::-1] - np.asarray(box.start_kji)
+        mask = keep_seed_component(mask, local, geometry.spacing[::-1])
         start, stop = _tight_box(mask, box.start_kji)
         local = tuple(slice(a - s, b - s) for a, b, s in zip(start, stop, box.start_kji))
         result = NodeResult(seed.node_id, tuple(seed.ras), start, stop, mask[local].copy())
@@ -340,6 +438,13 @@ class NodeEngine:
         result.predicted_label = int(result.probability >= self.config.metastasis_threshold)
         result.extra["model_id"] = self.model_id
         result.extra["weights_sha256"] = self.model.weights_sha256
+
+
+def _positive_points(prompts: NodePrompts) -> np.ndarray:
+    """(K, 3) RAS points a prompted node's mask must hold: its anchor, seed and positive clicks."""
+    points = [prompts.anchor] + ([prompts.seed] if prompts.seed is not None else [])
+    points += [c.ras for c in prompts.clicks if c.positive]
+    return np.asarray(points, dtype=float)
 
 
 def _tight_box(mask: np.ndarray, start_kji):

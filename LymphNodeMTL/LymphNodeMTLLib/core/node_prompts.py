@@ -1,0 +1,114 @@
+"""What a radiologist gives for one node besides (or instead of) its seed, in RAS mm.
+
+- a long-axis line: the two ends of the RECIST long axis drawn on the node;
+- a box: two opposite corners around the node;
+- clicks, in the order given: positive on a part the mask should hold, negative on a part it
+  should not (a leak). A click refines the mask the earlier prompts gave.
+
+A node may start from its seed, a line or a box; with a line or a box the engine takes the node's
+extent from it (the field of view and where the node is), and the seed, when given too, counts
+as a positive click.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import VolumeGeometry
+
+Point = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Click:
+    """One click in RAS mm; positive: the point belongs to the node."""
+
+    ras: Point
+    positive: bool
+
+
+@dataclass(frozen=True)
+class NodePrompts:
+    """One node's prompts in RAS mm (module docstring). `box` is (low corner, high corner)."""
+
+    node_id: str
+    seed: Point | None = None
+    line: tuple[Point, Point] | None = None
+    box: tuple[Point, Point] | None = None
+    clicks: tuple[Click, ...] = field(default_factory=tuple)
+
+    @property
+    def anchor(self) -> np.ndarray:
+        """Where the node is: the middle of its box, else of its line, else its seed."""
+        if self.box is not None:
+            return np.mean(np.asarray(self.box, dtype=float), axis=0)
+        if self.line is not None:
+            return np.mean(np.asarray(self.line, dtype=float), axis=0)
+        if self.seed is None:
+            raise ValueError(f"node {self.node_id} has no seed, line or box")
+        return np.asarray(self.seed, dtype=float)
+
+    @property
+    def has_extent(self) -> bool:
+        """A line or a box gives the node's extent: no field of view is guessed."""
+        return self.line is not None or self.box is not None
+
+    @property
+    def is_seed_only(self) -> bool:
+        return not self.has_extent and not self.clicks
+
+    def with_click(self, click: Click) -> "NodePrompts":
+        return replace(self, clicks=(*self.clicks, click))
+
+    def first_clicks(self, count: int) -> "NodePrompts":
+        """The prompts as they stood after the first `count` clicks."""
+        return replace(self, clicks=self.clicks[:count])
+
+    def points(self) -> np.ndarray:
+        """(K, 3) every point given: seed, line ends, box corners, clicks."""
+        points = [self.seed] if self.seed is not None else []
+        points += list(self.line or ()) + list(self.box or ()) + [c.ras for c in self.clicks]
+        return np.asarray(points, dtype=float).reshape(-1, 3)
+
+    def validate(self, geometry: VolumeGeometry) -> None:
+        """Refuse prompts the engine cannot follow truthfully, with one line naming the node."""
+        who = f"node {self.node_id}"
+        if self.seed is None and not self.has_extent:
+            raise InputError(f"{who} has no seed, line or box; give it a seed, a long-axis line or a box")
+        points = self.points()
+        if not np.all(np.isfinite(points)):
+            raise InputError(f"{who} has a prompt coordinate that is not a number; give mm values")
+        inside = geometry.contains_ras(points)
+        if not np.all(inside):
+            p = points[int(np.argmin(inside))]
+            raise InputError(f"{who}: the prompt point at RAS ({p[0]:.1f}, {p[1]:.1f}, {p[2]:.1f}) mm is outside "
+                             "the CT; check that the prompts belong to this CT and their coordinate system")
+        voxel_ras = np.abs(geometry.ijk_to_ras[:3, :3]).max(axis=1)  # one voxel step along R, A, S
+        if self.line is not None:
+            ends = np.asarray(self.line, dtype=float)
+            if np.linalg.norm(ends[1] - ends[0]) < 0.5 * float(geometry.spacing.min()):
+                raise InputError(f"{who}: its long-axis line has zero length; draw it from one edge of the "
+                                 "node to the other")
+        if self.box is not None:
+            low, high = np.asarray(self.box, dtype=float)
+            thin = np.flatnonzero(high - low < voxel_ras - 1e-6)
+            if len(thin):
+                axis = "RAS"[int(thin[0])]
+                raise InputError(f"{who}: its box is {high[thin[0]] - low[thin[0]]:.2f} mm along {axis}, thinner "
+                                 f"than a voxel ({voxel_ras[thin[0]]:.2f} mm); draw the box around the whole node")
+        if self.seed is not None:
+            seed_ijk = geometry.ras_to_ijk_points(self.seed)[0]
+            for c in self.clicks:
+                if not c.positive and np.abs(geometry.ras_to_ijk_points(c.ras)[0] - seed_ijk).max() < 0.5:
+                    raise InputError(f"{who}: a negative click lies on its seed; a node's seed is part of the "
+                                     "node, so move the click or the seed")
+
+
+def box_from_corners(a, b) -> tuple[Point, Point]:
+    """(low, high) corners in RAS from two opposite corners given in either order."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    return tuple(float(v) for v in low), tuple(float(v) for v in high)
