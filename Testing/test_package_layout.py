@@ -300,3 +300,13 @@ def test_segment_tags_are_written_and_read_in_one_module():
     readers = _definitions({"readsegmenttags", "segmenttags", "parsetags", "serializetags"})
     twice = {name: places for name, places in readers.items() if len(places) != 1}
     assert not twice and set(readers) == {"readsegmenttags", "segmenttags", "parsetags", "serializetags"}, twice
+
+
+def test_the_slicer_module_file_is_module_widget_logic_and_test():
+    """What is not MRML <-> engine conversion or Qt wiring lives in LymphNodeMTLSlicerLib."""
+    path = MODULE_DIR / "LymphNodeMTL.py"
+    text = path.read_text()
+    assert len(text.splitlines()) <= 800, f"{path.name} has {len(text.splitlines())} lines; move helpers out"
+    classes = [n.name for n in ast.parse(text).body if isinstance(n, ast.ClassDef)]
+    assert classes == ["LymphNodeMTL", "LymphNodeMTLParameterNode", "LymphNodeMTLWidget", "LymphNodeMTLLogic",
+                       "LymphNodeMTLTest"]
