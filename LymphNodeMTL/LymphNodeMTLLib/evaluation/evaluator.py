@@ -28,8 +28,8 @@ from scipy import ndimage
 from ..core.case import Case, Seed
 from ..core.classification_metrics import expected_calibration_error, roc_auc
 from ..core.measurements import measure_node
-from ..core.node_status import has_usable_mask
 from ..core.node_result import NodeResult
+from ..core.node_status import has_usable_mask
 from ..io.training_manifest import check_same_grid, read_manifest
 from ..io.volume_reader import read_volume
 from .node_scores import SHORT_AXIS_RULE_MM, NodeScore
