@@ -1,14 +1,14 @@
 """LymphNodeMTL: lymph-node masks and metastasis probabilities from seeds, inside 3D Slicer.
 
-Module (description), Widget (Qt wiring only), Logic (MRML <-> the inference server) and Test (the
+Module (description), Widget (Qt wiring only), Logic (MRML <-> the engine's types) and Test (the
 self-test Slicer's test runner calls). The engine runs in an inference server process, local by
 default (started with Slicer's own Python) or a shared GPU server: Slicer's Python never runs
-torch, and nothing runs on a Python thread. The Slicer-side helpers (results table, dependency
-installer, server process, HTTP client) live in LymphNodeMTLSlicerLib.
+torch, and nothing runs on a Python thread. The Slicer-side helpers (server life cycle and HTTP
+client, lymph-node segments and their tags, results table, export, dependency installer) live in
+LymphNodeMTLSlicerLib.
 """
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,26 +19,14 @@ import vtk
 from LymphNodeMTLLib.core.case import Case, Seed
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.core.mask_checksum import mask_bounds as _maskBounds
-from LymphNodeMTLLib.core.mask_checksum import mask_checksum as maskChecksum
-from LymphNodeMTLLib.core.node_result import NodeResult
-from LymphNodeMTLLib.outputs import segmentation_writer as segw
-from LymphNodeMTLLib.outputs.results_table import write_results_csv
+from LymphNodeMTLLib.core.segment_tags import LYMPH_NODE_TERMINOLOGY
 from LymphNodeMTLLib.server import protocol
-from LymphNodeMTLSlicerLib import dependency_installer, results_table
-from LymphNodeMTLSlicerLib.module_job import JobCancelled, JobFailed, ModuleJob, NothingToDo
+from LymphNodeMTLLib.server.job_steps import VolumePayload, classify_job, predict_job
+from LymphNodeMTLSlicerLib import dependency_installer, node_segments, output_nodes, result_export, results_table
+from LymphNodeMTLSlicerLib.module_job import ModuleJob, NothingToDo
 from LymphNodeMTLSlicerLib.results_table import TABLE_SEGMENTATION_REFERENCE
 from LymphNodeMTLSlicerLib.run_plans import PredictionPlan, ReclassificationPlan, RunSummary
-from LymphNodeMTLSlicerLib.server_client import (
-    BlockingTransport,
-    QtTransport,
-    ServerConnection,
-    ServerJob,
-    VolumePayload,
-)
-from LymphNodeMTLSlicerLib.server_process import FAILED as SERVER_FAILED
-from LymphNodeMTLSlicerLib.server_process import READY as SERVER_READY
-from LymphNodeMTLSlicerLib.server_process import LocalServer
+from LymphNodeMTLSlicerLib.server_session import LOCAL_SERVER, ServerSession
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
@@ -55,26 +43,17 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from vtk.util import numpy_support
 
-# Segment tag holding a checksum of the mask the engine wrote: a different mask means edited.
-TAG_MASK_HASH = segw.TAG_MASK_HASH
-# Segment tag with the SHA-256 of the weights that made the segment (DICOM SEG records it).
-TAG_WEIGHTS_SHA256 = segw.TAG_WEIGHTS_SHA256
-SEED_MOVED_MM = 0.01  # a seed further than this from the one a segment was made from has moved
-LOCAL_SERVER = "local"  # the server setting for a server process on this computer
 SETTINGS_SERVER_URL = "LymphNodeMTL/serverUrl"
 SETTINGS_SERVER_TOKEN = "LymphNodeMTL/serverToken"
 TERMINOLOGY_FILE = Path(__file__).resolve().parent / "Resources" / "LymphNodeMTL.term.json"
-SLICER_DICOM_EXPORT = ("Slicer's own DICOM export also writes DICOM SEG: Data module, right-click the "
-                       "segmentation, Export to DICOM (needs the QuantitativeReporting extension).")
 
 
 def moduleTerminologyEntry() -> str:
     """The lymph-node terminology entry with the module's own terminology file as its context, so
     that segments point to the list the module loads (same SNOMED CT codes as the Lib's writer)."""
     context = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
-    return "~".join([context, *segw.LYMPH_NODE_TERMINOLOGY.split("~")[1:]])
+    return "~".join([context, *LYMPH_NODE_TERMINOLOGY.split("~")[1:]])
 
 
 MODULE_TERMINOLOGY = moduleTerminologyEntry()
@@ -173,7 +152,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportDirectoryButton.directory = slicer.app.defaultScenePath
         self.ui.progressBar.hide()
         self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(int(self.logic.pollIntervalS * 1000))
+        self._pollTimer.setInterval(int(self.logic.server.pollIntervalS * 1000))
         self._pollTimer.connect("timeout()", self._pollJob)
 
         # Server address and token are this computer's settings, not the scene's.
@@ -384,7 +363,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
-    """MRML <-> the inference server. Usable without the widget:
+    """MRML <-> the engine's types, the engine being the inference server. Usable without the widget:
 
         logic = LymphNodeMTLLogic()
         summary = logic.process(ctNode, seedsNode)           # segmentation + table nodes
@@ -392,91 +371,39 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
 
     Each run is a job: planned on the main thread (MRML read), computed by the server, applied on
     the main thread (MRML written) from a timer tick; `waitForCompletion=False` returns the job for
-    the caller to tick. The local server stays warm between runs; it is started again when it
-    died, or when the device or model folder changes.
+    the caller to tick. Where the server is, and its life cycle, is `self.server` (ServerSession).
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.serverUrl = LOCAL_SERVER
-        self.serverToken = ""
-        self.pollIntervalS = 0.1
-        self.idle = None  # called between ticks while a script waits (default: events + sleep)
-        self.transport = None  # QtTransport inside Slicer, BlockingTransport elsewhere
-        self.serverInfo = {}  # the last health answer (model id, labels, device)
+        self.server = ServerSession()
+        self.serverInfo = {}  # the last health answer (model id, labels, clinical use)
         self._imageCache = (None, None)  # (volume key, copy): an unchanged CT is one array
         self._payloadCache = (None, None)  # (volume key, VolumePayload): its content hash once
 
     def getParameterNode(self):
         return LymphNodeMTLParameterNode(super().getParameterNode())
 
-    # --- server ----------------------------------------------------------------------------------
     def setServer(self, url: str, token: str = "") -> None:
         """"local" (a server process on this computer) or a server's address, with its token."""
-        self.serverUrl = (url or LOCAL_SERVER).strip()
-        self.serverToken = token or ""
+        self.server.setServer(url, token)
 
-    @staticmethod
-    def insideSlicerApp() -> bool:
-        return hasattr(getattr(slicer, "app", None), "processEvents")
-
-    def localServer(self) -> LocalServer:
-        from LymphNodeMTLSlicerLib.server_process import sharedLocalServer
-
-        return sharedLocalServer(self.insideSlicerApp())
-
-    def _transportInUse(self):
-        if self.transport is None:
-            self.transport = QtTransport() if self.insideSlicerApp() else BlockingTransport()
-        return self.transport
-
-    def _connector(self, modelFolder, device):
-        """(connect, unreachable) for a ServerJob; starts the local server when it is not running."""
-        if self.serverUrl != LOCAL_SERVER:
-            connection = ServerConnection(self.serverUrl, self.serverToken, self._transportInUse())
-            return (lambda: connection), None
-        server = self.localServer()
-        server.ensure(device, modelFolder)
-
-        def connect():
-            state = server.poll()
-            if state == SERVER_READY:
-                return ServerConnection(server.url, server.token, self._transportInUse(),
-                                        "the local inference server")
-            if state == SERVER_FAILED:
-                raise RuntimeError(f"{server.error}; press Apply again to retry")
-            return None  # still starting
-
-        return connect, server.unreachableMessage
-
-    def _serverJob(self, case: Case, request: dict, modelFolder, device):
-        connect, unreachable = self._connector(modelFolder, device)
-        return ServerJob(connect, self._payload(case), request, unreachable)
+    def localServer(self):
+        return self.server.localServer()
 
     def waitForJob(self, job: ModuleJob, timeout: Optional[float] = None) -> RunSummary:
         """Tick the job until it ends (scripts, tests, the self-test); its summary, or raise."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job.tick()
-            if job.finished:
-                break
-            if end is not None and time.monotonic() > end:
-                job.cancel()
-                raise JobFailed(f"the job did not finish within {timeout:.0f} s; it was cancelled")
-            self._idle()
-        if job.error:
-            raise JobFailed(job.error)
-        if job.summary is None:
-            raise JobCancelled("cancelled: nothing was changed")
-        return job.summary
+        return self.server.waitForJob(job, timeout)
 
-    def _idle(self) -> None:
-        if self.idle is not None:
-            self.idle()
-            return
-        if self.insideSlicerApp():
-            slicer.app.processEvents()  # network replies and process output arrive through Qt
-        time.sleep(self.pollIntervalS)
+    def _startJob(self, case: Case, job: dict, apply, plan, watched: dict, label: str, modelFolder, device):
+        """The server job for `job` on the plan's CT; its results are applied on its finishing tick."""
+        serverJob = self.server.job(self._payload(case), job, modelFolder, device)
+
+        def applyResults(results):
+            self.serverInfo = serverJob.health or self.serverInfo
+            return apply(plan, results)
+
+        return ModuleJob(serverJob, applyResults, watched, label)
 
     def _labels(self):
         labels = self.serverInfo.get("labels")
@@ -518,6 +445,12 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         return self._payloadCache[1]
 
     @staticmethod
+    def _ijkToLocal(volumeNode) -> np.ndarray:
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    @staticmethod
     def _ijkToWorld(volumeNode) -> np.ndarray:
         """IJK -> world RAS: the volume's matrix under its (linear) parent transforms."""
         ijkToRas = LymphNodeMTLLogic._ijkToLocal(volumeNode)
@@ -550,7 +483,6 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         if markupsNode is not None:
             markupsNode.SetControlPointLabelFormat("%d")
 
-
     # --- Apply: segment and classify new nodes ----------------------------------------------------
     def process(self, volumeNode, markupsNode, segmentationNode=None, tableNode=None, modelFolder=None,
                 device="auto", overwriteEdited=False, waitForCompletion=True):
@@ -562,18 +494,13 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         return self.waitForJob(job) if waitForCompletion else job
 
     def startPrediction(self, plan: PredictionPlan, modelFolder=None, device="auto") -> ModuleJob:
-        """The server job for the plan's seeds; its results are applied on its finishing tick."""
-        seeds = [{"id": s.node_id, "ras": [float(v) for v in s.ras]} for s in plan.case.seeds]
-        serverJob = (self._serverJob(plan.case, {"kind": "predict", "seeds": seeds, "options": {}},
-                                     modelFolder, device) if seeds else NothingToDo())
-        return ModuleJob(serverJob, lambda results: self._applyWith(serverJob, self.applyPrediction, plan, results),
-                         {"CT": plan.volumeNode, "output segmentation": plan.segmentationNode,
-                          "output table": plan.tableNode}, "predict")
+        watched = {"CT": plan.volumeNode, "output segmentation": plan.segmentationNode,
+                   "output table": plan.tableNode}
+        if not plan.case.seeds:
+            return ModuleJob(NothingToDo(), lambda results: self.applyPrediction(plan, results), watched, "predict")
+        return self._startJob(plan.case, predict_job(plan.case.seeds), self.applyPrediction, plan, watched,
+                              "predict", modelFolder, device)
 
-    def _applyWith(self, serverJob, apply, plan, results):
-        if serverJob.health:
-            self.serverInfo = serverJob.health
-        return apply(plan, results)
     def planPrediction(self, volumeNode, markupsNode, segmentationNode=None, tableNode=None,
                        overwriteEdited=False) -> PredictionPlan:
         """Main thread: read the CT and seeds, decide which seeds to predict."""
@@ -589,11 +516,11 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
             if segmentId is None:
                 toPredict.append(seed)
                 continue
-            segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-            moved = self._seedMoved(segment, seed)
+            tags = node_segments.tagsOf(segmentationNode.GetSegmentation().GetSegment(segmentId))
+            moved = node_segments.seedMoved(tags, seed)
             if not moved and not overwriteEdited:
                 plan.keptIds.append(seed.node_id)  # nothing to do: same seed, engine's own mask
-            elif self.isSegmentEdited(segmentationNode, segmentId, volumeNode):
+            elif node_segments.isEdited(tags, self.segmentMask(segmentationNode, segmentId, volumeNode)):
                 if overwriteEdited:
                     plan.replaceSegmentIds[seed.node_id] = segmentId
                     toPredict.append(seed)
@@ -615,19 +542,19 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
             raise InputError("the CT was removed from the scene while it was being processed")
         segmentationNode = plan.segmentationNode
         if segmentationNode is None:
-            segmentationNode = self._newSegmentationNode(volumeNode)
-        tableNode = self._outputTable(plan.tableNode, segmentationNode, volumeNode)
+            segmentationNode = output_nodes.newSegmentationNode(volumeNode)
+        tableNode = output_nodes.outputTable(plan.tableNode, segmentationNode, volumeNode)
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         modified = segmentationNode.StartModify()
         try:
             for result in results:
-                self._writeSegment(segmentationNode, volumeNode, result,
-                                   plan.replaceSegmentIds.get(result.node_id))
+                node_segments.writeSegment(segmentationNode, volumeNode, result, MODULE_TERMINOLOGY,
+                                           plan.replaceSegmentIds.get(result.node_id))
         finally:
             segmentationNode.EndModify(modified)
-        self._syncTable(tableNode, segmentationNode, {r.node_id: r for r in results})
+        results_table.syncTable(tableNode, segmentationNode, {r.node_id: r for r in results}, self._labels())
         for node in (segmentationNode, tableNode):
-            self._placeNextToVolume(node, volumeNode)
+            output_nodes.placeNextToVolume(node, volumeNode)
         return RunSummary(segmentationNode, tableNode, [r.node_id for r in results], plan.keptIds,
                           plan.keptEditedIds, results=list(results))
 
@@ -645,33 +572,31 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         return self.waitForJob(job) if waitForCompletion else job
 
     def startReclassification(self, plan: ReclassificationPlan, modelFolder=None, device="auto") -> ModuleJob:
-        masks = [protocol.mask_to_json(result) for result in plan.results]
-        serverJob = (self._serverJob(plan.case, {"kind": "classify", "masks": masks, "options": {}},
-                                     modelFolder, device) if masks else NothingToDo())
-        return ModuleJob(serverJob,
-                         lambda results: self._applyWith(serverJob, self.applyReclassification, plan, results),
-                         {"CT": plan.volumeNode, "segmentation": plan.segmentationNode,
-                          "output table": plan.tableNode}, "classify")
+        watched = {"CT": plan.volumeNode, "segmentation": plan.segmentationNode, "output table": plan.tableNode}
+        if not plan.results:
+            return ModuleJob(NothingToDo(), lambda results: self.applyReclassification(plan, results), watched,
+                             "classify")
+        return self._startJob(plan.case, classify_job(plan.results), self.applyReclassification, plan, watched,
+                              "classify", modelFolder, device)
 
     def planReclassification(self, volumeNode, segmentationNode, tableNode=None, segmentIds=None):
         """Main thread: read the masks of the segments to re-classify."""
         if segmentationNode is None:
             raise InputError("select the lymph-node segmentation to re-classify")
         case = self.caseFromNodes(volumeNode)
-        segments = self.lymphNodeSegments(segmentationNode)
         wanted = set(segmentIds) if segmentIds is not None else None
         plan = ReclassificationPlan(volumeNode, segmentationNode, tableNode, case, [], {})
-        for nodeId, segmentId in segments.items():
+        for nodeId, segmentId in self.lymphNodeSegments(segmentationNode).items():
             if wanted is not None and segmentId not in wanted:
                 continue
             mask = self.segmentMask(segmentationNode, segmentId, volumeNode)
-            if wanted is None and self._maskChecksumTag(segmentationNode, segmentId) == maskChecksum(mask):
-                continue  # unedited
+            tags = node_segments.tagsOf(segmentationNode.GetSegmentation().GetSegment(segmentId))
+            if wanted is None and not node_segments.isEdited(tags, mask):
+                continue
             if not mask.any():
                 plan.skippedEmptyIds.append(nodeId)
                 continue
-            result = self._resultFromMask(segmentationNode, segmentId, nodeId, mask, case.geometry)
-            plan.results.append(result)
+            plan.results.append(node_segments.resultFromMask(tags, mask, case.geometry))
             plan.segmentIds[nodeId] = segmentId
         return plan
 
@@ -680,130 +605,39 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         segmentation = plan.segmentationNode.GetSegmentation()
         for result in results:
             segment = segmentation.GetSegment(plan.segmentIds[result.node_id])
-            maskHash = self._tag(segment, TAG_MASK_HASH)  # still the engine's: the segment stays "edited"
-            self._setSegmentFacts(segment, result)
-            segment.SetTag(TAG_MASK_HASH, maskHash)
-        tableNode = self._outputTable(plan.tableNode, plan.segmentationNode, plan.volumeNode)
-        self._syncTable(tableNode, plan.segmentationNode, {r.node_id: r for r in results})
-        self._placeNextToVolume(tableNode, plan.volumeNode)
+            # the recorded checksum stays the engine's mask: the segment stays "edited"
+            node_segments.setSegmentFacts(segment, result, MODULE_TERMINOLOGY,
+                                          node_segments.tagsOf(segment).mask_checksum)
+        tableNode = output_nodes.outputTable(plan.tableNode, plan.segmentationNode, plan.volumeNode)
+        results_table.syncTable(tableNode, plan.segmentationNode, {r.node_id: r for r in results}, self._labels())
+        output_nodes.placeNextToVolume(tableNode, plan.volumeNode)
         return RunSummary(plan.segmentationNode, tableNode, [r.node_id for r in results],
                           skippedEmptyIds=plan.skippedEmptyIds, results=list(results), verb="re-classified")
 
     # --- segments --------------------------------------------------------------------------------
-    def lymphNodeSegments(self, segmentationNode) -> dict:
+    @staticmethod
+    def lymphNodeSegments(segmentationNode) -> dict:
         """Node id -> segment id, in segment order, for segments carrying our seed-id tag."""
-        segmentation = segmentationNode.GetSegmentation()
-        found = {}
-        for index in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(index)
-            nodeId = self._tag(segmentation.GetSegment(segmentId), segw.TAG_SEED_ID, None)
-            if nodeId is not None and nodeId not in found:
-                found[nodeId] = segmentId
-        return found
-
-    def isSegmentEdited(self, segmentationNode, segmentId, volumeNode) -> bool:
-        """True when the mask is not the one the engine wrote (or the engine never wrote it)."""
-        recorded = self._maskChecksumTag(segmentationNode, segmentId)
-        if not recorded:
-            return True
-        return recorded != maskChecksum(self.segmentMask(segmentationNode, segmentId, volumeNode))
-
-    def _maskChecksumTag(self, segmentationNode, segmentId) -> str:
-        return self._tag(segmentationNode.GetSegmentation().GetSegment(segmentId), TAG_MASK_HASH)
+        return node_segments.lymphNodeSegments(segmentationNode)
 
     @staticmethod
     def segmentMask(segmentationNode, segmentId, volumeNode) -> np.ndarray:
         """The segment as a boolean array on the CT's voxel grid."""
-        return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+        return node_segments.segmentMask(segmentationNode, segmentId, volumeNode)
 
-    def _seedMoved(self, segment, seed) -> bool:
-        try:
-            recorded = np.array(self._tag(segment, segw.TAG_SEED_RAS).split(), dtype=float)
-        except ValueError:
-            return True
-        return recorded.shape != (3,) or float(np.linalg.norm(recorded - seed.ras)) > SEED_MOVED_MM
-
-    def _writeSegment(self, segmentationNode, volumeNode, result: NodeResult, segmentId=None) -> str:
-        segmentation = segmentationNode.GetSegmentation()
-        if segmentId is None:
-            segment = slicer.vtkSegment()
-            segment.SetName(segw.segment_name(result.node_id))
-            segment.SetNameAutoGenerated(False)
-            segment.SetColorAutoGenerated(False)
-            segmentId = segmentation.GenerateUniqueSegmentID(
-                segw.segment_id(result.node_id, segmentation.GetNumberOfSegments()))
-            segmentation.AddSegment(segment, segmentId)
-        else:
-            segmentation.ClearSegment(segmentId)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            self._orientedMask(volumeNode, result), segmentationNode, segmentId,
-            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
-        ):
-            raise RuntimeError(f"could not write the mask of node {result.node_id}")
-        segment = segmentation.GetSegment(segmentId)
-        self._setSegmentFacts(segment, result)  # segment_tags include the mask checksum
-        return segmentId
-
-    def _setSegmentFacts(self, segment, result: NodeResult) -> None:
-        """Terminology, colour by probability and the result tags, as the .seg.nrrd writer gives them."""
-        tags = segw.segment_tags(result, result.extra.get("model_id", ""))
-        tags[segw.TERMINOLOGY_TAG] = MODULE_TERMINOLOGY  # the list this module loads
-        for key, value in tags.items():
-            segment.SetTag(key, value)
-        segment.SetColor(*segw.probability_color(result.probability))
-
-    @staticmethod
-    def _orientedMask(volumeNode, result: NodeResult):
-        """The node's bounding-box mask as image data on the CT's own (local) voxel grid."""
-        ijkToRas = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRas)
-        image = slicer.vtkOrientedImageData()
-        image.SetImageToWorldMatrix(ijkToRas)
-        (k0, j0, i0), (nk, nj, ni) = result.bbox_start_kji, result.mask.shape
-        image.SetExtent(i0, i0 + ni - 1, j0, j0 + nj - 1, k0, k0 + nk - 1)
-        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-        voxels[:] = np.asarray(result.mask, dtype=np.uint8).ravel()  # [k, j, i] order = VTK's
-        return image
-
-    def _resultFromMask(self, segmentationNode, segmentId, nodeId, mask, geometry) -> NodeResult:
-        """A NodeResult holding a segment's current mask (bounding box + sub-array) and its seed."""
+    def isSegmentEdited(self, segmentationNode, segmentId, volumeNode) -> bool:
+        """True when the mask is not the one the engine wrote (or the engine never wrote it)."""
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        start, stop = _maskBounds(mask)
-        try:
-            seed = tuple(float(v) for v in self._tag(segment, segw.TAG_SEED_RAS).split())
-        except ValueError:
-            seed = ()
-        if len(seed) != 3:  # not from the engine: the mask's centre stands in for the click
-            seed = tuple(geometry.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)[::-1])[0])
-        sub = mask[tuple(slice(a, b) for a, b in zip(start, stop))].copy()
-        return NodeResult(nodeId, seed, start, stop, sub)
+        return node_segments.isEdited(node_segments.tagsOf(segment),
+                                      self.segmentMask(segmentationNode, segmentId, volumeNode))
 
     def resultsFromSegments(self, volumeNode, segmentationNode) -> list:
         """Every lymph-node segment as a NodeResult: its current mask plus the facts in its tags."""
         geometry = self.caseFromNodes(volumeNode).geometry
-        results = []
-        for nodeId, segmentId in self.lymphNodeSegments(segmentationNode).items():
-            mask = self.segmentMask(segmentationNode, segmentId, volumeNode)
-            result = self._resultFromMask(segmentationNode, segmentId, nodeId, mask, geometry)
-            segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-            number = lambda key: results_table.toFloat(self._tag(segment, key))  # noqa: E731
-            result.status = self._tag(segment, results_table.TAG_STATUS) or result.status
-            usable = results_table.hasUsableMask(result.status)
-            result.probability = number(segw.TAG_PROBABILITY) if usable else float("nan")
-            result.probability_low = number(results_table.TAG_PROBABILITY_LOW) if usable else float("nan")
-            result.probability_high = number(results_table.TAG_PROBABILITY_HIGH) if usable else float("nan")
-            result.mask_agreement = number(results_table.TAG_MASK_AGREEMENT)
-            predicted = self._tag(segment, segw.TAG_PREDICTED_LABEL)
-            result.predicted_label = int(predicted) if predicted.isdigit() else 0
-            result.volume_mm3 = number(segw.TAG_VOLUME)
-            result.short_axis_mm = number(segw.TAG_SHORT_AXIS)
-            result.long_axis_mm = number(segw.TAG_LONG_AXIS)
-            result.mean_hu = number(segw.TAG_MEAN_HU)
-            result.extra["model_id"] = self._tag(segment, segw.TAG_MODEL_ID)
-            result.extra["weights_sha256"] = self._tag(segment, TAG_WEIGHTS_SHA256)
-            results.append(result)
-        return results
+        segmentation = segmentationNode.GetSegmentation()
+        return [node_segments.resultFromMask(node_segments.tagsOf(segmentation.GetSegment(segmentId)),
+                                             self.segmentMask(segmentationNode, segmentId, volumeNode), geometry)
+                for segmentId in self.lymphNodeSegments(segmentationNode).values()]
 
     def setShow3D(self, segmentationNode, show: bool) -> None:
         if show:
@@ -811,70 +645,10 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         else:
             segmentationNode.RemoveClosedSurfaceRepresentation()
 
-    # --- output nodes ----------------------------------------------------------------------------
-    def _newSegmentationNode(self, volumeNode):
-        node = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLSegmentationNode",
-            slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} lymph nodes"))
-        node.CreateDefaultDisplayNodes()
-        node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())  # overlay the CT exactly
-        return node
-
-    def _newTableNode(self, volumeNode):
-        return slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLTableNode",
-            slicer.mrmlScene.GenerateUniqueName(f"{volumeNode.GetName()} lymph nodes table"))
-
-    def _outputTable(self, tableNode, segmentationNode, volumeNode):
-        """The given table, else the one linked to the segmentation, else a new one."""
-        if tableNode is None:
-            tableNode = self._tableOf(segmentationNode)
-        return tableNode if tableNode is not None else self._newTableNode(volumeNode)
-
-    @staticmethod
-    def _tableOf(segmentationNode):
-        for node in slicer.util.getNodesByClass("vtkMRMLTableNode"):
-            if node.GetNodeReferenceID(TABLE_SEGMENTATION_REFERENCE) == segmentationNode.GetID():
-                return node
-        return None
-
-    def _placeNextToVolume(self, node, volumeNode) -> None:
-        """Put `node` in the CT's study (its parent) in the subject hierarchy."""
-        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        if shNode is None:
-            return
-        volumeItem = shNode.GetItemByDataNode(volumeNode)
-        if not volumeItem:
-            volumeItem = shNode.CreateItem(shNode.GetSceneItemID(), volumeNode)
-        parent = shNode.GetItemParent(volumeItem)
-        item = shNode.GetItemByDataNode(node)
-        if not item:
-            shNode.CreateItem(parent, node)
-        elif shNode.GetItemParent(item) != parent:
-            shNode.SetItemParent(item, parent)
-
-    def _syncTable(self, tableNode, segmentationNode, updated: dict) -> None:
-        """One row per lymph-node segment (review-first order): `updated` results give new values,
-        other rows keep theirs (or are rebuilt from the segment's tags when missing)."""
-        old = results_table.tableRows(tableNode)
-        segmentation = segmentationNode.GetSegmentation()
-        labels = self._labels()
-        rows = []
-        for nodeId, segmentId in self.lymphNodeSegments(segmentationNode).items():
-            if nodeId in updated:
-                rows.append(results_table.rowFromResult(updated[nodeId], labels))
-            elif nodeId in old:
-                rows.append(old[nodeId])
-            else:
-                rows.append(results_table.rowFromTags(segmentation.GetSegment(segmentId), labels))
-        results_table.writeTable(tableNode, rows, segmentationNode)
-
     @staticmethod
     def tableRows(tableNode) -> dict:
         """Node id -> {column: value} of a results table (text columns str, numeric ones float)."""
         return results_table.tableRows(tableNode)
-
-    _tag = staticmethod(results_table.segmentTag)
 
     # --- navigation ------------------------------------------------------------------------------
     def jumpToNode(self, tableNode, row: int, segmentationNode=None):
@@ -892,8 +666,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
             return None
         center = segmentationNode.GetSegmentCenterRAS(segmentId)
         if center is None:  # empty segment: its seed
-            center = tuple(float(v) for v in self._tag(
-                segmentationNode.GetSegmentation().GetSegment(segmentId), segw.TAG_SEED_RAS).split())
+            center = node_segments.tagsOf(segmentationNode.GetSegmentation().GetSegment(segmentId)).seed_ras
         markups = getattr(slicer.modules, "markups", None)
         if markups is not None and hasattr(markups.logic(), "JumpSlicesToLocation"):
             markups.logic().JumpSlicesToLocation(*center, True)
@@ -905,80 +678,14 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
 
     # --- export ----------------------------------------------------------------------------------
     def exportResults(self, segmentationNode, tableNode, volumeNode, folder) -> dict:
-        """nodes.seg.nrrd, nodes.csv and (with a DICOM CT and a DICOM SEG writer) nodes.dcm in folder."""
+        """nodes.seg.nrrd, nodes.csv and (with a DICOM SEG writer) nodes.dcm in folder."""
         if segmentationNode is None:
             raise InputError("nothing to export: run Apply first")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        report = {"segmentation": None, "table": None, "dicomSeg": None, "messages": []}
-
-        segPath = folder / "nodes.seg.nrrd"
-        storage = slicer.vtkMRMLSegmentationStorageNode()
-        storage.SetFileName(str(segPath))
-        storage.SetCropToMinimumExtent(False)  # the CT's whole grid, like the command line's file
-        if not storage.WriteData(segmentationNode):
-            raise RuntimeError(f"could not write {segPath}")
-        report["segmentation"] = str(segPath)
-        report["messages"].append(f"Segmentation: {segPath}")
-
-        results = self.resultsFromSegments(volumeNode, segmentationNode)
-        if results:  # the command line's nodes.csv: one writer, one format
-            csvPath = write_results_csv(folder / "nodes.csv", results)
-            report["table"] = str(csvPath)
-            report["messages"].append(f"Table: {csvPath}")
-
-        report["dicomSeg"], message = self._exportDicomSeg(segmentationNode, volumeNode, folder / "nodes.dcm")
-        report["messages"].append(message)
-        return report
-
-    def _exportDicomSeg(self, segmentationNode, volumeNode, path):
-        """DICOM SEG through the Lib's writer; (path or None, a line for the user)."""
-        try:
-            from LymphNodeMTLLib.outputs import dicom_seg_writer
-        except ImportError:
-            return None, "DICOM SEG: not written. " + dependency_installer.DICOM_SEG_NEEDS
-        results = [r for r in self.resultsFromSegments(volumeNode, segmentationNode) if r.mask.any()]
-        if not results:
-            return None, "DICOM SEG: not written, there are no lymph-node segments."
-        # The volume's own grid (not world): DICOM positions are those of the source images.
+        # the volume's own grid (not world): DICOM positions are those of the source images
         geometry = VolumeGeometry(self._ijkToLocal(volumeNode), slicer.util.arrayFromVolume(volumeNode).shape)
-        sources, note = self._dicomSourceDatasets(volumeNode, geometry, dicom_seg_writer)
-        clinical = bool(self.serverInfo.get("clinical_use", False))
-        try:
-            dicom_seg_writer.write_dicom_seg(path, results, None, geometry, sources,
-                                             results[0].extra.get("model_id", ""),
-                                             results[0].extra.get("weights_sha256", ""),
-                                             clinical_use=clinical)
-        except ImportError as error:  # highdicom / pydicom not installed in this Python
-            return None, (f"DICOM SEG: not written, the Python package {error.name} is missing. "
-                          + dependency_installer.DICOM_SEG_NEEDS)
-        except (ValueError, InputError) as error:  # e.g. segments that overlap after editing
-            return None, f"DICOM SEG: not written ({error}). " + SLICER_DICOM_EXPORT
-        return str(path), f"DICOM SEG: {path}{note}"
-
-    @staticmethod
-    def _ijkToLocal(volumeNode) -> np.ndarray:
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        return slicer.util.arrayFromVTKMatrix(matrix)
-
-    @staticmethod
-    def _dicomSourceDatasets(volumeNode, geometry, writer):
-        """Headers of the DICOM series the CT was loaded from, else None (the writer then makes a
-        synthetic series), with a note for the user."""
-        synthetic = " (the CT was not loaded from DICOM: the SEG references a synthetic CT series)"
-        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        database = getattr(slicer, "dicomDatabase", None)
-        files = [database.fileForInstance(uid) for uid in uids] if database and uids else []
-        if not files or not all(files) or len({str(Path(f).parent) for f in files}) != 1:
-            return None, synthetic
-        series = database.fileValue(files[0], "0020,000E") or None
-        try:
-            return writer.read_source_datasets(Path(files[0]).parent, geometry, series), ""
-        except (InputError, OSError) as error:
-            return None, f"{synthetic[:-1]}; {error})"
-
-
+        return result_export.exportResults(segmentationNode, volumeNode,
+                                           self.resultsFromSegments(volumeNode, segmentationNode), geometry,
+                                           folder, bool(self.serverInfo.get("clinical_use", False)))
 
 
 #

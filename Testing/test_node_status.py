@@ -12,6 +12,7 @@ from LymphNodeMTLLib.core import node_status
 from LymphNodeMTLLib.core.case import Case, Seed
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
 from LymphNodeMTLLib.core.node_result import NodeResult
+from LymphNodeMTLLib.core.segment_tags import TAG_PREDICTED_LABEL, TAG_STATUS, segment_tags
 from LymphNodeMTLLib.inference.engine import NodeEngine
 from LymphNodeMTLLib.inference.node_status_rules import SOFT_TISSUE_HU, apply_status
 from LymphNodeMTLLib.io.seed_reader import read_seeds
@@ -19,7 +20,6 @@ from LymphNodeMTLLib.io.volume_reader import read_volume
 from LymphNodeMTLLib.outputs.case_report import NO_VALUE, probability_text, report_order, status_text
 from LymphNodeMTLLib.outputs.dicom_seg_writer import segment_description_text
 from LymphNodeMTLLib.outputs.results_table import read_results_csv, write_results_csv
-from LymphNodeMTLLib.outputs.segmentation_writer import TAG_PREDICTED_LABEL, TAG_STATUS, segment_tags
 from LymphNodeMTLLib.outputs.status_notice import status_notice_lines
 
 REAL_LESIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_lesions"
@@ -71,7 +71,7 @@ def test_no_usable_mask_means_no_probability_and_no_label(case_and_results):
     for name in ("air", "bone", "fat"):
         r = results[name]
         assert math.isnan(r.probability) and r.predicted_label == -1, name
-        assert math.isfinite(r.extra["network_probability"])  # kept aside, for evaluation
+        assert math.isfinite(r.network_probability)  # kept aside, for evaluation
 
 
 def test_outputs_show_the_status_and_no_number_for_unusable_nodes(case_and_results, tmp_path):
@@ -142,7 +142,7 @@ def test_apply_status_keeps_the_probability_of_usable_masks():
     apply_status(r, node_status.LOW_AGREEMENT)
     assert r.probability == 0.7 and r.predicted_label == 1
     apply_status(r, node_status.TOUCHES_FIELD_OF_VIEW)
-    assert math.isnan(r.probability) and r.predicted_label == -1 and r.extra["network_probability"] == 0.7
+    assert math.isnan(r.probability) and r.predicted_label == -1 and r.network_probability == 0.7
 
 
 @pytest.mark.skipif(not REAL_LESIONS.is_dir(), reason=f"{REAL_LESIONS} is absent")

@@ -258,3 +258,98 @@ def test_nothing_changes_the_networks_computation_by_setting_its_attributes():
     assert {"pooling", "hu_window", "sigma_mm"} <= attributes  # the reader sees the head's own
     found = _attribute_writes_from_outside(attributes)
     assert not found, "set these through forward() arguments instead: " + "; ".join(found)
+
+
+# --- the node-result contract: one definition of each status predicate and of the segment tags ----
+MODULE_DIR = LIB.parent
+PRODUCT_FILES = sorted([*LIB.rglob("*.py"), *(MODULE_DIR / "LymphNodeMTLSlicerLib").rglob("*.py"),
+                        MODULE_DIR / "LymphNodeMTL.py"])
+STATUS_MODULE = LIB / "core" / "node_status.py"
+TAGS_MODULE = LIB / "core" / "segment_tags.py"
+
+
+def _normalised(name: str) -> str:
+    return name.replace("_", "").lower()
+
+
+def _definitions(names: set[str]) -> dict[str, list[str]]:
+    """Normalised function name -> 'file:line' of every product function so named (any spelling)."""
+    found = {}
+    for path in PRODUCT_FILES:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _normalised(node.name) in names:
+                found.setdefault(_normalised(node.name), []).append(
+                    f"{path.relative_to(MODULE_DIR)}:{node.lineno}")
+    return found
+
+
+def _public_functions(path: Path) -> set[str]:
+    return {_normalised(n.name) for n in ast.parse(path.read_text()).body
+            if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+
+
+def test_each_status_predicate_is_defined_once_in_core():
+    predicates = _public_functions(STATUS_MODULE)
+    assert {"hasusablemask", "needsreview"} <= predicates
+    # the names the predicates went by before they moved to core
+    found = _definitions(predicates | {"reviewfirst", "isusable"})
+    home = f"{STATUS_MODULE.relative_to(MODULE_DIR)}:"
+    elsewhere = {name: places for name, places in found.items()
+                 if len(places) != 1 or not places[0].startswith(home)}
+    assert not elsewhere, f"status predicates defined outside core/node_status.py: {elsewhere}"
+
+
+def test_no_module_decides_what_a_status_means_by_comparing_it():
+    """`status == OK`, `status in HAS_USABLE_MASK`, `status != "ok"`: the predicates' job."""
+    meaning = {"OK", "HAS_USABLE_MASK"}
+    found = []
+    for path in PRODUCT_FILES:
+        if path == STATUS_MODULE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Compare):
+                continue
+            for operand in [node.left, *node.comparators]:
+                named = getattr(operand, "attr", None) or getattr(operand, "id", None)
+                if named in meaning or (isinstance(operand, ast.Constant) and operand.value == "ok"):
+                    found.append(f"{path.relative_to(MODULE_DIR)}:{node.lineno}")
+    assert not found, f"use core/node_status.py's predicates instead: {found}"
+
+
+def test_segment_tags_are_written_and_read_in_one_module():
+    """Only core/segment_tags.py names a tag key (as a constant or as its text); elsewhere the
+    Slicer module and the writers go through segment_tags() and read_segment_tags()."""
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        from LymphNodeMTLLib.core import segment_tags
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    constants = {name: value for name, value in vars(segment_tags).items()
+                 if (name.startswith("TAG_") and name != "TAG_PREFIX") or name == "TERMINOLOGY_TAG"}
+    assert len(constants) > 10
+    keys = set(constants.values())
+    found = []
+    for path in PRODUCT_FILES:
+        if path == TAGS_MODULE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            named = getattr(node, "attr", None) if isinstance(node, ast.Attribute) else \
+                getattr(node, "id", None) if isinstance(node, ast.Name) else None
+            literal = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+            alias = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            if named in constants or literal in keys or set(alias) & set(constants):
+                found.append(f"{path.relative_to(MODULE_DIR)}:{node.lineno}")
+    assert not found, f"segment tag keys named outside core/segment_tags.py: {sorted(set(found))}"
+    readers = _definitions({"readsegmenttags", "segmenttags", "parsetags", "serializetags"})
+    twice = {name: places for name, places in readers.items() if len(places) != 1}
+    assert not twice and set(readers) == {"readsegmenttags", "segmenttags", "parsetags", "serializetags"}, twice
+
+
+def test_the_slicer_module_file_is_module_widget_logic_and_test():
+    """What is not MRML <-> engine conversion or Qt wiring lives in LymphNodeMTLSlicerLib."""
+    path = MODULE_DIR / "LymphNodeMTL.py"
+    text = path.read_text()
+    assert len(text.splitlines()) <= 800, f"{path.name} has {len(text.splitlines())} lines; move helpers out"
+    classes = [n.name for n in ast.parse(text).body if isinstance(n, ast.ClassDef)]
+    assert classes == ["LymphNodeMTL", "LymphNodeMTLParameterNode", "LymphNodeMTLWidget", "LymphNodeMTLLogic",
+                       "LymphNodeMTLTest"]

@@ -50,7 +50,7 @@ def test_predict_runs_on_real_ct(name, tmp_path, engine):
         if r.status in node_status.HAS_USABLE_MASK:
             assert 0.0 <= r.probability <= 1.0
         else:
-            assert np.isnan(r.probability) and 0.0 <= r.extra["network_probability"] <= 1.0
+            assert np.isnan(r.probability) and 0.0 <= r.network_probability <= 1.0
         assert r.volume_mm3 >= 0.0
     labelmap, geometry, segments = read_segmentation(tmp_path / "out" / "nodes.seg.nrrd")
     _, ct_geometry, _ = read_volume(path)

@@ -8,20 +8,21 @@ import os
 import numpy as np
 import pytest
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
+from LymphNodeMTLLib.core.model_identity import ModelIdentity
 from LymphNodeMTLLib.core.node_result import NodeResult
+from LymphNodeMTLLib.core.segment_tags import TAG_MASK_HASH, parse_tags, serialize_tags
 from LymphNodeMTLLib.outputs.results_table import COLUMNS, read_results_csv, write_results_csv
 from LymphNodeMTLLib.outputs.segmentation_writer import (
-    parse_tags,
     probability_color,
     read_segmentation,
     segment_mask,
-    serialize_tags,
     write_segmentation,
 )
 from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
 
 SHAPE_KJI = (9, 14, 12)
 LYMPH_NODE_CODE = "59441001"
+MODEL = ModelIdentity("mtl-v1")
 
 
 def _rotation(axis, degrees) -> np.ndarray:
@@ -55,19 +56,19 @@ def results() -> list[NodeResult]:
     segment's extent, so an empty first segment must not hide the others."""
     return [
         NodeResult("10L", (0.0, 0.0, 0.0), (0, 0, 0), (2, 2, 2), np.zeros((2, 2, 2), bool),
-                   probability=float("nan")),
+                   probability=float("nan"), model=MODEL),
         NodeResult("4R", (1.5, -2.25, 3.0), (1, 2, 3), (4, 7, 8), _blob((3, 5, 5), 0),
                    probability=0.123456, predicted_label=0, volume_mm3=55.5,
-                   short_axis_mm=4.256, long_axis_mm=7.1, mean_hu=31.26, sd_hu=12.04),
+                   short_axis_mm=4.256, long_axis_mm=7.1, mean_hu=31.26, sd_hu=12.04, model=MODEL),
         NodeResult("7", (10.0, 20.0, -5.5), (5, 9, 7), (9, 14, 12), _blob((4, 5, 5), 1),
                    probability=0.98765, predicted_label=1, volume_mm3=120.0,
-                   short_axis_mm=11.0, long_axis_mm=15.5, mean_hu=40.0, sd_hu=9.0),
+                   short_axis_mm=11.0, long_axis_mm=15.5, mean_hu=40.0, sd_hu=9.0, model=MODEL),
     ]
 
 
 @pytest.fixture
 def seg_path(tmp_path, results, geometry):
-    return write_segmentation(tmp_path / "nodes.seg.nrrd", results, geometry, model_id="mtl-v1")
+    return write_segmentation(tmp_path / "nodes.seg.nrrd", results, geometry)
 
 
 # --- the file as Slicer reads it -----------------------------------------------------------------
@@ -292,7 +293,6 @@ def test_each_segment_records_the_checksum_of_its_own_mask(seg_path, results):
     """A freshly written file reads as unedited: every segment's mask matches its MaskHash tag,
     and editing one voxel breaks only that segment's match."""
     from LymphNodeMTLLib.core.mask_checksum import mask_checksum
-    from LymphNodeMTLLib.outputs.segmentation_writer import TAG_MASK_HASH
 
     labelmap, _, segments = read_segmentation(seg_path)
     masks = [segment_mask(labelmap, s) for s in segments]

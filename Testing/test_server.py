@@ -97,7 +97,7 @@ def _assert_same_results(got, expected):
         assert g.volume_mm3 == pytest.approx(e.volume_mm3)
         assert g.short_axis_mm == pytest.approx(e.short_axis_mm)
         assert g.status == e.status
-        assert g.extra.get("weights_sha256") == e.extra.get("weights_sha256")
+        assert g.model == e.model and g.model.weights_sha256
 
 
 def _raw_request(url, head: bytes, body_chunks=()) -> tuple[int, dict]:

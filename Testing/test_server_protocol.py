@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from LymphNodeMTLLib.core.errors import InputError
+from LymphNodeMTLLib.core.model_identity import ModelIdentity
 from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.server import protocol
 
@@ -29,7 +30,8 @@ def _result(seed=1):
     return NodeResult("LN 7", (1.5, -2.25, 30.0), (2, 3, 4), (5, 8, 8), mask, probability=0.73,
                       predicted_label=1, volume_mm3=123.0, short_axis_mm=4.5, long_axis_mm=8.0,
                       mean_hu=float("nan"), sd_hu=np.float32(12.5), status="low_agreement",
-                      probability_low=0.6, probability_high=float("nan"),
+                      probability_low=0.6, probability_high=float("nan"), network_probability=0.71,
+                      model=ModelIdentity("mtl-v1", "ab" * 32),
                       extra={"scores": np.array([0.1, np.nan]), "n": np.int64(3), "ok": np.bool_(True)})
 
 
@@ -160,5 +162,15 @@ def test_result_round_trip_keeps_every_field_and_nan_becomes_null():
     assert back.sd_hu == 12.5
     assert math.isnan(back.mean_hu) and math.isnan(back.probability_high)
     assert math.isnan(back.mask_agreement)
+    assert obj["model"] == {"model_id": "mtl-v1", "weights_sha256": "ab" * 32} and back.model == r.model
+    assert back.network_probability == 0.71
     np.testing.assert_array_equal(back.mask, r.mask)
     assert back.extra["n"] == 3
+
+
+def test_result_without_a_model_reads_back_without_one_and_a_bad_model_is_refused():
+    obj = json.loads(json.dumps(protocol.result_to_json(_result())))
+    del obj["model"]
+    assert protocol.result_from_json(obj).model is None
+    with pytest.raises(InputError, match="model"):
+        protocol.result_from_json({**obj, "model": "mtl-v1"})

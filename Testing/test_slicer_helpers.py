@@ -87,7 +87,7 @@ def test_rows_are_rebuilt_from_segment_tags_with_status_and_interval(written):
     before = logic.tableRows(summary.tableNode)
     slicer.mrmlScene.RemoveNode(summary.tableNode)
     fresh = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
-    logic._syncTable(fresh, summary.segmentationNode, {})
+    results_table.syncTable(fresh, summary.segmentationNode, {})
     after = logic.tableRows(fresh)
     assert list(after) == list(before)
     for node_id in before:

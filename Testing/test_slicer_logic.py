@@ -24,9 +24,21 @@ from slicer_harness import (
 import_slicer_or_skip()
 import slicer_module_stubs  # noqa: E402
 from LymphNodeMTLLib.core.case import Case, Seed  # noqa: E402
+from LymphNodeMTLLib.core.mask_checksum import mask_checksum  # noqa: E402
+from LymphNodeMTLLib.core.segment_tags import (  # noqa: E402
+    LYMPH_NODE_TERMINOLOGY,
+    TAG_MASK_HASH,
+    TAG_MODEL_ID,
+    TAG_PROBABILITY,
+    TAG_SEED_ID,
+    TAG_SEED_RAS,
+    TERMINOLOGY_TAG,
+    segment_tags,
+)
 from LymphNodeMTLLib.outputs import results_table as csv_table  # noqa: E402
 from LymphNodeMTLLib.outputs import segmentation_writer as segw  # noqa: E402
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
+from LymphNodeMTLSlicerLib import node_segments  # noqa: E402
 
 lnmtl = slicer_module_stubs.import_module_file()
 
@@ -121,16 +133,18 @@ def test_process_makes_one_segment_and_one_row_per_seed(mrml_scene, phantom, log
         assert "59441001" in segment.GetTerminology()
         # The module's own terminology list, with the codes the Lib's writers use.
         assert segment.GetTerminology() == lnmtl.MODULE_TERMINOLOGY
-        assert segment.GetTerminology().split("~")[1:] == segw.LYMPH_NODE_TERMINOLOGY.split("~")[1:]
+        assert segment.GetTerminology().split("~")[1:] == LYMPH_NODE_TERMINOLOGY.split("~")[1:]
         assert segment.GetColor() == pytest.approx(segw.probability_color(result.probability))
-        for key, value in segw.segment_tags(result, engine.model_id).items():
-            if key != segw.TERMINOLOGY_TAG:
+        assert result.model.model_id == engine.model_id
+        assert result.model.weights_sha256 == engine.model.weights_sha256
+        for key, value in segment_tags(result).items():
+            if key != TERMINOLOGY_TAG:
                 assert segment_tag(segment, key) == value, key
         # The server's answer is the engine's own.
         assert np.array_equal(result.full_mask(phantom.image.shape),
                               direct[result.node_id].full_mask(phantom.image.shape))
         assert result.probability == pytest.approx(direct[result.node_id].probability, abs=1e-6)
-        assert segment_tag(segment, lnmtl.TAG_MASK_HASH) == lnmtl.maskChecksum(masks[result.node_id])
+        assert segment_tag(segment, TAG_MASK_HASH) == mask_checksum(masks[result.node_id])
         assert np.array_equal(masks[result.node_id], result.full_mask(phantom.image.shape))
         row = rows[result.node_id]
         assert row["probability"] == pytest.approx(result.probability, abs=5e-5)
@@ -202,10 +216,10 @@ def test_masks_land_on_the_ct_voxels_for_any_orientation(mrml_scene, logic, dire
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     mask = np.random.default_rng(3).random((4, 6, 5)) > 0.4
     result = NodeResult("7", (0.0, 0.0, 0.0), (3, 9, 2), (7, 15, 7), mask, probability=0.8)
-    segment_id = logic._writeSegment(segmentation, volume, result)
+    segment_id = node_segments.writeSegment(segmentation, volume, result, lnmtl.MODULE_TERMINOLOGY)
     assert np.array_equal(logic.segmentMask(segmentation, segment_id, volume), result.full_mask((12, 20, 24)))
-    assert segment_tag(segmentation.GetSegmentation().GetSegment(segment_id), lnmtl.TAG_MASK_HASH) == \
-        lnmtl.maskChecksum(result.full_mask((12, 20, 24)))
+    assert segment_tag(segmentation.GetSegmentation().GetSegment(segment_id), TAG_MASK_HASH) == \
+        mask_checksum(result.full_mask((12, 20, 24)))
 
 
 # --- Re-classify ---------------------------------------------------------------------------------
@@ -217,7 +231,7 @@ def test_reclassify_updates_only_the_edited_node_and_never_a_mask(mrml_scene, ph
     edited = _erase_half(seg_node, volume, logic, edited_id)
     masks_before = _masks(seg_node, volume, logic)
     rows_before = logic.tableRows(table_node)
-    hash_before = segment_tag(_segments(seg_node, logic)[edited_id], lnmtl.TAG_MASK_HASH)
+    hash_before = segment_tag(_segments(seg_node, logic)[edited_id], TAG_MASK_HASH)
 
     re = logic.reclassify(volume, seg_node, table_node, device="cpu")
 
@@ -234,10 +248,10 @@ def test_reclassify_updates_only_the_edited_node_and_never_a_mask(mrml_scene, ph
     assert rows_after[edited_id]["volume_mm3"] < rows_before[edited_id]["volume_mm3"]
     assert rows_after[edited_id]["probability"] == pytest.approx(result.probability, abs=5e-5)
     segment = _segments(seg_node, logic)[edited_id]
-    assert segment_tag(segment, segw.TAG_PROBABILITY) == f"{result.probability:.4f}"
+    assert segment_tag(segment, TAG_PROBABILITY) == f"{result.probability:.4f}"
     assert segment.GetColor() == pytest.approx(segw.probability_color(result.probability))
     # The recorded checksum is still the engine's mask: the segment stays marked as edited.
-    assert segment_tag(segment, lnmtl.TAG_MASK_HASH) == hash_before
+    assert segment_tag(segment, TAG_MASK_HASH) == hash_before
     assert logic.isSegmentEdited(seg_node, logic.lymphNodeSegments(seg_node)[edited_id], volume)
 
     # Same answer as the engine given the same mask directly.
@@ -252,7 +266,7 @@ def test_adding_a_seed_processes_only_the_new_node(mrml_scene, phantom, logic):
     first = logic.process(volume, markups, device="cpu")
     seg_node, table_node = first.segmentationNode, first.tableNode
     masks_before = _masks(seg_node, volume, logic)
-    tags_before = {k: {t: segment_tag(s, t) for t in (segw.TAG_PROBABILITY, lnmtl.TAG_MASK_HASH)}
+    tags_before = {k: {t: segment_tag(s, t) for t in (TAG_PROBABILITY, TAG_MASK_HASH)}
                    for k, s in _segments(seg_node, logic).items()}
     rows_before = logic.tableRows(table_node)
 
@@ -322,8 +336,7 @@ def _scene_state(logic, volume_name="Phantom CT"):
     volume = slicer.util.getFirstNodeByName(volume_name)
     (seg_node,) = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
     (table_node,) = slicer.util.getNodesByClass("vtkMRMLTableNode")
-    keys = (segw.TAG_SEED_ID, segw.TAG_SEED_RAS, segw.TAG_PROBABILITY, segw.TAG_MODEL_ID,
-            segw.TERMINOLOGY_TAG, lnmtl.TAG_MASK_HASH)
+    keys = (TAG_SEED_ID, TAG_SEED_RAS, TAG_PROBABILITY, TAG_MODEL_ID, TERMINOLOGY_TAG, TAG_MASK_HASH)
     segments = {k: (s.GetName(), {t: segment_tag(s, t) for t in keys})
                 for k, s in _segments(seg_node, logic).items()}
     assert table_node.GetNodeReference(lnmtl.TABLE_SEGMENTATION_REFERENCE) is seg_node
@@ -399,7 +412,7 @@ def test_export_writes_segmentation_and_table_files(mrml_scene, phantom, logic, 
 
     labelmap, geometry, segments = segw.read_segmentation(report["segmentation"])
     assert geometry.same_grid(phantom.geometry)
-    by_id = {s["tags"][segw.TAG_SEED_ID]: s for s in segments}
+    by_id = {s["tags"][TAG_SEED_ID]: s for s in segments}
     assert list(by_id) == summary.updatedIds
     for result in summary.results:
         assert np.array_equal(segw.segment_mask(labelmap, by_id[result.node_id]),

@@ -268,7 +268,7 @@ def test_module_and_its_slicer_helpers_start_no_python_thread():
 
 # --- terminology ----------------------------------------------------------------------------------
 def test_terminology_file_has_the_lymph_node_code_slicer_uses():
-    from LymphNodeMTLLib.outputs.segmentation_writer import LYMPH_NODE_TERMINOLOGY
+    from LymphNodeMTLLib.core.segment_tags import LYMPH_NODE_TERMINOLOGY
 
     term = json.loads(TERM_FILE.read_text())
     (category,) = term["SegmentationCodes"]["Category"]

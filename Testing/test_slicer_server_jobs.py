@@ -18,11 +18,12 @@ from slicer_harness import import_slicer_or_skip, segment_tag
 
 import_slicer_or_skip()
 import slicer_module_stubs  # noqa: E402
-from LymphNodeMTLLib.outputs import segmentation_writer as segw  # noqa: E402
+from LymphNodeMTLLib.core.segment_tags import TAG_PROBABILITY  # noqa: E402
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
 from LymphNodeMTLLib.server import protocol  # noqa: E402
+from LymphNodeMTLLib.server.job_steps import Request  # noqa: E402
 from LymphNodeMTLSlicerLib import server_client  # noqa: E402
-from LymphNodeMTLSlicerLib.module_job import JobFailed  # noqa: E402
+from LymphNodeMTLSlicerLib.module_job import JobCancelled, JobFailed  # noqa: E402
 
 lnmtl = slicer_module_stubs.import_module_file()
 TICK_S = 0.1  # the widget's QTimer interval
@@ -62,7 +63,7 @@ def _scene_counts(scene):
 
 def _snapshot(logic, seg_node, table_node):
     segmentation = seg_node.GetSegmentation()
-    tags = {k: segment_tag(segmentation.GetSegment(sid), segw.TAG_PROBABILITY)
+    tags = {k: segment_tag(segmentation.GetSegment(sid), TAG_PROBABILITY)
             for k, sid in logic.lymphNodeSegments(seg_node).items()}
     return tags, repr(logic.tableRows(table_node)), segmentation.GetNumberOfSegments()
 
@@ -99,7 +100,7 @@ def test_cancel_deletes_the_server_job_and_changes_nothing(mrml_scene, phantom, 
     assert _scene_counts(mrml_scene) == before
     state = _server_job_state(logic, job_id)
     assert state == "cancelled"
-    with pytest.raises(lnmtl.JobCancelled):
+    with pytest.raises(JobCancelled):
         logic.waitForJob(job)
 
 
@@ -107,7 +108,7 @@ def _server_job_state(logic, job_id):
     server = logic.localServer()
     replies = []
     server_client.ServerConnection(server.url, server.token).send(
-        "GET", f"/v1/jobs/{job_id}", replies.append)
+        Request("GET", f"/v1/jobs/{job_id}"), replies.append)
     return replies[0].json().get("state")
 
 
@@ -167,24 +168,22 @@ def test_malformed_requests_get_a_4xx_with_one_line(logic):
     good_id = protocol.volume_id(image, np.eye(4))
     headers = protocol.volume_headers(image, np.eye(4))
     cases = {
-        "short upload": ("PUT", f"/v1/volumes/{good_id}", dict(body=b"\0" * 10, headers=headers)),
-        "wrong volume id": ("PUT", f"/v1/volumes/{'0' * 64}",
-                            dict(body=bytes(protocol.volume_bytes(image)), headers=headers)),
-        "bad shape header": ("PUT", f"/v1/volumes/{good_id}",
-                             dict(body=bytes(protocol.volume_bytes(image)),
-                                  headers=dict(headers, **{protocol.HEADER_SHAPE: "4,5"}))),
-        "not JSON": ("POST", "/v1/jobs", dict(body=b"{seeds", headers={"Content-Type": "application/json"})),
-        "unknown kind": ("POST", "/v1/jobs", dict(jsonBody={"volume_id": good_id, "kind": "guess"})),
-        "unknown CT": ("POST", "/v1/jobs", dict(jsonBody={"volume_id": "f" * 64, "kind": "predict",
-                                                          "seeds": [{"id": "1", "ras": [0, 0, 0]}]})),
-        "bad mask": ("POST", "/v1/jobs", dict(jsonBody={"volume_id": good_id, "kind": "classify", "masks": [
+        "short upload": Request("PUT", f"/v1/volumes/{good_id}", b"\0" * 10, headers),
+        "wrong volume id": Request("PUT", f"/v1/volumes/{'0' * 64}", bytes(protocol.volume_bytes(image)), headers),
+        "bad shape header": Request("PUT", f"/v1/volumes/{good_id}", bytes(protocol.volume_bytes(image)),
+                                    dict(headers, **{protocol.HEADER_SHAPE: "4,5"})),
+        "not JSON": Request("POST", "/v1/jobs", b"{seeds", {"Content-Type": "application/json"}),
+        "unknown kind": Request.with_json("POST", "/v1/jobs", {"volume_id": good_id, "kind": "guess"}),
+        "unknown CT": Request.with_json("POST", "/v1/jobs", {"volume_id": "f" * 64, "kind": "predict",
+                                                             "seeds": [{"id": "1", "ras": [0, 0, 0]}]}),
+        "bad mask": Request.with_json("POST", "/v1/jobs", {"volume_id": good_id, "kind": "classify", "masks": [
             {"id": "1", "seed_ras": [0, 0, 0], "bbox_start_kji": [0, 0, 0], "bbox_stop_kji": [2, 2, 2],
-             "mask": "!!"}]})),
-        "unknown job": ("GET", "/v1/jobs/no-such-job", {}),
+             "mask": "!!"}]}),
+        "unknown job": Request("GET", "/v1/jobs/no-such-job"),
     }
-    for what, (method, path, kwargs) in cases.items():
+    for what, request in cases.items():
         replies = []
-        connection.send(method, path, replies.append, **kwargs)
+        connection.send(request, replies.append)
         (reply,) = replies
         assert 400 <= reply.status < 500, (what, reply.status)
         line = reply.json().get("error")
@@ -299,8 +298,8 @@ def test_jobs_work_when_replies_arrive_from_the_event_loop(mrml_scene, phantom, 
     volume, markups = _inputs(phantom)
     deferred = DeferredTransport()
     logic_async = lnmtl.LymphNodeMTLLogic()
-    logic_async.transport = deferred
-    logic_async.idle = lambda: (deferred.pump(), time.sleep(TICK_S))
+    logic_async.server.transport = deferred
+    logic_async.server.idle = lambda: (deferred.pump(), time.sleep(TICK_S))
     summary = logic_async.process(volume, markups, device="cpu")
     assert summary.updatedIds == [n.node_id for n in phantom.nodes]
 

@@ -6,7 +6,9 @@ the job reads or writes is still in the scene: a node deleted meanwhile ends the
 and nothing is applied. A failed or cancelled job changes nothing.
 """
 
-from .server_client import CANCELLED, DONE, FAILED, FINISHED_STATES, STARTING
+from LymphNodeMTLLib.server.job_steps import CANCELLED, DONE, FAILED, FINISHED
+
+from .server_client import STARTING
 
 
 class JobCancelled(Exception):
@@ -30,7 +32,7 @@ class ModuleJob:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINISHED_STATES
+        return self.state in FINISHED
 
     @property
     def progress(self):

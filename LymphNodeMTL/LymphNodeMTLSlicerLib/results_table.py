@@ -2,7 +2,8 @@
 
 Columns are named as in the command line's nodes.csv where they mean the same thing. Values that
 are not known (a node the engine could not segment has no probability) are empty cells, never a
-confident-looking number. The table is read-only in the view; its values come from the segments.
+confident-looking number. The table is read-only in the view; its values come from the segments:
+from a run's results, else from the segment's tags (a reloaded scene, a table lost).
 """
 
 import math
@@ -10,7 +11,8 @@ import math
 import vtk
 from LymphNodeMTLLib.core import node_status
 from LymphNodeMTLLib.core.node_result import NodeResult
-from LymphNodeMTLLib.outputs import segmentation_writer as segw
+
+from .node_segments import lymphNodeSegments, tagsOf
 
 # Table node reference to the segmentation its rows describe.
 TABLE_SEGMENTATION_REFERENCE = "lymphNodeSegmentation"
@@ -36,68 +38,46 @@ COLUMN_NAMES = tuple(name for name, *_ in TABLE_COLUMNS)
 DECIMALS = {"probability": 4, "probability_low": 4, "probability_high": 4, "mask_agreement": 3,
             "volume_mm3": 2, "short_axis_mm": 2, "long_axis_mm": 2, "mean_hu": 1}
 _KINDS = {name: kind for name, kind, _unit, _description in TABLE_COLUMNS}
-# The Lib's segment tags (segment_tags()) carry every fact a row needs, so a reloaded scene rebuilds it.
-TAG_STATUS = segw.TAG_STATUS
-TAG_MASK_AGREEMENT = segw.TAG_MASK_AGREEMENT
-TAG_PROBABILITY_LOW = segw.TAG_PROBABILITY_LOW
-TAG_PROBABILITY_HIGH = segw.TAG_PROBABILITY_HIGH
 DEFAULT_LABELS = ("benign", "metastatic")
-
-
-def needsReview(row: dict) -> bool:
-    """A row to look at first: the engine's status is not a plain ok (low agreement included)."""
-    return bool(row.get("status")) and row.get("status") != node_status.OK
-
-
-def reviewFirst(rows: list) -> list:
-    """Rows needing review on top; otherwise the order given (stable)."""
-    return sorted(rows, key=lambda row: not needsReview(row))
-
-
-def hasUsableMask(status: str) -> bool:
-    return (status or node_status.OK) in node_status.HAS_USABLE_MASK
+_PROBABILITY_COLUMNS = ("probability", "probability_low", "probability_high")
 
 
 def rowFromResult(result: NodeResult, labels=DEFAULT_LABELS) -> dict:
-    """A table row from an engine result; no probability (or label) without a usable mask."""
-    usable = hasUsableMask(result.status)
-    row = {"id": str(result.node_id), "status": result.status or node_status.OK,
-           "label": labelName(result.predicted_label, labels) if usable else ""}
-    for name, value in (("probability", result.probability), ("probability_low", result.probability_low),
-                        ("probability_high", result.probability_high),
-                        ("mask_agreement", result.mask_agreement), ("volume_mm3", result.volume_mm3),
-                        ("short_axis_mm", result.short_axis_mm), ("long_axis_mm", result.long_axis_mm),
-                        ("mean_hu", result.mean_hu)):
-        if not usable and name in ("probability", "probability_low", "probability_high"):
-            value = math.nan
+    """A table row from a node's result; no probability (or label) without a usable mask."""
+    fields = {name: getattr(result, name) for name in ("status", "predicted_label", *DECIMALS)}
+    return rowFromFields(result.node_id, fields, labels)
+
+
+def rowFromFields(nodeId, fields: dict, labels=DEFAULT_LABELS) -> dict:
+    """A table row from a node's NodeResult fields (a result's, or those its segment tags hold)."""
+    usable = node_status.has_usable_mask(fields["status"])
+    row = {"id": str(nodeId), "status": fields["status"] or node_status.OK,
+           "label": labelName(fields["predicted_label"], labels) if usable else ""}
+    for name in DECIMALS:
+        value = fields[name] if usable or name not in _PROBABILITY_COLUMNS else math.nan
         row[name] = round(float(value), DECIMALS[name]) if _finite(value) else math.nan
     return row
 
 
-def rowFromTags(segment, labels=DEFAULT_LABELS) -> dict:
-    """A table row rebuilt from a segment's tags (a scene saved before the table, or edited)."""
-    number = lambda key: toFloat(segmentTag(segment, key))  # noqa: E731
-    status = segmentTag(segment, TAG_STATUS) or node_status.OK
-    predicted = segmentTag(segment, segw.TAG_PREDICTED_LABEL)
-    usable = hasUsableMask(status)
-    return {
-        "id": segmentTag(segment, segw.TAG_SEED_ID),
-        "status": status,
-        "probability": number(segw.TAG_PROBABILITY) if usable else math.nan,
-        "probability_low": number(TAG_PROBABILITY_LOW) if usable else math.nan,
-        "probability_high": number(TAG_PROBABILITY_HIGH) if usable else math.nan,
-        "label": labelName(int(predicted), labels) if usable and predicted.isdigit() else "",
-        "mask_agreement": number(TAG_MASK_AGREEMENT),
-        "volume_mm3": number(segw.TAG_VOLUME),
-        "short_axis_mm": number(segw.TAG_SHORT_AXIS),
-        "long_axis_mm": number(segw.TAG_LONG_AXIS),
-        "mean_hu": number(segw.TAG_MEAN_HU),
-    }
+def syncTable(tableNode, segmentationNode, updated: dict, labels=DEFAULT_LABELS) -> None:
+    """One row per lymph-node segment (review-first order): `updated` results (node id -> NodeResult)
+    give new values, other rows keep theirs (or are rebuilt from the segment's tags when missing)."""
+    old = tableRows(tableNode)
+    segmentation = segmentationNode.GetSegmentation()
+    rows = []
+    for nodeId, segmentId in lymphNodeSegments(segmentationNode).items():
+        if nodeId in updated:
+            rows.append(rowFromResult(updated[nodeId], labels))
+        elif nodeId in old:
+            rows.append(old[nodeId])
+        else:
+            rows.append(rowFromFields(nodeId, tagsOf(segmentation.GetSegment(segmentId)).fields, labels))
+    writeTable(tableNode, rows, segmentationNode)
 
 
 def writeTable(tableNode, rows: list, segmentationNode) -> None:
     """Replace the table's content with `rows` (review-first order), linked to the segmentation."""
-    rows = reviewFirst(rows)
+    rows = sorted(rows, key=lambda row: not node_status.needs_review(row.get("status")))  # stable: review first
     table = vtk.vtkTable()
     for name, kind, _unit, _description in TABLE_COLUMNS:
         column = vtk.vtkDoubleArray() if kind == "double" else vtk.vtkStringArray()
@@ -146,13 +126,11 @@ def nodeIdOfRow(tableNode, row: int) -> str:
     return str(column.GetValue(row))
 
 
-def segmentTag(segment, key, default=""):
-    value = vtk.reference("")
-    return str(value) if segment.GetTag(key, value) else default
-
-
 def labelName(predicted: int, labels) -> str:
-    return labels[predicted] if 0 <= predicted < len(labels) else str(predicted)
+    """The class name of a predicted label; empty for a node without one (UNKNOWN_LABEL)."""
+    if predicted < 0:
+        return ""
+    return labels[predicted] if predicted < len(labels) else str(predicted)
 
 
 def cellText(value) -> str:

@@ -1,49 +1,30 @@
-"""The module's side of the inference server API (docs/server-api.md): one job as a small state
-machine driven from the main thread, over an asynchronous transport.
+"""The module's transports to the inference server, and one job that waits for its server first.
 
-No Python thread is involved: inside Slicer the transport is Qt's QNetworkAccessManager, whose
-replies arrive through the event loop, and a QTimer calls `ServerJob.tick()` to poll the job; in
-tests and scripts without Qt a blocking stdlib transport stands behind the same interface. The
-steps: health (API version, token) -> CT already on the server? (HEAD) -> upload it once (PUT) ->
-submit the job (POST) -> poll it (GET) -> results; cancel = DELETE. Every failure ends the job with
-one line saying what went wrong and what to do; nothing is applied by this file.
+The job's steps (health, CT upload, submit, poll, cancel, and the line every failure ends with) are
+the Lib's (LymphNodeMTLLib/server/job_steps.py); this file only carries their requests. Inside Slicer
+that is Qt's QNetworkAccessManager, whose replies arrive through the event loop while a QTimer ticks
+the job (no Python thread: PythonQt holds the GIL while Slicer idles); in tests and scripts without
+Qt the Lib's blocking stdlib client stands behind the same interface. Nothing is applied here.
 """
 
 import json
 
-from LymphNodeMTLLib.server import protocol
-from LymphNodeMTLLib.server.client import InferenceClient, ServerError
+from LymphNodeMTLLib.server.client import InferenceClient
+from LymphNodeMTLLib.server.job_steps import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    REQUEST_TIMEOUT_S,
+    FailureAdvice,
+    RemoteJob,
+    Reply,
+    Request,
+)
 
-# Job states on this side (the server's own states plus the steps before the job exists).
-STARTING, CHECKING, UPLOADING, SUBMITTING, POLLING = "starting", "checking", "uploading", "submitting", "polling"
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-FINISHED_STATES = (DONE, FAILED, CANCELLED)
-REQUEST_TIMEOUT_S = 120.0  # the first health answer waits for the model to load
-UPLOAD_TIMEOUT_S = 600.0
-
-
-class Reply:
-    """One HTTP answer: status 0 means no answer at all (refused, reset, timed out)."""
-
-    def __init__(self, status: int, payload=None, error: str = ""):
-        self.status = int(status or 0)
-        self.payload = payload
-        self.error = error
-
-    def json(self) -> dict:
-        return self.payload if isinstance(self.payload, dict) else {}
-
-    def errorLine(self) -> str:
-        """The server's one-line error, else the transport's."""
-        text = str(self.json().get("error") or self.error or "no details")
-        return " ".join(text.split())
-
-
-def _parseJson(body: bytes):
-    try:
-        return json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, ValueError):
-        return None
+STARTING = "starting"  # before the first step: a local server may still be starting
+# What the module's failure lines tell the user to do.
+MODULE_ADVICE = FailureAdvice(client="this module", token="set the server's token in the module's Advanced settings",
+                              retry="press Apply again", update="update the server or the extension")
 
 
 class BlockingTransport:
@@ -61,12 +42,7 @@ class BlockingTransport:
             except ValueError as error:  # not a server URL
                 onReply(Reply(0, None, str(error)))
                 return None
-        try:
-            status, payload = client.request(method, path, body=None if body is None else bytes(body),
-                                             headers=headers, timeout=timeout)
-            reply = Reply(status, payload)
-        except ServerError as error:
-            reply = Reply(error.status, {"error": str(error)} if error.status else None, str(error))
+        reply = client.send(Request(method, path, body, dict(headers or {}), timeout))
         if onReply is not None:
             onReply(reply)
         return None
@@ -126,6 +102,13 @@ class QtTransport:
             handle.abort()
 
 
+def _parseJson(body: bytes):
+    try:
+        return json.loads(body.decode("utf-8")) if body else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
 class ServerConnection:
     """Where the server is and how to talk to it. `describe` names it in messages."""
 
@@ -135,176 +118,73 @@ class ServerConnection:
         self.transport = transport or BlockingTransport()
         self.describe = describe or f"the inference server at {self.baseUrl}"
 
-    def headers(self, extra=None) -> dict:
+    def send(self, request: Request, onReply):
+        """One request, with the token; onReply(Reply) now or later; returns the transport's handle."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        headers.update(extra or {})
-        return headers
+        headers.update(request.headers)
+        return self.transport.send(self.baseUrl, request.method, request.path, headers, request.body, onReply,
+                                   request.timeout or REQUEST_TIMEOUT_S)
 
-    def send(self, method, path, onReply, jsonBody=None, body=None, headers=None, timeout=REQUEST_TIMEOUT_S):
-        extra = dict(headers or {})
-        if jsonBody is not None:
-            body = json.dumps(jsonBody).encode("utf-8")
-            extra["Content-Type"] = "application/json"
-        return self.transport.send(self.baseUrl, method, path, self.headers(extra), body, onReply, timeout)
-
-
-class VolumePayload:
-    """The CT as the API names and sends it (its content hash is computed once, by the caller)."""
-
-    def __init__(self, image, ijkToRas, volumeId=None):
-        self.image = image
-        self.ijkToRas = ijkToRas
-        self.volumeId = volumeId or protocol.volume_id(image, ijkToRas)
+    def abort(self, handle) -> None:
+        self.transport.abort(handle)
 
 
 class ServerJob:
-    """One predict or classify job, from a main-thread tick to the next; no MRML here.
+    """One job for the module: it waits for its server (a local one may still be starting), then
+    runs the Lib's steps over the connection, one reply per tick; no MRML here.
 
     connect() -> ServerConnection or None while the server is still starting (raise to fail);
-    request: the POST /v1/jobs body without volume_id. After `finished`: `results` (NodeResults)
-    when state is DONE, else `error` (FAILED) or nothing (CANCELLED).
+    job: the POST /v1/jobs body (job_steps.predict_job, classify_job); volume: a VolumePayload.
+    After `finished`: `results` (NodeResults) when state is DONE, else `error` (FAILED) or nothing
+    (CANCELLED).
     """
 
-    def __init__(self, connect, volume: VolumePayload, request: dict, unreachable=None):
+    def __init__(self, connect, volume, job: dict, unreachable=None):
         self._connect = connect
         self._unreachable = unreachable  # () -> a line about a server that stopped answering
-        self.volume = volume
-        self.request = dict(request, volume_id=volume.volumeId)
-        self.connection = None
-        self.state = STARTING
-        self.progress = ("", 0, 0)  # (stage, done, total)
-        self.jobId = None
-        self.results = None
-        self.error = None
-        self.health = {}
-        self.uploaded = False
-        self._inFlight = None  # the request waiting for its reply (True for a blocking transport)
+        self._volume, self._job = volume, job
+        self.remote = None  # the Lib's RemoteJob, once the server is there
+        self._ended = None  # (state, error) when the job ended before it reached its server
+
+    @property
+    def state(self) -> str:
+        if self.remote is not None:
+            return self.remote.state
+        return self._ended[0] if self._ended else STARTING
 
     @property
     def finished(self) -> bool:
-        return self.state in FINISHED_STATES
+        return self.state in FINISHED
 
-    # --- driving ---------------------------------------------------------------------------------
+    @property
+    def error(self):
+        return self.remote.error if self.remote is not None else (self._ended or (None, None))[1]
+
+    jobId = property(lambda self: self.remote.job_id if self.remote else None)
+    results = property(lambda self: self.remote.results if self.remote else None)
+    progress = property(lambda self: self.remote.progress if self.remote else ("", 0, 0))
+    health = property(lambda self: self.remote.health if self.remote else {})
+
     def tick(self) -> None:
-        """Advance when nothing is waiting: connect, or poll the job's state."""
-        if self.finished or self._inFlight is not None:
+        """Connect while the server starts, then advance the job's steps."""
+        if self.finished:
             return
-        if self.state == STARTING:
+        if self.remote is None:
             try:
-                self.connection = self._connect()
+                connection = self._connect()
             except Exception as error:  # a server that cannot start: say why, end the job
-                self._fail(str(error))
+                self._ended = (FAILED, str(error))
                 return
-            if self.connection is not None:
-                self.state = CHECKING
-                self._send("GET", "/v1/health", self._onHealth)
-        elif self.state == POLLING:
-            self._send("GET", f"/v1/jobs/{self.jobId}", self._onJobState)
+            if connection is None:
+                return
+            self.remote = RemoteJob(connection.send, self._job, self._volume, abort=connection.abort,
+                                    describe=connection.describe, advice=MODULE_ADVICE,
+                                    unreachable=self._unreachable)
+        self.remote.tick()
 
     def cancel(self) -> None:
         """Stop now: no result of this job will be given out; the server job is deleted."""
-        if self.finished:
-            return
-        if self._inFlight not in (None, True) and self.state != SUBMITTING:
-            self.connection.transport.abort(self._inFlight)
-        self.state = CANCELLED
-        self._deleteServerJob()
-
-    def _deleteServerJob(self) -> None:
-        if self.jobId and self.connection is not None:
-            self.connection.send("DELETE", f"/v1/jobs/{self.jobId}", lambda reply: None)
-
-    # --- steps -----------------------------------------------------------------------------------
-    def _send(self, method, path, handler, **kwargs) -> None:
-        self._inFlight = True  # a blocking transport replies inside send()
-
-        def onReply(reply):
-            self._inFlight = None
-            handler(reply)
-
-        handle = self.connection.send(method, path, onReply, **kwargs)
-        if self._inFlight is True and handle is not None:
-            self._inFlight = handle
-
-    def _failed(self, reply, okStatuses) -> bool:
-        """End the job when the reply is not one of okStatuses (or the job was cancelled meanwhile)."""
-        if self.state == CANCELLED:
-            return True
-        if reply.status in okStatuses:
-            return False
-        if reply.status == 0:
-            line = (self._unreachable() if self._unreachable else None) or (
-                f"{self.connection.describe} stopped answering ({reply.error}); check that it runs "
-                "and press Apply again")
-        elif reply.status in (401, 403):
-            line = (f"{self.connection.describe} refused the request ({reply.status}: {reply.errorLine()}); "
-                    "set the server's token in the module's Advanced settings")
-        else:
-            line = f"{self.connection.describe} answered {reply.status}: {reply.errorLine()}"
-        self._fail(line)
-        return True
-
-    def _fail(self, line: str) -> None:
-        self.state = FAILED
-        self.error = line
-        self._deleteServerJob()
-
-    def _onHealth(self, reply) -> None:
-        if self._failed(reply, (200,)):
-            return
-        self.health = reply.json()
-        if self.health.get("api_version") != protocol.API_VERSION:
-            self._fail(f"{self.connection.describe} speaks API version {self.health.get('api_version')}, "
-                       f"this module needs {protocol.API_VERSION}; update the server or the extension")
-            return
-        self._send("HEAD", f"/v1/volumes/{self.volume.volumeId}", self._onVolumeKnown)
-
-    def _onVolumeKnown(self, reply) -> None:
-        if reply.status == 404 and self.state != CANCELLED:
-            self.state = UPLOADING
-            self._send("PUT", f"/v1/volumes/{self.volume.volumeId}", self._onUploaded,
-                       body=protocol.volume_bytes(self.volume.image),
-                       headers=dict(protocol.volume_headers(self.volume.image, self.volume.ijkToRas),
-                                    **{"Content-Type": "application/octet-stream"}),
-                       timeout=UPLOAD_TIMEOUT_S)
-        elif not self._failed(reply, (200,)):
-            self._submit()
-
-    def _onUploaded(self, reply) -> None:
-        if not self._failed(reply, (200, 201)):
-            self.uploaded = True
-            self._submit()
-
-    def _submit(self) -> None:
-        self.state = SUBMITTING
-        self._send("POST", "/v1/jobs", self._onSubmitted, jsonBody=self.request)
-
-    def _onSubmitted(self, reply) -> None:
-        cancelled = self.state == CANCELLED
-        if reply.status in (200, 201, 202):
-            self.jobId = reply.json().get("job_id")
-            if cancelled:  # cancelled while the job was being created: delete it now
-                self._deleteServerJob()
-                return
-        if not self._failed(reply, (200, 201, 202)):
-            self.state = POLLING
-
-    def _onJobState(self, reply) -> None:
-        if self._failed(reply, (200,)):
-            return
-        payload = reply.json()
-        progress = payload.get("progress") or {}
-        self.progress = (str(progress.get("stage", "")), int(progress.get("done") or 0),
-                         int(progress.get("total") or 0))
-        state = payload.get("state")
-        if state == DONE:
-            try:
-                self.results = [protocol.result_from_json(r) for r in payload.get("results") or []]
-            except Exception as error:  # a reply this module cannot read: no partial results
-                self._fail(f"{self.connection.describe} sent results this module cannot read ({error})")
-                return
-            self.state = DONE
-        elif state == FAILED:
-            self._fail(f"{self.connection.describe}: the job failed: {payload.get('error') or 'no details'}")
-        elif state == CANCELLED:
-            self.state = CANCELLED
+        if self.remote is not None:
+            self.remote.cancel()
+        elif not self.finished:
+            self._ended = (CANCELLED, None)

@@ -70,7 +70,7 @@ def run(args) -> None:
     print("\nphantom truth (true probability P and drawn label) next to the prediction:")
     for r in results:
         n = truth_by_id[r.node_id]
-        predicted = f"{r.probability:.2f}" if r.status in node_status.HAS_USABLE_MASK else f"— ({r.status})"
+        predicted = f"{r.probability:.2f}" if node_status.has_usable_mask(r.status) else f"— ({r.status})"
         print(f"  {r.node_id}: predicted {predicted}, true P {n.probability:.2f}, label {n.label}")
     print(f"\ninputs: {final['volume']}, {final['seeds']}, {final['truth']}")
     print(f"open {final['volume']} and {out_dir / 'nodes.seg.nrrd'} in 3D Slicer to review the masks")

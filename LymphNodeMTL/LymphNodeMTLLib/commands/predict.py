@@ -118,8 +118,7 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
 
     folder = Path(folder)
     t0 = time.perf_counter()
-    write_segmentation(folder / "nodes.seg.nrrd", results, case.geometry, model_id=engine.model_id,
-                       metadata=case.metadata)
+    write_segmentation(folder / "nodes.seg.nrrd", results, case.geometry, metadata=case.metadata)
     write_results_csv(folder / "nodes.csv", results)
     if dicom_seg:
         from ..outputs.dicom_seg_writer import write_dicom_seg

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .model_identity import ModelIdentity
+
 
 @dataclass
 class NodeResult:
@@ -34,6 +36,9 @@ class NodeResult:
     probability_low: float = float("nan")  # interval of the probability over those passes
     probability_high: float = float("nan")
     field_of_view_mm: float = float("nan")  # edge of the patch the mask was taken from
+    # what the network said of a node whose status clears its probability (evaluation scores it)
+    network_probability: float = float("nan")
+    model: ModelIdentity | None = None  # the model that computed the probability
     extra: dict = field(default_factory=dict)
 
     def slices(self) -> tuple[slice, slice, slice]:

@@ -1,8 +1,11 @@
-"""What the engine can say about a node's result, beside its numbers.
+"""What the engine can say about a node's result, beside its numbers, and what each status means.
 
 Every node carries exactly one status. Only `ok` and `low_agreement` nodes have a usable mask and
-therefore a probability and a label; for the others the probability is left unknown (NaN), so no
-output can show a confident-looking number for a node the engine could not segment.
+therefore a probability and a label; for the others the probability is left unknown (NaN) and the
+label is UNKNOWN_LABEL, so no output can show a confident-looking number for a node the engine could
+not segment. The predicates below are the one place every output (report, CSV, DICOM SEG, segment
+tags, the Slicer table) asks what a status means. An empty status (a table or segment written before
+statuses existed) reads as `ok`.
 """
 
 OK = "ok"
@@ -13,3 +16,14 @@ LOW_AGREEMENT = "low_agreement"  # test-time augmentation passes disagree: revie
 
 ALL = (OK, TOUCHES_FIELD_OF_VIEW, EMPTY_MASK, SEED_NOT_IN_SOFT_TISSUE, LOW_AGREEMENT)
 HAS_USABLE_MASK = (OK, LOW_AGREEMENT)
+UNKNOWN_LABEL = -1  # predicted_label of a node without a usable mask
+
+
+def has_usable_mask(status: str) -> bool:
+    """Whether a node with this status has a mask to trust, hence a probability and a label."""
+    return (status or OK) in HAS_USABLE_MASK
+
+
+def needs_review(status: str) -> bool:
+    """Whether a reader should look at the node before the others: any status but ok."""
+    return (status or OK) != OK

@@ -29,6 +29,7 @@ from ..core.case import Case, Seed
 from ..core.classification_metrics import expected_calibration_error, roc_auc
 from ..core.measurements import measure_node
 from ..core.node_result import NodeResult
+from ..core.node_status import has_usable_mask
 from ..io.training_manifest import check_same_grid, read_manifest
 from ..io.volume_reader import read_volume
 from .node_scores import SHORT_AXIS_RULE_MM, NodeScore
@@ -227,7 +228,7 @@ def score_case(engine, manifest_case) -> list[NodeScore]:
     scores = []
     for node, result in zip(manifest_case.nodes, results):
         # a node without a usable mask shows no probability; the metrics score what the network said
-        probability = result.extra.get("network_probability", result.probability)
+        probability = result.probability if has_usable_mask(result.status) else result.network_probability
         score = NodeScore(manifest_case.case_id, node.node_id, node.label, probability,
                           result.short_axis_mm, true_probability=truth_p.get(node.node_id, float("nan")),
                           slice_mm=float(max(geometry.spacing)), empty_mask=result.is_empty)

@@ -27,6 +27,7 @@ from ..core.errors import InputError
 from ..core.device import resolve_device
 from ..core.geometry import VolumeGeometry
 from ..core.measurements import measure_node
+from ..core.model_identity import ModelIdentity
 from ..core.node_prompts import NodePrompts
 from ..core.node_result import NodeResult
 from ..network.model_store import LoadedModel, default_model_dir, load_model
@@ -186,7 +187,7 @@ class NodeEngine:
         for r, logit, spacing, fit in zip(results, logits, spacings, fits):
             new = NodeResult(
                 r.node_id, tuple(r.seed_ras), r.bbox_start_kji, r.bbox_stop_kji, r.mask.copy(),
-                extra={k: v for k, v in r.extra.items() if k != "network_probability"},
+                extra=dict(r.extra),
             )
             self._set_probability(new, logit)
             new.field_of_view_mm = size * spacing
@@ -436,8 +437,7 @@ class NodeEngine:
     def _set_probability(self, result: NodeResult, logit: float) -> None:
         result.probability = self._probability(logit)
         result.predicted_label = int(result.probability >= self.config.metastasis_threshold)
-        result.extra["model_id"] = self.model_id
-        result.extra["weights_sha256"] = self.model.weights_sha256
+        result.model = ModelIdentity(self.model_id, self.model.weights_sha256)
 
 
 def _positive_points(prompts: NodePrompts) -> np.ndarray:

@@ -4,7 +4,7 @@ In order of precedence: a seed not on soft tissue, an empty mask (also a mask th
 fat only, which the engine empties: holds_only_fat), a mask cut by the field of view
 or by the CT's own edge, disagreeing test-time augmentation passes, else ok. A node whose status
 leaves no usable mask gets no probability and no label, so no output can show a confident-looking
-number for it; the network's own figure stays in `extra["network_probability"]` for evaluation.
+number for it; the network's own figure stays in `network_probability` for evaluation.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from ..core.node_result import NodeResult
 # node's fatty hilum is part of the node.
 SOFT_TISSUE_HU = (-250.0, 300.0)
 SEED_BALL_MM = 2.0  # the seed's HU is the median within this radius (noise, a slightly off click)
-UNKNOWN_LABEL = -1  # predicted_label of a node without a usable mask
 
 
 def seed_hu(hu_patches: torch.Tensor, spacing_mm: float) -> np.ndarray:
@@ -86,16 +85,12 @@ def node_status_of(result: NodeResult, seed_in_soft_tissue: bool, cut_by_view: b
 def apply_status(result: NodeResult, status: str) -> None:
     """Set the status; without a usable mask, clear the probability, its interval and the label."""
     result.status = status
-    if status in node_status.HAS_USABLE_MASK:
+    if node_status.has_usable_mask(status):
         return
     if math.isfinite(result.probability):
-        result.extra["network_probability"] = float(result.probability)
+        result.network_probability = float(result.probability)
     result.probability = float("nan")
     result.probability_low = float("nan")
     result.probability_high = float("nan")
-    result.predicted_label = UNKNOWN_LABEL
+    result.predicted_label = node_status.UNKNOWN_LABEL
 
-
-def review_first(result: NodeResult) -> bool:
-    """Nodes a reader should look at before the others: any status but ok."""
-    return result.status != node_status.OK

@@ -60,25 +60,20 @@ STATUS_TEXT = {
 
 
 # --- public API ---------------------------------------------------------------------------------
-def review_first(result: NodeResult) -> bool:
-    """A node to look at before the others: its status is not ok."""
-    return result.status != node_status.OK
-
-
 def report_order(results: list[NodeResult]) -> list[NodeResult]:
     """Nodes to review first, then by metastasis probability, highest first; unknown (NaN) last
     within each group; ties keep input order."""
     def key(r):
         p = r.probability
         known = p is not None and math.isfinite(p)
-        return (0 if review_first(r) else 1, 0 if known else 1, -float(p) if known else 0.0)
+        return (0 if node_status.needs_review(r.status) else 1, 0 if known else 1, -float(p) if known else 0.0)
 
     return sorted(results, key=key)
 
 
 def status_text(result: NodeResult) -> str:
     """'ok', or 'REVIEW: <what the status means>'."""
-    if not review_first(result):
+    if not node_status.needs_review(result.status):
         return STATUS_TEXT[node_status.OK]
     return f"REVIEW: {STATUS_TEXT.get(result.status, result.status)}"
 
@@ -298,7 +293,7 @@ def _render_row(case: Case, result: NodeResult) -> np.ndarray:
     text_x = 3 * side + 0.01
     figure.text(text_x, 0.95, segment_name(result.node_id), fontsize=12, fontweight="bold",
                 va="top")
-    if review_first(result):  # as large as the probability, white on red: not small print
+    if node_status.needs_review(result.status):  # as large as the probability, white on red: not small print
         figure.text(text_x, 0.79, status_text(result), fontsize=9, fontweight="bold", va="top",
                     color="white", bbox={"facecolor": REVIEW_COLOR, "edgecolor": "none", "pad": 2})
     figure.text(text_x, 0.64, f"metastasis probability {probability_text(result)}",

@@ -42,12 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.version import __version__
+from ..core import node_status
 from ..core.geometry import LPS_TO_RAS, VolumeGeometry, lps_to_ras_points
 from ..core.node_result import NodeResult
+from ..core.segment_tags import LYMPH_NODE_TERMINOLOGY
+from ..core.version import __version__
 from ..io.dicom_sources import CT_IMAGE_STORAGE, read_source_datasets  # noqa: F401  (the CT's own headers)
 from .output_folder import atomic_output
-from .segmentation_writer import LYMPH_NODE_TERMINOLOGY, probability_color, segment_name
+from .segmentation_writer import probability_color, segment_name
 
 ALGORITHM_NAME = "LymphNodeMTL"
 MANUFACTURER = "LymphNodeMTL"
@@ -235,7 +237,7 @@ def segment_description_text(probability: float, clinical_use: bool, status: str
     (...)', 'REVIEW: low_agreement (mask agreement 0.62), metastasis probability 0.412 (...)'."""
     value = "unknown" if probability is None or not math.isfinite(probability) else f"{probability:.3f}"
     text = f"metastasis probability {value}"
-    if status and status != "ok":
+    if node_status.needs_review(status):
         known = agreement is not None and math.isfinite(agreement)
         text = f"REVIEW: {status}{f' (mask agreement {agreement:.2f})' if known else ''}, {text}"
     return text if clinical_use else f"{text} ({DEMO_NOTE})"

@@ -11,6 +11,7 @@ import csv
 import math
 from pathlib import Path
 
+from ..core import node_status
 from ..core.node_result import NodeResult
 from .segmentation_writer import atomic_output
 
@@ -34,7 +35,8 @@ COLUMNS = (
 )
 # Columns a table written before statuses and uncertainty lacks; read as unknown.
 OPTIONAL_COLUMNS = ("status", "mask_agreement", "probability_low", "probability_high", "field_of_view_mm")
-UNKNOWN_LABEL = -1  # predicted_label of a node without a usable mask: an empty cell
+# Cells a node without a usable mask leaves empty, whatever its result holds.
+_PROBABILITY_COLUMNS = ("probability", "probability_low", "probability_high")
 # Decimals per float column; `id` and `status` are text and `predicted_label` an integer.
 _DECIMALS = {
     "seed_r": 2,
@@ -81,10 +83,12 @@ def _row(result: NodeResult) -> dict[str, str]:
         "probability_high": result.probability_high,
         "field_of_view_mm": result.field_of_view_mm,
     }
-    row = {column: _format(value, _DECIMALS[column]) for column, value in values.items()}
+    usable = node_status.has_usable_mask(result.status)
+    row = {column: _format(value if usable or column not in _PROBABILITY_COLUMNS else None, _DECIMALS[column])
+           for column, value in values.items()}
     row["id"] = str(result.node_id)
     label = int(result.predicted_label)
-    row["predicted_label"] = "" if label < 0 else str(label)
+    row["predicted_label"] = "" if label < 0 or not usable else str(label)
     row["status"] = str(result.status)
     return row
 
@@ -96,9 +100,9 @@ def _format(value, decimals: int) -> str:
 
 
 def read_results_csv(path) -> list[dict]:
-    """Rows as dicts keyed by COLUMNS: `id` and `status` str, `predicted_label` int (UNKNOWN_LABEL
-    if empty), others float (NaN if empty). A table without OPTIONAL_COLUMNS reads them as unknown
-    (status "").
+    """Rows as dicts keyed by COLUMNS: `id` and `status` str, `predicted_label` int
+    (node_status.UNKNOWN_LABEL if empty), others float (NaN if empty). A table without
+    OPTIONAL_COLUMNS reads them as unknown (status "").
 
     Raises ValueError when a column is missing, naming it.
     """
@@ -114,7 +118,7 @@ def _parse_row(row: dict[str, str]) -> dict:
     parsed = {column: _parse_float(row.get(column) or "") for column in _DECIMALS}
     parsed["id"] = row["id"]
     label = row["predicted_label"].strip()
-    parsed["predicted_label"] = int(label) if label else UNKNOWN_LABEL
+    parsed["predicted_label"] = int(label) if label else node_status.UNKNOWN_LABEL
     parsed["status"] = row.get("status") or ""
     return {column: parsed[column] for column in COLUMNS}
 

@@ -3,12 +3,11 @@
 The file is what Slicer's vtkMRMLSegmentationStorageNode writes for a segmentation whose segments
 share one labelmap layer: a 3-D labelmap in the CT's exact grid (label value = segment index + 1)
 and NRRD key/value fields `Segmentation_*` (whole segmentation) and `Segment<N>_*` (one segment).
-Segment tags are serialised as Slicer does, `key:value|` per tag, sorted by key, with no escaping:
-so tag keys must not contain ':' or '|', and tag values must not contain '|' (replaced here).
-The NRRD writer itself escapes newlines and backslashes in header values.
+Each segment's tags are the node's (core/segment_tags.py), serialised as Slicer does. The NRRD
+writer itself escapes newlines and backslashes in header values.
 
-Also here: the per-segment facts (name, colour, terminology, tags) so the Slicer Logic can give
-segments it creates in a scene exactly the same ones.
+Also here: the per-segment name, ID and colour, so the Slicer Logic can give segments it creates in
+a scene exactly the same ones.
 """
 
 from __future__ import annotations
@@ -20,47 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..core.geometry import VolumeGeometry
-from ..core.mask_checksum import mask_checksum
 from ..core.node_result import NodeResult
+from ..core.segment_tags import parse_tags, segment_tags, serialize_tags
 from .output_folder import atomic_output  # noqa: F401  (also used by the DICOM SEG writer)
 
 LABELMAP_REPRESENTATION = "Binary labelmap"
-TAG_PREFIX = "LymphNodeMTL."
-TAG_SEED_ID = TAG_PREFIX + "SeedId"
-TAG_SEED_RAS = TAG_PREFIX + "SeedRas"
-TAG_PROBABILITY = TAG_PREFIX + "Probability"
-TAG_PREDICTED_LABEL = TAG_PREFIX + "PredictedLabel"
-TAG_SHORT_AXIS = TAG_PREFIX + "ShortAxisMm"
-TAG_LONG_AXIS = TAG_PREFIX + "LongAxisMm"
-TAG_VOLUME = TAG_PREFIX + "VolumeMm3"
-TAG_MODEL_ID = TAG_PREFIX + "ModelId"
-TAG_MEAN_HU = TAG_PREFIX + "MeanHu"
-# checksum of the mask the engine wrote: a segment whose mask differs was edited by a person
-TAG_MASK_HASH = TAG_PREFIX + "MaskHash"
-TAG_WEIGHTS_SHA256 = TAG_PREFIX + "WeightsSha256"
-# what the engine can say about the node (core/node_status.py) and how sure it is
-TAG_STATUS = TAG_PREFIX + "Status"
-TAG_MASK_AGREEMENT = TAG_PREFIX + "MaskAgreement"
-TAG_PROBABILITY_LOW = TAG_PREFIX + "ProbabilityLow"
-TAG_PROBABILITY_HIGH = TAG_PREFIX + "ProbabilityHigh"
-TAG_FIELD_OF_VIEW = TAG_PREFIX + "FieldOfViewMm"
-# Slicer's segment tag holding the terminology (vtkSegment::GetTerminologyEntryTagName()).
-TERMINOLOGY_TAG = "TerminologyEntry"
-# Slicer's serialised terminology entry, fields joined by '~', codes as scheme^value^meaning:
-# context ~ category ~ type ~ type modifier ~ anatomic context ~ region ~ region modifier.
-# Both of Slicer's built-in lists (3D Slicer General Anatomy, DICOM master) file SNOMED CT
-# 59441001 "Lymph node" under the category Tissue (85756007), so Slicer finds it there.
-LYMPH_NODE_TERMINOLOGY = "~".join(
-    [
-        "Segmentation category and type - 3D Slicer General Anatomy list",
-        "SCT^85756007^Tissue",
-        "SCT^59441001^Lymph node",
-        "^^",
-        "Anatomic codes - DICOM master list",
-        "^^",
-        "^^",
-    ]
-)
 # Slicer's description of the one conversion parameter we set (kept verbatim for Slicer's GUI).
 _REFERENCE_GEOMETRY_PARAMETER = (
     "Reference image geometry",
@@ -93,65 +56,11 @@ def probability_color(probability: float) -> tuple[float, float, float]:
     return (1.0, 2.0 * (1.0 - p), 0.0)
 
 
-def segment_tags(result: NodeResult, model_id: str = "") -> dict[str, str]:
-    """The tags one node's segment carries: terminology, seed, probability, measurements, model."""
-    tags = {
-        TERMINOLOGY_TAG: LYMPH_NODE_TERMINOLOGY,
-        TAG_SEED_ID: result.node_id,
-        TAG_SEED_RAS: " ".join(f"{c:.3f}" for c in result.seed_ras),
-        TAG_PROBABILITY: _fixed(result.probability, 4),
-        # a node without a usable mask has no label (-1): an empty tag, as in nodes.csv
-        TAG_PREDICTED_LABEL: "" if int(result.predicted_label) < 0 else str(int(result.predicted_label)),
-        TAG_SHORT_AXIS: _fixed(result.short_axis_mm, 2),
-        TAG_LONG_AXIS: _fixed(result.long_axis_mm, 2),
-        TAG_VOLUME: _fixed(result.volume_mm3, 2),
-        TAG_MEAN_HU: _fixed(result.mean_hu, 1),
-        TAG_MODEL_ID: model_id,
-        TAG_MASK_HASH: mask_checksum(result.mask, result.bbox_start_kji),
-        TAG_STATUS: str(result.status),
-        TAG_MASK_AGREEMENT: _fixed(result.mask_agreement, 3),
-        TAG_PROBABILITY_LOW: _fixed(result.probability_low, 4),
-        TAG_PROBABILITY_HIGH: _fixed(result.probability_high, 4),
-        TAG_FIELD_OF_VIEW: _fixed(result.field_of_view_mm, 1),
-    }
-    if result.extra.get("weights_sha256"):
-        tags[TAG_WEIGHTS_SHA256] = result.extra["weights_sha256"]
-    return {key: _tag_value(value) for key, value in tags.items()}
-
-
-def _fixed(value: float, decimals: int) -> str:
-    return "nan" if value is None or not math.isfinite(value) else f"{value:.{decimals}f}"
-
-
-def _tag_value(value: str) -> str:
-    """Slicer splits the tag list at every '|' and has no escape, so '|' cannot appear in values."""
-    return str(value).replace("|", "/")
-
-
-def serialize_tags(tags: dict[str, str]) -> str:
-    """Slicer's `key:value|` form, sorted by key as Slicer's std::map writes it."""
-    for key in tags:
-        if ":" in key or "|" in key:
-            raise ValueError(f"segment tag key {key!r} must not contain ':' or '|'")
-    return "".join(f"{key}:{_tag_value(value)}|" for key, value in sorted(tags.items()))
-
-
-def parse_tags(serialized: str) -> dict[str, str]:
-    """Inverse of serialize_tags, parsed as Slicer does (text after the last '|' is dropped)."""
-    tags = {}
-    for pair in serialized.split("|")[:-1]:
-        key, colon, value = pair.partition(":")
-        if colon:
-            tags[key] = value
-    return tags
-
-
 # --- writing -----------------------------------------------------------------------------------
 def write_segmentation(
     path,
     results: list[NodeResult],
     geometry: VolumeGeometry,
-    model_id: str = "",
     metadata: dict | None = None,
 ) -> Path:
     """Write one segment per node to a Slicer `.seg.nrrd` in the CT's grid; return the path.
@@ -161,7 +70,6 @@ def write_segmentation(
         results: nodes in output order; segment N gets label value N + 1. Masks must not
             overlap (overlaps are resolved upstream); empty masks still give a segment.
         geometry: the CT's grid; the file has exactly this grid, so Slicer overlays it as is.
-        model_id: recorded in every segment's `LymphNodeMTL.ModelId` tag.
         metadata: extra facts for the header, written as `LymphNodeMTL_<key>:=<value>`.
 
     The file appears only complete: it is written next to `path` under a temporary name and
@@ -175,7 +83,7 @@ def write_segmentation(
     geometry.apply_to_sitk(image)
     header = _segmentation_header(geometry, metadata)
     for index, result in enumerate(results):
-        header.update(_segment_header(index, result, geometry, model_id))
+        header.update(_segment_header(index, result, geometry))
     for key, value in header.items():
         image.SetMetaData(key, value)
     with atomic_output(path, suffix=".nrrd") as temporary:
@@ -242,9 +150,7 @@ def _extent_string(geometry: VolumeGeometry) -> str:
     return f"0 {ni - 1} 0 {nj - 1} 0 {nk - 1}"
 
 
-def _segment_header(
-    index: int, result: NodeResult, geometry: VolumeGeometry, model_id: str
-) -> dict[str, str]:
+def _segment_header(index: int, result: NodeResult, geometry: VolumeGeometry) -> dict[str, str]:
     prefix = f"Segment{index}_"
     color = probability_color(result.probability)
     return {
@@ -259,7 +165,7 @@ def _segment_header(
         prefix + "Extent": _extent_string(geometry),
         prefix + "LabelValue": str(index + 1),
         prefix + "Layer": "0",
-        prefix + "Tags": serialize_tags(segment_tags(result, model_id)),
+        prefix + "Tags": serialize_tags(segment_tags(result)),
     }
 
 

@@ -14,7 +14,7 @@ from ..core import node_status
 
 def status_notice_lines(results) -> list[str]:
     """Nothing when every node is ok."""
-    unusable = [r for r in results if r.status not in node_status.HAS_USABLE_MASK]
+    unusable = [r for r in results if not node_status.has_usable_mask(r.status)]
     uncertain = [r for r in results if r.status == node_status.LOW_AGREEMENT]
     lines = []
     if unusable:

@@ -1,8 +1,10 @@
 """A small client of the inference server API (docs/server-api.md), on the standard library only.
 
-Used by the tests, the benchmark and, as a fallback transport, by the Slicer module. One
-keep-alive connection per client (a request costs a round trip, not a TCP and TLS handshake);
-every refusal of the server becomes a ServerError carrying the status and the server's one line.
+The blocking transport of job_steps.py: `predict`, `classify` and `run_job` drive a RemoteJob to
+its end, the single-request calls (health, upload_volume, submit_predict, job, cancel, ...) send
+the same requests one at a time. Used by the tests, the benchmark and, outside Slicer's Qt, by the
+Slicer module. One keep-alive connection per client (a request costs a round trip, not a TCP and
+TLS handshake); every refusal of the server becomes a ServerError carrying the status and one line.
 """
 
 from __future__ import annotations
@@ -17,9 +19,23 @@ import urllib.parse
 import numpy as np
 
 from ..core.node_result import NodeResult
-from . import protocol
-
-FINISHED = ("done", "failed", "cancelled")
+from .job_steps import (
+    DONE,
+    FAILED,
+    FINISHED,
+    RemoteJob,
+    Reply,
+    Request,
+    VolumePayload,
+    cancel_request,
+    classify_job,
+    health_request,
+    job_state_request,
+    predict_job,
+    submit_request,
+    upload_request,
+    volume_known_request,
+)
 
 
 class ServerError(Exception):
@@ -76,19 +92,17 @@ class InferenceClient:
             self._conn.close()
             self._conn = None
 
-    def request(self, method: str, path: str, body=None, headers=None, timeout: float | None = None):
-        """(status, parsed JSON or None) of one request; ServerError for status >= 400."""
-        headers = dict(headers or {})
+    def send(self, request: Request) -> Reply:
+        """One request; its Reply (status 0: no answer, with the reason in `error`). Never raises."""
+        headers = dict(request.headers)
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body, allow_nan=False).encode()
-            headers["Content-Type"] = "application/json"
+        method, path, body = request.method, request.path, request.body
         with self._lock:
             for attempt in (0, 1):
                 reused = self._conn is not None
-                conn = self._connection(timeout or self._timeout)
                 try:
+                    conn = self._connection(request.timeout or self._timeout)
                     try:
                         conn.request(method, path, body=body, headers=headers)
                     except (BrokenPipeError, ConnectionResetError):
@@ -103,12 +117,12 @@ class InferenceClient:
                     # a kept-alive connection the server had closed: the request never ran, so
                     # repeat it once on a fresh connection; a fresh one failing is a real failure
                     if attempt or not reused:
-                        raise ServerError(0, f"the server at {self.url} closed the connection "
-                                             f"({type(e).__name__}); is it still running?") from None
+                        return Reply(0, None, f"the server at {self.url} closed the connection "
+                                              f"({type(e).__name__}); is it still running?")
                 except OSError as e:  # refused, unreachable, timed out
                     self._drop()
-                    raise ServerError(0, f"no answer from the server at {self.url} ({e}); "
-                                         "check the URL and that the server is running") from None
+                    return Reply(0, None, f"no answer from the server at {self.url} ({e}); "
+                                          "check the URL and that the server is running")
             if (response.getheader("Connection") or "").lower() == "close":
                 self._drop()
         parsed = None
@@ -117,38 +131,71 @@ class InferenceClient:
                 parsed = json.loads(data)
             except ValueError:
                 parsed = None
-        if response.status >= 400:
-            message = parsed.get("error") if isinstance(parsed, dict) else None
-            raise ServerError(response.status, message or f"HTTP {response.status}")
-        return response.status, parsed
+        return Reply(response.status, parsed)
+
+    def request(self, method: str, path: str, body=None, headers=None, timeout: float | None = None):
+        """(status, parsed JSON or None) of one request; ServerError for status >= 400 or no answer.
+        A dict or list body is sent as JSON."""
+        headers = dict(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body, allow_nan=False).encode()
+            headers["Content-Type"] = "application/json"
+        return self._answer(self.send(Request(method, path, body, headers, timeout)))
+
+    @staticmethod
+    def _answer(reply: Reply):
+        if reply.status == 0:
+            raise ServerError(0, reply.error)
+        if reply.status >= 400:
+            message = reply.payload.get("error") if isinstance(reply.payload, dict) else None
+            raise ServerError(reply.status, message or f"HTTP {reply.status}")
+        return reply.status, reply.payload
+
+    def run_job(self, job: dict | None, volume: VolumePayload | str | None = None, job_id: str | None = None,
+                timeout: float | None = None, poll_s: float = 10.0) -> RemoteJob:
+        """Run a job through its steps (job_steps.RemoteJob: the arguments are its own) to its end
+        and return it; ServerError (the failed step's status and one line) when it failed, or
+        ServerError(0) when it has not finished after `timeout` seconds (the job keeps running)."""
+        remote = self._drive(RemoteJob(self._send_and_reply, job, volume, job_id, request_timeout_s=self._timeout,
+                                       describe=f"the inference server at {self.url}"), timeout, poll_s)
+        if remote.state == FAILED:
+            raise ServerError(remote.error_status, remote.error)
+        return remote
+
+    def _drive(self, remote: RemoteJob, timeout: float | None, poll_s: float) -> RemoteJob:
+        """Tick until the job finished; each poll is a long poll of at most `poll_s` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not remote.finished:
+            left = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
+            if left <= 0 and remote.last_job:  # polled at least once, and out of time
+                raise ServerError(0, f"the job has not finished within {timeout:g} s")
+            remote.poll_wait_s = max(left, 0.0)
+            remote.tick()
+        return remote
+
+    def _send_and_reply(self, request: Request, on_reply) -> None:
+        on_reply(self.send(request))
 
     # --- the API ------------------------------------------------------------------------------
     def health(self) -> dict:
-        return self.request("GET", "/v1/health")[1]
+        return self._answer(self.send(health_request()))[1]
 
     def has_volume(self, volume_id: str) -> bool:
-        try:
-            self.request("HEAD", f"/v1/volumes/{volume_id}")
-        except ServerError as e:
-            if e.status == 404:
-                return False
-            raise
+        reply = self.send(volume_known_request(volume_id))
+        if reply.status == 404:
+            return False
+        self._answer(reply)
         return True
 
     def upload_volume(self, image: np.ndarray, ijk_to_ras, volume_id: str | None = None) -> str:
         """PUT the CT; returns its volume_id."""
-        volume_id = volume_id or protocol.volume_id(image, ijk_to_ras)
-        headers = protocol.volume_headers(image, ijk_to_ras)
-        headers["Content-Type"] = "application/octet-stream"
-        self.request("PUT", f"/v1/volumes/{volume_id}", body=protocol.volume_bytes(image), headers=headers)
-        return volume_id
+        volume = VolumePayload(image, ijk_to_ras, volume_id)
+        self._answer(self.send(upload_request(volume)))
+        return volume.volume_id
 
     def ensure_volume(self, image: np.ndarray, ijk_to_ras) -> str:
         """The CT's volume_id, uploading it only when the server does not hold it yet."""
-        volume_id = protocol.volume_id(image, ijk_to_ras)
-        if not self.has_volume(volume_id):
-            self.upload_volume(image, ijk_to_ras, volume_id)
-        return volume_id
+        return self.run_job(None, VolumePayload(image, ijk_to_ras)).volume_id
 
     def volume_from_file(self, path, volume_id: str) -> dict:
         """Ask a local server to read the CT from a file; returns {"volume_id", "shape"}."""
@@ -156,52 +203,45 @@ class InferenceClient:
 
     def submit_predict(self, volume_id: str, seeds, model: str | None = None, options=None) -> str:
         """seeds: (id, (r, a, s)) pairs or core.case.Seed objects; returns the job_id."""
-        seeds = [{"id": s.node_id, "ras": [float(v) for v in s.ras]} if hasattr(s, "node_id")
-                 else {"id": str(s[0]), "ras": [float(v) for v in s[1]]} for s in seeds]
-        return self._submit({"volume_id": volume_id, "kind": "predict", "model": model, "seeds": seeds,
-                             "options": dict(options or {})})
+        return self._submit(dict(predict_job(seeds, model, options), volume_id=volume_id))
 
     def submit_classify(self, volume_id: str, masks: list[NodeResult], model: str | None = None,
                         options=None) -> str:
-        return self._submit({"volume_id": volume_id, "kind": "classify", "model": model,
-                             "masks": [protocol.mask_to_json(m) for m in masks],
-                             "options": dict(options or {})})
+        return self._submit(dict(classify_job(masks, model, options), volume_id=volume_id))
 
     def _submit(self, body: dict) -> str:
-        if body["model"] is None:
-            del body["model"]
-        return self.request("POST", "/v1/jobs", body=body)[1]["job_id"]
+        return self._answer(self.send(submit_request(body)))[1]["job_id"]
 
     def job(self, job_id: str, wait: float = 0.0) -> dict:
         """The job's state; `wait` > 0 holds the answer until it finishes (at most that long)."""
-        path = f"/v1/jobs/{job_id}" + (f"?wait={wait:g}" if wait > 0 else "")
-        return self.request("GET", path, timeout=self._timeout + wait)[1]
+        return self._answer(self.send(job_state_request(job_id, wait, self._timeout)))[1]
 
     def cancel(self, job_id: str) -> dict:
-        return self.request("DELETE", f"/v1/jobs/{job_id}")[1]
+        return self._answer(self.send(cancel_request(job_id)))[1]
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 10.0) -> dict:
         """The finished job (done, failed or cancelled); ServerError(0) after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
-            job = self.job(job_id, wait=max(left, 0.0))
-            if job["state"] in FINISHED:
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ServerError(0, f"the job has not finished within {timeout:g} s")
+        remote = self._drive(RemoteJob(self._send_and_reply, job_id=job_id, request_timeout_s=self._timeout,
+                                       describe=f"the inference server at {self.url}"), timeout, poll_s)
+        if remote.last_job.get("state") not in FINISHED:  # a poll was refused
+            raise ServerError(remote.error_status, remote.error)
+        return remote.last_job
 
     def run(self, job_id: str, timeout: float | None = None) -> list[NodeResult]:
         """Wait for a job and decode its results; ServerError when it failed or was cancelled."""
-        job = self.wait(job_id, timeout)
-        if job["state"] != "done":
-            raise ServerError(409, job.get("error") or f"the job was {job['state']}")
-        return [protocol.result_from_json(r) for r in job["results"]]
+        return self._results(self.run_job(None, job_id=job_id, timeout=timeout))
 
-    def predict(self, volume_id: str, seeds, model: str | None = None, options=None,
+    def predict(self, volume, seeds, model: str | None = None, options=None,
                 timeout: float | None = None) -> list[NodeResult]:
-        return self.run(self.submit_predict(volume_id, seeds, model, options), timeout)
+        """volume: a VolumePayload (sent when the server lacks it) or the volume_id of a CT it holds."""
+        return self._results(self.run_job(predict_job(seeds, model, options), volume, timeout=timeout))
 
-    def classify(self, volume_id: str, masks: list[NodeResult], model: str | None = None,
+    def classify(self, volume, masks: list[NodeResult], model: str | None = None,
                  options=None, timeout: float | None = None) -> list[NodeResult]:
-        return self.run(self.submit_classify(volume_id, masks, model, options), timeout)
+        return self._results(self.run_job(classify_job(masks, model, options), volume, timeout=timeout))
+
+    @staticmethod
+    def _results(job: RemoteJob) -> list[NodeResult]:
+        if job.state != DONE:
+            raise ServerError(job.error_status, job.error or f"the job was {job.state}")
+        return job.results

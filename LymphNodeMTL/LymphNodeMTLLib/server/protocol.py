@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.model_identity import ModelIdentity
 from ..core.node_result import NodeResult
 
 API_VERSION = 1
@@ -202,12 +203,27 @@ def _json_safe(value):
 
 
 def result_to_json(result: NodeResult) -> dict:
-    """NodeResultJSON: every NodeResult field by name, NaN -> null, the mask as in NodeMask."""
+    """NodeResultJSON: every NodeResult field by name, NaN -> null, the mask as in NodeMask, the
+    model as {"model_id", "weights_sha256"} (null when unknown)."""
     out = {}
     for f in dataclasses.fields(NodeResult):
         value = getattr(result, f.name)
-        out[f.name] = encode_mask(value) if f.name == "mask" else _json_safe(value)
+        if f.name == "mask":
+            out[f.name] = encode_mask(value)
+        elif f.name == "model":
+            out[f.name] = None if value is None else dataclasses.asdict(value)
+        else:
+            out[f.name] = _json_safe(value)
     return out
+
+
+def _model_from_json(value) -> ModelIdentity | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("model_id"), str) \
+            or not isinstance(value.get("weights_sha256", ""), str):
+        raise InputError("a node result's model must be {\"model_id\": str, \"weights_sha256\": str}")
+    return ModelIdentity(value["model_id"], value.get("weights_sha256", ""))
 
 
 def result_from_json(obj: dict) -> NodeResult:
@@ -221,6 +237,7 @@ def result_from_json(obj: dict) -> NodeResult:
         "bbox_start_kji": start,
         "bbox_stop_kji": stop,
         "mask": decode_mask(obj.get("mask"), tuple(b - a for a, b in zip(start, stop))),
+        "model": _model_from_json(obj.get("model")),
         "extra": dict(obj.get("extra") or {}),
     }
     for f in dataclasses.fields(NodeResult):
