@@ -3,6 +3,8 @@ reply inside send) and an asynchronous one (replies later, as Qt delivers them):
 requests, the CT sent only when the server lacks it, one line per failure, and cancel at every step."""
 
 import numpy as np
+from LymphNodeMTLLib.core.node_prompts import Click, NodePrompts
+from LymphNodeMTLLib.io.prompt_reader import prompts_from_document
 import pytest
 from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.core.node_result import NodeResult
@@ -101,8 +103,10 @@ def test_a_ct_the_server_holds_by_id_and_only_the_ct():
 
 def test_another_job_kind_is_only_another_body():
     server = ScriptedServer(held=True)
-    job = _run(RemoteJob(server.blocking, {"kind": "refine", "prompts": [1], "options": {}}, "v" * 64))
+    prompts = [NodePrompts("a", line=((0.0, 0.0, 0.0), (9.0, 0.0, 0.0)), clicks=(Click((1.0, 1.0, 0.0), False),))]
+    job = _run(RemoteJob(server.blocking, job_steps.refine_job(prompts), "v" * 64))
     assert job.state == "done" and job.job["kind"] == "refine" and job.job["volume_id"] == "v" * 64
+    assert prompts_from_document(job.job["prompts"]) == {"a": prompts[0]}  # the prompts file's own form
 
 
 @pytest.mark.parametrize("answers, words, status", [

@@ -85,3 +85,17 @@ def test_good_prompts_pass():
     NodePrompts("A", seed=(40.0, 40.0, 50.0), line=((30.0, 40.0, 50.0), (50.0, 40.0, 50.0)),
                 box=((30.0, 30.0, 40.0), (50.0, 50.0, 60.0)),
                 clicks=(Click((45.0, 40.0, 50.0), False),)).validate(GEOMETRY)
+
+
+@pytest.mark.parametrize("system", ["RAS", "LPS"])
+def test_a_written_document_reads_back_as_the_same_prompts(tmp_path, system):
+    from LymphNodeMTLLib.io.prompt_reader import prompts_document
+
+    given = [NodePrompts("A", seed=(40.0, 40.0, 50.0), line=((30.0, 40.0, 50.0), (50.0, 41.0, 50.0)),
+                         box=((30.0, 31.0, 40.0), (50.0, 52.0, 60.0)),
+                         clicks=(Click((45.0, 40.0, 50.0), False), Click((41.0, 40.0, 52.0), True))),
+             NodePrompts("B", line=((10.0, 10.0, 20.0), (20.0, 12.0, 20.0)))]
+    document = prompts_document(given, system)
+    assert document["coordinate_system"] == system
+    got = read_prompts(_write(tmp_path, document))
+    assert got == {p.node_id: p for p in given}

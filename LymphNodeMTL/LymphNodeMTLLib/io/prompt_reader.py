@@ -1,4 +1,5 @@
-"""Read a prompts file: per node, its seed, long-axis line, box and clicks, returned in RAS mm.
+"""Prompts files: per node, its seed, long-axis line, box and clicks, read into RAS mm (and the same
+document written back, the form the server's refine jobs carry).
 
     {"coordinate_system": "RAS",
      "nodes": {"N01": {"seed": [r, a, s], "line": [[r, a, s], [r, a, s]],
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.geometry import lps_to_ras_points
+from ..core.geometry import lps_to_ras_points, ras_to_lps_points
 from ..core.node_prompts import Click, NodePrompts, box_from_corners
 
 NODE_KEYS = ("seed", "line", "box", "clicks")
@@ -101,3 +102,29 @@ def _to_ras(points: np.ndarray, system: str) -> np.ndarray:
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def prompts_document(prompts, coordinate_system: str = "RAS") -> dict:
+    """The JSON document of NodePrompts (read_prompts' format; a box as [low, high] corners)."""
+    system = coordinate_system.upper()
+    if system not in ("RAS", "LPS"):
+        raise ValueError(f"coordinate_system must be 'RAS' or 'LPS', not {coordinate_system!r}")
+
+    def out(points):
+        array = np.asarray(points, dtype=float).reshape(-1, 3)
+        return (ras_to_lps_points(array) if system == "LPS" else array).tolist()
+
+    nodes = {}
+    for p in prompts:
+        node = {}
+        if p.seed is not None:
+            node["seed"] = out(p.seed)[0]
+        if p.line is not None:
+            node["line"] = out(p.line)
+        if p.box is not None:
+            corners = np.asarray(out(p.box))
+            node["box"] = [corners.min(axis=0).tolist(), corners.max(axis=0).tolist()]
+        if p.clicks:
+            node["clicks"] = [{"point": out(c.ras)[0], "positive": bool(c.positive)} for c in p.clicks]
+        nodes[p.node_id] = node
+    return {"coordinate_system": system, "nodes": nodes}

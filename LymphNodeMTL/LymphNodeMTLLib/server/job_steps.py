@@ -7,8 +7,8 @@ no I/O itself. A transport carries its requests: the blocking stdlib client (cli
 to its end in one call, the Slicer module's Qt client advances it one reply at a time from a timer
 (no Python thread: PythonQt holds the GIL while Slicer idles).
 
-A job kind is only the body of POST /v1/jobs (`predict_job`, `classify_job`): another kind is
-another body builder, and the steps stay as they are.
+A job kind is only the body of POST /v1/jobs (`predict_job`, `classify_job`, `refine_job`): another
+kind is another body builder, and the steps stay as they are.
 """
 
 from __future__ import annotations
@@ -115,6 +115,14 @@ def predict_job(seeds, model: str | None = None, options=None) -> dict:
 def classify_job(masks: list[NodeResult], model: str | None = None, options=None) -> dict:
     """The POST /v1/jobs body that classifies given masks (a radiologist's), used as they are."""
     return _job("classify", model, options, masks=[protocol.mask_to_json(m) for m in masks])
+
+
+def refine_job(prompts, model: str | None = None, options=None) -> dict:
+    """The POST /v1/jobs body that segments nodes from their prompts (core.node_prompts.NodePrompts:
+    seed, line, box, clicks in order), in the prompts file's JSON form."""
+    from ..io.prompt_reader import prompts_document
+
+    return _job("refine", model, options, prompts=prompts_document(list(prompts)))
 
 
 def _job(kind: str, model, options, **inputs) -> dict:
