@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.io.seed_reader import write_seeds_csv
 from LymphNodeMTLLib.io.volume_reader import write_volume
+from seed_csv import write_seeds_csv
 
 SHAPE_KJI = (14, 56, 60)
 SPACING = (0.8, 0.75, 2.0)  # i, j, k mm

@@ -18,17 +18,14 @@ from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.core.geometry import LPS_TO_RAS
 from LymphNodeMTLLib.core.node_result import NodeResult
-from LymphNodeMTLLib.io.seed_reader import write_seeds_csv
+from dicom_seg_masks import read_dicom_seg_masks
+from LymphNodeMTLLib.io.dicom_sources import read_source_datasets
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
-from LymphNodeMTLLib.outputs.dicom_seg_writer import (
-    read_dicom_seg_masks,
-    read_source_datasets,
-    segment_description_text,
-    write_dicom_seg,
-)
+from LymphNodeMTLLib.outputs.dicom_seg_writer import segment_description_text, write_dicom_seg
 from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation, segment_mask
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 from scipy.spatial.transform import Rotation
+from seed_csv import write_seeds_csv
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 DICOM_SERIES = SHARED_CT / "dicom_abdomen_series"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
 from LymphNodeMTLLib.core.node_result import NodeResult
-from LymphNodeMTLLib.outputs.results_table import COLUMNS, read_results_csv, write_results_csv
+from LymphNodeMTLLib.outputs.results_table import COLUMNS, write_results_csv
 from LymphNodeMTLLib.outputs.segmentation_writer import (
     parse_tags,
     probability_color,
@@ -18,6 +18,7 @@ from LymphNodeMTLLib.outputs.segmentation_writer import (
     serialize_tags,
     write_segmentation,
 )
+from results_csv import read_results_csv
 from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
 
 SHAPE_KJI = (9, 14, 12)

@@ -64,11 +64,6 @@ def output_folder(out_dir, overwrite: bool, names=OUTPUT_FILES, warn=None) -> Ou
     return OutputFolder(out_dir, names, overwrite, related=related, warn=warn)
 
 
-def check_output_folder(out_dir, overwrite: bool, names=OUTPUT_FILES) -> None:
-    """Refuse an output folder predict could not write into (before any work is done)."""
-    output_folder(out_dir, overwrite, names).check()
-
-
 def load_case(volume_path, seeds_path, series_uid=None, warn=None) -> Case:
     """Read the CT and the seeds and refuse what the engine cannot answer truthfully (Case.validate:
     CT plausibility, seed placement)."""

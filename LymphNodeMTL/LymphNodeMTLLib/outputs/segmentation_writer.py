@@ -22,7 +22,7 @@ import numpy as np
 from ..core.geometry import VolumeGeometry
 from ..core.mask_checksum import mask_checksum
 from ..core.node_result import NodeResult
-from .output_folder import atomic_output  # noqa: F401  (also used by the DICOM SEG writer)
+from .output_folder import atomic_output
 
 LABELMAP_REPRESENTATION = "Binary labelmap"
 TAG_PREFIX = "LymphNodeMTL."
