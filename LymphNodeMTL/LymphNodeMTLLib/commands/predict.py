@@ -7,7 +7,6 @@ CLI does nothing but parse its arguments for it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..core.case import Case
 from ..outputs.output_folder import OutputFolder, cleanup_on_signals
+from ..outputs.run_record import RECORD_NAME
 from ..outputs.status_notice import print_status_notice
 
 if TYPE_CHECKING:  # the engine imports torch: only when a prediction runs
@@ -47,7 +47,7 @@ example:
   lymphnode-mtl predict --volume ct.nrrd --seeds seeds.mrk.json --out results/
 """
 
-OUTPUT_FILES = ("nodes.seg.nrrd", "nodes.csv", "run.json")
+OUTPUT_FILES = ("nodes.seg.nrrd", "nodes.csv", RECORD_NAME)
 DICOM_SEG_FILE = "nodes.dcm"
 REPORT_FILES = ("report.png", "report.html")
 
@@ -108,7 +108,7 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
     synthetic source series). report: also write report.png and report.html.
     """
     from ..outputs.results_table import write_results_csv
-    from ..outputs.run_record import run_record
+    from ..outputs.run_record import write_run_record
     from ..outputs.segmentation_writer import write_segmentation
 
     folder = Path(folder)
@@ -129,11 +129,7 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
     engine.timings["write_outputs"] = time.perf_counter() - t0
     engine.timings["read_inputs"] = case.metadata.get("read_s", 0.0)
     meta = {k: v for k, v in case.metadata.items() if k != "read_s"}
-    record = run_record(engine, inputs, len(results), meta)
-    # the files this run wrote: a later --overwrite run replaces exactly these (output_folder.py)
-    record["outputs"] = list(output_files(dicom_seg, report))
-    (folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return write_run_record(folder, engine, inputs, len(results), meta, output_files(dicom_seg, report))
 
 
 def predict_to_folder(
