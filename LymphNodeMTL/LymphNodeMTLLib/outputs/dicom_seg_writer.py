@@ -10,10 +10,10 @@ package version, parameters = model id and weights SHA-256).
 Source images. A SEG must reference the images it was derived from and copies their patient,
 study and frame of reference. Two cases:
 
-* The CT came from a DICOM series: `io.dicom_sources.read_source_datasets` reads the headers of that series (the
-  folder the volume reader was given; `series_uid` when it holds several) and orders them to match
-  the CT array's k axis by their ImagePositionPatient, so frame k of the mask is derived from the
-  image that supplied slice k of the CT. The SEG then references those instances and carries their
+* The CT came from a DICOM series: io/dicom_sources.py matches the headers of that series (those
+  the volume reader kept from its one header pass, or read from the folder for a CT loaded
+  elsewhere) to the CT array's k axis by their ImagePositionPatient, so frame k of the mask is
+  derived from the image that supplied slice k of the CT. The SEG then references those instances and carries their
   patient and study identifiers. Anonymisers sometimes blank the UIDs inside the data set; then
   SOP class/instance UIDs are taken from the file meta header, and an empty Study/Series Instance
   UID (or Frame of Reference UID) is replaced by a UID derived deterministically from the series'
@@ -45,7 +45,8 @@ import numpy as np
 from ..core.version import __version__
 from ..core.geometry import LPS_TO_RAS, VolumeGeometry
 from ..core.node_result import NodeResult
-from ..io.dicom_sources import CT_IMAGE_STORAGE, read_source_datasets  # noqa: F401  (the CT's own headers)
+from ..io.dicom_series import CT_IMAGE_STORAGE
+from ..io.dicom_sources import read_source_datasets  # noqa: F401  (the Slicer module reads its sources through this module)
 from .output_folder import atomic_output
 from .segmentation_writer import LYMPH_NODE_TERMINOLOGY, probability_color, segment_name
 
@@ -154,7 +155,7 @@ def write_dicom_seg(
         results: nodes in output order; segment N + 1 is results[N]. Masks must not overlap.
         case_image: the CT array (only its shape is checked; pixels are never copied).
         geometry: the CT's grid; mask plane k is written against source image k.
-        source_datasets: the CT's DICOM headers in k order (`read_source_datasets`), or None for
+        source_datasets: the CT's DICOM headers in k order (io/dicom_sources.py), or None for
             a CT from a non-DICOM file (a synthetic series is made, see the module docstring).
         model_id: recorded in every segment's algorithm parameters.
         model_version: the exact model, i.e. the weights' SHA-256; also an algorithm parameter.
