@@ -46,7 +46,8 @@ from ..core.version import __version__
 from ..core.geometry import LPS_TO_RAS, VolumeGeometry
 from ..core.node_result import NodeResult
 from ..io.dicom_series import CT_IMAGE_STORAGE
-from ..io.dicom_sources import read_source_datasets  # noqa: F401  (the Slicer module reads its sources through this module)
+# re-exported: the Slicer module reads a CT's source headers through this module
+from ..io.dicom_sources import read_source_datasets  # noqa: F401
 from .output_folder import atomic_output
 from .segmentation_writer import LYMPH_NODE_TERMINOLOGY, probability_color, segment_name
 

@@ -38,8 +38,8 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request, exc):
         own = isinstance(exc.detail, str) and exc.status_code not in _ROUTING_MESSAGES
-        detail = exc.detail if own else None
-        return error_response(exc.status_code, detail or _ROUTING_MESSAGES.get(exc.status_code, "request refused"))
+        detail = (exc.detail if own else None) or _ROUTING_MESSAGES.get(exc.status_code, "request refused")
+        return error_response(exc.status_code, detail)
 
     @app.exception_handler(NotFound)
     async def on_not_found(request, exc):
