@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.io.seed_reader import write_seeds_csv
 from LymphNodeMTLLib.io.volume_reader import write_volume
+from seed_csv import write_seeds_csv
 
 SHAPE_KJI = (14, 56, 60)
 SPACING = (0.8, 0.75, 2.0)  # i, j, k mm
@@ -59,3 +59,25 @@ def write_case(folder: Path, image: np.ndarray, geometry: VolumeGeometry, name: 
     seeds_path = folder / "seeds.csv"
     write_seeds_csv(seeds_path, seeds)
     return ct, seeds_path
+
+
+def write_dicom_series(folder: Path, array: np.ndarray, modality: str = "CT") -> Path:
+    """One DICOM file per slice of an int16 [k, j, i] array on body_geometry()'s grid (axial)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(array.shape[0]):
+        plane = sitk.GetImageFromArray(array[k : k + 1])
+        plane.SetSpacing((0.8, 0.75, 2.0))
+        plane.SetOrigin((-20.0, -15.0, 40.0 + 2.0 * k))
+        for tag, value in {"0008|0060": modality, "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+                           "0008|0018": f"1.2.826.0.1.3680043.2.1125.17.{k + 1}",
+                           "0020|000d": "1.2.826.0.1.3680043.2.1125.18",
+                           "0020|000e": "1.2.826.0.1.3680043.2.1125.19", "0020|0013": str(k + 1),
+                           "0018|0050": "2.0"}.items():  # SliceThickness: a DICOM SEG copies it
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"im{k:02d}.dcm"))
+        writer.Execute(plane)
+    return folder

@@ -102,7 +102,7 @@ def test_clinical_model_header_has_no_warning(tmp_path):
 def test_drawn_axes_agree_with_measurements(name):
     case, results = node_case(ENCODINGS[name], NODES[:2])
     for r in results:
-        axes = recist_axes(r, case.geometry)
+        axes = recist_axes(r)
         assert axes.short_mm == pytest.approx(r.short_axis_mm, abs=1e-6)
         assert axes.long_mm <= r.long_axis_mm + 1e-6
         assert axes.long_mm >= axes.short_mm - 1e-6
@@ -112,8 +112,7 @@ def test_drawn_axes_agree_with_measurements(name):
         assert np.allclose(axes.short_ras[:, 2], axes.slice_s_mm)
         middle = axes.long_ras.mean(axis=0)[:2]
         assert np.linalg.norm(middle - np.asarray(r.seed_ras)[:2]) < 1.5
-    assert recist_axes(NodeResult("e", (0, 0, 0), (0, 0, 0), (1, 1, 1), np.zeros((1, 1, 1), bool)),
-                       case.geometry) is None
+    assert recist_axes(NodeResult("e", (0, 0, 0), (0, 0, 0), (1, 1, 1), np.zeros((1, 1, 1), bool))) is None
 
 
 @pytest.mark.parametrize("name", ["lps_axial", "ras_axial", "flipped_k", "permuted_sagittal", "oblique"])

@@ -11,11 +11,12 @@ import SimpleITK as sitk
 from geometry_cases import SPHERE_CENTRE_RAS, other_lattice_encodings, sphere_volume
 from LymphNodeMTLLib.commands.cli import main
 from LymphNodeMTLLib.core.case import Seed
-from LymphNodeMTLLib.io.seed_reader import write_markups_json, write_seeds_csv
+from LymphNodeMTLLib.io.seed_reader import write_markups_json
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
 from LymphNodeMTLLib.network.model_store import HASH_FILE, WEIGHTS_FILE, default_model_dir
 from LymphNodeMTLLib.outputs.results_table import COLUMNS
 from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation
+from seed_csv import write_seeds_csv
 
 EXPECTED_COLUMNS = ["id", "seed_r", "seed_a", "seed_s", "probability", "predicted_label",
                     "volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu", "sd_hu",

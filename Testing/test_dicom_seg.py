@@ -18,17 +18,14 @@ from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.core.geometry import LPS_TO_RAS
 from LymphNodeMTLLib.core.node_result import NodeResult
-from LymphNodeMTLLib.io.seed_reader import write_seeds_csv
+from dicom_seg_masks import read_dicom_seg_masks
+from LymphNodeMTLLib.io.dicom_sources import read_source_datasets
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
-from LymphNodeMTLLib.outputs.dicom_seg_writer import (
-    read_dicom_seg_masks,
-    read_source_datasets,
-    segment_description_text,
-    write_dicom_seg,
-)
+from LymphNodeMTLLib.outputs.dicom_seg_writer import segment_description_text, write_dicom_seg
 from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation, segment_mask
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 from scipy.spatial.transform import Rotation
+from seed_csv import write_seeds_csv
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 DICOM_SERIES = SHARED_CT / "dicom_abdomen_series"
@@ -138,6 +135,65 @@ def test_real_dicom_series(tmp_path, capsys):
         np.testing.assert_allclose([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient],
                                    [float(v) for v in source.ImagePositionPatient], atol=1e-4)
     assert_no_dciodvfy_errors(path)
+
+
+def test_each_dicom_instance_is_opened_once_for_its_header(tmp_path, monkeypatch):
+    """predict --dicom-seg on a DICOM folder: one header pass feeds the completeness check, the
+    series choice, the stack check, the metadata and the SEG's source references. pydicom reads
+    each instance once and nothing else opens one for its header (no GDCM series scan, no SimpleITK
+    header read); SimpleITK reads each instance's pixels once."""
+    import builtins
+    from collections import Counter
+
+    import SimpleITK as sitk
+    from ct_samples import body_ct, body_geometry, centre_ras, write_dicom_series
+    from LymphNodeMTLLib.commands.predict import predict_to_folder
+
+    geometry = body_geometry(shape_kji=(6, 56, 60))
+    image = body_ct(np.random.default_rng(11), shape_kji=geometry.shape_kji).astype(np.int16)
+    folder = write_dicom_series(tmp_path / "dicom", image)
+    (folder / "notes.txt").write_text("not DICOM")
+    seeds = tmp_path / "seeds.csv"
+    write_seeds_csv(seeds, [Seed("1", tuple(centre_ras(geometry)))])
+    instances = sorted(str(p) for p in folder.glob("*.dcm"))
+    header_reads, opens, pixel_reads = Counter(), Counter(), Counter()
+    real_dcmread, real_open = pydicom.dcmread, builtins.open
+    real_set_file_names = sitk.ImageSeriesReader.SetFileNames
+
+    def dcmread(fp, *args, **kwargs):
+        header_reads[str(fp)] += 1
+        return real_dcmread(fp, *args, **kwargs)
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) in instances:
+            opens[str(file)] += 1
+        return real_open(file, *args, **kwargs)
+
+    def set_file_names(reader, names):
+        pixel_reads.update(names)
+        return real_set_file_names(reader, names)
+
+    def second_header_read(*args, **kwargs):
+        raise AssertionError("a DICOM header read outside the header pass")
+
+    monkeypatch.setattr(pydicom, "dcmread", dcmread)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(sitk.ImageSeriesReader, "SetFileNames", set_file_names)
+    for name in ("GetGDCMSeriesIDs", "GetGDCMSeriesFileNames"):
+        monkeypatch.setattr(sitk.ImageSeriesReader, name, second_header_read)
+    monkeypatch.setattr(sitk.ImageFileReader, "ReadImageInformation", second_header_read)
+
+    out = tmp_path / "out"
+    predict_to_folder(folder, seeds, out, device="cpu", dicom_seg=True, uncertainty=False)
+    monkeypatch.undo()
+
+    assert header_reads == Counter(instances + [str(folder / "notes.txt")])  # notes.txt: tried once
+    assert opens == {f: 1 for f in instances}
+    assert pixel_reads == {f: 1 for f in instances}
+    seg = pydicom.dcmread(out / "nodes.dcm")
+    referenced = {str(item.ReferencedSOPInstanceUID)
+                  for series in seg.ReferencedSeriesSequence for item in series.ReferencedInstanceSequence}
+    assert referenced == {f"1.2.826.0.1.3680043.2.1125.17.{k + 1}" for k in range(6)}
 
 
 PHANTOM_DIRECTIONS = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from ct_samples import body_ct, body_geometry, write_case
+from ct_samples import body_ct, body_geometry, write_case, write_dicom_series
 from LymphNodeMTLLib.commands.cli import main
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.io.file_integrity import check_image_file_complete
@@ -117,27 +117,9 @@ def test_a_nifti_whose_header_claims_more_voxels_is_refused(tmp_path, image):
 
 
 # --- DICOM ------------------------------------------------------------------------------------------
-def dicom_series(folder: Path, array) -> Path:
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(array.shape[0]):
-        plane = sitk.GetImageFromArray(array[k : k + 1])
-        plane.SetSpacing((0.8, 0.75, 2.0))
-        plane.SetOrigin((-20.0, -15.0, 40.0 + 2.0 * k))
-        for tag, value in {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-                           "0008|0018": f"1.2.826.0.1.3680043.2.1125.17.{k + 1}",
-                           "0020|000d": "1.2.826.0.1.3680043.2.1125.18",
-                           "0020|000e": "1.2.826.0.1.3680043.2.1125.19", "0020|0013": str(k + 1)}.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"im{k:02d}.dcm"))
-        writer.Execute(plane)
-    return folder
-
-
 @pytest.fixture
 def series(tmp_path, image):
-    return dicom_series(tmp_path / "series", image[:6])
+    return write_dicom_series(tmp_path / "series", image[:6])
 
 
 def test_a_complete_dicom_series_reads(series, image):
@@ -179,7 +161,7 @@ def test_cli_refuses_a_truncated_ct_and_writes_nothing(tmp_path, capsys, name):
 
 
 def test_cli_refuses_a_truncated_dicom_series(tmp_path, capsys, image):
-    folder = dicom_series(tmp_path / "dicom", image[:5])
+    folder = write_dicom_series(tmp_path / "dicom", image[:5])
     (folder / "im02.dcm").write_bytes((folder / "im02.dcm").read_bytes()[:-700])
     seeds = tmp_path / "seeds.csv"
     seeds.write_text("id,l,p,s\n1,3.0,5.0,44.0\n")

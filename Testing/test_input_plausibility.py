@@ -203,6 +203,44 @@ def test_seeds_one_voxel_apart_are_two_nodes(rng):
     _case(rng, [Seed("a", tuple(centre)), Seed("b", tuple(centre + [0.8, 0.0, 0.0]))]).validate_seeds()
 
 
+def test_a_seed_set_is_checked_once_and_again_when_it_changes(rng, monkeypatch):
+    centre = centre_ras(body_geometry())
+    case = _case(rng, [Seed("a", tuple(centre)), Seed("b", tuple(centre + [5.0, 0.0, 0.0]))])
+    checks = []
+    original = Case._refuse_shared_voxels
+    monkeypatch.setattr(Case, "_refuse_shared_voxels", lambda self: checks.append(1) or original(self))
+    case.validate_seeds()
+    case.validate_seeds()  # what the engine does with a Case validated where it entered the process
+    assert len(checks) == 1
+    case.seeds.append(Seed("a", tuple(centre + [0.0, 9.0, 0.0])))  # changed after it was accepted
+    with pytest.raises(InputError, match="duplicate seed id"):
+        case.validate_seeds()
+    case.seeds[-1] = Seed("c", (500.0, 0.0, 0.0))
+    with pytest.raises(InputError, match="outside the CT"):
+        case.validate_seeds()
+
+
+def test_the_engine_refuses_the_seeds_of_a_case_nobody_validated(rng):
+    from LymphNodeMTLLib.inference.engine import NodeEngine
+
+    centre = centre_ras(body_geometry())
+    case = _case(rng, [Seed("a", tuple(centre)), Seed("a", tuple(centre + [9.0, 0.0, 0.0]))])
+    with pytest.raises(InputError, match="duplicate seed id"):
+        NodeEngine(device="cpu").predict(case)
+
+
+def test_predict_checks_the_seeds_once_per_run(rng, tmp_path, monkeypatch):
+    from LymphNodeMTLLib.commands.predict import predict_to_folder
+
+    geometry = body_geometry()
+    ct, seeds = write_case(tmp_path, body_ct(rng), geometry)
+    checks = []
+    original = Case._refuse_shared_voxels
+    monkeypatch.setattr(Case, "_refuse_shared_voxels", lambda self: checks.append(1) or original(self))
+    predict_to_folder(ct, seeds, tmp_path / "out", device="cpu", uncertainty=False)
+    assert len(checks) == 1  # where the seeds were read, not again in the engine
+
+
 def test_case_validate_checks_ct_then_seeds_and_repairs_the_image(rng):
     geometry = body_geometry()
     image = body_ct(rng, fov_circle=True)

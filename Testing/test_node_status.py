@@ -19,8 +19,9 @@ from LymphNodeMTLLib.io.seed_reader import read_seeds
 from LymphNodeMTLLib.io.volume_reader import read_volume
 from LymphNodeMTLLib.outputs.case_report import NO_VALUE, probability_text, report_order, status_text
 from LymphNodeMTLLib.outputs.dicom_seg_writer import segment_description_text
-from LymphNodeMTLLib.outputs.results_table import read_results_csv, write_results_csv
+from LymphNodeMTLLib.outputs.results_table import write_results_csv
 from LymphNodeMTLLib.outputs.status_notice import status_notice_lines
+from results_csv import read_results_csv
 
 REAL_LESIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_lesions"
 if not REAL_LESIONS.is_dir():

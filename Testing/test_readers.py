@@ -12,8 +12,9 @@ import SimpleITK as sitk
 from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.io.seed_reader import read_seeds, write_markups_json, write_seeds_csv
+from LymphNodeMTLLib.io.seed_reader import read_seeds, write_markups_json
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
+from seed_csv import write_seeds_csv
 
 CT_DIR = Path(__file__).resolve().parents[2] / "shared/data/ct"
 DICOM_SERIES = CT_DIR / "dicom_abdomen_series"

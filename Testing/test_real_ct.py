@@ -10,9 +10,9 @@ from LymphNodeMTLLib.core import node_status
 from LymphNodeMTLLib.core.case import Case, Seed
 from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.inference.engine import NodeEngine
-from LymphNodeMTLLib.io.seed_reader import write_seeds_csv
 from LymphNodeMTLLib.io.volume_reader import read_volume
 from LymphNodeMTLLib.outputs.segmentation_writer import read_segmentation
+from seed_csv import write_seeds_csv
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 

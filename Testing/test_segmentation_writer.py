@@ -11,13 +11,14 @@ from LymphNodeMTLLib.core.geometry import VolumeGeometry
 from LymphNodeMTLLib.core.model_identity import ModelIdentity
 from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.core.segment_tags import TAG_MASK_HASH, parse_tags, serialize_tags
-from LymphNodeMTLLib.outputs.results_table import COLUMNS, read_results_csv, write_results_csv
+from LymphNodeMTLLib.outputs.results_table import COLUMNS, write_results_csv
 from LymphNodeMTLLib.outputs.segmentation_writer import (
     probability_color,
     read_segmentation,
     segment_mask,
     write_segmentation,
 )
+from results_csv import read_results_csv
 from slicer_harness import load_segmentation_node, reference_volume, segment_tag, segments_of
 
 SHAPE_KJI = (9, 14, 12)

@@ -95,13 +95,13 @@ def test_rows_are_rebuilt_from_segment_tags_with_status_and_interval(written):
 
 
 def test_csv_export_is_the_command_lines_nodes_csv_with_empty_unknowns(written, tmp_path):
-    from LymphNodeMTLLib.outputs import results_table as csv_table
+    from results_csv import read_results_csv
 
     logic, summary = written
     volume = summary.segmentationNode.GetNodeReference(
         summary.segmentationNode.GetReferenceImageGeometryReferenceRole())
     report = logic.exportResults(summary.segmentationNode, summary.tableNode, volume, tmp_path)
-    rows = {r["id"]: r for r in csv_table.read_results_csv(report["table"])}
+    rows = {r["id"]: r for r in read_results_csv(report["table"])}
     assert list(rows) == ["1", "2", "3", "4"]
     assert np.isnan(rows["2"]["probability"])
     assert rows["4"]["probability"] == pytest.approx(0.6) and rows["1"]["mean_hu"] == pytest.approx(30.0)

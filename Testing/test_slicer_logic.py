@@ -39,6 +39,8 @@ from LymphNodeMTLLib.outputs import results_table as csv_table  # noqa: E402
 from LymphNodeMTLLib.outputs import segmentation_writer as segw  # noqa: E402
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
 from LymphNodeMTLSlicerLib import node_segments  # noqa: E402
+from dicom_seg_masks import read_dicom_seg_masks  # noqa: E402
+from results_csv import read_results_csv  # noqa: E402
 
 lnmtl = slicer_module_stubs.import_module_file()
 
@@ -422,7 +424,7 @@ def test_export_writes_segmentation_and_table_files(mrml_scene, phantom, logic, 
     # The command line's nodes.csv: same columns, same writer, read back by the Lib's reader.
     with open(report["table"], newline="") as stream:
         assert next(csv.reader(stream)) == list(csv_table.COLUMNS)
-    rows = csv_table.read_results_csv(report["table"])
+    rows = read_results_csv(report["table"])
     assert [r["id"] for r in rows] == summary.updatedIds
     for row, result in zip(rows, summary.results):
         assert row["probability"] == pytest.approx(result.probability, abs=5e-5)
@@ -434,8 +436,6 @@ def test_export_writes_segmentation_and_table_files(mrml_scene, phantom, logic, 
     # from DICOM, so it references a synthetic series); otherwise a message says why not.
     assert any("DICOM SEG" in m for m in report["messages"])
     if report["dicomSeg"] is not None:
-        from LymphNodeMTLLib.outputs.dicom_seg_writer import read_dicom_seg_masks
-
         masks = read_dicom_seg_masks(report["dicomSeg"], phantom.geometry)
         for result in summary.results:
             assert np.array_equal(masks[f"LN {result.node_id}"], result.full_mask(phantom.image.shape))

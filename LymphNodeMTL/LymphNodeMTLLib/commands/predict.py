@@ -7,7 +7,6 @@ CLI does nothing but parse its arguments for it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..core.case import Case
 from ..outputs.output_folder import OutputFolder, cleanup_on_signals
+from ..outputs.run_record import RECORD_NAME
 from ..outputs.status_notice import print_status_notice
 
 if TYPE_CHECKING:  # the engine imports torch: only when a prediction runs
@@ -47,7 +47,7 @@ example:
   lymphnode-mtl predict --volume ct.nrrd --seeds seeds.mrk.json --out results/
 """
 
-OUTPUT_FILES = ("nodes.seg.nrrd", "nodes.csv", "run.json")
+OUTPUT_FILES = ("nodes.seg.nrrd", "nodes.csv", RECORD_NAME)
 DICOM_SEG_FILE = "nodes.dcm"
 REPORT_FILES = ("report.png", "report.html")
 
@@ -64,33 +64,32 @@ def output_folder(out_dir, overwrite: bool, names=OUTPUT_FILES, warn=None) -> Ou
     return OutputFolder(out_dir, names, overwrite, related=related, warn=warn)
 
 
-def check_output_folder(out_dir, overwrite: bool, names=OUTPUT_FILES) -> None:
-    """Refuse an output folder predict could not write into (before any work is done)."""
-    output_folder(out_dir, overwrite, names).check()
-
-
-def load_case(volume_path, seeds_path, series_uid=None, warn=None) -> Case:
+def load_case(volume_path, seeds_path, series_uid=None, warn=None) -> tuple[Case, list | None]:
     """Read the CT and the seeds and refuse what the engine cannot answer truthfully (Case.validate:
-    CT plausibility, seed placement)."""
+    CT plausibility, seed placement), the one check of this process: the engine trusts the case.
+
+    Returns the case and, for a DICOM series, its slices' headers in k order (else None).
+    """
     from ..io.seed_reader import read_seeds
-    from ..io.volume_reader import read_volume
+    from ..io.volume_reader import read_ct
 
     t0 = time.perf_counter()
-    image, geometry, metadata = read_volume(volume_path, series_uid=series_uid)
+    ct = read_ct(volume_path, series_uid=series_uid)
     seeds = read_seeds(seeds_path)
-    case = Case(image, geometry, seeds, metadata)
+    case = Case(ct.image, ct.geometry, seeds, ct.metadata)
     case.validate(Path(volume_path).name, warn)
     case.metadata["read_s"] = time.perf_counter() - t0
-    return case
+    return case, ct.dicom_headers
 
 
-def load_dicom_sources(volume, case: Case):
-    """The CT's DICOM headers in k order when it came from a DICOM folder, else None."""
-    if not Path(volume).is_dir():
+def dicom_seg_sources(volume, case: Case, dicom_headers: list | None):
+    """The DICOM SEG's source images: the CT's DICOM headers matched to its k planes; None for a
+    CT from an image file (the writer then makes a synthetic series)."""
+    if dicom_headers is None:
         return None
-    from ..io.dicom_sources import read_source_datasets
+    from ..io.dicom_sources import source_datasets
 
-    return read_source_datasets(volume, case.geometry, case.metadata.get("SeriesInstanceUID"))
+    return source_datasets(dicom_headers, case.geometry, Path(volume).name)
 
 
 def run_engine(engine: "NodeEngine", case: Case) -> list["NodeResult"]:
@@ -109,11 +108,11 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
     """Write the result files into `folder` (a staging folder; `OutputFolder.publish` moves them
     into place). Returns the run record.
 
-    dicom_seg: also write nodes.dcm, against `dicom_sources` (`load_dicom_sources`; None: a
+    dicom_seg: also write nodes.dcm, against `dicom_sources` (`dicom_seg_sources`; None: a
     synthetic source series). report: also write report.png and report.html.
     """
     from ..outputs.results_table import write_results_csv
-    from ..outputs.run_record import run_record
+    from ..outputs.run_record import write_run_record
     from ..outputs.segmentation_writer import write_segmentation
 
     folder = Path(folder)
@@ -133,11 +132,7 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
     engine.timings["write_outputs"] = time.perf_counter() - t0
     engine.timings["read_inputs"] = case.metadata.get("read_s", 0.0)
     meta = {k: v for k, v in case.metadata.items() if k != "read_s"}
-    record = run_record(engine, inputs, len(results), meta)
-    # the files this run wrote: a later --overwrite run replaces exactly these (output_folder.py)
-    record["outputs"] = list(output_files(dicom_seg, report))
-    (folder / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return write_run_record(folder, engine, inputs, len(results), meta, output_files(dicom_seg, report))
 
 
 def predict_to_folder(
@@ -197,8 +192,9 @@ def predict_to_folder(
     """
     folder = output_folder(out_dir, overwrite, output_files(dicom_seg, report), warn)
     folder.check()  # before reading anything: a refused folder costs nothing
-    case = load_case(volume, seeds, series_uid, warn)
-    dicom_sources = load_dicom_sources(volume, case) if dicom_seg else None  # fail before the network
+    case, dicom_headers = load_case(volume, seeds, series_uid, warn)
+    # before the network: a source series that does not match the CT is refused now
+    dicom_sources = dicom_seg_sources(volume, case, dicom_headers) if dicom_seg else None
     if engine is None:
         from ..inference.engine import NodeEngine
 

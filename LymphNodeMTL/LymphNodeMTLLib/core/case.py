@@ -26,6 +26,8 @@ class Case:
     geometry: VolumeGeometry
     seeds: list[Seed] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    # the seed ids, positions and grid validate_seeds last accepted
+    _accepted_seeds: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.image.ndim != 3:
@@ -61,7 +63,14 @@ class Case:
 
     def validate_seeds(self) -> None:
         """Refuse seed sets the engine cannot place: empty, duplicate ids, outside the CT, two seeds
-        at one position."""
+        at one position.
+
+        The check runs once per seed set: a call on seeds and a grid already accepted returns at
+        once, so the engine may call it on every Case it gets and a Case validated where it entered
+        the process (a reader, the server's submit) is not checked again. Changed seeds or another
+        grid are checked anew."""
+        if self._accepted_seeds is not None and self._same_seeds(self._accepted_seeds):
+            return
         if not self.seeds:
             raise InputError("no seeds given; place at least one seed on a lymph node")
         ids = [s.node_id for s in self.seeds]
@@ -80,6 +89,12 @@ class Case:
                 "coordinate system (RAS vs LPS)"
             )
         self._refuse_shared_voxels()
+        self._accepted_seeds = (tuple(s.node_id for s in self.seeds), self.seed_array(), self.geometry)
+
+    def _same_seeds(self, accepted: tuple) -> bool:
+        ids, points, geometry = accepted
+        return (geometry is self.geometry and ids == tuple(s.node_id for s in self.seeds)
+                and np.array_equal(points, self.seed_array()))
 
     def _refuse_shared_voxels(self) -> None:
         """Two seeds less than half a voxel apart along every axis are one point: the second would

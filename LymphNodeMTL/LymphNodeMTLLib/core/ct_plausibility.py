@@ -1,5 +1,6 @@
 """Does this image look like a CT in Hounsfield units? One check shared by the CLI, the server and
-the Slicer Logic, run before any network sees the image.
+the Slicer Logic, run before any network sees the image, once per process where the CT enters it
+(predict's load_case, the server's add_volume, the Slicer Logic's Case.validate).
 
 A result that looks plausible and is wrong is worse than an error, so an image is refused, with one
 line saying what is wrong, when:

@@ -1,7 +1,9 @@
 """The DICOM headers of the series a CT was read from, one per slice in the CT array's k order.
 
 These are what a DICOM SEG references and copies its patient, study and frame of reference from
-(outputs/dicom_seg_writer.py). Each image is matched to a k plane of the CT grid by its
+(outputs/dicom_seg_writer.py). The volume reader keeps them from its one header pass
+(`read_ct(...).dicom_headers`); `read_source_datasets` reads them from a folder for a CT read
+elsewhere (3D Slicer). Each image is matched to a k plane of the CT grid by its
 ImagePositionPatient and ImageOrientationPatient, so no slice order is guessed. Anonymisers
 sometimes blank the UIDs inside the data set; then SOP class/instance UIDs are taken from the file
 meta header, and an empty Study/Series Instance UID (or Frame of Reference UID) is replaced by a UID
@@ -16,43 +18,44 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.geometry import LPS_TO_RAS, VolumeGeometry, lps_to_ras_points
-from .volume_reader import CT_IMAGE_STORAGE
+from .dicom_headers import read_dicom_headers
+from .dicom_series import CT_IMAGE_STORAGE
 
 
 def read_source_datasets(folder, geometry: VolumeGeometry, series_uid: str | None = None) -> list:
     """Headers of the DICOM series the CT was read from, one per slice, in the array's k order.
 
     Args:
-        folder: the DICOM folder given to `read_volume`.
-        geometry: the CT's grid (from `read_volume`); every image must be one of its k planes.
+        folder: the DICOM folder the CT was read from.
+        geometry: the CT's grid; every image must be one of its k planes.
         series_uid: keep only this SeriesInstanceUID (needed when the folder holds several series).
 
     Raises:
         InputError: when the folder's images do not match the CT grid one to one.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     folder = Path(folder)
-    candidates = []
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError):
-            continue  # DICOMDIR leftovers, text files and the like
+    headers = [i.header for i in read_dicom_headers(folder)  # unreadable files are skipped
+               if i.header is not None and (not series_uid or i.series_uid == series_uid)]
+    return source_datasets(headers, geometry, folder.name)
+
+
+def source_datasets(headers: list, geometry: VolumeGeometry, name: str) -> list:
+    """The images among `headers` (pydicom data sets) matched one to one to the k planes of
+    `geometry`, in k order, their blanked UIDs filled. `name` (the folder's) is for messages.
+
+    Raises:
+        InputError: when the images do not match the CT grid one to one.
+    """
+    by_k: dict[int, object] = {}
+    for ds in headers:
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             continue
-        if series_uid and str(ds.get("SeriesInstanceUID", "")) != series_uid:
-            continue
-        candidates.append(ds)
-    by_k: dict[int, object] = {}
-    for ds in candidates:
         k = _slice_index(ds, geometry)
         if k is None:
             continue
         if k in by_k:
             raise InputError(
-                f"{folder.name} holds several images at slice {k} of the CT; pass --series-uid "
+                f"{name} holds several images at slice {k} of the CT; pass --series-uid "
                 "to pick the series, or write the DICOM SEG from a folder holding one series"
             )
         by_k[k] = ds
@@ -60,7 +63,7 @@ def read_source_datasets(folder, geometry: VolumeGeometry, series_uid: str | Non
     if len(by_k) != n_slices:
         raise InputError(
             f"only {len(by_k)} of the CT's {n_slices} slices were found as DICOM images in "
-            f"{folder.name}; the DICOM SEG cannot reference its source series"
+            f"{name}; the DICOM SEG cannot reference its source series"
         )
     datasets = [by_k[k] for k in range(n_slices)]
     _repair_uids(datasets)

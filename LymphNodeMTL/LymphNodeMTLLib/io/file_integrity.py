@@ -11,7 +11,8 @@ whatever the stream held. So before a CT is read:
 - every compressed stream ends with its end-of-stream marker and its checksum (gzip CRC-32 and
   length, zlib Adler-32, bzip2 CRC) matches;
 - DICOM instances: each file's pixel data is as long as Rows x Columns x frames x samples x bits
-  say (native), or its encapsulated fragments end with their delimiter (compressed).
+  say (native), or its encapsulated fragments end with their delimiter (compressed); judged from
+  the folder's one header pass (dicom_headers.py), the pixels themselves never read.
 
 Formats and layouts this cannot size (ASCII NRRD, file lists) are left to the image reader.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import bz2
 import struct
-import warnings
 import zlib
 from pathlib import Path
 
@@ -257,37 +257,51 @@ def _check_metaimage(path: Path) -> None:
 
 
 # --- DICOM ----------------------------------------------------------------------------------------
-def check_dicom_instances(files, image_sop_classes=()) -> None:
-    """Refuse DICOM files whose pixel data is cut short. Raises InputError.
+UNREADABLE_DICOM = "it cannot be read as DICOM to its end"
 
-    image_sop_classes: SOP classes that must carry pixel data (the series' own); a file of such a
-    class that ends before its pixel data was cut inside its header. Files of other classes
-    (a DICOMDIR, a structured report) need none."""
+
+def dicom_pixel_data_problem(header, file_size: int, read_warnings=()) -> str | None:
+    """Why a DICOM instance's pixel data is incomplete, or None; from its header pass alone.
+
+    Args:
+        header: the pydicom Dataset as read with its pixel data deferred (dicom_headers.py).
+        file_size: the file's size in bytes (a deferred value may claim more than the file holds).
+        read_warnings: the warning lines pydicom gave while reading it.
+    """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
-    for file in files:
-        file = Path(file)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                ds = pydicom.dcmread(file)
-                pixels = ds.get("PixelData") if "PixelData" in ds else None
-                meta = getattr(ds, "file_meta", None)
-                sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
-            except (InvalidDicomError, OSError, ValueError, EOFError, struct.error, AttributeError):
-                _refuse(file, "it cannot be read as DICOM to its end")
-        if any("End of file" in str(w.message) or "truncat" in str(w.message).lower() for w in caught):
-            _refuse(file, "its pixel data ends before its delimiter")
-        if pixels is None:
-            if sop_class in image_sop_classes:
-                _refuse(file, "it ends before its pixel data")
-            continue
-        syntax = getattr(meta, "TransferSyntaxUID", None) or pydicom.uid.ImplicitVRLittleEndian
-        if not syntax.is_compressed:
-            try:
-                expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-                            * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8)
-            except (AttributeError, TypeError, ValueError):
-                continue
-            _require(file, len(pixels), expected)
+    if any("End of file" in w or "truncat" in w.lower() for w in read_warnings):
+        return "its pixel data ends before its delimiter"
+    if "PixelData" not in header:
+        return None
+    element = header.get_item("PixelData", keep_deferred=True)  # never loads the pixels
+    meta = getattr(header, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) or pydicom.uid.ImplicitVRLittleEndian
+    if syntax.is_compressed:
+        return None  # encapsulated: its end is its delimiter, checked while reading
+    try:
+        expected = (int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1))
+                    * int(header.get("NumberOfFrames", 1) or 1) * int(header.BitsAllocated) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if element.value is not None:
+        have = len(element.value)
+    else:  # skipped: what the file holds from where the value starts
+        have = max(0, min(int(element.length), file_size - int(element.value_tell)))
+    if have < expected:
+        return f"its pixel data holds {have} of the {expected} bytes its header declares"
+    return None
+
+
+def check_dicom_instances(instances, image_sop_classes=()) -> None:
+    """Refuse the first incomplete DICOM instance. Raises InputError.
+
+    instances: what the header pass read (dicom_headers.DicomInstance: path, problem,
+    has_pixel_data, sop_class). image_sop_classes: SOP classes that must carry pixel data (the
+    series' own); a file of such a class without pixel data was cut inside its header. Files of
+    other classes (a DICOMDIR, a structured report) need none."""
+    for instance in instances:
+        if instance.problem:
+            _refuse(instance.path, instance.problem)
+        if not instance.has_pixel_data and instance.sop_class in image_sop_classes:
+            _refuse(instance.path, "it ends before its pixel data")

@@ -39,18 +39,6 @@ def read_seeds(path) -> list[Seed]:
     raise InputError(f"unsupported seed file type: {path.name}; {_ACCEPTED}")
 
 
-def write_seeds_csv(path, seeds: list[Seed], coordinate_system: str = "RAS") -> None:
-    """Write seeds as CSV with header id,r,a,s (or id,l,p,s for coordinate_system='LPS')."""
-    coordinate_system = _check_system(coordinate_system)
-    points = _points_in(seeds, coordinate_system)
-    header = "id,r,a,s" if coordinate_system == "RAS" else "id,l,p,s"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header.split(","))
-        for seed, point in zip(seeds, points):
-            writer.writerow([seed.node_id, *(repr(float(v)) for v in point)])
-
-
 def write_markups_json(path, seeds: list[Seed], coordinate_system: str = "LPS") -> None:
     """Write seeds as a Slicer point list (one Fiducial markup; label = node id)."""
     coordinate_system = _check_system(coordinate_system)

@@ -2,13 +2,15 @@
 
 Accepted: .nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd files and a folder holding a DICOM series. Every
 problem the user can fix becomes a one-line InputError; SimpleITK's multi-line errors never leak.
-Files and DICOM instances are checked for completeness first (file_integrity.py): a truncated copy
-is refused, not read with its missing voxels as 0. A DICOM series whose slices are not a regular stack (gantry tilt, uneven spacing, several slices at
-one position) is refused rather than read with wrong geometry; resampling it is out of scope.
+Files are checked for completeness first (file_integrity.py): a truncated copy is refused, not read
+with its missing voxels as 0. A DICOM folder is read header by header once (dicom_series.py: the
+series, its completeness and a regular stack of slices, refused otherwise since resampling is out
+of scope); SimpleITK then reads the pixels of those files, in that order.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +18,38 @@ import SimpleITK as sitk
 
 from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry
-from .file_integrity import check_dicom_instances, check_image_file_complete
+from .dicom_series import DicomSeries, read_dicom_series
+from .file_integrity import check_image_file_complete
 
 FILE_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 _ACCEPTED = "use .nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd or a folder holding one DICOM series"
 
-# DICOM tags carried into the case metadata (and from there into the outputs).
-DICOM_METADATA_TAGS = {
-    "PatientID": "0010|0020",
-    "StudyInstanceUID": "0020|000d",
-    "SeriesInstanceUID": "0020|000e",
-    "StudyDate": "0008|0020",
-    "Modality": "0008|0060",
-    "SeriesDescription": "0008|103e",
-}
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-_TAG_POSITION = "0020|0032"  # ImagePositionPatient, LPS mm
-_TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient: row and column direction cosines, LPS
 
-# Slices must form a regular stack to 1 %: spacing deviation, and in-plane drift per mm along
-# the slice normal (tan of the gantry tilt; 1 % is about 0.6 degrees).
-_STACK_TOLERANCE = 0.01
+@dataclass
+class CtVolume:
+    """A CT as read: the HU array [k, j, i], its geometry, the DICOM identifiers (empty for image
+    files) and, for a DICOM series, its slices' headers in k order with pixel data left out (what
+    a DICOM SEG references; None for image files)."""
+
+    image: np.ndarray
+    geometry: VolumeGeometry
+    metadata: dict
+    dicom_headers: list | None = None
+
+
+def read_ct(path, series_uid: str | None = None) -> CtVolume:
+    """Read a CT volume; see `read_volume`. Also keeps a DICOM series' headers, so nothing reads
+    them again."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"CT not found: {path}; check the path")
+    if path.is_dir():
+        image, series = _read_dicom_folder(path, series_uid)
+        metadata, headers = series.metadata, series.headers
+    else:
+        image, metadata, headers = _read_file(path), {}, None
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return CtVolume(array, VolumeGeometry.from_sitk(image), metadata, headers)
 
 
 def read_volume(path, series_uid: str | None = None) -> tuple[np.ndarray, VolumeGeometry, dict]:
@@ -52,15 +65,8 @@ def read_volume(path, series_uid: str | None = None) -> tuple[np.ndarray, Volume
         identifiers found (PatientID, StudyInstanceUID, SeriesInstanceUID, StudyDate, Modality,
         SeriesDescription; only those present and non-empty; empty for non-DICOM files).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"CT not found: {path}; check the path")
-    if path.is_dir():
-        image, metadata = _read_dicom_folder(path, series_uid)
-    else:
-        image, metadata = _read_file(path), {}
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    return array, VolumeGeometry.from_sitk(image), metadata
+    ct = read_ct(path, series_uid)
+    return ct.image, ct.geometry, ct.metadata
 
 
 def read_volume_geometry(path) -> VolumeGeometry:
@@ -153,21 +159,10 @@ def _check_scalar_3d(name: str, dimension: int, components: int, size) -> None:
 
 
 # --- DICOM ----------------------------------------------------------------------------------------
-def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image, dict]:
-    uid = _choose_series(folder, series_uid)
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-    if len(files) < 2:
-        raise InputError(
-            f"DICOM series {uid or '(no UID)'} in {folder.name} has only {len(files)} slice(s); "
-            "a 3-D CT series is needed"
-        )
-    check_dicom_instances(files)  # before the stack check: a cut file is the better message
-    _refuse_unreadable_dicom(folder, files)
-    _check_slice_stack(folder, files)
+def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image, DicomSeries]:
+    series = read_dicom_series(folder, series_uid)  # checked, in stack order, pixels unread
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    reader.LoadPrivateTagsOn()
+    reader.SetFileNames(series.files)
     try:
         image = reader.Execute()  # applies RescaleSlope/Intercept, so the pixels are HU
     except RuntimeError:
@@ -181,148 +176,4 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
         image.GetNumberOfComponentsPerPixel(),
         image.GetSize(),
     )
-    return image, _dicom_metadata(reader)
-
-
-def _refuse_unreadable_dicom(folder: Path, files) -> None:
-    """A DICOM file too damaged for GDCM to place in any series is silently left out of it (a
-    missing first or last slice leaves no gap to see), so such files are refused here when they
-    are of the series' own SOP class (a structured report or a DICOMDIR beside it is fine)."""
-    listed = set()
-    for uid in _series_uids(folder):
-        listed.update(Path(f).resolve() for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-    unlisted = []
-    for file in sorted(p for p in folder.iterdir() if p.is_file() and p.resolve() not in listed):
-        with open(file, "rb") as f:
-            if f.read(132)[128:] == b"DICM":
-                unlisted.append(file)
-    if unlisted:
-        sop_class = _header(files[0]).get("0008|0016", "")
-        check_dicom_instances(unlisted, {sop_class, CT_IMAGE_STORAGE} - {""})
-
-
-def _choose_series(folder: Path, series_uid: str | None) -> str:
-    """The SeriesInstanceUID to load: the requested one, or the folder's only one."""
-    uids = _series_uids(folder)
-    if not uids:
-        raise InputError(
-            f"no DICOM series found in folder {folder}; pass the folder that directly holds "
-            "the DICOM files of one CT series"
-        )
-    if series_uid is not None and series_uid in uids:
-        return series_uid
-    if series_uid is None and len(uids) == 1:
-        return uids[0]
-    listing = "; ".join(_describe_series(folder, uid) for uid in uids)
-    problem = (
-        f"series {series_uid} is not in folder {folder.name}"
-        if series_uid is not None
-        else f"folder {folder.name} holds {len(uids)} DICOM series"
-    )
-    raise InputError(f"{problem}; choose one by its SeriesInstanceUID: {listing}")
-
-
-def _series_uids(folder: Path) -> list[str]:
-    """SeriesInstanceUIDs in the folder; ITK's multi-line 'No Series were found' warning muted."""
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    except RuntimeError:
-        return []
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
-
-
-def _describe_series(folder: Path, uid: str) -> str:
-    """'UID ("description", N slices)' for the series listing in error messages."""
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-    description = _header(files[0]).get("0008|103e", "") if files else ""
-    return f'{uid or "(no UID)"} ("{description}", {len(files)} slices)'
-
-
-def _header(file_name: str) -> dict[str, str]:
-    """The DICOM tags of one file (header only, pixels not read), values stripped of padding."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(file_name)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(
-            f"could not read DICOM file {Path(file_name).name}: it is corrupt; "
-            "remove it or re-export the series"
-        ) from None
-    return {key: reader.GetMetaData(key).strip() for key in reader.GetMetaDataKeys()}
-
-
-def _dicom_metadata(reader: sitk.ImageSeriesReader) -> dict:
-    metadata = {}
-    for name, tag in DICOM_METADATA_TAGS.items():
-        if reader.HasMetaDataKey(0, tag):
-            value = reader.GetMetaData(0, tag).strip()
-            if value:
-                metadata[name] = value
-    return metadata
-
-
-def _check_slice_stack(folder: Path, files) -> None:
-    """Refuse a series that is not a regular stack of parallel slices along their normal.
-
-    ITK builds the geometry from the first slice's position, the slice orientation and the
-    distance between the first two slices; any other layout would be silently misplaced.
-    """
-    headers = [_header(f) for f in files]
-    positions, orientations = [], []
-    for header in headers:
-        try:
-            positions.append(_numbers(header[_TAG_POSITION], 3))
-            orientations.append(_numbers(header[_TAG_ORIENTATION], 6))
-        except (KeyError, ValueError):
-            raise InputError(
-                f"DICOM series in {folder.name} lacks valid ImagePositionPatient / "
-                "ImageOrientationPatient; the CT cannot be placed in patient space"
-            ) from None
-    orientations = np.array(orientations)
-    if np.abs(orientations - orientations[0]).max() > 1e-4:
-        raise InputError(
-            f"DICOM series in {folder.name} mixes slice orientations; "
-            "export the axial (or one) reconstruction as its own series"
-        )
-    normal = np.cross(orientations[0][:3], orientations[0][3:])
-    _check_positions(folder.name, np.array(positions), normal / np.linalg.norm(normal))
-
-
-def _check_positions(name: str, positions: np.ndarray, normal: np.ndarray) -> None:
-    """Slice positions (N, 3), sorted along `normal`, must be evenly spaced along it, no drift."""
-    offsets = positions - positions[0]
-    along = offsets @ normal
-    steps = np.diff(along)
-    if np.any(np.abs(steps) < 1e-3):
-        raise InputError(
-            f"DICOM series in {name} has several slices at the same position (e.g. several "
-            "phases or reconstructions in one series); export a single 3-D acquisition"
-        )
-    spacing = float(np.median(steps))
-    if np.abs(steps - spacing).max() > _STACK_TOLERANCE * abs(spacing):
-        raise InputError(
-            f"DICOM series in {name} has non-uniform slice spacing ({np.abs(steps).min():.2f} "
-            f"to {np.abs(steps).max():.2f} mm; missing slices?); resampling is not supported, "
-            "so resample it to uniform spacing (e.g. in 3D Slicer) and save as .nrrd"
-        )
-    in_plane = np.linalg.norm(offsets - along[:, None] * normal[None, :], axis=1)
-    drift = float((in_plane[1:] / np.abs(along[1:])).max())
-    if drift > _STACK_TOLERANCE:
-        raise InputError(
-            f"DICOM series in {name} is gantry-tilted or sheared (slices drift "
-            f"{np.degrees(np.arctan(drift)):.1f} degrees off their normal); resampling is not "
-            "supported, so correct it (e.g. 3D Slicer's DICOM acquisition geometry "
-            "regularization) and save as .nrrd"
-        )
-
-
-def _numbers(text: str, count: int) -> np.ndarray:
-    """Parse a DICOM multi-valued decimal string like '1\\0\\0'."""
-    values = np.array([float(v) for v in text.split("\\")], dtype=float)
-    if values.shape != (count,) or not np.all(np.isfinite(values)):
-        raise ValueError(text)
-    return values
+    return image, series

@@ -12,8 +12,8 @@ mask outline at the 0.5 level of the interpolated mask), so oblique, flipped or 
 acquired CTs still show true axial, coronal and sagittal views, in radiological orientation:
 patient right on the image left; anterior up (axial) or on the left (sagittal); superior up.
 Window -160..240 HU (soft tissue). The axial plane is the one on which measurements.py found the
-short axis, and the drawn axes come from the same mask resampling (mask_in_sar_order) and outline
-(boundary_points), so the drawn short axis has the reported length.
+short axis, and the drawn axes are the calipers it measured there, so the drawn short axis has the
+reported length.
 
 Rendering uses matplotlib's object API with the Agg canvas (no pyplot, no global backend change),
 so it runs headless and inside 3D Slicer alike.
@@ -34,7 +34,6 @@ from scipy import ndimage
 from ..core import node_status
 from ..core.case import Case
 from ..core.geometry import VolumeGeometry
-from ..core.measurements import boundary_points, feret_caliper, mask_in_sar_order
 from ..core.node_result import NodeResult
 from .segmentation_writer import atomic_output, probability_color, segment_name
 
@@ -209,27 +208,14 @@ class RecistAxes:
         return float(np.linalg.norm(self.short_ras[1] - self.short_ras[0]))
 
 
-def recist_axes(result: NodeResult, geometry: VolumeGeometry) -> RecistAxes | None:
-    """The drawn axes: on the axial slice where measurements.py found the short axis.
-
-    The mask is taken into (S, A, R) order exactly as measurements.py does; its outline gives the
-    longest chord (long axis) and the extent perpendicular to it (short axis; drawn through the
-    middle of that extent along the long axis). None for an empty mask.
-    """
-    if not result.mask.any():
+def recist_axes(result: NodeResult) -> RecistAxes | None:
+    """The drawn axes: the calipers measure_node (core/measurements.py) found on the short axis'
+    axial slice, so drawn = reported. None for an empty mask or a result never measured."""
+    short, long = result.extra.get("short_axis_ras"), result.extra.get("short_axis_slice_long_ras")
+    if short is None or long is None or not result.mask.any():
         return None
-    sar = mask_in_sar_order(result.mask, geometry, result.bbox_start_kji)
-    s_coords = sar.s_coords
-    filled = np.flatnonzero(sar.mask.any(axis=(1, 2)))
-    target = result.extra.get("short_axis_slice_s_mm", float("nan"))
-    if target is None or not math.isfinite(target):
-        z = int(filled[np.argmax(sar.mask[filled].sum(axis=(1, 2)))])
-    else:
-        z = int(filled[np.argmin(np.abs(s_coords[filled] - target))])
-    # the same outline and caliper measurements.py measured with, so drawn = reported
-    caliper = feret_caliper(boundary_points(sar.mask[z], sar.spacing[1:]))
-    return RecistAxes(float(s_coords[z]), sar.to_ras(z, caliper.long_ends),
-                      sar.to_ras(z, caliper.short_ends))
+    return RecistAxes(float(result.extra["short_axis_slice_s_mm"]), np.asarray(long, dtype=float),
+                      np.asarray(short, dtype=float))
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -261,7 +247,7 @@ def _render_header(text: str, width_px: int, clinical_use: bool) -> np.ndarray:
 
 
 def _render_row(case: Case, result: NodeResult) -> np.ndarray:
-    axes_mm = recist_axes(result, case.geometry)
+    axes_mm = recist_axes(result)
     views = node_views(case, result, axes_mm.slice_s_mm if axes_mm else None)
     width = 3 * ROW_HEIGHT_IN + TEXT_WIDTH_IN
     figure = _figure(width, ROW_HEIGHT_IN)

@@ -1,4 +1,4 @@
-"""DICOM Segmentation (SEG) output with highdicom: one BINARY segment per node, and reading it back.
+"""DICOM Segmentation (SEG) output with highdicom: one BINARY segment per node.
 
 Every node becomes one segment "LN <id>", coded as SNOMED CT 59441001 "Lymph node" in the
 category 85756007 "Tissue" (the same terminology the `.seg.nrrd` and the Slicer Logic use, so
@@ -10,10 +10,10 @@ package version, parameters = model id and weights SHA-256).
 Source images. A SEG must reference the images it was derived from and copies their patient,
 study and frame of reference. Two cases:
 
-* The CT came from a DICOM series: `io.dicom_sources.read_source_datasets` reads the headers of that series (the
-  folder the volume reader was given; `series_uid` when it holds several) and orders them to match
-  the CT array's k axis by their ImagePositionPatient, so frame k of the mask is derived from the
-  image that supplied slice k of the CT. The SEG then references those instances and carries their
+* The CT came from a DICOM series: io/dicom_sources.py matches the headers of that series (those
+  the volume reader kept from its one header pass, or read from the folder for a CT loaded
+  elsewhere) to the CT array's k axis by their ImagePositionPatient, so frame k of the mask is
+  derived from the image that supplied slice k of the CT. The SEG then references those instances and carries their
   patient and study identifiers. Anonymisers sometimes blank the UIDs inside the data set; then
   SOP class/instance UIDs are taken from the file meta header, and an empty Study/Series Instance
   UID (or Frame of Reference UID) is replaced by a UID derived deterministically from the series'
@@ -47,7 +47,9 @@ from ..core.geometry import LPS_TO_RAS, VolumeGeometry, lps_to_ras_points
 from ..core.node_result import NodeResult
 from ..core.segment_tags import LYMPH_NODE_TERMINOLOGY
 from ..core.version import __version__
-from ..io.dicom_sources import CT_IMAGE_STORAGE, read_source_datasets  # noqa: F401  (the CT's own headers)
+from ..io.dicom_series import CT_IMAGE_STORAGE
+# re-exported: the Slicer module reads a CT's source headers through this module
+from ..io.dicom_sources import read_source_datasets  # noqa: F401
 from .output_folder import atomic_output
 from .segmentation_writer import probability_color, segment_name
 
@@ -156,7 +158,7 @@ def write_dicom_seg(
         results: nodes in output order; segment N + 1 is results[N]. Masks must not overlap.
         case_image: the CT array (only its shape is checked; pixels are never copied).
         geometry: the CT's grid; mask plane k is written against source image k.
-        source_datasets: the CT's DICOM headers in k order (`read_source_datasets`), or None for
+        source_datasets: the CT's DICOM headers in k order (io/dicom_sources.py), or None for
             a CT from a non-DICOM file (a synthetic series is made, see the module docstring).
         model_id: recorded in every segment's algorithm parameters.
         model_version: the exact model, i.e. the weights' SHA-256; also an algorithm parameter.
@@ -268,52 +270,3 @@ def _segment_description(number: int, result: NodeResult, algorithm, clinical_us
 def _lo(text: str) -> str:
     """A value for an LO attribute: no backslash, at most 64 characters."""
     return str(text).replace("\\", "/")[:_LO_MAX]
-
-
-# --- reading ----------------------------------------------------------------------------------------
-def read_dicom_seg_masks(path, geometry: VolumeGeometry) -> dict[str, np.ndarray]:
-    """Segment label -> boolean [k, j, i] mask on the CT grid `geometry`.
-
-    Every frame is placed by its own ImagePositionPatient and the shared orientation and pixel
-    spacing, so frames in any order, omitted empty frames and any grid orientation are handled.
-    Raises ValueError when a frame does not lie on the grid's voxel lattice.
-    """
-    import highdicom as hd
-
-    seg = hd.seg.segread(str(path))
-    numbers = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
-    masks = {label: np.zeros(geometry.shape_kji, dtype=bool) for label in numbers.values()}
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    ras_to_ijk = geometry.ras_to_ijk[:3, :3]
-    shape = np.asarray(geometry.shape_kji[::-1])  # (i, j, k) sizes
-    for index, frame_item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        orientation = np.array(_frame_attribute(frame_item, shared, "PlaneOrientationSequence",
-                                                "ImageOrientationPatient"), dtype=float)
-        row_spacing, column_spacing = (float(v) for v in _frame_attribute(
-            frame_item, shared, "PixelMeasuresSequence", "PixelSpacing"))
-        position = np.array(frame_item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
-        number = int(frame_item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        # Voxel (i, j, k) of the frame's first pixel, and the voxel steps of one column (along the
-        # row cosine, by the column spacing) and one row (along the column cosine, by the row
-        # spacing). On the CT grid all three are whole numbers.
-        origin = geometry.ras_to_ijk_points(lps_to_ras_points(position))[0]
-        column_step = ras_to_ijk @ lps_to_ras_points(orientation[:3] * column_spacing)[0]
-        row_step = ras_to_ijk @ lps_to_ras_points(orientation[3:] * row_spacing)[0]
-        lattice = np.stack([origin, column_step, row_step])
-        if np.abs(lattice - np.rint(lattice)).max() > 0.05:
-            raise ValueError(f"frame {index + 1} of {path} is not on the CT's voxel grid")
-        origin, column_step, row_step = np.rint(lattice).astype(np.int64)
-        rows, columns = np.nonzero(np.asarray(seg.get_stored_frame(index + 1)))
-        voxel = origin + rows[:, None] * row_step + columns[:, None] * column_step
-        if np.any(voxel < 0) or np.any(voxel >= shape):
-            raise ValueError(f"frame {index + 1} of {path} has pixels outside the CT grid")
-        masks[numbers[number]][voxel[:, 2], voxel[:, 1], voxel[:, 0]] = True
-    return masks
-
-
-def _frame_attribute(frame_item, shared, sequence: str, keyword: str):
-    """A functional-group value from the frame's own groups, else from the shared ones."""
-    for group in (frame_item, shared):
-        if sequence in group:
-            return getattr(group[sequence].value[0], keyword)
-    raise ValueError(f"the DICOM SEG has no {sequence}")

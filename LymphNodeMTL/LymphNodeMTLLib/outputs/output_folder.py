@@ -37,10 +37,10 @@ import uuid
 from pathlib import Path
 
 from ..core.errors import InputError
+from .run_record import RECORD_NAME
 
 STAGING_PREFIX = ".lymphnode-mtl-staging-"
 LOCK_NAME = ".lymphnode-mtl.lock"
-RECORD_NAME = "run.json"  # lists, under "outputs", the files the run that wrote it created
 # Signals that end a run from outside: a scheduler's time limit (TERM), a closed terminal (HUP).
 _TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 _DEFERRED = (signal.SIGINT, *_TERMINATING)

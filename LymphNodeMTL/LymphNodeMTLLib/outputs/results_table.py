@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core import node_status
 from ..core.node_result import NodeResult
-from .segmentation_writer import atomic_output
+from .output_folder import atomic_output
 
 COLUMNS = (
     "id",
@@ -33,8 +33,6 @@ COLUMNS = (
     "probability_high",
     "field_of_view_mm",
 )
-# Columns a table written before statuses and uncertainty lacks; read as unknown.
-OPTIONAL_COLUMNS = ("status", "mask_agreement", "probability_low", "probability_high", "field_of_view_mm")
 # Cells a node without a usable mask leaves empty, whatever its result holds.
 _PROBABILITY_COLUMNS = ("probability", "probability_low", "probability_high")
 # Decimals per float column; `id` and `status` are text and `predicted_label` an integer.
@@ -97,31 +95,3 @@ def _format(value, decimals: int) -> str:
     if value is None or not math.isfinite(float(value)):
         return ""
     return f"{float(value):.{decimals}f}"
-
-
-def read_results_csv(path) -> list[dict]:
-    """Rows as dicts keyed by COLUMNS: `id` and `status` str, `predicted_label` int
-    (node_status.UNKNOWN_LABEL if empty), others float (NaN if empty). A table without
-    OPTIONAL_COLUMNS reads them as unknown (status "").
-
-    Raises ValueError when a column is missing, naming it.
-    """
-    with open(path, newline="", encoding="utf-8") as stream:
-        reader = csv.DictReader(stream)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ()) and c not in OPTIONAL_COLUMNS]
-        if missing:
-            raise ValueError(f"{path}: results table lacks column(s) {', '.join(missing)}")
-        return [_parse_row(row) for row in reader]
-
-
-def _parse_row(row: dict[str, str]) -> dict:
-    parsed = {column: _parse_float(row.get(column) or "") for column in _DECIMALS}
-    parsed["id"] = row["id"]
-    label = row["predicted_label"].strip()
-    parsed["predicted_label"] = int(label) if label else node_status.UNKNOWN_LABEL
-    parsed["status"] = row.get("status") or ""
-    return {column: parsed[column] for column in COLUMNS}
-
-
-def _parse_float(text: str) -> float:
-    return float(text) if text.strip() else math.nan

@@ -1,12 +1,17 @@
-"""run.json: what produced a result (model, weights hash, software, device, timings)."""
+"""run.json: what produced a result (model, weights hash, software, device, timings) and which
+files the run wrote. Written here only; output_folder.py reads its file list back."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 from importlib import metadata as _metadata
+from pathlib import Path
 
 from ..core.version import __version__
+
+RECORD_NAME = "run.json"
 
 _PACKAGES = ("torch", "monai", "SimpleITK", "numpy", "scipy", "safetensors")
 
@@ -21,7 +26,23 @@ def package_versions() -> dict:
     return versions
 
 
-def run_record(engine, inputs: dict, n_nodes: int, case_metadata: dict) -> dict:
+def write_run_record(folder, engine, inputs: dict, n_nodes: int, case_metadata: dict, outputs) -> dict:
+    """Write run.json into `folder` (a run's staging folder) and return the record.
+
+    Args:
+        engine: the NodeEngine that ran (model, device, batch size, timings, fallbacks).
+        inputs: what the run read, e.g. {"volume": path, "seeds": path}.
+        n_nodes: how many nodes it answered.
+        case_metadata: the case's identifiers (DICOM PatientID, ...).
+        outputs: the file names the run wrote; a later --overwrite run replaces exactly these.
+    """
+    record = _run_record(engine, inputs, n_nodes, case_metadata)
+    record["outputs"] = list(outputs)
+    (Path(folder) / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _run_record(engine, inputs: dict, n_nodes: int, case_metadata: dict) -> dict:
     device = engine.device
     device_name = str(device)
     if device.type == "cuda":

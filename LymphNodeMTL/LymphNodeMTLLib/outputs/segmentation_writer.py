@@ -21,7 +21,7 @@ import numpy as np
 from ..core.geometry import VolumeGeometry
 from ..core.node_result import NodeResult
 from ..core.segment_tags import parse_tags, segment_tags, serialize_tags
-from .output_folder import atomic_output  # noqa: F401  (also used by the DICOM SEG writer)
+from .output_folder import atomic_output
 
 LABELMAP_REPRESENTATION = "Binary labelmap"
 # Slicer's description of the one conversion parameter we set (kept verbatim for Slicer's GUI).

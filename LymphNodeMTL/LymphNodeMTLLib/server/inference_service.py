@@ -109,14 +109,16 @@ class VolumeStore:
 
 @dataclass
 class Job:
-    """One predict or classify run on one CT with one model."""
+    """One predict or classify run on one CT with one model.
+
+    `case` holds the CT itself (so dropping it from the store never breaks a queued job) and, for
+    predict, the seeds, validated when the job was submitted."""
 
     job_id: str
     kind: str
     volume_id: str
     model: str
-    volume: StoredVolume
-    seeds: list[Seed] = field(default_factory=list)
+    case: Case
     masks: list[NodeResult] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     state: str = QUEUED
@@ -263,13 +265,15 @@ class InferenceService:
         name, engine = self.engine(model)
         vol = self.volumes.get(volume_id)
         options = dict(options or {})
-        job = Job(uuid.uuid4().hex, kind, volume_id, name, vol, list(seeds), list(masks), options)
+        case = Case(vol.image, vol.geometry, list(seeds))
+        job = Job(uuid.uuid4().hex, kind, volume_id, name, case, list(masks), options)
         method = engine.predict if kind == "predict" else engine.classify_masks
         accepted = inspect.signature(method).parameters
         job.ignored_options = sorted(k for k in options if k not in ENGINE_OPTIONS or k not in accepted)
         if kind == "predict":
-            Case(vol.image, vol.geometry, job.seeds).validate_seeds()  # refused now, not in the queue
-            job.total = len(job.seeds)
+            # the server's one seed check: refused now, not in the queue; the engine trusts it
+            case.validate_seeds()
+            job.total = len(case.seeds)
         else:
             _check_masks(job.masks, vol.geometry.shape_kji)
             job.total = len(job.masks)
@@ -289,11 +293,12 @@ class InferenceService:
         listed; real jobs on that engine simply queue behind it."""
         size = 32
         geometry = VolumeGeometry(np.eye(4), (size, size, size))
-        vol = StoredVolume(np.full((size, size, size), -100.0, np.float32), geometry)  # fat, in HU
+        image = np.full((size, size, size), -100.0, np.float32)  # fat, in HU
         centre = tuple(float(c) for c in geometry.ijk_to_ras_points([[size / 2] * 3])[0])
         with self._cond:
             for name in self.engines:
-                job = Job(uuid.uuid4().hex, "predict", f"warm-up/{name}", name, vol, [Seed("warm-up", centre)])
+                job = Job(uuid.uuid4().hex, "predict", f"warm-up/{name}", name,
+                          Case(image, geometry, [Seed("warm-up", centre)]))
                 job.total = 1
                 self._pending.append(job)
             self._cond.notify_all()
@@ -323,14 +328,6 @@ class InferenceService:
                 job.cancel_requested.set()
                 job.state = CANCELLED  # its results will never be delivered
             self._cond.notify_all()
-        return job
-
-    def wait(self, job_id: str, timeout: float) -> Job:
-        """The job once it has finished, or as it is after `timeout` seconds."""
-        job = self.job(job_id)
-        deadline = time.monotonic() + timeout
-        while job.state not in FINISHED and time.monotonic() < deadline:
-            job.finished.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         return job
 
     def close(self) -> None:
@@ -383,7 +380,7 @@ class InferenceService:
                 raise JobCancelled  # out of the engine between two batches
 
         try:
-            case = Case(job.volume.image, job.volume.geometry, job.seeds)
+            case = job.case
             method = engine.predict if job.kind == "predict" else engine.classify_masks
             accepted = inspect.signature(method).parameters
             kwargs = {k: v for k, v in job.options.items() if k in ENGINE_OPTIONS and k in accepted}

@@ -1,0 +1,169 @@
+"""The routes of docs/server-api.md over the server's InferenceService.
+
+Thin on purpose: each route bounds and parses its request, calls the service, and moves every
+heavy step (hashing a CT, reading a file, the engine itself) off the event loop. Refusals are
+one-line JSON errors (http_errors.py); an InputError or NotFound a route lets through becomes 422
+or 404. A new route is one more decorated function here, taking `service: Service` and
+`settings: Settings` where it needs them (dependencies.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from ..core.case import Seed
+from ..core.errors import InputError
+from . import protocol
+from .dependencies import Service, Settings
+from .http_errors import error_response
+
+MAX_WAIT_S = 30.0  # longest long poll of GET /v1/jobs/{id}?wait=S
+VOLUME_ID = re.compile("[0-9a-f]{64}")  # sha256 hex, as protocol.volume_id gives it
+
+router = APIRouter()
+
+
+class SeedIn(BaseModel):
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    ras: Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class JobIn(BaseModel):
+    volume_id: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: Literal["predict", "classify"]
+    model: str | None = None
+    seeds: list[SeedIn] = []
+    masks: list[dict] = []
+    options: dict = {}
+
+
+class FromFileIn(BaseModel):
+    path: Annotated[str, Field(min_length=1)]
+
+
+@router.get("/v1/health")
+def health(service: Service, settings: Settings):
+    name, engine = service.engine(None)
+    return {
+        "api_version": protocol.API_VERSION,
+        "status": "ok",
+        "model_id": engine.model_id,
+        "weights_sha256": engine.model.weights_sha256,
+        "device": str(engine.device),
+        "models": service.models(),
+        "max_upload_bytes": settings.max_upload_bytes,
+        "from_file": settings.allow_from_file,
+        "jobs": service.counts(),
+    }
+
+
+@router.head("/v1/volumes/{volume_id}")
+def has_volume(volume_id: str, service: Service):
+    return Response(status_code=200 if service.has_volume(volume_id) else 404)
+
+
+@router.put("/v1/volumes/{volume_id}", status_code=201)
+async def upload_volume(volume_id: str, request: Request, service: Service, settings: Settings):
+    """The server's CT boundary: the service checks the CT once as it stores it."""
+    limit = settings.max_upload_bytes
+    h = request.headers
+    try:
+        shape, dtype, matrix = protocol.parse_volume_headers(
+            h.get(protocol.HEADER_SHAPE), h.get(protocol.HEADER_DTYPE), h.get(protocol.HEADER_IJK_TO_RAS))
+    except InputError as e:
+        return error_response(400, str(e))
+    length = h.get("content-length")
+    too_big = error_response(413, f"the CT is larger than this server's upload limit of "
+                                  f"{limit / 2**20:.0f} MiB; ask for a larger --max-upload-mb")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return too_big  # refused before reading the body
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if expected > limit:
+        return too_big  # by its declared shape, before anything is read or allocated
+    body = bytearray(expected)  # filled in place: no regrowing copies of a large CT
+    view, size = memoryview(body), 0
+    hasher = protocol.volume_hasher(dtype.name, shape, matrix)  # hashed as it arrives
+    async for chunk in request.stream():
+        if size + len(chunk) > limit:
+            return too_big
+        if size + len(chunk) <= expected:
+            view[size:size + len(chunk)] = chunk
+        size += len(chunk)
+        hasher.update(chunk)
+    view.release()
+    try:
+        if size != expected:
+            raise InputError(f"the upload holds {size} bytes but shape {','.join(map(str, shape))} "
+                             f"of {dtype.name} needs {expected}; send the whole array")
+        image = protocol.array_from_bytes(body, shape, dtype)  # a view: no second copy
+        vid = await run_in_threadpool(service.add_volume, image, matrix, volume_id,
+                                      hashed_id=hasher.hexdigest())
+    except InputError as e:
+        return error_response(400, str(e))
+    return {"volume_id": vid, "shape": list(shape)}
+
+
+@router.post("/v1/volumes/{volume_id}/from-file", status_code=201)
+async def volume_from_file(volume_id: str, body: FromFileIn, service: Service, settings: Settings):
+    if not settings.allow_from_file:
+        return error_response(403, "reading files is only allowed on a server bound to loopback; "
+                                   "upload the CT (PUT)")
+    path = Path(body.path)
+    if not path.is_absolute():
+        return error_response(400, "the path must be absolute")
+    from ..io.volume_reader import read_volume
+
+    def read_and_store():
+        image, geometry, _ = read_volume(path)
+        # stored by its own hash, and by the id the client used if that differs (and is one)
+        alias = volume_id if VOLUME_ID.fullmatch(volume_id) else None
+        vid = service.add_volume(image, geometry.ijk_to_ras, also_known_as=alias)
+        return vid, list(image.shape)
+
+    try:
+        vid, shape = await run_in_threadpool(read_and_store)
+    except InputError as e:
+        return error_response(400, str(e))
+    return {"volume_id": vid, "shape": shape}
+
+
+@router.post("/v1/jobs", status_code=202)
+async def submit_job(body: JobIn, service: Service):
+    """The server's seed boundary: the service validates the seeds once, at submit."""
+
+    def submit():
+        masks = [protocol.mask_from_json(m) for m in body.masks] if body.kind == "classify" else []
+        seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind == "predict" else []
+        return service.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options)
+
+    job = await run_in_threadpool(submit)
+    return {"job_id": job.job_id, "state": job.state, "ignored_options": job.ignored_options}
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(job_id: str, service: Service, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0):
+    job = service.job(job_id)
+    if wait > 0:
+        # long poll: answer as soon as the job finishes, without holding a thread meanwhile
+        deadline = time.monotonic() + wait
+        while job.state not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        job = service.job(job_id)
+    return Response(json.dumps(job.to_json(), allow_nan=False), media_type="application/json")
+
+
+@router.delete("/v1/jobs/{job_id}")
+def cancel_job(job_id: str, service: Service):
+    job = service.cancel(job_id)
+    return {"job_id": job.job_id, "state": job.state}
