@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.node_prompts import Click, NodePrompts
 from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.inference.engine import NodeEngine
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
@@ -29,6 +30,7 @@ from LymphNodeMTLLib.network.model_store import default_model_dir
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 from LymphNodeMTLLib.server import protocol
 from LymphNodeMTLLib.server.client import InferenceClient, ServerError
+from LymphNodeMTLLib.server.job_steps import refine_job
 from LymphNodeMTLLib.server.launcher import LIB_PARENT, start_server
 
 TOKEN = "s3cret-token-for-tests"
@@ -219,6 +221,28 @@ def test_classify_returns_the_given_masks_unchanged(client, volume, phantom, eng
         np.testing.assert_array_equal(g.mask, r.mask)
         assert g.probability == pytest.approx(e.probability, abs=1e-6)
         assert g.volume_mm3 == pytest.approx(e.volume_mm3)
+
+
+def test_refine_gives_what_the_engine_gives_for_the_same_prompts(client, volume, phantom, engine):
+    seed, other = phantom[2][0], np.asarray(phantom[2][1].ras)  # the second node given by a line alone
+    ras = np.asarray(seed.ras)
+    prompts = [NodePrompts(seed.node_id, seed=seed.ras, clicks=(Click(tuple(ras + [2.0, 0.0, 0.0]), True),
+                                                                 Click(tuple(ras + [9.0, 0.0, 0.0]), False))),
+               NodePrompts("L", line=(tuple(other - [4.0, 0.0, 0.0]), tuple(other + [4.0, 0.0, 0.0])))]
+    got = client.refine(volume, prompts, timeout=300)
+    case = _in_process_case(phantom, [seed, prompts[1].as_seed()])
+    expected = engine.predict(case, prompts={p.node_id: p for p in prompts})
+    _assert_same_results(got, expected)
+    assert got[0].extra["prompts"] == 2 and got[1].node_id == "L"
+
+
+def test_refine_prompts_the_engine_cannot_follow_are_422_at_once(client, volume, phantom):
+    seed = phantom[2][0]
+    far = NodePrompts("far", line=(tuple(np.add(seed.ras, [0.0, 0.0, 500.0])), tuple(np.add(seed.ras, [9.0, 0, 500.0]))))
+    err = _post_job(client, {"volume_id": volume, **refine_job([far])})
+    assert err.status == 422 and "outside the CT" in str(err) and "\n" not in str(err)
+    err = _post_job(client, {"volume_id": volume, "kind": "refine", "prompts": {"nodes": {"a": {}}}})
+    assert err.status == 422 and "coordinate_system" in str(err)
 
 
 def _many_seeds(phantom, n):

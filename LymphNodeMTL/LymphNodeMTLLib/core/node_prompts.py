@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .case import Seed
 from .errors import InputError
 from .geometry import VolumeGeometry
 
@@ -59,6 +60,11 @@ class NodePrompts:
     @property
     def is_seed_only(self) -> bool:
         return not self.has_extent and not self.clicks
+
+    def as_seed(self) -> Seed:
+        """The node's seed for the Case: its own, else its anchor (the middle of its line or box)."""
+        point = self.seed if self.seed is not None else self.anchor
+        return Seed(self.node_id, tuple(float(v) for v in point))
 
     def with_click(self, click: Click) -> "NodePrompts":
         return replace(self, clicks=(*self.clicks, click))
@@ -112,3 +118,22 @@ def box_from_corners(a, b) -> tuple[Point, Point]:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     low, high = np.minimum(a, b), np.maximum(a, b)
     return tuple(float(v) for v in low), tuple(float(v) for v in high)
+
+
+def seeds_with_prompts(seeds: list[Seed], prompts: dict[str, NodePrompts]) -> list[Seed]:
+    """The nodes of a case: the seeds given, then, in the prompts' order, every prompted node that
+    has no seed there (its prompts' seed or anchor). A node given a seed in both that differs is
+    refused: which one is meant cannot be told."""
+    out = list(seeds)
+    by_id = {s.node_id: s for s in seeds}
+    for node_id, p in prompts.items():
+        given = by_id.get(node_id)
+        if given is None:
+            if p.seed is None and not p.has_extent:
+                raise InputError(f"node {node_id} has prompts but no seed, line or box; give it a seed in the "
+                                 "seeds file or the prompts file, a line or a box")
+            out.append(p.as_seed())
+        elif p.seed is not None and not np.allclose(given.ras, p.seed, atol=1e-3):
+            raise InputError(f"node {node_id} has one seed in the seeds file and another in the prompts file; "
+                             "give its seed in one of them")
+    return out

@@ -219,6 +219,10 @@ class NodeEngine:
         return logits, spacings, fits
 
     # --- prompts ------------------------------------------------------------------------------
+    def check_prompts(self, case: Case, prompts: Mapping[str, NodePrompts]) -> None:
+        """Refuse, before any work, prompts this model or this CT cannot follow (predict would)."""
+        self._node_prompts(case, prompts)
+
     def _node_prompts(self, case: Case, prompts) -> list[NodePrompts | None]:
         """Per seed of `case`, its prompts when it has more than a seed (else None), checked."""
         prompts = dict(prompts or {})

@@ -32,6 +32,7 @@ from .job_steps import (
     health_request,
     job_state_request,
     predict_job,
+    refine_job,
     submit_request,
     upload_request,
     volume_known_request,
@@ -239,6 +240,12 @@ class InferenceClient:
     def classify(self, volume, masks: list[NodeResult], model: str | None = None,
                  options=None, timeout: float | None = None) -> list[NodeResult]:
         return self._results(self.run_job(classify_job(masks, model, options), volume, timeout=timeout))
+
+    def refine(self, volume, prompts, model: str | None = None, options=None,
+               timeout: float | None = None) -> list[NodeResult]:
+        """Nodes from their prompts (core.node_prompts.NodePrompts, each with its seed, line, box and
+        clicks in order), as predict --prompts segments them."""
+        return self._results(self.run_job(refine_job(prompts, model, options), volume, timeout=timeout))
 
     @staticmethod
     def _results(job: RemoteJob) -> list[NodeResult]:

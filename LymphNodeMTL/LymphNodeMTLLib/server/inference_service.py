@@ -31,7 +31,7 @@ from . import protocol
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
-KINDS = ("predict", "classify")
+KINDS = ("predict", "classify", "refine")
 # job options passed on to the engine when its method takes them (others are reported as ignored)
 ENGINE_OPTIONS = ("uncertainty",)
 KEEP_FINISHED_JOBS = 256  # finished jobs kept for their results; older ones are forgotten
@@ -109,10 +109,11 @@ class VolumeStore:
 
 @dataclass
 class Job:
-    """One predict or classify run on one CT with one model.
+    """One predict, classify or refine run on one CT with one model.
 
     `case` holds the CT itself (so dropping it from the store never breaks a queued job) and, for
-    predict, the seeds, validated when the job was submitted."""
+    predict and refine, the seeds, validated when the job was submitted; `prompts` a refine job's
+    prompts per node id, checked against the CT then too."""
 
     job_id: str
     kind: str
@@ -121,6 +122,7 @@ class Job:
     case: Case
     masks: list[NodeResult] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    prompts: dict = field(default_factory=dict)
     state: str = QUEUED
     stage: str = QUEUED
     done: int = 0
@@ -258,22 +260,25 @@ class InferenceService:
 
     # --- jobs ---------------------------------------------------------------------------------
     def submit(self, kind: str, volume_id: str, model: str | None = None, seeds=(), masks=(),
-               options: dict | None = None) -> Job:
-        """Queue a job; InputError for input the engine would refuse, NotFound for unknown names."""
+               options: dict | None = None, prompts: dict | None = None) -> Job:
+        """Queue a job; InputError for input the engine would refuse, NotFound for unknown names.
+        A refine job segments `seeds` (core.case.Seed) with `prompts` (node id -> NodePrompts)."""
         if kind not in KINDS:
             raise InputError(f"kind must be one of {', '.join(KINDS)}")
         name, engine = self.engine(model)
         vol = self.volumes.get(volume_id)
         options = dict(options or {})
         case = Case(vol.image, vol.geometry, list(seeds))
-        job = Job(uuid.uuid4().hex, kind, volume_id, name, case, list(masks), options)
-        method = engine.predict if kind == "predict" else engine.classify_masks
+        job = Job(uuid.uuid4().hex, kind, volume_id, name, case, list(masks), options, dict(prompts or {}))
+        method = engine.classify_masks if kind == "classify" else engine.predict
         accepted = inspect.signature(method).parameters
         job.ignored_options = sorted(k for k in options if k not in ENGINE_OPTIONS or k not in accepted)
-        if kind == "predict":
+        if kind != "classify":
             # the server's one seed check: refused now, not in the queue; the engine trusts it
             case.validate_seeds()
             job.total = len(case.seeds)
+            if kind == "refine":
+                engine.check_prompts(case, job.prompts)
         else:
             _check_masks(job.masks, vol.geometry.shape_kji)
             job.total = len(job.masks)
@@ -381,14 +386,16 @@ class InferenceService:
 
         try:
             case = job.case
-            method = engine.predict if job.kind == "predict" else engine.classify_masks
+            method = engine.classify_masks if job.kind == "classify" else engine.predict
             accepted = inspect.signature(method).parameters
             kwargs = {k: v for k, v in job.options.items() if k in ENGINE_OPTIONS and k in accepted}
+            if job.kind == "refine":
+                kwargs["prompts"] = job.prompts
             if "progress" in accepted:
                 kwargs["progress"] = progress
             if job.cancel_requested.is_set():
                 raise JobCancelled
-            if job.kind == "predict":
+            if job.kind != "classify":
                 results = method(case, **kwargs)
             else:
                 results = method(case, job.masks, **kwargs)

@@ -23,6 +23,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..core.case import Seed
+from ..core.node_prompts import seeds_with_prompts
+from ..io.prompt_reader import prompts_from_document
 from ..core.errors import InputError
 from . import protocol
 from .dependencies import Service, Settings
@@ -41,10 +43,11 @@ class SeedIn(BaseModel):
 
 class JobIn(BaseModel):
     volume_id: Annotated[str, Field(min_length=1, max_length=200)]
-    kind: Literal["predict", "classify"]
+    kind: Literal["predict", "classify", "refine"]
     model: str | None = None
     seeds: list[SeedIn] = []
     masks: list[dict] = []
+    prompts: dict | None = None  # refine: the prompts file's document (io/prompt_reader.py)
     options: dict = {}
 
 
@@ -144,8 +147,12 @@ async def submit_job(body: JobIn, service: Service):
 
     def submit():
         masks = [protocol.mask_from_json(m) for m in body.masks] if body.kind == "classify" else []
-        seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind == "predict" else []
-        return service.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options)
+        seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind != "classify" else []
+        prompts = {}
+        if body.kind == "refine":
+            prompts = prompts_from_document(body.prompts, "the refine job's prompts")
+            seeds = seeds_with_prompts(seeds, prompts)
+        return service.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options, prompts)
 
     job = await run_in_threadpool(submit)
     return {"job_id": job.job_id, "state": job.state, "ignored_options": job.ignored_options}
