@@ -57,7 +57,7 @@ def run(args) -> None:
     engine = NodeEngine(args.model, args.device, args.batch_size, uncertainty=not args.no_uncertainty)
     with cleanup_on_signals(), folder:
         ct, seeds, truth, phantom = write_demo_inputs(folder.staging, args.seed, args.nodes)
-        case, _ = load_case(ct, seeds)
+        case, _, _ = load_case(ct, seeds)
         results = run_engine(engine, case)
         final = {name: out_dir / INPUT_FOLDER / path.name for name, path in
                  (("volume", ct), ("seeds", seeds), ("truth", truth))}

@@ -1,5 +1,5 @@
-"""`lymphnode-mtl predict`: CT + seeds -> nodes.seg.nrrd, nodes.csv, run.json, optionally nodes.dcm
-(DICOM SEG) and report.png/report.html, written all or nothing.
+"""`lymphnode-mtl predict`: CT + seeds (and prompts) -> nodes.seg.nrrd, nodes.csv, run.json, optionally
+nodes.dcm (DICOM SEG) and report.png/report.html, written all or nothing.
 
 `predict_to_folder` is the Python entry point; the CLI, the server and the tests call it, and the
 CLI does nothing but parse its arguments for it.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.case import Case
+from ..core.errors import InputError
 from ..outputs.output_folder import OutputFolder, cleanup_on_signals
 from ..outputs.run_record import RECORD_NAME
 from ..outputs.status_notice import print_status_notice
@@ -28,12 +29,18 @@ inputs:
   CT      a file (.nrrd .nhdr .nii .nii.gz .mha .mhd) or a folder holding one DICOM series
   seeds   a 3D Slicer markups file (.mrk.json; each point's label is the node id) or a CSV with
           header id,r,a,s (RAS mm, Slicer's convention) or id,l,p,s (LPS mm, DICOM's convention)
+  prompts a JSON file of per-node prompts besides the seeds (each key optional, clicks in order):
+          {"coordinate_system": "RAS", "nodes": {"N01": {"seed": [r,a,s],
+           "line": [[r,a,s],[r,a,s]], "box": [[low r,a,s],[high r,a,s]],
+           "clicks": [{"point": [r,a,s], "positive": false}]}}}
+          node ids as in the seeds file; a node without a seed there needs a line or a box
 
 checks before any work (each refusal is one line, exit code 2, nothing written):
   the CT file is complete (no truncated copy), and looks like a CT in HU: DICOM Modality CT, voxel
   spacing in mm, orthogonal axes, values below 0, fat and soft tissue present; NaN/inf voxels
   outside the body are read as air (with a warning), inside it refused; one seed per node, each
-  inside the CT
+  inside the CT; prompts inside the CT, no zero-length line, no inverted box or one thinner than a
+  voxel, no negative click on the node's seed, and a model that reads prompts
 
 outputs in DIR (written together at the end, or not at all; DIR is locked while a run writes):
   nodes.seg.nrrd  one segment per seed, "LN <id>", opens in 3D Slicer as a segmentation
@@ -64,22 +71,31 @@ def output_folder(out_dir, overwrite: bool, names=OUTPUT_FILES, warn=None) -> Ou
     return OutputFolder(out_dir, names, overwrite, related=related, warn=warn)
 
 
-def load_case(volume_path, seeds_path, series_uid=None, warn=None) -> tuple[Case, list | None]:
-    """Read the CT and the seeds and refuse what the engine cannot answer truthfully (Case.validate:
-    CT plausibility, seed placement), the one check of this process: the engine trusts the case.
+def load_case(volume_path, seeds_path, series_uid=None, warn=None, prompts_path=None):
+    """Read the CT, the seeds and the prompts and refuse what the engine cannot answer truthfully
+    (Case.validate: CT plausibility, seed placement; the prompts against the CT), the one check of
+    this process: the engine trusts the case.
 
-    Returns the case and, for a DICOM series, its slices' headers in k order (else None).
+    Returns the case, for a DICOM series its slices' headers in k order (else None), and the
+    prompts per node id ({} without a prompts file). A node of the prompts without a seed in the
+    seeds file gets its prompts' seed or anchor as its seed.
     """
+    from ..core.node_prompts import merge_seeds_and_prompts
+    from ..io.prompt_reader import read_prompts
     from ..io.seed_reader import read_seeds
     from ..io.volume_reader import read_ct
 
+    if seeds_path is None and prompts_path is None:
+        raise InputError("give the nodes as --seeds, --prompts or both")
     t0 = time.perf_counter()
+    prompts = read_prompts(prompts_path) if prompts_path is not None else {}
+    seeds = read_seeds(seeds_path) if seeds_path is not None else []
+    seeds, prompts = merge_seeds_and_prompts(seeds, prompts)
     ct = read_ct(volume_path, series_uid=series_uid)
-    seeds = read_seeds(seeds_path)
     case = Case(ct.image, ct.geometry, seeds, ct.metadata)
     case.validate(Path(volume_path).name, warn)
     case.metadata["read_s"] = time.perf_counter() - t0
-    return case, ct.dicom_headers
+    return case, ct.dicom_headers, prompts
 
 
 def dicom_seg_sources(volume, case: Case, dicom_headers: list | None):
@@ -92,15 +108,16 @@ def dicom_seg_sources(volume, case: Case, dicom_headers: list | None):
     return source_datasets(dicom_headers, case.geometry, Path(volume).name)
 
 
-def run_engine(engine: "NodeEngine", case: Case) -> list["NodeResult"]:
-    """The engine's results for every seed, with a progress bar on a terminal."""
+def run_engine(engine: "NodeEngine", case: Case, prompts=None) -> list["NodeResult"]:
+    """The engine's results for every seed (following each node's prompts), with a progress bar on
+    a terminal."""
     from tqdm import tqdm
 
     with tqdm(total=len(case.seeds), desc="nodes", unit="node", disable=None) as bar:
         def progress(_stage, done, _total):
             bar.update(done - bar.n)
 
-        return engine.predict(case, progress)
+        return engine.predict(case, progress, prompts)
 
 
 def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom_seg: bool = False,
@@ -137,7 +154,7 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
 
 def predict_to_folder(
     volume: str | os.PathLike,
-    seeds: str | os.PathLike,
+    seeds: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     model: str | os.PathLike | None = None,
     device: str = "auto",
@@ -150,6 +167,7 @@ def predict_to_folder(
     *,
     uncertainty: bool = True,
     warn: Callable[[str], None] | None = None,
+    prompts: str | os.PathLike | None = None,
 ) -> list["NodeResult"]:
     """Segment and classify the lymph nodes of one CT and write the results into a folder.
 
@@ -161,7 +179,7 @@ def predict_to_folder(
         volume: the CT: .nrrd, .nhdr, .nii, .nii.gz, .mha or .mhd file, or a folder holding one
             DICOM series.
         seeds: a 3D Slicer markups file (.mrk.json) or a CSV (id,r,a,s in RAS mm or id,l,p,s in
-            LPS mm); one seed per node, its label the node id.
+            LPS mm); one seed per node, its label the node id. None: the nodes of `prompts`.
         out_dir: the output folder, created when missing. It receives nodes.seg.nrrd, nodes.csv
             and run.json, plus nodes.dcm (dicom_seg) and report.png/report.html (report).
         model: a model folder; None: the bundled demonstration model.
@@ -177,6 +195,11 @@ def predict_to_folder(
             status low_agreement); about 5x the network time on a CPU.
         warn: receives warning lines (e.g. non-finite voxels outside the body read as air);
             default: printed on stderr.
+        prompts: a prompts file (io/prompt_reader.py): per node id a seed, a long-axis line, a box
+            and clicks in order, in RAS or LPS as the file says. A node with a line, a box or
+            clicks is segmented from them (each click refining the mask the prompts before it
+            gave) and re-classified from its final mask; a node of the prompts without a seed in
+            `seeds` takes its prompts' seed, else the middle of its line or box.
 
     Returns:
         One NodeResult per seed, in seed order.
@@ -192,16 +215,18 @@ def predict_to_folder(
     """
     folder = output_folder(out_dir, overwrite, output_files(dicom_seg, report), warn)
     folder.check()  # before reading anything: a refused folder costs nothing
-    case, dicom_headers = load_case(volume, seeds, series_uid, warn)
+    case, dicom_headers, node_prompts = load_case(volume, seeds, series_uid, warn, prompts)
     # before the network: a source series that does not match the CT is refused now
     dicom_sources = dicom_seg_sources(volume, case, dicom_headers) if dicom_seg else None
     if engine is None:
         from ..inference.engine import NodeEngine
 
         engine = NodeEngine(model, device, batch_size, uncertainty=uncertainty)
+    engine.check_prompts(case, node_prompts)  # against this CT and this model, before any work
     with cleanup_on_signals(), folder:
-        results = run_engine(engine, case)
-        inputs = {"volume": str(volume), "seeds": str(seeds)}
+        results = run_engine(engine, case, node_prompts)
+        inputs = {"volume": str(volume), "seeds": None if seeds is None else str(seeds),
+                  "prompts": None if prompts is None else str(prompts)}
         write_results(folder.staging, case, results, engine, inputs, dicom_seg, report, dicom_sources)
         folder.publish()
     return results
@@ -223,7 +248,9 @@ def add_arguments(p) -> None:
 
     p.add_argument("--volume", required=True, metavar="CT", help="CT file or DICOM series folder")
     p.add_argument("--series-uid", metavar="UID", help="which series, when the DICOM folder holds several")
-    p.add_argument("--seeds", required=True, metavar="SEEDS", help=".mrk.json or .csv seed file")
+    p.add_argument("--seeds", metavar="SEEDS", help=".mrk.json or .csv seed file")
+    p.add_argument("--prompts", metavar="FILE",
+                   help="JSON prompts per node: long-axis line, box, positive/negative clicks (see below)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the results (created)")
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write DIR/nodes.dcm, a DICOM SEG (for PACS and DICOM viewers)")
@@ -236,7 +263,7 @@ def run(args) -> None:
     results = predict_to_folder(args.volume, args.seeds, args.out, args.model, args.device,
                                 args.batch_size, args.overwrite, args.series_uid,
                                 dicom_seg=args.dicom_seg, report=args.report,
-                                uncertainty=not args.no_uncertainty)
+                                uncertainty=not args.no_uncertainty, prompts=args.prompts)
     print_summary(results, Path(args.out), output_files(args.dicom_seg, args.report))
     print_status_notice(results)
 

@@ -120,11 +120,13 @@ def box_from_corners(a, b) -> tuple[Point, Point]:
     return tuple(float(v) for v in low), tuple(float(v) for v in high)
 
 
-def seeds_with_prompts(seeds: list[Seed], prompts: dict[str, NodePrompts]) -> list[Seed]:
-    """The nodes of a case: the seeds given, then, in the prompts' order, every prompted node that
-    has no seed there (its prompts' seed or anchor). A node given a seed in both that differs is
-    refused: which one is meant cannot be told."""
-    out = list(seeds)
+def merge_seeds_and_prompts(seeds: list[Seed], prompts: dict[str, NodePrompts]):
+    """The nodes of a case and their prompts, from a seeds file and a prompts file: the seeds given,
+    then, in the prompts' order, every prompted node without a seed there (it takes its prompts'
+    seed, else the middle of its line or box). A prompted node with a seed in the seeds file takes
+    that seed into its prompts; a node given a different seed in each is refused, since which one
+    is meant cannot be told. Returns (seeds, prompts)."""
+    out_seeds, out_prompts = list(seeds), {}
     by_id = {s.node_id: s for s in seeds}
     for node_id, p in prompts.items():
         given = by_id.get(node_id)
@@ -132,8 +134,11 @@ def seeds_with_prompts(seeds: list[Seed], prompts: dict[str, NodePrompts]) -> li
             if p.seed is None and not p.has_extent:
                 raise InputError(f"node {node_id} has prompts but no seed, line or box; give it a seed in the "
                                  "seeds file or the prompts file, a line or a box")
-            out.append(p.as_seed())
-        elif p.seed is not None and not np.allclose(given.ras, p.seed, atol=1e-3):
+            out_seeds.append(p.as_seed())
+        elif p.seed is None:
+            p = replace(p, seed=tuple(float(v) for v in given.ras))
+        elif not np.allclose(given.ras, p.seed, atol=1e-3):
             raise InputError(f"node {node_id} has one seed in the seeds file and another in the prompts file; "
                              "give its seed in one of them")
-    return out
+        out_prompts[node_id] = p
+    return out_seeds, out_prompts

@@ -78,6 +78,7 @@ class NodeEngine:
         # the last call's chosen field of view per node id, for run.json
         self.last_fields_of_view_mm: dict[str, float] = {}
         self._volume, self._volume_key, self._volume_device = None, None, None
+        self._accepted_prompts = None  # (geometry, prompts) last checked: not checked twice
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shape: autotuned kernels pay off
 
@@ -224,22 +225,24 @@ class NodeEngine:
         self._node_prompts(case, prompts)
 
     def _node_prompts(self, case: Case, prompts) -> list[NodePrompts | None]:
-        """Per seed of `case`, its prompts when it has more than a seed (else None), checked."""
+        """Per seed of `case`, its prompts when it has more than a seed (else None), checked once:
+        prompts already accepted on this CT (check_prompts where they entered the process) are
+        not checked again."""
         prompts = dict(prompts or {})
         ids = {s.node_id for s in case.seeds}
         unknown = sorted(set(prompts) - ids)
         if unknown:
             raise InputError(f"prompts for node(s) {', '.join(unknown)} that have no seed; give each a seed, "
                              "a line or a box")
-        out = []
-        for seed in case.seeds:
-            p = prompts.get(seed.node_id)
-            if p is not None:
+        accepted = self._accepted_prompts
+        if not (accepted is not None and accepted[0] is case.geometry and accepted[1] == prompts):
+            for p in prompts.values():
                 p.validate(case.geometry)
-            out.append(None if p is None or p.is_seed_only else p)
+        out = [None if (p := prompts.get(seed.node_id)) is None or p.is_seed_only else p for seed in case.seeds]
         if any(p is not None for p in out) and not self.config.preprocessing.prompt_channels:
             raise InputError(f"the model {self.model_id} reads seeds only; use a model with prompt channels "
                              "for lines, boxes and clicks")
+        self._accepted_prompts = (case.geometry, prompts)
         return out
 
     def _follow_prompts(self, case, node_prompts, chained, chosen, views, view_centres, tracker) -> None:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..core.case import Seed
-from ..core.node_prompts import seeds_with_prompts
+from ..core.node_prompts import merge_seeds_and_prompts
 from ..io.prompt_reader import prompts_from_document
 from ..core.errors import InputError
 from . import protocol
@@ -150,8 +150,8 @@ async def submit_job(body: JobIn, service: Service):
         seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind != "classify" else []
         prompts = {}
         if body.kind == "refine":
-            prompts = prompts_from_document(body.prompts, "the refine job's prompts")
-            seeds = seeds_with_prompts(seeds, prompts)
+            seeds, prompts = merge_seeds_and_prompts(seeds, prompts_from_document(body.prompts,
+                                                                                  "the refine job's prompts"))
         return service.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options, prompts)
 
     job = await run_in_threadpool(submit)
