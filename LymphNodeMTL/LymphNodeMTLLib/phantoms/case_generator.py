@@ -8,26 +8,24 @@ same anatomy, and every truth position is exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..core.case import Case, Seed
 from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry, ras_to_lps_points
 from ..io.volume_reader import read_volume
 from .features import NodeFeatures, sample_feature_arrays, sample_labels
 from .node_renderer import (
-    NodeAppearance,
     NodeRender,
     node_mask,
     random_rotation,
     render_node,
     sample_node_appearance,
 )
+from .phantom_case import PhantomCase, PhantomNode
 
 DEFAULT_FIELD_OF_VIEW_MM = (128.0, 128.0, 100.0)  # along i, j, k
 BLUR_SIGMA_MM = 0.6
@@ -42,47 +40,6 @@ FEATURE_REDRAWS = 20
 AIR, FAT, SOFT, VESSEL, LUNG = range(5)
 TISSUE_HU = np.array([-1000.0, -100.0, 40.0, 40.0, -850.0], dtype=np.float32)
 TISSUE_TEXTURE_HU = np.array([0.0, 20.0, 5.0, 0.0, 20.0], dtype=np.float32)
-
-
-@dataclass
-class PhantomNode:
-    """Ground truth for one node.
-
-    Attributes:
-        node_id: the seed's id ("N01", ...).
-        centre_ras: the node's centre, RAS mm.
-        seed_ras: the simulated click: inside the mask, within 3 mm of the centre.
-        mask_value: the node's value in the case's label map.
-        features: the latent features that drive P.
-        probability: P, the true probability of metastasis.
-        label: 1 metastatic, 0 benign, drawn from Bernoulli(P).
-        appearance: how the node was drawn (axes, orientation, attenuations).
-    """
-
-    node_id: str
-    centre_ras: tuple[float, float, float]
-    seed_ras: tuple[float, float, float]
-    mask_value: int
-    features: NodeFeatures
-    probability: float
-    label: int
-    appearance: NodeAppearance
-
-
-@dataclass
-class PhantomCase:
-    """A phantom CT (float32 HU, [k, j, i]) with its geometry, label map and per-node truth."""
-
-    image: np.ndarray
-    geometry: VolumeGeometry
-    label_map: np.ndarray  # int16, node i has value i + 1, 0 elsewhere
-    nodes: list[PhantomNode]
-    metadata: dict = field(default_factory=dict)
-
-    def to_case(self) -> Case:
-        """The engine's input: the image and one seed per node, ids as in `nodes`."""
-        seeds = [Seed(n.node_id, n.seed_ras) for n in self.nodes]
-        return Case(self.image, self.geometry, seeds, dict(self.metadata))
 
 
 def generate_phantom_case(
@@ -430,17 +387,8 @@ def _place_nodes(rng, scene, geometry, free_fat, n_nodes):
     probabilities = [f.probability for _, _, _, f, _ in nodes]
     labels = sample_labels(rng, probabilities)
     truth = [
-        PhantomNode(
-            node_id=f"N{value:02d}",
-            centre_ras=tuple(float(c) for c in centre),
-            seed_ras=tuple(float(c) for c in seed),
-            mask_value=value,
-            features=f,
-            probability=p,
-            label=int(label),
-            appearance=appearance,
-        )
-        for (value, centre, seed, f, appearance), p, label in zip(nodes, probabilities, labels)
+        PhantomNode.drawn(value, centre, seed, f, label, appearance)
+        for (value, centre, seed, f, appearance), label in zip(nodes, labels)
     ]
     truth.sort(key=lambda node: node.mask_value)
     return label_map, truth, renders, redraws

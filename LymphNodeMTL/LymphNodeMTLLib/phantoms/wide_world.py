@@ -41,8 +41,6 @@ from ..core.geometry import VolumeGeometry
 from ..io.volume_reader import read_volume
 from .case_generator import (
     _CORE_DIRECTIONS,
-    PhantomCase,
-    PhantomNode,
     _box_of_ras_aabb,
     _centre_ras,
     _clear_border,
@@ -66,6 +64,7 @@ from .node_renderer import (
     sample_node_appearance,
     voxel_centres_ras,
 )
+from .phantom_case import PhantomCase, PhantomNode
 
 # Tissue classes of the wide body. SIMILAR_CLASSES attenuate like a node (within ~40 HU of it) in
 # at least one contrast phase; FORBIDDEN_CLASSES never hold a node.
@@ -370,11 +369,10 @@ def _place_nodes(rng, scene: _Scene, n_nodes: int, options: WideWorldOptions):
     probabilities = [f.probability for _, _, f, _, _, _ in placed]
     labels = sample_labels(rng, probabilities)
     nodes = []
-    for (value, centre, f, appearance, box, own), new, p, label, extra in zip(placed, order, probabilities, labels, info):
+    for (value, centre, f, appearance, box, own), new, label, extra in zip(placed, order, labels, info):
         seed = _seed(rng, geometry, centre, box, remapped[box] == new)
         extra["mask_value"] = int(new)
-        nodes.append(PhantomNode(f"N{new:02d}", tuple(float(c) for c in centre), tuple(float(c) for c in seed),
-                                 int(new), f, p, int(label), appearance))
+        nodes.append(PhantomNode.drawn(new, centre, seed, f, label, appearance))
     by_value = sorted(zip(nodes, info), key=lambda pair: pair[0].mask_value)
     return remapped, [n for n, _ in by_value], [i for _, i in by_value]
 
