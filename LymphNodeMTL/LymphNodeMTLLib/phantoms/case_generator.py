@@ -1,24 +1,33 @@
 """Whole phantom CT cases of the spec: a body (or a real CT), nodes placed in its fat, scanner blur and noise.
 
 Follows docs/phantom-spec.md (v1). All randomness comes from the caller's np.random.Generator, so a
-seed fixes a case exactly. The grid, the painting of the body and the reading of a real CT are the
-phantom worlds' shared scene (scene_grid.py, tissue_scene.py, real_background.py, scanner.py); what
-is the spec's own here: its body, its grids, and nodes placed only in free fat with a 2 mm margin.
+seed fixes a case exactly. The grid, the painting, the reading of a real CT, the scanner's blur and
+the room map are the phantom worlds' shared scene and placement (scene_grid.py, tissue_scene.py,
+real_background.py, scanner.py, node_placement.py); this module holds the spec's own body and grids,
+and its placement: nodes only in free fat, with 2 mm of it around each.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry
-from .features import NodeFeatures, sample_feature_arrays, sample_labels
+from .features import NodeFeatures, sample_labels
 from .node_renderer import (
     NodeRender,
     node_mask,
     render_node,
     sample_node_appearance,
+)
+from .node_placement import (
+    NODE_GAP_MM,
+    SEED_JITTER_MM,
+    RoomMap,
+    clear_border,
+    features_largest_first,
+    gap_shell,
+    probes_inside,
 )
 from .phantom_case import PhantomCase, PhantomNode
 from .real_background import read_background, real_ct_scene, resample_onto
@@ -29,8 +38,6 @@ from .tissue_scene import AIR, FAT, LUNG, SOFT_TISSUE, VESSEL, TissueScene, cran
 DEFAULT_FIELD_OF_VIEW_MM = (128.0, 128.0, 100.0)  # along i, j, k
 BLUR_SIGMA_MM = 0.6
 NOISE_SIGMA_HU = (10.0, 25.0)
-NODE_GAP_MM = 2.0  # free fat kept around every node: to other nodes, vessels and organs
-SEED_JITTER_MM = 3.0
 PLACEMENT_ATTEMPTS = 60  # positions and orientations tried before a node's features are redrawn
 FEATURE_REDRAWS = 20
 
@@ -206,23 +213,23 @@ def _node_coverage(renders, shape) -> np.ndarray:
 
 
 # --- nodes -----------------------------------------------------------------------------------
-def _place_nodes(rng, scene, geometry, free_fat, n_nodes):
-    """Place and draw `n_nodes` nodes into `scene` (in place), largest first.
+def _place_nodes(rng, hu, geometry, free_fat, n_nodes):
+    """Place and draw `n_nodes` nodes into `hu` (in place), largest first.
 
     `free_fat` (modified) marks fat not yet taken by a node; a node and the 2 mm around it must
     lie in it. When a node fits nowhere after many positions and orientations its features are
     redrawn (counted in the returned `redraws`); this only happens to very large nodes.
     """
-    features = _features_largest_first(rng, n_nodes)
+    features = features_largest_first(rng, n_nodes)
     mask_values = rng.permutation(n_nodes) + 1  # so ids say nothing about size
     label_map = np.zeros(geometry.shape_kji, dtype=np.int16)
-    _clear_border(free_fat)  # nodes keep a voxel off the grid's faces, so none is cut off
-    room = _RoomMap(free_fat, geometry)
+    clear_border(free_fat)  # nodes keep a voxel off the grid's faces, so none is cut off
+    room = RoomMap(free_fat, geometry)
     nodes, renders, redraws = [], [], 0
     for value, node_features in zip(mask_values, features):
         placed = _try_place(rng, geometry, free_fat, room, node_features)
         if placed is None:  # the map ignores the nodes placed since it was made: refresh, retry
-            room = _RoomMap(free_fat, geometry)
+            room = RoomMap(free_fat, geometry)
             placed = _try_place(rng, geometry, free_fat, room, node_features)
         while placed is None:
             redraws += 1
@@ -231,10 +238,10 @@ def _place_nodes(rng, scene, geometry, free_fat, n_nodes):
                     f"no room for {n_nodes} phantom nodes with 2 mm of fat around each; use fewer "
                     "nodes, a larger field of view or a background with more fat"
                 )
-            node_features = _features_largest_first(rng, 1)[0]
+            node_features = features_largest_first(rng, 1)[0]
             placed = _try_place(rng, geometry, free_fat, room, node_features)
         centre, appearance = placed
-        render = render_node(scene, geometry, centre, appearance, spill_allowed=free_fat)
+        render = render_node(hu, geometry, centre, appearance, spill_allowed=free_fat)
         label_map[render.slices()][render.mask] = value
         free_fat[render.slices()][render.mask] = False
         seed = _sample_seed(rng, geometry, centre, render)
@@ -251,56 +258,13 @@ def _place_nodes(rng, scene, geometry, free_fat, n_nodes):
     return label_map, truth, renders, redraws
 
 
-def _clear_border(volume: np.ndarray) -> None:
-    for axis in range(volume.ndim):
-        index = [slice(None)] * volume.ndim
-        index[axis] = [0, -1]
-        volume[tuple(index)] = False
-
-
-def _features_largest_first(rng, count) -> list[NodeFeatures]:
-    arrays = sample_feature_arrays(rng, count)
-    order = np.argsort(-arrays["short_axis_mm"] * arrays["axis_ratio"], kind="stable")
-    return [NodeFeatures(**{k: v[i].item() for k, v in arrays.items()}) for i in order]
-
-
-class _RoomMap:
-    """Coarse map of how far each ~2 mm block of free fat is from anything else, in mm.
-
-    Computed once per case; it only proposes centres where a node's inscribed ball could fit.
-    The exact check (`_fits`) decides, so the map may go stale as nodes are placed.
-    """
-
-    def __init__(self, free_fat: np.ndarray, geometry: VolumeGeometry):
-        spacing_kji = geometry.spacing[::-1]
-        self.factors = np.maximum(1, np.round(2.0 / spacing_kji)).astype(int)
-        shape = np.asarray(free_fat.shape) // self.factors
-        cropped = free_fat[tuple(slice(0, n * f) for n, f in zip(shape, self.factors))]
-        blocks = cropped.reshape(
-            shape[0], self.factors[0], shape[1], self.factors[1], shape[2], self.factors[2]
-        ).all(axis=(1, 3, 5))
-        self.distance_mm = ndimage.distance_transform_edt(
-            blocks, sampling=spacing_kji * self.factors
-        )
-        self.slack_mm = float(np.linalg.norm(spacing_kji * self.factors))
-
-    def blocks_with_room(self, radius_mm: float) -> np.ndarray:
-        """Flat indices of blocks whose centre has at least `radius_mm` of free fat around it."""
-        return np.flatnonzero(self.distance_mm >= radius_mm - self.slack_mm)
-
-    def random_voxel(self, rng, blocks: np.ndarray) -> np.ndarray:
-        flat = blocks[rng.integers(len(blocks))]
-        block = np.array(np.unravel_index(flat, self.distance_mm.shape))
-        return block * self.factors + rng.integers(0, self.factors)
-
-
-def _try_place(rng, geometry, free_fat, room: _RoomMap, features: NodeFeatures):
+def _try_place(rng, geometry, free_fat, room: RoomMap, features: NodeFeatures):
     """(centre_ras, appearance) of a fitting position and orientation, or None."""
     blocks = None
     for _ in range(PLACEMENT_ATTEMPTS):
         appearance = sample_node_appearance(rng, features)
         if blocks is None:  # the inscribed radius does not depend on the orientation
-            blocks = room.blocks_with_room(appearance.min_radius_mm + NODE_GAP_MM)
+            blocks = np.flatnonzero(room.has_room(appearance.min_radius_mm + NODE_GAP_MM))
             if len(blocks) == 0:
                 return None
         voxel_kji = room.random_voxel(rng, blocks)
@@ -326,7 +290,8 @@ def _jittered_centre(rng, geometry, voxel_kji, appearance) -> np.ndarray:
 
 def _fits(geometry, free_fat, centre_ras, appearance) -> bool:
     """Whether the node and every voxel within 2 mm of it lie in free fat (inside the grid)."""
-    if not _core_in_free_fat(geometry, free_fat, centre_ras, appearance):
+    core_semi_axes = appearance.semi_axes_mm * (1.0 - appearance.margin_amplitude)  # surely inside
+    if not probes_inside(geometry, free_fat, centre_ras, appearance, core_semi_axes):
         return False  # cheap early rejection; the exact test follows
     spacing_kji = geometry.spacing[::-1]
     margin = np.ceil(NODE_GAP_MM / spacing_kji).astype(int) + 1
@@ -335,32 +300,10 @@ def _fits(geometry, free_fat, centre_ras, appearance) -> bool:
     # Voxels beyond the grid count as taken, so a node never touches the grid's edge.
     local_free = np.zeros(tuple(high - low), dtype=bool)
     inner_low, inner_high = np.maximum(low, 0), np.minimum(high, geometry.shape_kji)
-    local_free[_box(inner_low - low, inner_high - low)] = free_fat[_box(inner_low, inner_high)]
+    local_free[box_slices(inner_low - low, inner_high - low)] = free_fat[box_slices(inner_low, inner_high)]
     local_mask = np.zeros_like(local_free)
-    local_mask[_box(margin, margin + render.mask.shape)] = render.mask
-    near = ndimage.distance_transform_edt(~local_mask, sampling=spacing_kji) <= NODE_GAP_MM
-    return bool(local_free[near].all())
-
-
-def _box(start, stop) -> tuple[slice, slice, slice]:
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-
-
-# Directions to points deep inside any node: its axes and the diagonals between them.
-_CORE_DIRECTIONS = np.array(
-    [v for v in np.ndindex(3, 3, 3) if v != (1, 1, 1)], dtype=float
-) - 1.0
-_CORE_DIRECTIONS /= np.linalg.norm(_CORE_DIRECTIONS, axis=1, keepdims=True)
-
-
-def _core_in_free_fat(geometry, free_fat, centre_ras, appearance) -> bool:
-    """Whether the voxels around 26 points deep inside the node are free fat."""
-    semi = appearance.semi_axes_mm * (1.0 - appearance.margin_amplitude)
-    points = centre_ras + (_CORE_DIRECTIONS * semi) @ appearance.rotation.T
-    kji = np.round(geometry.ras_to_ijk_points(points)).astype(int)[:, ::-1]
-    if np.any(kji < 0) or np.any(kji >= free_fat.shape):
-        return False
-    return bool(free_fat[tuple(kji.T)].all())
+    local_mask[box_slices(margin, margin + render.mask.shape)] = render.mask
+    return bool(local_free[gap_shell(local_mask, geometry)].all())
 
 
 def _sample_seed(rng, geometry, centre_ras, render: NodeRender) -> np.ndarray:

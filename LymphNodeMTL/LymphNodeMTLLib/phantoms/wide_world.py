@@ -24,6 +24,10 @@ What is wider than the spec (all appearance; P and the label come from the laten
 - scanner: HU offset and scale (calibration differences between scanners), blur 0.4-1.2 mm, noise
   5-40 HU (white or slightly correlated), thin, thick (3-5 mm) and coarse isotropic (1.5-3 mm) grids,
   any direction matrix.
+
+The grid, the painting, the reading of a real CT, the scanner's blur and the room map are the phantom
+worlds' shared scene and placement (scene_grid.py, tissue_scene.py, real_background.py, scanner.py,
+node_placement.py); this module holds the wide world's own body, protocols, modes and node looks.
 """
 
 from __future__ import annotations
@@ -36,11 +40,6 @@ from scipy import ndimage
 
 from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry
-from .case_generator import (
-    _CORE_DIRECTIONS,
-    _clear_border,
-    _features_largest_first,
-)
 from .features import NodeFeatures, sample_labels
 from .node_renderer import (
     NodeAppearance,
@@ -52,6 +51,15 @@ from .node_renderer import (
     render_node,
     sample_node_appearance,
     voxel_centres_ras,
+)
+from .node_placement import (
+    NODE_GAP_MM,
+    SEED_JITTER_MM,
+    RoomMap,
+    clear_border,
+    features_largest_first,
+    gap_shell,
+    probes_inside,
 )
 from .phantom_case import PhantomCase, PhantomNode
 from .real_background import read_background, real_ct_scene, resample_onto
@@ -77,8 +85,6 @@ from .tissue_scene import (
 SIMILAR_CLASSES = (SOFT_TISSUE, MUSCLE, BOWEL_WALL, VESSEL)
 FORBIDDEN_CLASSES = (AIR, LUNG, BONE, LUMEN)
 SPEC_SHORT_AXIS_CLIP_MM = 30.0  # features.py clips s here; a bulky node's label reads it so
-NODE_GAP_MM = 2.0
-SEED_JITTER_MM = 3.0
 PLACEMENT_ATTEMPTS = 80
 
 
@@ -292,14 +298,19 @@ def _real_scene(rng, background, spacing, direction):
 
 # --- nodes -----------------------------------------------------------------------------------
 def _place_nodes(rng, scene: TissueScene, enhancement_hu: float, n_nodes: int, options: WideWorldOptions):
+    """Place and draw up to `n_nodes` nodes into `scene` (in place), largest first, each in its mode
+    (cluster, contact or fat; a mode without room gives way, a node no mode has room for is dropped).
+
+    Returns (label map, the nodes' truth by mask value, each node's placement record).
+    """
     geometry = scene.geometry
-    features = _features_largest_first(rng, n_nodes)
+    features = features_largest_first(rng, n_nodes)
     label_map = np.zeros(geometry.shape_kji, dtype=np.int16)
     allowed = ~np.isin(scene.tissue, FORBIDDEN_CLASSES)
-    _clear_border(allowed)
+    clear_border(allowed)
     fat = scene.tissue == FAT
     similar = np.isin(scene.tissue, SIMILAR_CLASSES)
-    maps = _PlacementMaps(fat & allowed, similar, allowed, geometry)
+    maps = _ContactMaps(fat & allowed, similar, allowed, geometry)
     placed, info = [], []
     for drawn in features:
         label_features, visible, bulky = _visible_features(rng, drawn, options)
@@ -359,35 +370,17 @@ def _visible_features(rng, features: NodeFeatures, options: WideWorldOptions):
     return label_features, dataclasses.replace(features, short_axis_mm=short, axis_ratio=ratio), True
 
 
-class _PlacementMaps:
-    """Coarse (about 2 mm) maps that propose centres: room (distance to anything a node may not
-    cover) and distance to similar-attenuation tissue, both in mm."""
+class _ContactMaps(RoomMap):
+    """The room map (room: distance to anything a node may not cover) and, on the same blocks, which
+    are all fat and how far (mm) similar-attenuation tissue is: where each placement mode looks."""
 
     def __init__(self, fat, similar, allowed, geometry: VolumeGeometry):
-        spacing_kji = geometry.spacing[::-1]
-        self.factors = np.maximum(1, np.round(2.0 / spacing_kji)).astype(int)
-        shape = np.maximum(np.asarray(fat.shape) // self.factors, 1)
-
-        def blocks(volume, reduce):
-            cropped = volume[tuple(slice(0, n * f) for n, f in zip(shape, self.factors))]
-            view = cropped.reshape(shape[0], self.factors[0], shape[1], self.factors[1], shape[2], self.factors[2])
-            return reduce(view, axis=(1, 3, 5))
-
-        sampling = spacing_kji * self.factors
-        self.fat = blocks(fat, np.all)
-        self.room_mm = ndimage.distance_transform_edt(blocks(allowed, np.all), sampling=sampling)
-        self.to_similar_mm = ndimage.distance_transform_edt(~blocks(similar, np.any), sampling=sampling)
-        self.slack_mm = float(np.linalg.norm(sampling))
-
-    def voxel(self, rng, candidates: np.ndarray) -> np.ndarray | None:
-        flat = np.flatnonzero(candidates)
-        if len(flat) == 0:
-            return None
-        block = np.array(np.unravel_index(flat[rng.integers(len(flat))], candidates.shape))
-        return block * self.factors + rng.integers(0, self.factors)
+        super().__init__(allowed, geometry)
+        self.fat = self.all_of(fat)
+        self.to_similar_mm = self.distance_mm(~self.any_of(similar))
 
 
-def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMaps, placed, features, mode, options):
+def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _ContactMaps, placed, features, mode, options):
     """(centre, appearance, box, mask) of a node placed in `mode`, or None."""
     geometry = scene.geometry
     for _ in range(PLACEMENT_ATTEMPTS):
@@ -404,13 +397,14 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
                 candidates = maps.fat & (maps.to_similar_mm >= 0.2 * radius) & (maps.to_similar_mm <= 0.9 * radius)
             else:
                 candidates = maps.fat & (maps.to_similar_mm >= radius + NODE_GAP_MM)
-            candidates &= maps.room_mm >= radius - maps.slack_mm
-            voxel = maps.voxel(rng, candidates)
-            if voxel is None:
+            candidates = np.flatnonzero(candidates & maps.has_room(radius))
+            if len(candidates) == 0:
                 return None
+            voxel = maps.random_voxel(rng, candidates)
             centre = geometry.ijk_to_ras_points(voxel[::-1].astype(float) + rng.uniform(-0.5, 0.5, 3))[0]
-        if not _outer_points_in(geometry, fat if mode == "fat" else allowed, centre, appearance,
-                                NODE_GAP_MM if mode == "fat" else 0.0):
+        gap_mm = NODE_GAP_MM if mode == "fat" else 0.0
+        outer_semi_axes = appearance.semi_axes_mm * (1.0 + appearance.margin_amplitude) + gap_mm
+        if not probes_inside(geometry, fat if mode == "fat" else allowed, centre, appearance, outer_semi_axes):
             continue  # cheap early rejection; the exact tests follow
         render = node_mask(geometry, centre, appearance)
         box = render.slices()
@@ -426,7 +420,7 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
                 continue
         elif others.any():
             continue
-        shell = _shell(mask, geometry) & ~mask
+        shell = gap_shell(mask, geometry) & ~mask
         near_other = (label_map[box] > 0) & shell
         if mode != "cluster" and near_other.any():
             continue  # only clusters touch
@@ -439,16 +433,6 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
     return None
 
 
-def _outer_points_in(geometry, where: np.ndarray, centre, appearance: NodeAppearance, gap_mm: float) -> bool:
-    """Whether 26 points on the node's outer bound (axes and diagonals, plus `gap_mm`) lie in `where`."""
-    semi = appearance.semi_axes_mm * (1.0 + appearance.margin_amplitude) + gap_mm
-    points = np.asarray(centre) + (_CORE_DIRECTIONS * semi) @ appearance.rotation.T
-    kji = np.round(geometry.ras_to_ijk_points(points)).astype(int)[:, ::-1]
-    if np.any(kji < 0) or np.any(kji >= where.shape):
-        return False
-    return bool(where[tuple(kji.T)].all())
-
-
 def _radius_along(appearance: NodeAppearance, direction) -> float:
     """Ellipsoid radius (mm) of a node along a RAS direction (margin ignored)."""
     local = appearance.rotation.T @ direction
@@ -459,12 +443,6 @@ def _whole_in_grid(geometry, centre, appearance, render) -> bool:
     """Whether the node's whole box lies inside the grid (a node cut by the edge is no training case)."""
     start, stop = node_box(geometry, centre, appearance)
     return all(a >= 1 for a in start) and all(b <= n - 1 for b, n in zip(stop, geometry.shape_kji))
-
-
-def _shell(mask, geometry) -> np.ndarray:
-    """Voxels within NODE_GAP_MM of the mask (the mask included)."""
-    distance = ndimage.distance_transform_edt(~mask, sampling=geometry.spacing[::-1])
-    return distance <= NODE_GAP_MM
 
 
 def _touches(other, mask) -> bool:
