@@ -1,4 +1,5 @@
-"""The phantom worlds' scanner: a Gaussian blur of physical width and additive noise; a real CT keeps its own acquisition."""
+"""The scanner of the spec's world and the wide world: a Gaussian blur of physical width and added
+noise; a real CT keeps its own acquisition."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """A phantom's surroundings while they are drawn: HU and a tissue class per voxel, painted in patient space.
 
-Both training worlds paint their synthetic bodies with these strokes (elliptic cylinders along S,
-solids in a box of patient coordinates, straight tubes through the volume, smooth texture) and read a
-real CT into the same tissue classes (real_background.py), so node placement and the scanner meet one
-kind of scene whichever body lies under the nodes.
+The spec's world and the wide world paint their synthetic bodies with these strokes (elliptic
+cylinders along S, solids in a box of patient coordinates, straight tubes through the volume, smooth
+texture) and read a real CT into the same tissue classes (real_background.py), so node placement and
+the scanner meet one kind of scene whichever body lies under the nodes.
 """
 
 from __future__ import annotations
