@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
 from LymphNodeMTLLib.core.node_attributes import ATTRIBUTE_NAMES
 from LymphNodeMTLLib.io.training_manifest import read_nodes_csv
-from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case, random_direction
+from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 from LymphNodeMTLLib.phantoms.dataset_writer import (
     PHANTOM_ATTRIBUTES,
     write_phantom_case,
@@ -27,6 +27,7 @@ from LymphNodeMTLLib.phantoms.features import (
     sample_node_features,
 )
 from LymphNodeMTLLib.phantoms.node_renderer import render_node, sample_node_appearance
+from LymphNodeMTLLib.phantoms.scene_grid import random_direction
 from scipy import ndimage
 from scipy.stats import rankdata
 
@@ -258,11 +259,13 @@ def test_nodes_inserted_into_a_real_background_leave_it_untouched_elsewhere(sour
         if not path.exists():
             pytest.skip(f"{path} not present")
         background, fov = path, (160.0, 160.0, 60.0)
+    given = background[0].copy() if source == "synthetic" else None
     case = generate_phantom_case(
         np.random.default_rng(1), 5, background=background, field_of_view_mm=fov
     )
     _assert_case_truth(case)
     if source == "synthetic":
+        assert np.array_equal(background[0], given)  # the caller's CT is read, never drawn into
         far = ~ndimage.binary_dilation(case.label_map > 0, iterations=6)
         assert np.array_equal(case.image[far], background[0][far])
         assert case.geometry.same_grid(background[1])

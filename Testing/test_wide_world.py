@@ -6,8 +6,11 @@ keeping the spec's label model; the patch cache must give patches at the spacing
 geometry right (the node's size in mm does not change with the spacing).
 """
 
+import ast
+import collections
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +19,9 @@ from LymphNodeMTLLib.evaluation.evaluator import contact_fraction
 from LymphNodeMTLLib.network.model_store import load_model
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case
 from LymphNodeMTLLib.phantoms.features import metastasis_probability
+from LymphNodeMTLLib.phantoms.node_placement import RoomMap
 from LymphNodeMTLLib.phantoms.node_renderer import random_rotation
+from LymphNodeMTLLib.phantoms.tissue_scene import TissueScene
 from LymphNodeMTLLib.phantoms.wide_world import WideWorldOptions, generate_wide_case
 from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig
 from LymphNodeMTLLib.preprocessing.patch_sampler import sample_patches, volume_tensor
@@ -24,6 +29,8 @@ from LymphNodeMTLLib.training.node_patch_dataset import CaseNodes, NodePatchData
 from LymphNodeMTLLib.training.trainer import TrainConfig, Trainer
 
 THIN = (0.8, 0.8, 1.0)
+PHANTOMS = Path(generate_wide_case.__code__.co_filename).parent
+SHARED_MODULES = {"phantom_case", "scene_grid", "tissue_scene", "real_background", "scanner", "node_placement"}
 
 
 def _case(seed, n_nodes=6, **options):
@@ -125,6 +132,42 @@ def test_real_background_nodes_sit_also_against_tissue(tmp_path):
                               options=WideWorldOptions(contact_share=1.0, cluster_share=0.0, bulky_share=0.0))
     assert case.metadata["background"] == "array"
     assert case.nodes and max(_contacts(case)) > 0.1
+
+
+# --- what the wide world shares with the spec's ---------------------------------------------------
+def _sibling_imports(path):
+    """(module, name) of every `from .module import name` in a phantoms module."""
+    tree = ast.parse(path.read_text())
+    return [(node.module, alias.name) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names]
+
+
+def test_the_worlds_share_their_scene_and_placement_through_public_modules():
+    for path in PHANTOMS.glob("*.py"):
+        for module, name in _sibling_imports(path):
+            assert not name.startswith("_"), f"{path.name} imports {module}.{name}, a private name"
+    for world in ("case_generator", "wide_world"):
+        used = {module for module, _ in _sibling_imports(PHANTOMS / f"{world}.py")}
+        assert SHARED_MODULES <= used, f"{world}.py does not build on {SHARED_MODULES - used}"
+        assert not used & {"case_generator", "wide_world"}, f"{world}.py takes its parts from the other world"
+
+
+def test_both_worlds_paint_and_place_with_the_shared_scene(monkeypatch):
+    calls = collections.Counter()
+    for owner, name in ((TissueScene, "paint"), (TissueScene, "add_texture"), (RoomMap, "random_voxel")):
+        def counted(*args, _run=getattr(owner, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _run(*args, **kwargs)
+        monkeypatch.setattr(owner, name, counted)
+    worlds = {
+        "spec": lambda: generate_phantom_case(np.random.default_rng(0), 2, spacing=(1.5, 1.5, 1.5), direction=np.eye(3),
+                                              field_of_view_mm=(90.0, 90.0, 45.0)),
+        "wide": lambda: _case(0, n_nodes=2, spacing=(2.0, 2.0, 2.0), cluster_share=0.0),
+    }
+    for world, generate in worlds.items():
+        calls.clear()
+        generate()
+        assert calls["paint"] and calls["add_texture"] and calls["random_voxel"], (world, dict(calls))
 
 
 # --- across spacings ---------------------------------------------------------------------------

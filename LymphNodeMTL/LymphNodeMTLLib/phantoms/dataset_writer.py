@@ -18,8 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.geometry import VolumeGeometry
-from .case_generator import PhantomCase, generate_phantom_case
+from .case_generator import generate_phantom_case
 from .features import FEATURE_NAMES
+from .phantom_case import PhantomCase
 
 MANIFEST_COLUMNS = ("case_id", "image", "nodes", "label_map")
 # the nodes CSV carries what a training manifest can hold: the seed, the label, P as the soft

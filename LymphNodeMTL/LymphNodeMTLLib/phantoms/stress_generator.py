@@ -26,9 +26,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..core.geometry import VolumeGeometry, lps_to_ras_points
-from .case_generator import PhantomCase, PhantomNode
 from .features import sample_labels, sample_node_features
 from .node_renderer import NodeAppearance, SmoothField, random_rotation
+from .phantom_case import PhantomCase, PhantomNode
 
 SLICE_PROTOCOLS_MM = (1.0, 1.25, 2.0, 2.5, 3.0, 5.0)
 SUB_SLICE_MM = 1.0  # slice profile: fine sub-slices at most this far apart, averaged per slice
@@ -78,11 +78,10 @@ def generate_stress_case(rng: np.random.Generator, n_nodes: int, background=None
     probabilities = [f.probability for _, _, f, _ in placed]
     labels = sample_labels(rng, probabilities)
     nodes = []
-    for (value, centre_lps, f, seed_lps), p, label in zip(placed, probabilities, labels):
+    for (value, centre_lps, f, seed_lps), label in zip(placed, labels):
         centre = lps_to_ras_points(np.asarray(centre_lps) + shift)[0]
         seed = lps_to_ras_points(np.asarray(seed_lps) + shift)[0]
-        nodes.append(PhantomNode(f"N{value:02d}", tuple(float(c) for c in centre), tuple(float(c) for c in seed),
-                                 value, f, p, int(label), _appearance_record(f)))
+        nodes.append(PhantomNode.drawn(value, centre, seed, f, label, _appearance_record(f)))
     return PhantomCase(sitk.GetArrayFromImage(image).astype(np.float32), geometry,
                        sitk.GetArrayFromImage(labels_image).astype(np.int16), nodes,
                        {"background": "stress", "slice_mm": thickness, "in_plane_mm": in_plane})

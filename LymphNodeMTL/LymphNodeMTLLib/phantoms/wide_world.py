@@ -24,36 +24,22 @@ What is wider than the spec (all appearance; P and the label come from the laten
 - scanner: HU offset and scale (calibration differences between scanners), blur 0.4-1.2 mm, noise
   5-40 HU (white or slightly correlated), thin, thick (3-5 mm) and coarse isotropic (1.5-3 mm) grids,
   any direction matrix.
+
+The grid, the painting, the reading of a real CT, the scanner's blur and the room map are the phantom
+worlds' shared scene and placement (scene_grid.py, tissue_scene.py, real_background.py, scanner.py,
+node_placement.py); this module holds the wide world's own body, protocols, modes and node looks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from ..core.errors import InputError
 from ..core.geometry import VolumeGeometry
-from ..io.volume_reader import read_volume
-from .case_generator import (
-    _CORE_DIRECTIONS,
-    PhantomCase,
-    PhantomNode,
-    _box_of_ras_aabb,
-    _centre_ras,
-    _clear_border,
-    _features_largest_first,
-    _grid_around,
-    _in_ellipse,
-    _ras_components,
-    _smooth_noise,
-    random_direction,
-    straight_tube,
-)
 from .features import NodeFeatures, sample_labels
 from .node_renderer import (
     NodeAppearance,
@@ -66,17 +52,39 @@ from .node_renderer import (
     sample_node_appearance,
     voxel_centres_ras,
 )
+from .node_placement import (
+    NODE_GAP_MM,
+    SEED_JITTER_MM,
+    RoomMap,
+    clear_border,
+    features_largest_first,
+    gap_shell,
+    probes_inside,
+)
+from .phantom_case import PhantomCase, PhantomNode
+from .real_background import read_background, real_ct_scene, resample_onto
+from .scanner import blur_mm, scanned_image
+from .scene_grid import grid_around, random_direction
+from .tissue_scene import (
+    AIR,
+    BONE,
+    BOWEL_WALL,
+    FAT,
+    LUMEN,
+    LUNG,
+    MUSCLE,
+    SOFT_TISSUE,
+    VESSEL,
+    TissueScene,
+    cranio_caudal_axis,
+    in_ellipse,
+)
 
-# Tissue classes of the wide body. SIMILAR_CLASSES attenuate like a node (within ~40 HU of it) in
-# at least one contrast phase; FORBIDDEN_CLASSES never hold a node.
-AIR, FAT, ORGAN, VESSEL, LUNG, MUSCLE, BOWEL_WALL, LUMEN, BONE, PARTIAL = range(10)  # PARTIAL: fat/tissue edge
-SIMILAR_CLASSES = (ORGAN, MUSCLE, BOWEL_WALL, VESSEL)
+# SIMILAR_CLASSES attenuate like a node (within ~40 HU of it) in at least one contrast phase;
+# FORBIDDEN_CLASSES never hold a node.
+SIMILAR_CLASSES = (SOFT_TISSUE, MUSCLE, BOWEL_WALL, VESSEL)
 FORBIDDEN_CLASSES = (AIR, LUNG, BONE, LUMEN)
 SPEC_SHORT_AXIS_CLIP_MM = 30.0  # features.py clips s here; a bulky node's label reads it so
-NODE_GAP_MM = 2.0
-SEED_JITTER_MM = 3.0
-SIMILAR_HU = (0.0, 150.0)  # a real CT's tissue that a node can abut without a visible edge
-REAL_FAT_HU = (-150.0, -50.0)
 PLACEMENT_ATTEMPTS = 80
 
 
@@ -113,15 +121,8 @@ PHASES = {
     "arterial": ((55.0, 85.0), (200.0, 350.0), (45.0, 70.0), (5.0, 25.0)),
     "portal_venous": ((90.0, 130.0), (130.0, 200.0), (60.0, 90.0), (10.0, 40.0)),
 }
-
-
-@dataclass
-class _Scene:
-    hu: np.ndarray  # float32 HU before blur and noise
-    tissue: np.ndarray  # uint8 tissue classes (synthetic), or derived from HU (real)
-    geometry: VolumeGeometry
-    node_enhancement_hu: float
-    original: np.ndarray | None = None  # a real CT as read, to add only the nodes' change to it
+# Texture amplitude (HU) per tissue class, in tissue_scene.py's order.
+TEXTURE_HU = np.array([0, 15, 8, 3, 25, 6, 6, 5, 60, 0], dtype=np.float32)
 
 
 def generate_wide_case(
@@ -146,11 +147,11 @@ def generate_wide_case(
     protocol, spacing = _protocol(rng, options, spacing)
     direction = _wide_direction(rng) if direction is None else np.asarray(direction, dtype=float)
     if background is None:
-        scene, metadata = _synthetic_scene(rng, spacing, direction)
+        scene, enhancement_hu, metadata = _synthetic_scene(rng, spacing, direction)
     else:
-        scene, metadata = _real_scene(rng, background, spacing, direction)
+        scene, enhancement_hu, metadata = _real_scene(rng, background, spacing, direction)
     metadata["protocol"] = protocol
-    label_map, nodes, node_info = _place_nodes(rng, scene, n_nodes, options)
+    label_map, nodes, node_info = _place_nodes(rng, scene, enhancement_hu, n_nodes, options)
     image = _scanner(rng, scene, label_map, metadata)
     metadata.update(spacing=tuple(float(s) for s in scene.geometry.spacing), nodes_placed=len(nodes),
                     node_placement=node_info)
@@ -187,17 +188,14 @@ def _field_of_view(rng, spacing) -> np.ndarray:
 
 # --- synthetic body --------------------------------------------------------------------------
 def _synthetic_scene(rng, spacing, direction):
+    """(scene, node enhancement HU, metadata) of a body on a random grid and contrast phase."""
     fov = _field_of_view(rng, spacing)
-    shape_ijk = np.maximum(1, np.round(fov / np.asarray(spacing))).astype(int)
-    geometry = _grid_around(rng.uniform(-60.0, 60.0, 3), spacing, direction, shape_ijk)
+    geometry = grid_around(rng.uniform(-60.0, 60.0, 3), fov, spacing, direction)
     phase = str(rng.choice(list(PHASES)))
     organ_hu, vessel_hu, wall_hu, enhancement = PHASES[phase]
     chest = bool(rng.random() < 0.4)
-    shape = geometry.shape_kji
-    centre = _centre_ras(geometry)
-    hu = np.full(shape, -1000.0, dtype=np.float32)
-    tissue = np.zeros(shape, dtype=np.uint8)
-    r, a, s = _ras_components(geometry, (0, 0, 0), shape, centre)
+    scene = TissueScene.empty(geometry)
+    r, a = scene.axial_coordinates()
     half = 0.5 * fov[0]
     body = (half * rng.uniform(0.88, 1.05), half * rng.uniform(0.72, 0.9))
     skin = (body[0] - rng.uniform(1.5, 3.0), body[1] - rng.uniform(1.5, 3.0))
@@ -205,40 +203,33 @@ def _synthetic_scene(rng, spacing, direction):
     inner = np.subtract(muscle_outer, rng.uniform(5.0, 12.0))
     fat_hu = rng.uniform(-120.0, -85.0)
     muscle_hu = rng.uniform(45.0, 65.0)
-    _paint(hu, tissue, _in_ellipse(r, a, (0, 0), body), MUSCLE, muscle_hu)  # skin reads as soft tissue
-    _paint(hu, tissue, _in_ellipse(r, a, (0, 0), skin), FAT, fat_hu)
-    _paint(hu, tissue, _in_ellipse(r, a, (0, 0), muscle_outer), MUSCLE, muscle_hu)
-    _paint(hu, tissue, _in_ellipse(r, a, (0, 0), inner), FAT, fat_hu)
+    scene.paint(in_ellipse(r, a, (0, 0), body), MUSCLE, muscle_hu)  # skin reads as soft tissue
+    scene.paint(in_ellipse(r, a, (0, 0), skin), FAT, fat_hu)
+    scene.paint(in_ellipse(r, a, (0, 0), muscle_outer), MUSCLE, muscle_hu)
+    scene.paint(in_ellipse(r, a, (0, 0), inner), FAT, fat_hu)
     # spine behind the centre, and muscles beside it (psoas, paraspinal)
     spine_ra = (rng.uniform(-5, 5), -inner[1] + rng.uniform(12.0, 22.0))
-    spine = _in_ellipse(r, a, spine_ra, (rng.uniform(14, 20), rng.uniform(12, 17)))
+    spine = in_ellipse(r, a, spine_ra, (rng.uniform(14, 20), rng.uniform(12, 17)))
     for side in (-1.0, 1.0):
-        muscle = _in_ellipse(r, a, (spine_ra[0] + side * rng.uniform(22, 35), spine_ra[1] + rng.uniform(0, 12)),
-                             (rng.uniform(10, 18), rng.uniform(8, 14)))
-        _paint(hu, tissue, muscle & (tissue == FAT), MUSCLE, muscle_hu + rng.uniform(-5, 5))
+        muscle = in_ellipse(r, a, (spine_ra[0] + side * rng.uniform(22, 35), spine_ra[1] + rng.uniform(0, 12)),
+                            (rng.uniform(10, 18), rng.uniform(8, 14)))
+        scene.paint(muscle & (scene.tissue == FAT), MUSCLE, muscle_hu + rng.uniform(-5, 5))
     if chest:
         for side in (-1.0, 1.0):
-            lung = _in_ellipse(r, a, (side * 0.55 * inner[0], rng.uniform(-0.1, 0.1) * inner[1]),
-                               inner * np.array([rng.uniform(0.3, 0.38), rng.uniform(0.65, 0.8)]))
-            _paint(hu, tissue, lung & (tissue == FAT), LUNG, rng.uniform(-880.0, -820.0))
-    _paint(hu, tissue, spine & (tissue != AIR), BONE, rng.uniform(350.0, 700.0))
+            lung = in_ellipse(r, a, (side * 0.55 * inner[0], rng.uniform(-0.1, 0.1) * inner[1]),
+                              inner * np.array([rng.uniform(0.3, 0.38), rng.uniform(0.65, 0.8)]))
+            scene.paint(lung & (scene.tissue == FAT), LUNG, rng.uniform(-880.0, -820.0))
+    scene.paint(spine & (scene.tissue != AIR), BONE, rng.uniform(350.0, 700.0))
     for _ in range(rng.integers(1, 4)):
-        _organ(rng, hu, tissue, geometry, centre, inner, rng.uniform(*organ_hu))
+        _organ(rng, scene, inner, rng.uniform(*organ_hu))
     if not chest or rng.random() < 0.3:
         for _ in range(rng.integers(1, 4)):
-            _bowel_loop(rng, hu, tissue, geometry, centre, inner, rng.uniform(*wall_hu))
+            _bowel_loop(rng, scene, inner, rng.uniform(*wall_hu))
     for _ in range(rng.integers(2, 6)):
-        _vessel(rng, hu, tissue, geometry, centre, inner, rng.uniform(*vessel_hu))
-    texture = _smooth_noise(rng, shape, geometry.spacing[::-1], correlation_mm=rng.uniform(3.0, 8.0))
-    amplitude = np.array([0, 15, 8, 3, 25, 6, 6, 5, 60, 0], dtype=np.float32)[tissue]
-    hu += amplitude * texture
+        _vessel(rng, scene, inner, rng.uniform(*vessel_hu))
+    scene.add_texture(rng, TEXTURE_HU, correlation_mm=rng.uniform(3.0, 8.0))
     metadata = {"background": "synthetic", "chest": chest, "phase": phase}
-    return _Scene(hu, tissue, geometry, float(rng.uniform(*enhancement))), metadata
-
-
-def _paint(hu, tissue, where, tissue_class, value):
-    tissue[where] = tissue_class
-    hu[where] = value
+    return scene, float(rng.uniform(*enhancement)), metadata
 
 
 def _inner_point(rng, centre, inner, spread=0.75, s_range=50.0):
@@ -248,67 +239,51 @@ def _inner_point(rng, centre, inner, spread=0.75, s_range=50.0):
                               rng.uniform(-s_range, s_range)])
 
 
-def _organ(rng, hu, tissue, geometry, centre, inner, value):
+def _organ(rng, scene: TissueScene, inner, value):
     """A rotated soft-tissue ellipsoid (liver, spleen, kidney, heart) inside the body's fat."""
     semi = rng.uniform(10.0, 35.0, 3)
-    position = _inner_point(rng, centre, inner)
+    position = _inner_point(rng, scene.centre_ras, inner)
     rotation = random_rotation(rng)
     reach = float(semi.max())
-    start, stop = _box_of_ras_aabb(geometry, position - reach, position + reach)
-    r, a, s = _ras_components(geometry, start, stop, position)
+    box, (r, a, s) = scene.local_coordinates(position - reach, position + reach, position)
     local = [rotation[0, c] * r + rotation[1, c] * a + rotation[2, c] * s for c in range(3)]
     inside = sum((x / float(h)) ** 2 for x, h in zip(local, semi)) <= 1.0
-    box = tuple(slice(b, e) for b, e in zip(start, stop))
-    where = inside & np.isin(tissue[box], (FAT, ORGAN))
-    _paint(hu[box], tissue[box], where, ORGAN, value)
+    scene.paint(inside & np.isin(scene.tissue[box], (FAT, SOFT_TISSUE)), SOFT_TISSUE, value, box)
 
 
-def _bowel_loop(rng, hu, tissue, geometry, centre, inner, wall_hu):
+def _bowel_loop(rng, scene: TissueScene, inner, wall_hu):
     """A bowel loop: a wandering tube of spheres with a 2-4 mm wall around a fluid, gas or
     oral-contrast lumen."""
     radius = rng.uniform(7.0, 15.0)
     wall = rng.uniform(2.0, 4.0)
     lumen_hu = float(rng.choice([rng.uniform(0.0, 25.0), -1000.0, rng.uniform(200.0, 400.0)], p=[0.5, 0.3, 0.2]))
-    point = _inner_point(rng, centre, inner, spread=0.6)
+    point = _inner_point(rng, scene.centre_ras, inner, spread=0.6)
     heading = rng.normal(size=3)
     for _ in range(rng.integers(6, 14)):
         heading = heading / np.linalg.norm(heading) + 0.6 * rng.normal(size=3)
         heading /= np.linalg.norm(heading)
         point = point + heading * radius * 0.8
-        start, stop = _box_of_ras_aabb(geometry, point - radius, point + radius)
-        r, a, s = _ras_components(geometry, start, stop, point)
+        box, (r, a, s) = scene.local_coordinates(point - radius, point + radius, point)
         d2 = r**2 + a**2 + s**2
-        box = tuple(slice(b, e) for b, e in zip(start, stop))
-        fat = np.isin(tissue[box], (FAT, BOWEL_WALL))
-        _paint(hu[box], tissue[box], (d2 <= radius**2) & fat, BOWEL_WALL, wall_hu)
-        lumen = (d2 <= (radius - wall) ** 2) & np.isin(tissue[box], (BOWEL_WALL, LUMEN))
-        _paint(hu[box], tissue[box], lumen, LUMEN, lumen_hu)
+        fat = np.isin(scene.tissue[box], (FAT, BOWEL_WALL))
+        scene.paint((d2 <= radius**2) & fat, BOWEL_WALL, wall_hu, box)
+        lumen = (d2 <= (radius - wall) ** 2) & np.isin(scene.tissue[box], (BOWEL_WALL, LUMEN))
+        scene.paint(lumen, LUMEN, lumen_hu, box)
 
 
-def _vessel(rng, hu, tissue, geometry, centre, inner, value):
+def _vessel(rng, scene: TissueScene, inner, value):
     """A straight tube, mostly cranio-caudal; it runs over fat, organs and muscle alike."""
     radius = rng.uniform(2.5, 12.0)
-    if rng.random() < 0.35:
-        axis = rng.normal(size=3)
-    else:
-        tilt, turn = rng.uniform(0.0, np.deg2rad(25.0)), rng.uniform(0.0, 2.0 * np.pi)
-        axis = np.array([np.sin(tilt) * np.cos(turn), np.sin(tilt) * np.sin(turn), np.cos(tilt)])
-    axis /= np.linalg.norm(axis)
-    point = _inner_point(rng, centre, inner, spread=0.8, s_range=0.0)
-    box, in_tube = straight_tube(geometry, point, axis, radius)
-    inside = in_tube & np.isin(tissue[box], (FAT, ORGAN, MUSCLE))
-    _paint(hu[box], tissue[box], inside, VESSEL, value)
+    axis = cranio_caudal_axis(rng, any_direction_share=0.35)
+    point = _inner_point(rng, scene.centre_ras, inner, spread=0.8, s_range=0.0)
+    box, in_tube = scene.straight_tube(point, axis, radius)
+    scene.paint(in_tube & np.isin(scene.tissue[box], (FAT, SOFT_TISSUE, MUSCLE)), VESSEL, value, box)
 
 
 # --- real background -------------------------------------------------------------------------
 def _real_scene(rng, background, spacing, direction):
-    """A random part of a real CT on a random protocol; tissue classes read from its HU."""
-    if isinstance(background, (str, Path)):
-        array, geometry, _ = read_volume(background)
-        source = str(background)
-    else:
-        array, geometry = background
-        array, source = np.asarray(array, dtype=np.float32), "array"
+    """(scene, node enhancement HU, metadata) of a random part of a real CT on a random protocol."""
+    array, geometry, source = read_background(background)
     kept = rng.random() < 0.4  # keep the scan's own slices and orientation sometimes
     if kept:
         _, own_spacing, own_direction = geometry.lps_terms()
@@ -316,34 +291,26 @@ def _real_scene(rng, background, spacing, direction):
     body = np.argwhere(array[:: 4, :: 4, :: 4] > -300.0) * 4
     centre_kji = body[rng.integers(len(body))] if len(body) else np.asarray(array.shape) // 2
     centre_ras = geometry.ijk_to_ras_points(np.asarray(centre_kji[::-1], dtype=float))[0]
-    fov = _field_of_view(rng, spacing)
-    shape_ijk = np.maximum(1, np.round(fov / np.asarray(spacing))).astype(int)
-    target = _grid_around(centre_ras, spacing, direction, shape_ijk)
-    moving = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
-    geometry.apply_to_sitk(moving)
-    reference = sitk.Image([int(n) for n in shape_ijk], sitk.sitkFloat32)
-    target.apply_to_sitk(reference)
-    hu = sitk.GetArrayFromImage(sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, -1000.0))
-    smooth = ndimage.gaussian_filter(hu, 0.7 / target.spacing[::-1], truncate=3.0)
-    tissue = np.full(hu.shape, AIR, dtype=np.uint8)
-    tissue[(smooth >= REAL_FAT_HU[0]) & (smooth <= REAL_FAT_HU[1])] = FAT
-    tissue[(smooth >= SIMILAR_HU[0]) & (smooth <= SIMILAR_HU[1])] = ORGAN
-    tissue[(smooth > SIMILAR_HU[1])] = BONE  # bone, contrast vessels, oral contrast: never under a node
-    tissue[(smooth > REAL_FAT_HU[1]) & (smooth < SIMILAR_HU[0])] = PARTIAL
-    scene = _Scene(hu.astype(np.float32), tissue, target, float(rng.uniform(0.0, 25.0)), hu.astype(np.float32))
-    return scene, {"background": source, "own_grid": bool(kept)}
+    target = grid_around(centre_ras, _field_of_view(rng, spacing), spacing, direction)
+    scene = real_ct_scene(resample_onto(array, geometry, target), target)
+    return scene, float(rng.uniform(0.0, 25.0)), {"background": source, "own_grid": bool(kept)}
 
 
 # --- nodes -----------------------------------------------------------------------------------
-def _place_nodes(rng, scene: _Scene, n_nodes: int, options: WideWorldOptions):
+def _place_nodes(rng, scene: TissueScene, enhancement_hu: float, n_nodes: int, options: WideWorldOptions):
+    """Place and draw up to `n_nodes` nodes into `scene` (in place), largest first, each in its mode
+    (cluster, contact or fat; a mode without room gives way, a node no mode has room for is dropped).
+
+    Returns (label map, the nodes' truth by mask value, each node's placement record).
+    """
     geometry = scene.geometry
-    features = _features_largest_first(rng, n_nodes)
+    features = features_largest_first(rng, n_nodes)
     label_map = np.zeros(geometry.shape_kji, dtype=np.int16)
     allowed = ~np.isin(scene.tissue, FORBIDDEN_CLASSES)
-    _clear_border(allowed)
+    clear_border(allowed)
     fat = scene.tissue == FAT
     similar = np.isin(scene.tissue, SIMILAR_CLASSES)
-    maps = _PlacementMaps(fat & allowed, similar, allowed, geometry)
+    maps = _ContactMaps(fat & allowed, similar, allowed, geometry)
     placed, info = [], []
     for drawn in features:
         label_features, visible, bulky = _visible_features(rng, drawn, options)
@@ -357,7 +324,7 @@ def _place_nodes(rng, scene: _Scene, n_nodes: int, options: WideWorldOptions):
             continue
         centre, appearance, box, mask = result
         value = len(placed) + 1
-        _draw(rng, scene, label_map, centre, appearance, box, mask, value, options)
+        _draw(rng, scene, enhancement_hu, label_map, centre, appearance, box, mask, value, options)
         own = label_map[box] == value
         placed.append((value, centre, label_features, appearance, box, own))
         info.append({"mode": mode, "bulky": bulky, "visible_short_axis_mm": 2 * float(appearance.semi_axes_mm[0])})
@@ -370,11 +337,10 @@ def _place_nodes(rng, scene: _Scene, n_nodes: int, options: WideWorldOptions):
     probabilities = [f.probability for _, _, f, _, _, _ in placed]
     labels = sample_labels(rng, probabilities)
     nodes = []
-    for (value, centre, f, appearance, box, own), new, p, label, extra in zip(placed, order, probabilities, labels, info):
+    for (value, centre, f, appearance, box, own), new, label, extra in zip(placed, order, labels, info):
         seed = _seed(rng, geometry, centre, box, remapped[box] == new)
         extra["mask_value"] = int(new)
-        nodes.append(PhantomNode(f"N{new:02d}", tuple(float(c) for c in centre), tuple(float(c) for c in seed),
-                                 int(new), f, p, int(label), appearance))
+        nodes.append(PhantomNode.drawn(new, centre, seed, f, label, appearance))
     by_value = sorted(zip(nodes, info), key=lambda pair: pair[0].mask_value)
     return remapped, [n for n, _ in by_value], [i for _, i in by_value]
 
@@ -404,35 +370,17 @@ def _visible_features(rng, features: NodeFeatures, options: WideWorldOptions):
     return label_features, dataclasses.replace(features, short_axis_mm=short, axis_ratio=ratio), True
 
 
-class _PlacementMaps:
-    """Coarse (about 2 mm) maps that propose centres: room (distance to anything a node may not
-    cover) and distance to similar-attenuation tissue, both in mm."""
+class _ContactMaps(RoomMap):
+    """The room map (room: distance to anything a node may not cover) and, on the same blocks, which
+    are all fat and how far (mm) similar-attenuation tissue is: where each placement mode looks."""
 
     def __init__(self, fat, similar, allowed, geometry: VolumeGeometry):
-        spacing_kji = geometry.spacing[::-1]
-        self.factors = np.maximum(1, np.round(2.0 / spacing_kji)).astype(int)
-        shape = np.maximum(np.asarray(fat.shape) // self.factors, 1)
-
-        def blocks(volume, reduce):
-            cropped = volume[tuple(slice(0, n * f) for n, f in zip(shape, self.factors))]
-            view = cropped.reshape(shape[0], self.factors[0], shape[1], self.factors[1], shape[2], self.factors[2])
-            return reduce(view, axis=(1, 3, 5))
-
-        sampling = spacing_kji * self.factors
-        self.fat = blocks(fat, np.all)
-        self.room_mm = ndimage.distance_transform_edt(blocks(allowed, np.all), sampling=sampling)
-        self.to_similar_mm = ndimage.distance_transform_edt(~blocks(similar, np.any), sampling=sampling)
-        self.slack_mm = float(np.linalg.norm(sampling))
-
-    def voxel(self, rng, candidates: np.ndarray) -> np.ndarray | None:
-        flat = np.flatnonzero(candidates)
-        if len(flat) == 0:
-            return None
-        block = np.array(np.unravel_index(flat[rng.integers(len(flat))], candidates.shape))
-        return block * self.factors + rng.integers(0, self.factors)
+        super().__init__(allowed, geometry)
+        self.fat = self.all_of(fat)
+        self.to_similar_mm = self.distance_mm(~self.any_of(similar))
 
 
-def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMaps, placed, features, mode, options):
+def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _ContactMaps, placed, features, mode, options):
     """(centre, appearance, box, mask) of a node placed in `mode`, or None."""
     geometry = scene.geometry
     for _ in range(PLACEMENT_ATTEMPTS):
@@ -449,13 +397,14 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
                 candidates = maps.fat & (maps.to_similar_mm >= 0.2 * radius) & (maps.to_similar_mm <= 0.9 * radius)
             else:
                 candidates = maps.fat & (maps.to_similar_mm >= radius + NODE_GAP_MM)
-            candidates &= maps.room_mm >= radius - maps.slack_mm
-            voxel = maps.voxel(rng, candidates)
-            if voxel is None:
+            candidates = np.flatnonzero(candidates & maps.has_room(radius))
+            if len(candidates) == 0:
                 return None
+            voxel = maps.random_voxel(rng, candidates)
             centre = geometry.ijk_to_ras_points(voxel[::-1].astype(float) + rng.uniform(-0.5, 0.5, 3))[0]
-        if not _outer_points_in(geometry, fat if mode == "fat" else allowed, centre, appearance,
-                                NODE_GAP_MM if mode == "fat" else 0.0):
+        gap_mm = NODE_GAP_MM if mode == "fat" else 0.0
+        outer_semi_axes = appearance.semi_axes_mm * (1.0 + appearance.margin_amplitude) + gap_mm
+        if not probes_inside(geometry, fat if mode == "fat" else allowed, centre, appearance, outer_semi_axes):
             continue  # cheap early rejection; the exact tests follow
         render = node_mask(geometry, centre, appearance)
         box = render.slices()
@@ -471,7 +420,7 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
                 continue
         elif others.any():
             continue
-        shell = _shell(mask, geometry) & ~mask
+        shell = gap_shell(mask, geometry) & ~mask
         near_other = (label_map[box] > 0) & shell
         if mode != "cluster" and near_other.any():
             continue  # only clusters touch
@@ -484,16 +433,6 @@ def _try_place(rng, scene, label_map, allowed, fat, similar, maps: _PlacementMap
     return None
 
 
-def _outer_points_in(geometry, where: np.ndarray, centre, appearance: NodeAppearance, gap_mm: float) -> bool:
-    """Whether 26 points on the node's outer bound (axes and diagonals, plus `gap_mm`) lie in `where`."""
-    semi = appearance.semi_axes_mm * (1.0 + appearance.margin_amplitude) + gap_mm
-    points = np.asarray(centre) + (_CORE_DIRECTIONS * semi) @ appearance.rotation.T
-    kji = np.round(geometry.ras_to_ijk_points(points)).astype(int)[:, ::-1]
-    if np.any(kji < 0) or np.any(kji >= where.shape):
-        return False
-    return bool(where[tuple(kji.T)].all())
-
-
 def _radius_along(appearance: NodeAppearance, direction) -> float:
     """Ellipsoid radius (mm) of a node along a RAS direction (margin ignored)."""
     local = appearance.rotation.T @ direction
@@ -504,12 +443,6 @@ def _whole_in_grid(geometry, centre, appearance, render) -> bool:
     """Whether the node's whole box lies inside the grid (a node cut by the edge is no training case)."""
     start, stop = node_box(geometry, centre, appearance)
     return all(a >= 1 for a in start) and all(b <= n - 1 for b, n in zip(stop, geometry.shape_kji))
-
-
-def _shell(mask, geometry) -> np.ndarray:
-    """Voxels within NODE_GAP_MM of the mask (the mask included)."""
-    distance = ndimage.distance_transform_edt(~mask, sampling=geometry.spacing[::-1])
-    return distance <= NODE_GAP_MM
 
 
 def _touches(other, mask) -> bool:
@@ -532,9 +465,10 @@ def _widen_appearance(rng, appearance: NodeAppearance, options: WideWorldOptions
     return dataclasses.replace(appearance, margin_amplitude=total, margin_field=field)
 
 
-def _draw(rng, scene: _Scene, label_map, centre, appearance, box, mask, value, options):
-    """Write the node's HU and mask; an earlier node's voxels are left as they are."""
-    enhanced = dataclasses.replace(appearance, solid_hu=appearance.solid_hu + scene.node_enhancement_hu)
+def _draw(rng, scene: TissueScene, enhancement_hu, label_map, centre, appearance, box, mask, value, options):
+    """Write the node's HU (its solid tissue enhanced by `enhancement_hu`) and mask; an earlier
+    node's voxels are left as they are."""
+    enhanced = dataclasses.replace(appearance, solid_hu=appearance.solid_hu + enhancement_hu)
     keep = label_map[box] > 0
     before = scene.hu[box].copy()
     spill = np.zeros(scene.hu.shape, dtype=bool)
@@ -557,7 +491,7 @@ def _draw(rng, scene: _Scene, label_map, centre, appearance, box, mask, value, o
         texture = SmoothField.random(rng, 8, (2.0, 6.0))
         extra += (rng.uniform(5.0, 25.0) * texture(local)).astype(np.float32)
     view[final] += extra[final]
-    scene.tissue[box][final] = ORGAN  # a later node can abut this one as similar tissue
+    scene.tissue[box][final] = SOFT_TISSUE  # a later node can abut this one as similar tissue
 
 
 def _box_bounds(box):
@@ -575,25 +509,23 @@ def _seed(rng, geometry, centre, box, mask) -> np.ndarray:
 
 
 # --- scanner ---------------------------------------------------------------------------------
-def _scanner(rng, scene: _Scene, label_map, metadata: dict) -> np.ndarray:
+def _scanner(rng, scene: TissueScene, label_map, metadata: dict) -> np.ndarray:
     """Blur, noise and HU calibration: synthetic scenes whole, real CT only where nodes changed it."""
-    geometry = scene.geometry
-    blur_mm = float(rng.uniform(0.4, 1.2))
+    blur_sigma_mm = float(rng.uniform(0.4, 1.2))
     noise_sigma = float(rng.uniform(5.0, 40.0))
     correlated = bool(rng.random() < 0.5)
-    sigma_vox = blur_mm / geometry.spacing[::-1]
     noise = rng.standard_normal(scene.hu.shape, dtype=np.float32)
     if correlated:  # scanner noise is not white: smooth it in-plane a little, keep its SD
         noise = ndimage.gaussian_filter(noise, (0.0, 0.7, 0.7))
         noise /= max(float(noise.std()), 1e-6)
     if scene.original is None:
-        image = ndimage.gaussian_filter(scene.hu, sigma_vox, truncate=3.0) + noise_sigma * noise
-    else:
-        change = ndimage.gaussian_filter(scene.hu - scene.original, sigma_vox, truncate=3.0)
-        nodes = ndimage.gaussian_filter((label_map > 0).astype(np.float32), sigma_vox, truncate=3.0)
-        image = scene.original + change + noise_sigma * nodes * noise
+        noise_hu = noise_sigma * noise
+    else:  # the real CT keeps its own noise; the nodes get the case's
+        nodes = blur_mm((label_map > 0).astype(np.float32), scene.geometry, blur_sigma_mm)
+        noise_hu = noise_sigma * nodes * noise
+    image = scanned_image(scene, blur_sigma_mm, noise_hu)
     scale, offset = float(rng.uniform(0.95, 1.05)), float(rng.uniform(-15.0, 15.0))
     image = image * scale + offset
-    metadata.update(blur_mm=blur_mm, noise_sigma_hu=noise_sigma, correlated_noise=correlated,
+    metadata.update(blur_mm=blur_sigma_mm, noise_sigma_hu=noise_sigma, correlated_noise=correlated,
                     hu_scale=scale, hu_offset=offset)
     return image
