@@ -45,7 +45,7 @@ from .field_of_view import (
 from .mask_pasting import PastedProbability, paste_patch_probability
 from .node_status_rules import apply_status, holds_only_fat, in_soft_tissue, node_status_of, seed_hu
 from .overlap_resolution import resolve_overlaps
-from .prompt_chain import choose_prompt_view, run_chains
+from .prompt_chain import StepMemo, choose_prompt_view, run_chains
 from .seed_component import keep_seed_component
 
 Progress = Callable[[str, int, int], None]
@@ -79,6 +79,7 @@ class NodeEngine:
         self.last_fields_of_view_mm: dict[str, float] = {}
         self._volume, self._volume_key, self._volume_device = None, None, None
         self._accepted_prompts = None  # (geometry, prompts) last checked: not checked twice
+        self._steps = StepMemo()  # prompt-chain steps on the last CT: a new click runs one step
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shape: autotuned kernels pay off
 
@@ -119,10 +120,19 @@ class NodeEngine:
                                    + sum(len(node_prompts[k].clicks) for k in chained))
         views: list[list[PatchView]] = [[] for _ in range(n)]
         soft_tissue = np.ones(n, dtype=bool)  # a prompted node is where the radiologist says it is
-        if seeded:
-            looked, on_soft_tissue = self._look(case, centres[seeded], tracker)
-            for row, k in enumerate(seeded):
+        memo = self._steps.on(case.image)
+        # a seed-started chain starts from its seed's zero-click views: remembered from the predict
+        # or the click before on this CT, so a click runs only its own step
+        remembered = {k: memo.get(tuple(centres[k])) for k in seeded if node_prompts[k] is not None}
+        remembered = {k: v for k, v in remembered.items() if v is not None}
+        to_look = [k for k in seeded if k not in remembered]
+        if to_look:
+            looked, on_soft_tissue = self._look(case, centres[to_look], tracker)
+            for row, k in enumerate(to_look):
                 views[k], soft_tissue[k] = looked[row], on_soft_tissue[row]
+                memo.put((looked[row], on_soft_tissue[row]), tuple(centres[k]))
+        for k, (looked, on_soft_tissue) in remembered.items():
+            views[k], soft_tissue[k] = looked, on_soft_tissue
         chosen = [choose_view(v) if v else None for v in views]
         view_centres = centres.copy()
         if chained:
@@ -263,7 +273,8 @@ class NodeEngine:
             probs, logits, _ = self._run_network(case, centres, spacing, None, prompts=patch_prompts, tracker=tracker)
             return probs, logits
 
-        finals = run_chains(run, [node_prompts[k] for k in chained], chain_views, size, threshold, first)
+        finals = run_chains(run, [node_prompts[k] for k in chained], chain_views, size, threshold, first,
+                            self._steps.on(case.image))
         for k, view, (prob, logit) in zip(chained, chain_views, finals):
             chosen[k] = patch_view(prob, logit, view.spacing_mm, threshold)
             views[k] = [chosen[k]]
@@ -384,8 +395,10 @@ class NodeEngine:
             return prob.cpu(), out.metastasis_logit.float().cpu(), hu
 
     def clear_volume_cache(self) -> None:
-        """Forget the device copy of the CT (call after editing the CT array in place)."""
+        """Forget the device copy of the CT and what was computed on it (call after editing the CT
+        array in place)."""
         self._volume, self._volume_key, self._volume_device = None, None, None
+        self._steps = StepMemo()
 
     def _volume_on_device(self, image: np.ndarray) -> torch.Tensor:
         """The CT on the device, copied once per image (re-classifying a node re-uses it)."""

@@ -11,6 +11,7 @@ clear of its border; one farther out widens it (and the chain is run again in th
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,28 +102,59 @@ def patch_prompts(prompts: NodePrompts, view: PromptView, size: int, mask_so_far
 
 
 RunPatches = Callable[[np.ndarray, float, list], tuple[torch.Tensor, np.ndarray]]
+StepResult = tuple[torch.Tensor, float]  # a step's (N, N, N) patch probability and metastasis logit
+
+
+class StepMemo:
+    """The chain steps computed on one CT, by (prompts so far, view), and the zero-click views of
+    seed-started nodes, by seed: a chain that grows by one click (the next request of a radiologist
+    clicking on) runs only its new step. A step's result depends on nothing else, so a remembered
+    one is exactly what running it again would give."""
+
+    def __init__(self, capacity: int = 128):
+        self.capacity = capacity
+        self._owner = None  # the CT array the steps were computed on
+        self._steps: OrderedDict = OrderedDict()
+
+    def on(self, image) -> "StepMemo":
+        """This memo for the CT `image`: forgets every step of another CT."""
+        if self._owner is not image:
+            self._owner, self._steps = image, OrderedDict()
+        return self
+
+    def get(self, *key):
+        """What was remembered under `key` (prompts so far and view; or a seed), else None."""
+        if key in self._steps:
+            self._steps.move_to_end(key)
+            return self._steps[key]
+        return None
+
+    def put(self, value, *key) -> None:
+        self._steps[key] = value
+        while len(self._steps) > self.capacity:
+            self._steps.popitem(last=False)
 
 
 def run_chains(run: RunPatches, prompts: list[NodePrompts], views: list[PromptView], size: int,
-               threshold: float, first: list[tuple[torch.Tensor, float] | None]) -> list[tuple[torch.Tensor, float]]:
+               threshold: float, first: list[StepResult | None], memo: StepMemo) -> list[StepResult]:
     """The last step's (patch probability, metastasis logit) of each node's chain.
 
-    run(centres (B, 3), spacing, patch prompts) -> ((B, N, N, N) probabilities, (B,) logits) runs
-    one batch of patches of one spacing; `first`: per node, its first step when already computed
-    (a seed-started node's zero-click view), else None. Steps run batched over the nodes that have
-    them, one spacing at a time."""
-    state: list = list(first)
-    steps = [len(p.clicks) for p in prompts]
-    for step in range(max(steps, default=0) + 1):
-        due = [n for n in range(len(prompts)) if (step == 0 and state[n] is None) or (0 < step <= steps[n])]
-        for spacing in sorted({views[n].spacing_mm for n in due}):
-            group = [n for n in due if views[n].spacing_mm == spacing]
-            chain_prompts = []
-            for n in group:
-                mask_so_far = None if step == 0 else (state[n][0] > threshold).numpy()
-                chain_prompts.append(patch_prompts(prompts[n].first_clicks(step), views[n], size, mask_so_far))
-            centres = np.array([views[n].centre_ras for n in group])
-            probs, logits = run(centres, spacing, chain_prompts)
-            for row, n in enumerate(group):
-                state[n] = (probs[row], float(logits[row]))
-    return state
+    run(centres (1, 3), spacing, [patch prompts]) -> ((1, N, N, N) probabilities, (1,) logits) runs
+    one patch; each step runs alone, so a chain gives the same numbers however many nodes a request
+    holds. `first`: per node, its first step when already computed (a seed-started node's zero-click
+    view), else None. Steps found in `memo` are not run again; the steps run are added to it."""
+    out = []
+    for node, view, start in zip(prompts, views, first):
+        state = start
+        for step in range(0 if start is None else 1, len(node.clicks) + 1):
+            so_far = node.first_clicks(step)
+            known = memo.get(so_far, view)
+            if known is None:
+                mask_so_far = None if step == 0 else (state[0] > threshold).numpy()
+                probs, logits = run(np.array([view.centre_ras]), view.spacing_mm,
+                                    [patch_prompts(so_far, view, size, mask_so_far)])
+                known = (probs[0], float(logits[0]))
+                memo.put(known, so_far, view)
+            state = known
+        out.append(state)
+    return out
