@@ -10,12 +10,11 @@ from LymphNodeMTLLib.evaluation.evaluator import (
     NodeScore,
     binary_metrics,
     bootstrap_ci,
-    dice_score,
-    hd95_mm,
     slice_stratum,
     summarise,
     summarise_by_slice_thickness,
 )
+from LymphNodeMTLLib.evaluation.mask_overlap import dice_score, hd95_mm
 from LymphNodeMTLLib.phantoms.dataset_writer import write_phantom_dataset
 
 LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0])

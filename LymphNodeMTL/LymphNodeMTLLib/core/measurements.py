@@ -25,6 +25,7 @@ class AxialDiameters:
     # the calipers on the short axis' slice, endpoints (2, 3) in RAS mm: what a report draws
     short_axis_ras: np.ndarray | None = None
     short_slice_long_ras: np.ndarray | None = None  # that slice's longest chord
+    long_axis_ras: np.ndarray | None = None  # the long axis itself: what a radiologist draws for RECIST
 
 
 @dataclass
@@ -183,6 +184,7 @@ def axial_diameters(mask: np.ndarray, geometry: VolumeGeometry, start_kji) -> Ax
         long_mm, short_mm, s_mm = caliper.long_mm, caliper.short_mm, float(s_coords[z])
         if _better(long_mm, s_mm, out.long_axis_mm, out.long_slice_s_mm):
             out.long_axis_mm, out.long_slice_s_mm = long_mm, s_mm
+            out.long_axis_ras = sar.to_ras(z, caliper.long_ends)
         if _better(short_mm, s_mm, out.short_axis_mm, out.short_slice_s_mm):
             out.short_axis_mm, out.short_slice_s_mm = short_mm, s_mm
             out.short_axis_ras = sar.to_ras(z, caliper.short_ends)
@@ -200,14 +202,15 @@ def hu_statistics(image_box: np.ndarray, mask: np.ndarray) -> tuple[float, float
 
 def measure_node(result, image: np.ndarray, geometry: VolumeGeometry) -> None:
     """Fill a NodeResult's volume, axes and HU statistics from its mask, in place. `extra` gets the
-    S of the long and short axis' slices and, as RAS endpoint pairs, the short axis and its slice's
-    longest chord (None for an empty mask)."""
+    S of the long and short axis' slices and, as RAS endpoint pairs, the short axis, its slice's
+    longest chord and the long axis (None for an empty mask)."""
     result.volume_mm3 = float(result.mask.sum()) * geometry.voxel_volume_mm3
     diam = axial_diameters(result.mask, geometry, result.bbox_start_kji)
     result.long_axis_mm, result.short_axis_mm = diam.long_axis_mm, diam.short_axis_mm
     result.extra["long_axis_slice_s_mm"] = diam.long_slice_s_mm
     result.extra["short_axis_slice_s_mm"] = diam.short_slice_s_mm
     for key, ends in (("short_axis_ras", diam.short_axis_ras),
-                      ("short_axis_slice_long_ras", diam.short_slice_long_ras)):
+                      ("short_axis_slice_long_ras", diam.short_slice_long_ras),
+                      ("long_axis_ras", diam.long_axis_ras)):
         result.extra[key] = None if ends is None else ends.tolist()
     result.mean_hu, result.sd_hu = hu_statistics(image[result.slices()], result.mask)

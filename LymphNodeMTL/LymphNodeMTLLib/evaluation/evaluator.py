@@ -12,6 +12,9 @@ stratum: the share of the node's surroundings (a band 1.5-3 mm out) that is tiss
 muscle, bowel, an unenhanced vessel, another node), where no fat margin shows the node's edge.
 A manifest without labels (real lesions with masks only) is scored for its masks: Dice, HD95 and
 the count of empty masks; AUC and calibration need labels and are left out.
+With `interactive_clicks` K > 0, every node with a true mask is also scored interactively
+(interactive_scoring.py): Dice after 0..K simulated clicks, NoC@85/90, and the Dice of its
+long-axis line alone and of its box alone, overall and in every stratum.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
 from ..core.case import Case, Seed
@@ -32,6 +33,8 @@ from ..core.node_result import NodeResult
 from ..core.node_status import has_usable_mask
 from ..io.training_manifest import check_same_grid, read_manifest
 from ..io.volume_reader import read_volume
+from .interactive_scoring import score_interactively, summarise_interactive
+from .mask_overlap import dice_score, hd95_mm
 from .node_scores import SHORT_AXIS_RULE_MM, NodeScore
 
 # Upper bounds (mm) of the slice-thickness strata; the last stratum is open-ended. Thin-slice CT
@@ -76,21 +79,6 @@ def bootstrap_ci(statistic, labels, scores, n_boot: int = 1000, seed: int = 0) -
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def dice_score(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / denom) if denom else 1.0
-
-
-def hd95_mm(a: np.ndarray, b: np.ndarray, spacing_kji) -> float:
-    """95th-percentile symmetric surface distance (MONAI), in mm on the CT grid."""
-    if not a.any() or not b.any():
-        return float("nan")
-    pred = torch.from_numpy(a)[None, None]
-    gt = torch.from_numpy(b)[None, None]
-    d = compute_hausdorff_distance(pred, gt, percentile=95, spacing=[float(s) for s in spacing_kji])
-    return float(d.item())
-
-
 def summarise(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 1000) -> dict:
     labelled = [s for s in scores if s.label is not None]
     y = np.array([s.label for s in labelled])
@@ -116,6 +104,9 @@ def summarise(scores: list[NodeScore], threshold: float = 0.5, n_boot: int = 100
         if not np.isnan(true_p).any():
             out["bayes_ceiling_auc"] = roc_auc(y, true_p)
     out["empty_masks"] = int(sum(s.empty_mask for s in scores))
+    interactive = summarise_interactive([s.interactive for s in scores if s.interactive is not None])
+    if interactive:
+        out["interactive"] = interactive
     dice = np.array([s.dice for s in scores if not math.isnan(s.dice)])
     if len(dice):
         hd = np.array([s.hd95_mm for s in scores if not math.isnan(s.hd95_mm)])
@@ -216,14 +207,15 @@ def _true_node(node_id, seed, mask_full: np.ndarray) -> NodeResult:
     return NodeResult(node_id, seed, tuple(int(v) for v in start), tuple(int(v) for v in stop), sub)
 
 
-def score_case(engine, manifest_case) -> list[NodeScore]:
+def score_case(engine, manifest_case, interactive_clicks: int = 0) -> list[NodeScore]:
     image, geometry, _ = read_volume(manifest_case.image)
     label_map = None
     if manifest_case.label_map:  # checked before the network runs
         label_map, label_geometry, _ = read_volume(manifest_case.label_map)
         check_same_grid(label_geometry, geometry, manifest_case.label_map, manifest_case.image)
     seeds = [Seed(n.node_id, n.ras) for n in manifest_case.nodes]
-    results = engine.predict(Case(image, geometry, seeds))
+    case = Case(image, geometry, seeds)
+    results = engine.predict(case)
     truth_p = _truth_probabilities(manifest_case.nodes_csv) if manifest_case.nodes_csv else {}
     scores = []
     for node, result in zip(manifest_case.nodes, results):
@@ -245,15 +237,22 @@ def score_case(engine, manifest_case) -> list[NodeScore]:
                 measure_node(true_node, image, geometry)
                 score.true_short_axis_mm = true_node.short_axis_mm
                 score.contact_fraction = contact_fraction(truth, image, geometry.spacing[::-1])
+                if interactive_clicks > 0:
+                    score.interactive = score_interactively(
+                        engine, case, node.node_id, node.ras, truth, predicted, interactive_clicks,
+                        true_node.extra.get("long_axis_ras"))
         scores.append(score)
     return scores
 
 
-def evaluate_manifest(engine, manifest, out_dir, progress=None, n_boot: int = 1000) -> dict:
+def evaluate_manifest(engine, manifest, out_dir, progress=None, n_boot: int = 1000,
+                      interactive_clicks: int = 0) -> dict:
+    """Score `engine` on every node of the manifest; interactive_clicks K > 0 also simulates up to
+    K clicks per node with a true mask and tries its line and its box alone."""
     cases = read_manifest(manifest)
     scores: list[NodeScore] = []
     for n, case in enumerate(cases):
-        scores.extend(score_case(engine, case))
+        scores.extend(score_case(engine, case, interactive_clicks))
         if progress:
             progress("cases", n + 1, len(cases))
     summary = summarise(scores, engine.config.metastasis_threshold, n_boot)

@@ -20,6 +20,7 @@ from ..core.case import Case
 from ..core.errors import InputError
 from ..core.node_prompts import Click, NodePrompts, box_from_corners
 from ..core.simulated_click import error_region_click
+from .mask_overlap import dice_score
 
 NOC_TARGETS = (0.85, 0.90)
 
@@ -41,11 +42,6 @@ class InteractiveScore:
         return len(self.dice_by_clicks)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / denom) if denom else 1.0
-
-
 def score_interactively(engine, case: Case, node_id: str, seed_ras, truth: np.ndarray, zero_click_mask: np.ndarray,
                         clicks: int, long_axis_ras: np.ndarray | None) -> InteractiveScore:
     """One node of `case` (its seed among the case's) against its true mask (CT grid, bool);
@@ -53,7 +49,7 @@ def score_interactively(engine, case: Case, node_id: str, seed_ras, truth: np.nd
     RECIST long axis (None: no line prompt)."""
     geometry = case.geometry
     spacing_kji = geometry.spacing[::-1]
-    score = InteractiveScore([_dice(zero_click_mask, truth)])
+    score = InteractiveScore([dice_score(zero_click_mask, truth)])
     prompts = NodePrompts(node_id, seed=tuple(float(v) for v in seed_ras))
     shown = zero_click_mask
     for _ in range(clicks):
@@ -70,25 +66,25 @@ def score_interactively(engine, case: Case, node_id: str, seed_ras, truth: np.nd
             score.dice_by_clicks.append(score.dice_by_clicks[-1])
             continue
         prompts, shown = attempt, result.full_mask(geometry.shape_kji)
-        score.dice_by_clicks.append(_dice(shown, truth))
+        score.dice_by_clicks.append(dice_score(shown, truth))
     if long_axis_ras is not None:
         line = tuple(tuple(float(v) for v in end) for end in np.asarray(long_axis_ras))
-        score.line_dice = _extent_dice(engine, case, NodePrompts(node_id, line=line), truth)
+        score.line_dice = _extentdice_score(engine, case, NodePrompts(node_id, line=line), truth)
     idx = np.argwhere(truth)
     corners = geometry.ijk_to_ras_points(np.array([[a, b, c] for a in (idx[:, 2].min() - 0.5, idx[:, 2].max() + 0.5)
                                                    for b in (idx[:, 1].min() - 0.5, idx[:, 1].max() + 0.5)
                                                    for c in (idx[:, 0].min() - 0.5, idx[:, 0].max() + 0.5)]))
     box = box_from_corners(corners.min(axis=0), corners.max(axis=0))
-    score.box_dice = _extent_dice(engine, case, NodePrompts(node_id, box=box), truth)
+    score.box_dice = _extentdice_score(engine, case, NodePrompts(node_id, box=box), truth)
     return score
 
 
-def _extent_dice(engine, case: Case, prompts: NodePrompts, truth: np.ndarray) -> float:
+def _extentdice_score(engine, case: Case, prompts: NodePrompts, truth: np.ndarray) -> float:
     try:
         result = engine.refine(case, prompts)
     except InputError:
         return float("nan")
-    return _dice(result.full_mask(case.geometry.shape_kji), truth)
+    return dice_score(result.full_mask(case.geometry.shape_kji), truth)
 
 
 def summarise_interactive(scores: list[InteractiveScore]) -> dict:

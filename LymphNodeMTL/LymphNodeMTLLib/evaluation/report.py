@@ -104,6 +104,27 @@ def _strata_table(strata: dict, title: str = "By slice thickness of the source C
     return lines
 
 
+def _interactive_table(summary: dict) -> list[str]:
+    """Dice after 0..K simulated clicks, NoC@85/90, line and box Dice: overall and per stratum."""
+    if "interactive" not in summary:
+        return []
+    clicks = len(summary["interactive"]["dice_after_clicks"])
+    lines = ["", "Interactive (clicks at the centre of the largest error region; NoC = clicks to reach the Dice, "
+             f"{clicks} when never):", "",
+             "| nodes | " + " | ".join(f"Dice {k} clicks" for k in range(clicks))
+             + " | NoC@85 | NoC@90 | line alone | box alone |",
+             "|---|" + "---|" * (clicks + 5)]
+    rows = [("all", summary)]
+    for key in ("by_size", "by_contact", "by_slice_thickness"):
+        rows += [(name, s) for name, s in (summary.get(key) or {}).items() if "interactive" in s]
+    for name, s in rows:
+        i = s["interactive"]
+        cells = [f"{d:.3f}" for d in i["dice_after_clicks"]] + [f"{i['noc85']:.2f}", f"{i['noc90']:.2f}",
+                                                                 f"{i['line_dice']:.3f}", f"{i['box_dice']:.3f}"]
+        lines.append(f"| {name}: {i['nodes']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(summary: dict) -> str:
     lines = [f"# Evaluation of {summary.get('model_id')}", "",
              f"Manifest: `{summary.get('manifest')}`; {summary['nodes']} nodes, "
@@ -121,6 +142,7 @@ def markdown(summary: dict) -> str:
         if rule:
             lines.append(f"| {key} | sens {rule['sensitivity']:.3f}, spec {rule['specificity']:.3f}, "
                          f"acc {rule['accuracy']:.3f}, AUC of short axis {rule['auc_of_short_axis']:.3f} |")
+    lines += _interactive_table(summary)
     lines += _strata_table(summary.get("by_slice_thickness") or {})
     lines += _strata_table(summary.get("by_size") or {}, "By size (true short axis)")
     lines += _strata_table(summary.get("by_contact") or {}, "By contact with similar-attenuation tissue (share of the node's outer surface)")
