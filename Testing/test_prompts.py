@@ -91,6 +91,21 @@ def test_the_same_prompts_give_the_same_mask_and_refine_equals_predict(engine):
     assert a.probability == b.probability == c.probability and a.bbox_start_kji == c.bbox_start_kji
 
 
+def test_a_click_after_others_runs_one_step_and_gives_what_the_whole_chain_gives(engine):
+    case, _ = _sphere_case(same_lattice_encodings()["lps_axial"])
+    prompts = PROMPTS["seed and clicks"]
+    fresh = NodeEngine(device="cpu")
+    whole = fresh.refine(case, prompts)
+    clicking = NodeEngine(device="cpu")
+    clicking.refine(case, prompts.first_clicks(1))
+    calls = []
+    network = clicking.network
+    clicking.network = lambda *args, **kwargs: calls.append(args[0].shape[0]) or network(*args, **kwargs)
+    last = clicking.refine(case, prompts)
+    assert len(calls) == 2  # the new click's step, and the re-classification of its mask
+    assert np.array_equal(last.mask, whole.mask) and last.probability == whole.probability
+
+
 def _big_node():
     """A 60 mm node of soft tissue in fat, on a 1.5 mm grid."""
     geometry = VolumeGeometry.from_lps((0, 0, 0), (1.5, 1.5, 1.5), np.eye(3).flatten(), (70, 70, 70))
@@ -155,3 +170,17 @@ def test_a_model_that_reads_seeds_only_refuses_prompts(tmp_path):
     case, _ = _sphere_case(same_lattice_encodings()["lps_axial"])
     with pytest.raises(InputError, match="reads seeds only"):
         NodeEngine(tmp_path / "m", device="cpu").refine(case, PROMPTS["line"])
+
+
+def test_a_click_beyond_the_widest_view_is_refused(engine):
+    case, _, centre = _big_node()
+    far = Click(tuple(centre + [0.0, 0.0, 49.0]), True)  # in the CT, 49 mm above the seed: well inside
+    engine.refine(case, NodePrompts("big", seed=tuple(centre), clicks=(far,)))
+    reach = (engine.config.preprocessing.patch_size / 2 - 4) * engine.zoom_spacings_mm[-1]
+    geometry = VolumeGeometry.from_lps((0, 0, 0), (1.5, 1.5, 1.5), np.eye(3).flatten(), (160, 70, 70))
+    image = np.full(geometry.shape_kji, -100.0, np.float32)
+    image[:70] = case.image
+    tall = Case(image, geometry, [Seed("big", tuple(centre))])
+    beyond = Click(tuple(centre + [0.0, 0.0, reach + 10.0]), True)
+    with pytest.raises(InputError, match="beyond the widest view"):
+        engine.refine(tall, NodePrompts("big", seed=tuple(centre), clicks=(beyond,)))
