@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from .errors import InputError
 
-# name: (lowest, highest) accepted value; the phantom generator's feature names (phantom_features.py)
+# name: (lowest, highest) accepted value; the phantom generator's feature names (phantoms/features.py)
 NODE_ATTRIBUTES = {
     "short_axis_mm": (0.5, 200.0),
     "axis_ratio": (1.0, 20.0),

@@ -6,7 +6,7 @@ of 1 or more empties every mask while the labels stay. So every value the engine
 for type and range here, and a config that fails is refused with one line naming the field.
 
 The "network" dict is checked only for what every network reads (channels, head width); its
-component options are checked where the network is assembled (network_variants.py).
+component options are checked where the network is assembled (network_config.py).
 """
 
 from __future__ import annotations

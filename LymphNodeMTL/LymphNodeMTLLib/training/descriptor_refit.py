@@ -12,7 +12,7 @@ Where the training nodes carry soft labels (a probability per node: a phantom's 
 consensus confidence), the refit fits the head's refine MLP instead (node_head.py): a small MLP over
 the standardised descriptors and the deep MLP's logit, by least squares on logit(soft label). A
 probability says far more per node than a 0/1 draw from it: on the phantoms (the bundled network's
-head inputs, 9954 training nodes, 1083 test nodes; scripts/research/soft_target_head_probe.py),
+head inputs, 9954 training nodes, 1083 test nodes),
 such an MLP ranked test nodes at AUC 0.822 against 0.814 for the logistic refit on the same inputs,
 while an MLP fitted on the 0/1 labels overfitted (0.75-0.78 on 3259 nodes). Several seeds are
 averaged, and the average of MLPs is one wider MLP, so the refined head is still one set of weights.
