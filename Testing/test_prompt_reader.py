@@ -51,6 +51,9 @@ def test_lps_files_are_turned_into_ras_and_their_box_normalised(tmp_path):
     ({"coordinate_system": "RAS", "nodes": {"A": {"clicks": [{"point": [1, 2, 3]}]}}}, "click 1"),
     ({"coordinate_system": "RAS", "nodes": {"A": {"seed": [1, 2, 3], "colour": "red"}}}, "unknown key"),
     ({"coordinate_system": "RAS", "nodes": {"A": {"seed": [1, "x", 3]}}}, "seed must be"),
+    ({"coordinate_system": "RAS", "nodes": {"A": {"seed": [1, 2, 3]}}, "units": "cm"}, "unknown key"),
+    ({"coordinate_system": "RAS", "nodes": {"A": {"clicks": [{"point": [1, 2, 3], "positive": True}] * 101}}},
+     "at most 100"),
 ])
 def test_malformed_prompts_are_refused_in_one_line(tmp_path, document, message):
     with pytest.raises(InputError, match=message) as e:
@@ -99,3 +102,17 @@ def test_a_written_document_reads_back_as_the_same_prompts(tmp_path, system):
     assert document["coordinate_system"] == system
     got = read_prompts(_write(tmp_path, document))
     assert got == {p.node_id: p for p in given}
+
+
+def test_a_node_given_twice_is_refused(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"coordinate_system": "RAS", "nodes": {"A": {"seed": [1, 2, 3]}, "A": {"seed": [4, 5, 6]}}}')
+    with pytest.raises(InputError, match="A more than once"):
+        read_prompts(path)
+
+
+def test_nan_coordinates_are_refused(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"coordinate_system": "RAS", "nodes": {"A": {"seed": [NaN, 2, 3]}}}')
+    with pytest.raises(InputError, match="seed must be"):
+        read_prompts(path)

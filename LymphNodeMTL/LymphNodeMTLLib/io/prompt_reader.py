@@ -24,6 +24,8 @@ from ..core.geometry import lps_to_ras_points, ras_to_lps_points
 from ..core.node_prompts import Click, NodePrompts, box_from_corners
 
 NODE_KEYS = ("seed", "line", "box", "clicks")
+DOCUMENT_KEYS = ("coordinate_system", "nodes")
+MAX_CLICKS = 100  # per node: each click is one network pass on every request
 
 
 def read_prompts(path) -> dict[str, NodePrompts]:
@@ -32,7 +34,7 @@ def read_prompts(path) -> dict[str, NodePrompts]:
     if not path.is_file():
         raise InputError(f"prompts file not found: {path}; check the path")
     try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        document = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_refuse_repeated_keys)
     except UnicodeDecodeError:
         raise InputError(f"prompts file {path.name} is not UTF-8 text; save it as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
@@ -45,6 +47,9 @@ def prompts_from_document(document, name: str = "the prompts") -> dict[str, Node
     """read_prompts on an already parsed JSON document (also the server's request body)."""
     if not isinstance(document, dict) or not isinstance(document.get("nodes"), dict):
         raise InputError(f'{name} needs a "nodes" object of node id -> prompts; see the README')
+    unknown = sorted(set(document) - set(DOCUMENT_KEYS))
+    if unknown:
+        raise InputError(f"{name} has unknown key(s) {', '.join(unknown)}; it takes {', '.join(DOCUMENT_KEYS)}")
     system = document.get("coordinate_system")
     if not isinstance(system, str) or system.upper() not in ("RAS", "LPS"):
         raise InputError(f'{name} must say "coordinate_system": "RAS" or "LPS" (got {json.dumps(system)})')
@@ -75,6 +80,9 @@ def _node(name: str, node_id: str, given, system: str) -> NodePrompts:
     clicks = given.get("clicks") or []
     if not isinstance(clicks, list):
         raise InputError(f"{who}: clicks must be a list of {{\"point\": [x, y, z], \"positive\": true|false}}")
+    if len(clicks) > MAX_CLICKS:
+        raise InputError(f"{who} has {len(clicks)} clicks; at most {MAX_CLICKS} are followed, so keep the last ones "
+                         "that matter or draw a box")
     parsed = []
     for n, click in enumerate(clicks, start=1):
         if not isinstance(click, dict) or not isinstance(click.get("positive"), bool) or "point" not in click:
@@ -98,6 +106,14 @@ def _points(who: str, what: str, value, count: int, system: str, convert: bool =
 
 def _to_ras(points: np.ndarray, system: str) -> np.ndarray:
     return lps_to_ras_points(points) if system == "LPS" else points
+
+
+def _refuse_repeated_keys(pairs):
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise InputError(f"the prompts file gives {', '.join(repeated)} more than once; give each node (and key) once")
+    return dict(pairs)
 
 
 def _number(v) -> bool:
