@@ -133,6 +133,7 @@ class NodeEngine:
                 memo.put((looked[row], on_soft_tissue[row]), tuple(centres[k]))
         for k, (looked, on_soft_tissue) in remembered.items():
             views[k], soft_tissue[k] = looked, on_soft_tissue
+        soft_tissue[chained] = True  # the radiologist's prompts say where the node is
         chosen = [choose_view(v) if v else None for v in views]
         view_centres = centres.copy()
         if chained:
