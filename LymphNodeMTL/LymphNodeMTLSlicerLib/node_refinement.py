@@ -27,7 +27,7 @@ class ConfirmationNeeded(InputError):
     """The node's segment was edited by hand: replacing it needs an explicit yes."""
 
 
-@dataclass
+@dataclass(eq=False)
 class SegmentSnapshot:
     """A node's segment and table row as they were; `segmentId` None: the node had no segment."""
 
@@ -72,7 +72,7 @@ class SegmentSnapshot:
             results_table.replaceRows(tableNode, segmentationNode, {nodeId: self.row}, labels)
 
 
-@dataclass
+@dataclass(eq=False)
 class PromptChange:
     """What a refinement adds to the node's record: a click (its point in the click list) or a line
     (drawn on its own line node, then moved into the node's line when the node had one)."""
@@ -112,7 +112,7 @@ class PromptChange:
                 slicer.mrmlScene.RemoveNode(line)
 
 
-@dataclass
+@dataclass(eq=False)
 class RefinementPlan:
     """One refinement: the node's prompts to send, the segment before, the prompt it adds."""
 
@@ -134,7 +134,7 @@ class RefinementPlan:
         return self.snapshot.segmentId is None
 
 
-@dataclass
+@dataclass(eq=False)
 class RefinementStep:
     """One applied refinement, as Undo needs it."""
 
@@ -143,7 +143,7 @@ class RefinementStep:
     tableNode: object
 
 
-@dataclass
+@dataclass(eq=False)
 class UndoPlan:
     step: RefinementStep
     confirmation: str = ""

@@ -65,14 +65,16 @@ def tie(markupsNode, segmentationNode, nodeId: str, kind: str, drewNode: bool = 
     if drewNode:
         markupsNode.SetAttribute(DREW_NODE_ATTRIBUTE, "1")
     markupsNode.SetNodeReferenceID(SEGMENTATION_REFERENCE, segmentationNode.GetID())
-    markupsNode.SetName(slicer.mrmlScene.GenerateUniqueName(_NAMES[kind].format(nodeId)))
+    name = _NAMES[kind].format(nodeId)
+    if markupsNode.GetName() != name:
+        markupsNode.SetName(slicer.mrmlScene.GenerateUniqueName(name))
 
 
 def clickList(segmentationNode, nodeId: str):
     """The node's click list, made (empty) when it has none."""
     node = promptNode(segmentationNode, nodeId, CLICKS)
     if node is None:
-        node = newPromptNode(CLICKS, _NAMES[CLICKS].format(nodeId))
+        node = newPromptNode(CLICKS, _NAMES[CLICKS].format(nodeId))  # named as tie() names it
         tie(node, segmentationNode, nodeId, CLICKS)
     return node
 
