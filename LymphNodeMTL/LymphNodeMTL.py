@@ -86,10 +86,10 @@ Place seeds (one click per node), choose the CT, press Apply: you get one segmen
 ("LN &lt;id&gt;", coloured green to red by probability) and a table of status, probability (with
 its interval), mask agreement, short and long axis, volume and mean HU, nodes to review first on
 top. Edit a segment and press Re-classify to update its probability from your mask; add seeds and
-press Apply again to process only the new nodes. Under Refine, pick a node (its row or segment) and
-add positive (O) or negative points (T toggles) or a long axis (L, which also draws a new node);
-the segment and its row follow each prompt, and Undo (Ctrl+Z) steps back. Edited segments are
-never overwritten unless you ask for it. The engine runs in an inference server: by default one on this computer (started on
+press Apply again to process only the new nodes. Under Refine, pick a node (row or segment) and add
+positive (O) or negative points (T toggles) or a long axis (L; with no node it draws one): segment
+and row follow each prompt, and Undo (Ctrl+Z) steps back. Edited segments are never overwritten
+unless you ask. The engine runs in an inference server: by default one on this computer (started on
 first use, stopped when Slicer quits); Advanced settings take a shared server's address and token.
 <p><b>The bundled model was trained on synthetic phantoms only: it is a demonstration, not a
 clinical tool, and must not be used for diagnosis.</b> Use your own model folder for real work.</p>
@@ -611,8 +611,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         """A positive or negative click (world RAS) on node `nodeId`: its mask is refined from all its
         prompts in order; a segment edited by hand is replaced only with replaceEdited. Returns the
         RunSummary, or the running ModuleJob when not waiting."""
-        clicks = prompt_markups.clickList(segmentationNode, nodeId)
-        change = node_refinement.clickChange(clicks, clicks.AddControlPointWorld(*map(float, ras)), positive)
+        change = node_refinement.newClick(segmentationNode, nodeId, ras, positive)
         plan = self.planPrompt(volumeNode, segmentationNode, tableNode, nodeId, change)
         job = self.startRefinement(plan, modelFolder, device, replaceEdited)
         return self.waitForJob(job) if waitForCompletion else job

@@ -82,11 +82,14 @@ class PromptChange:
     pointId: str = ""
     recordLine: object = None  # the node's line before this change, if it had one
     previousEnds: object = None  # ... and its ends then
+    newList: bool = False  # the click list was made for this click
 
     def discard(self) -> None:
-        """The refinement was not applied: take the prompt away again."""
+        """The refinement was not applied: take the prompt away again (and a click list made for it)."""
         if self.kind == prompt_markups.CLICKS:
             prompt_markups.removePoint(self.markupsNode, self.pointId)
+            if self.newList and not self.markupsNode.GetNumberOfControlPoints():
+                slicer.mrmlScene.RemoveNode(self.markupsNode)
         elif self.markupsNode.GetScene() is not None:
             slicer.mrmlScene.RemoveNode(self.markupsNode)
 
@@ -175,6 +178,16 @@ class RefinementHistory:
 def clickChange(clicks, index: int, positive: bool) -> PromptChange:
     """A click placed at point `index` of the node's click list, signed."""
     return PromptChange(prompt_markups.CLICKS, clicks, prompt_markups.markClick(clicks, index, positive))
+
+
+def newClick(segmentationNode, nodeId: str, ras, positive: bool) -> PromptChange:
+    """A click at `ras` (world) added to the node's click list (made when it has none)."""
+    newList = prompt_markups.promptNode(segmentationNode, nodeId, prompt_markups.CLICKS) is None
+    clicks = prompt_markups.clickList(segmentationNode, nodeId)
+    index = clicks.AddControlPointWorld(*[float(v) for v in ras])
+    change = clickChange(clicks, index, positive)
+    change.newList = newList
+    return change
 
 
 def lineChange(segmentationNode, nodeId, drawnLine) -> PromptChange:

@@ -145,23 +145,31 @@ class RefineControls(VTKObservationMixin):
         self._updateButtons()
 
     def _onInteractionMode(self, caller, event) -> None:
-        if caller.GetCurrentInteractionMode() != caller.Place:
-            self.stopPlacing()  # Esc or right click in the view
+        if caller.GetCurrentInteractionMode() == caller.Place:
+            return
+        placing = self._placing  # Esc or a right click; or Slicer ending place mode on a finished line
+        if placing is not None and placing.IsA("vtkMRMLMarkupsLineNode") and prompt_markups.lineOf(placing):
+            self._placed(placing)
+        else:
+            self.stopPlacing()
 
     def _onPointDefined(self, caller, event) -> None:
-        if caller.IsA("vtkMRMLMarkupsLineNode"):
-            if caller.GetNumberOfDefinedControlPoints() < 2:
-                return
+        if caller.IsA("vtkMRMLMarkupsLineNode") and caller.GetNumberOfDefinedControlPoints() < 2:
+            return
+        self._placed(caller)
+
+    def _placed(self, markupsNode) -> None:
+        if markupsNode.IsA("vtkMRMLMarkupsLineNode"):
             self.stopPlacing(keep=True)
         # out of the view's event handling before a dialog may open
-        qt.QTimer.singleShot(0, lambda: self._prompted(caller))
+        qt.QTimer.singleShot(0, lambda: self._prompted(markupsNode))
 
     def _prompted(self, markupsNode) -> None:
         """A prompt was placed: ask the Logic for its refinement, and start it."""
         p = self._parameters()
         line = markupsNode.IsA("vtkMRMLMarkupsLineNode")
         index = -1 if line else prompt_markups.unsignedPoint(markupsNode)
-        if not line and index < 0:
+        if p is None or markupsNode.GetScene() is None or (not line and index < 0):
             return
         if self._busy() or not self._prepareServer():
             if line:
