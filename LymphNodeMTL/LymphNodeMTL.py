@@ -649,7 +649,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         results_table.syncTable(tableNode, segmentationNode, {result.node_id: result}, self._labels())
         output_nodes.placeNextToVolume(plan.volumeNode, segmentationNode, tableNode)
         plan.change.commit(segmentationNode, plan.nodeId, plan.drawsNode)
-        self.refinements.push(node_refinement.RefinementStep(plan, segmentationNode, tableNode))
+        self.refinements.push(node_refinement.RefinementStep(plan, segmentationNode, tableNode, result))
         return RunSummary(segmentationNode, tableNode, [result.node_id], results=[result], verb="refined")
 
     def planUndo(self, segmentationNode, nodeId):

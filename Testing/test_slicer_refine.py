@@ -68,7 +68,7 @@ def applied(mrml_scene, phantom, logic):
     seeds = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Seeds")
     seeds.AddControlPoint(*phantom.nodes[0].seed_ras, phantom.nodes[0].node_id)
     summary = logic.process(volume, seeds, device="cpu")
-    return types.SimpleNamespace(volume=volume, seg=summary.segmentationNode, table=summary.tableNode,
+    return types.SimpleNamespace(volume=volume, seeds=seeds, seg=summary.segmentationNode, table=summary.tableNode,
                                  node=phantom.nodes[0].node_id, seed=_tag_seed(phantom.nodes[0].seed_ras))
 
 
@@ -295,6 +295,15 @@ def test_undo_asks_before_it_replaces_an_edit_made_after_the_refinement(applied,
     assert _state(logic, applied, applied.node) == edited
     logic.undo(applied.seg, applied.node, replaceEdited=True)
     assert _state(logic, applied, applied.node) == before
+
+
+def test_undo_asks_before_it_replaces_a_node_that_apply_segmented_again(applied, phantom, logic):
+    seed = np.asarray(phantom.nodes[0].seed_ras)
+    logic.addClick(applied.volume, applied.seg, applied.node, _near(seed, (2.0, 0.0, 0.0)), device="cpu")
+    applied.seeds.SetNthControlPointPositionWorld(0, *_near(seed, (1.5, 0.0, 0.0)))  # the seed moved: Apply again
+    assert logic.process(applied.volume, applied.seeds, applied.seg, applied.table, device="cpu").updatedIds == [
+        applied.node]
+    assert "segmented again" in logic.planUndo(applied.seg, applied.node).confirmation
 
 
 # --- failures change nothing ---------------------------------------------------------------------------

@@ -144,6 +144,12 @@ class RefinementStep:
     plan: RefinementPlan
     segmentationNode: object
     tableNode: object
+    result: object  # the NodeResult written
+
+    @property
+    def checksum(self) -> str:
+        """Of the mask the refinement wrote."""
+        return mask_checksum(self.result.mask, self.result.bbox_start_kji)
 
 
 @dataclass(eq=False)
@@ -248,9 +254,9 @@ def planUndo(history: RefinementHistory, segmentationNode, nodeId, volumeNode=No
         history.pop(step)
         raise InputError(f"node {nodeId} or its CT was removed from the scene: nothing to undo")
     undo = UndoPlan(step)
-    if node_segments.isSegmentEdited(segmentationNode, segmentId, volumeNode):
-        undo.confirmation = (f"The segment of node {nodeId} was edited by hand since its last refinement. "
-                             "Undo it anyway (your edit is lost)?")
+    if mask_checksum(node_segments.segmentMask(segmentationNode, segmentId, volumeNode)) != step.checksum:
+        undo.confirmation = (f"The segment of node {nodeId} was edited by hand (or segmented again) since its "
+                             "last refinement. Undo the refinement anyway (that change is lost)?")
     return undo
 
 
@@ -260,8 +266,8 @@ def undo(history: RefinementHistory, plan: UndoPlan, labels, replaceEdited: bool
     step = plan.step
     nodeId = step.plan.nodeId
     if plan.confirmation and not replaceEdited:
-        raise ConfirmationNeeded(f"the segment of node {nodeId} was edited by hand: nothing was undone; "
-                                 "confirm to undo it anyway")
+        raise ConfirmationNeeded(f"the segment of node {nodeId} changed since its last refinement: nothing was "
+                                 "undone; confirm to undo it anyway")
     step.plan.snapshot.restore(step.segmentationNode, step.plan.volumeNode, step.tableNode, nodeId, labels)
     step.plan.change.undo(step.segmentationNode, nodeId)
     if step.plan.drawsNode:
@@ -279,7 +285,8 @@ def checkUnchanged(plan: RefinementPlan) -> None:
     if not plan.snapshot.isCurrent(plan.segmentationNode, plan.volumeNode):
         raise InputError(f"node {plan.nodeId} changed while it was being refined; nothing was replaced, "
                          "place the prompt again")
-    if plan.change.markupsNode.GetScene() is None:
+    if plan.change.markupsNode.GetScene() is None or (
+            plan.change.recordLine is not None and plan.change.recordLine.GetScene() is None):
         raise InputError(f"the prompt of node {plan.nodeId} was removed while it was being refined")
     if plan.change.kind == prompt_markups.CLICKS and plan.change.markupsNode.GetControlPointIndexByID(
             plan.change.pointId) < 0:
