@@ -8,7 +8,6 @@ client, lymph-node segments and their tags, results table, export, dependency in
 LymphNodeMTLSlicerLib.
 """
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,7 +18,6 @@ import vtk
 from LymphNodeMTLLib.core.case import Case, Seed
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.core.segment_tags import LYMPH_NODE_TERMINOLOGY
 from LymphNodeMTLLib.server.job_steps import classify_job, predict_job, refine_job
 from LymphNodeMTLSlicerLib import (
     dependency_installer,
@@ -56,16 +54,7 @@ from slicer.util import VTKObservationMixin
 SETTINGS_SERVER_URL = "LymphNodeMTL/serverUrl"
 SETTINGS_SERVER_TOKEN = "LymphNodeMTL/serverToken"
 TERMINOLOGY_FILE = Path(__file__).resolve().parent / "Resources" / "LymphNodeMTL.term.json"
-
-
-def moduleTerminologyEntry() -> str:
-    """The lymph-node terminology entry with the module's own terminology file as its context, so
-    that segments point to the list the module loads (same SNOMED CT codes as the Lib's writer)."""
-    context = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
-    return "~".join([context, *LYMPH_NODE_TERMINOLOGY.split("~")[1:]])
-
-
-MODULE_TERMINOLOGY = moduleTerminologyEntry()
+MODULE_TERMINOLOGY = node_segments.terminologyEntry(TERMINOLOGY_FILE)  # segments point to the module's list
 
 
 #
@@ -719,8 +708,8 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
 
 
 class LymphNodeMTLTest(ScriptedLoadableModuleTest):
-    """The full path on a phantom CT: process, edit, re-classify, add a seed, process again, with
-    the local inference server (started on first use)."""
+    """The full path on a phantom CT: process, edit, re-classify, refine with a click and undo it, add
+    a seed, process again, with the local inference server (started on first use)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -776,6 +765,14 @@ class LymphNodeMTLTest(ScriptedLoadableModuleTest):
         second = phantom.nodes[1].node_id
         self.assertEqual(repr(after[second]), repr(before[second]))  # repr: NaN equals NaN
         self.assertTrue(np.array_equal(logic.segmentMask(segmentationNode, segments[first], volume), edited))
+
+        self.delayDisplay("Refining node 2 with a click, then undoing it")
+        unrefined = logic.segmentMask(segmentationNode, segments[second], volume)
+        click = np.add(phantom.nodes[1].seed_ras, (1.5, 0.0, 0.0))
+        self.assertEqual(logic.addClick(volume, segmentationNode, second, click, device="cpu").updatedIds, [second])
+        logic.undo(segmentationNode, second)
+        self.assertTrue(np.array_equal(logic.segmentMask(segmentationNode, segments[second], volume), unrefined))
+        self.assertEqual(repr(logic.tableRows(tableNode)[second]), repr(after[second]))
 
         self.delayDisplay("Adding a third seed: only it is processed")
         third = phantom.nodes[2]

@@ -7,16 +7,25 @@ are only copied between a vtkSegment and that writer and reader. A segment is ed
 checksum differs from the one the engine recorded when it wrote the mask.
 """
 
+import json
+
 import numpy as np
 import slicer
 import vtk
 from LymphNodeMTLLib.core.mask_checksum import mask_bounds, mask_checksum
 from LymphNodeMTLLib.core.node_result import NodeResult
-from LymphNodeMTLLib.core.segment_tags import SegmentTags, read_segment_tags, segment_tags
+from LymphNodeMTLLib.core.segment_tags import LYMPH_NODE_TERMINOLOGY, SegmentTags, read_segment_tags, segment_tags
 from LymphNodeMTLLib.outputs.segmentation_writer import probability_color, segment_id, segment_name
 from vtk.util import numpy_support
 
 SEED_MOVED_MM = 0.01  # a seed further than this from the one a segment was made from has moved
+
+
+def terminologyEntry(terminologyFile) -> str:
+    """The lymph-node terminology entry with a terminology file's own list as its context, so that
+    segments point to the list the module loads (the same SNOMED CT codes as the Lib's writer)."""
+    context = json.loads(terminologyFile.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
+    return "~".join([context, *LYMPH_NODE_TERMINOLOGY.split("~")[1:]])
 
 
 def tagsOf(segment) -> SegmentTags:
