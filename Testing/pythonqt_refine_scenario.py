@@ -11,7 +11,8 @@ thread is started.
 
 Steps: Apply; a positive and a negative click (segment, row and click list follow); Undo twice
 (exactly back); a long axis that draws a new node; a click cancelled while its request is out (its
-point taken away). One line per step, then `pythonqt refine scenario: ok` and exit code 0.
+point taken away). One line per step, then `pythonqt refine scenario: ok` and exit code 0 (else
+the traceback and exit code 1).
 """
 
 import threading
@@ -31,7 +32,6 @@ from LymphNodeMTLSlicerLib import prompt_markups  # noqa: E402
 from slicer_harness import SlicerHarness  # noqa: E402
 
 TICK_MS = 100  # the module widget's poll interval
-host_exit_code = 1
 
 
 class Scenario:
@@ -55,7 +55,6 @@ class Scenario:
         self.timer.connect("timeout()", self.tick)
 
     def tick(self) -> None:
-        global host_exit_code
         self.ticks += 1
         try:
             if self.job is not None:
@@ -68,18 +67,17 @@ class Scenario:
                 self.job, self.until = self.job
             self.started = time.monotonic()
         except StopIteration:
-            host_exit_code = 0
             print("pythonqt refine scenario: ok")
-            self.finish()
+            self.finish(0)
         except Exception:
             print("pythonqt refine scenario FAILED:\n" + traceback.format_exc())
-            self.finish()
+            self.finish(1)
 
-    def finish(self) -> None:
+    def finish(self, exitCode: int) -> None:
         self.timer.stop()
         self.logic.localServer().stop()
         self.harness.__exit__(None, None, None)
-        qt.QApplication.instance().quit()
+        qt.QApplication.instance().exit(exitCode)  # the host's exit code
 
     def say(self, what: str) -> None:
         print(f"{what} ({time.monotonic() - self.started:.1f} s, {self.ticks} ticks so far)", flush=True)

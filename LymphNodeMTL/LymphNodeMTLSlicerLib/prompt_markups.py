@@ -14,10 +14,11 @@ so in a third attribute: that node's prompts never take a seed from its segment'
 import slicer
 from LymphNodeMTLLib.core.node_prompts import Click, NodePrompts
 
+from .results_table import TABLE_SEGMENTATION_REFERENCE as SEGMENTATION_REFERENCE  # the table's role too
+
 NODE_ID_ATTRIBUTE = "LymphNodeMTL.NodeId"
 PROMPT_ATTRIBUTE = "LymphNodeMTL.Prompt"
 DREW_NODE_ATTRIBUTE = "LymphNodeMTL.DrewNode"  # "1" on a line that drew a node without a seed
-SEGMENTATION_REFERENCE = "lymphNodeSegmentation"
 CLICKS, LINE = "clicks", "line"
 POSITIVE, NEGATIVE = "positive", "negative"
 _CLASSES = {CLICKS: "vtkMRMLMarkupsFiducialNode", LINE: "vtkMRMLMarkupsLineNode"}
@@ -51,6 +52,7 @@ def newPromptNode(kind: str, name: str = "", ends=None):
         display.SetSelectedColor(*POSITIVE_COLOR)  # positive clicks are the selected points
         display.SetColor(*NEGATIVE_COLOR)
         display.SetPointLabelsVisibility(True)
+        node.SetControlPointLabelFormat("")  # "+" or "-" once signed
     else:
         display.SetSelectedColor(*LINE_COLOR)
     if ends is not None:
@@ -65,6 +67,8 @@ def tie(markupsNode, segmentationNode, nodeId: str, kind: str, drewNode: bool = 
     if drewNode:
         markupsNode.SetAttribute(DREW_NODE_ATTRIBUTE, "1")
     markupsNode.SetNodeReferenceID(SEGMENTATION_REFERENCE, segmentationNode.GetID())
+    if kind == LINE:
+        markupsNode.SetLocked(True)  # as the mask followed it; a new line replaces it
     name = _NAMES[kind].format(nodeId)
     if markupsNode.GetName() != name:
         markupsNode.SetName(slicer.mrmlScene.GenerateUniqueName(name))
@@ -80,10 +84,12 @@ def clickList(segmentationNode, nodeId: str):
 
 
 def markClick(clicks, index: int, positive: bool) -> str:
-    """Give point `index` its sign (label, description, colour); its control point id."""
+    """Give point `index` its sign (label, description, colour) and lock it where it was placed (a
+    moved click would be another prompt than the one the mask followed); its control point id."""
     clicks.SetNthControlPointLabel(index, "+" if positive else "-")
     clicks.SetNthControlPointDescription(index, POSITIVE if positive else NEGATIVE)
     clicks.SetNthControlPointSelected(index, bool(positive))
+    clicks.SetNthControlPointLocked(index, True)
     return clicks.GetNthControlPointID(index)
 
 
