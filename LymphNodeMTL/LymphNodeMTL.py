@@ -8,7 +8,6 @@ client, lymph-node segments and their tags, results table, export, dependency in
 LymphNodeMTLSlicerLib.
 """
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,14 +18,22 @@ import vtk
 from LymphNodeMTLLib.core.case import Case, Seed
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.core.segment_tags import LYMPH_NODE_TERMINOLOGY
-from LymphNodeMTLLib.server import protocol
-from LymphNodeMTLLib.server.job_steps import VolumePayload, classify_job, predict_job
-from LymphNodeMTLSlicerLib import dependency_installer, node_segments, output_nodes, result_export, results_table
+from LymphNodeMTLLib.server.job_steps import classify_job, predict_job, refine_job
+from LymphNodeMTLSlicerLib import (
+    dependency_installer,
+    node_navigation,
+    node_refinement,
+    node_segments,
+    output_nodes,
+    prompt_markups,
+    result_export,
+    results_table,
+)
 from LymphNodeMTLSlicerLib.module_job import ModuleJob, NothingToDo
-from LymphNodeMTLSlicerLib.results_table import TABLE_SEGMENTATION_REFERENCE
+from LymphNodeMTLSlicerLib.refine_controls import RefineControls
 from LymphNodeMTLSlicerLib.run_plans import PredictionPlan, ReclassificationPlan, RunSummary
 from LymphNodeMTLSlicerLib.server_session import LOCAL_SERVER, ServerSession
+from LymphNodeMTLSlicerLib.volume_cache import VolumeCache
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
@@ -47,16 +54,7 @@ from slicer.util import VTKObservationMixin
 SETTINGS_SERVER_URL = "LymphNodeMTL/serverUrl"
 SETTINGS_SERVER_TOKEN = "LymphNodeMTL/serverToken"
 TERMINOLOGY_FILE = Path(__file__).resolve().parent / "Resources" / "LymphNodeMTL.term.json"
-
-
-def moduleTerminologyEntry() -> str:
-    """The lymph-node terminology entry with the module's own terminology file as its context, so
-    that segments point to the list the module loads (same SNOMED CT codes as the Lib's writer)."""
-    context = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
-    return "~".join([context, *LYMPH_NODE_TERMINOLOGY.split("~")[1:]])
-
-
-MODULE_TERMINOLOGY = moduleTerminologyEntry()
+MODULE_TERMINOLOGY = node_segments.terminologyEntry(TERMINOLOGY_FILE)  # segments point to the module's list
 
 
 #
@@ -77,8 +75,10 @@ Place seeds (one click per node), choose the CT, press Apply: you get one segmen
 ("LN &lt;id&gt;", coloured green to red by probability) and a table of status, probability (with
 its interval), mask agreement, short and long axis, volume and mean HU, nodes to review first on
 top. Edit a segment and press Re-classify to update its probability from your mask; add seeds and
-press Apply again to process only the new nodes. Edited segments are never overwritten unless you
-ask for it. The engine runs in an inference server: by default one on this computer (started on
+press Apply again to process only the new nodes. Under Refine, pick a node (row or segment) and add
+positive (O) or negative points (T toggles) or a long axis (L; with no node it draws one): segment
+and row follow each prompt, and Undo (Ctrl+Z) steps back. Edited segments are never overwritten
+unless you ask. The engine runs in an inference server: by default one on this computer (started on
 first use, stopped when Slicer quits); Advanced settings take a shared server's address and token.
 <p><b>The bundled model was trained on synthetic phantoms only: it is a demonstration, not a
 clinical tool, and must not be used for diagnosis.</b> Use your own model folder for real work.</p>
@@ -138,6 +138,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None  # the running ModuleJob
         self._showResult = None  # main-thread callback for its summary
         self._pollTimer = None
+        self.refine = None  # the Refine section's wiring (RefineControls)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -173,6 +174,8 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.reclassifyButton.connect("clicked(bool)", self.onReclassifyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.refine = RefineControls(self.ui, self.logic, lambda: self._parameterNode, self._prepareServer,
+                                     self._startJob, lambda: self._job is not None)
 
         self.initializeParameterNode()
 
@@ -181,12 +184,15 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
         if self._pollTimer:
             self._pollTimer.stop()
+        self.refine.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.refine.setActive(True)
 
     def exit(self) -> None:
+        self.refine.setActive(False)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -195,6 +201,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self._job:
             self._job.cancel()  # its nodes are about to disappear
+        self.refine.sceneClosing()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -291,6 +298,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodeId = index.sibling(index.row(), 0).data()  # the id column: robust to sorting
         if nodeId and self._parameterNode and self._parameterNode.outputSegmentation:
             self.logic.jumpToNodeId(self._parameterNode.outputSegmentation, str(nodeId))
+            self.refine.follow(str(nodeId))
 
     def onBrowseModelFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Model folder (with config.json)"),
@@ -368,6 +376,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         logic = LymphNodeMTLLogic()
         summary = logic.process(ctNode, seedsNode)           # segmentation + table nodes
         logic.reclassify(ctNode, summary.segmentationNode, summary.tableNode)
+        logic.addClick(ctNode, summary.segmentationNode, "1", (r, a, s), positive=False)  # refine; logic.undo
 
     Each run is a job: planned on the main thread (MRML read), computed by the server, applied on
     the main thread (MRML written) from a timer tick; `waitForCompletion=False` returns the job for
@@ -378,8 +387,8 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.server = ServerSession()
         self.serverInfo = {}  # the last health answer (model id, labels, clinical use)
-        self._imageCache = (None, None)  # (volume key, copy): an unchanged CT is one array
-        self._payloadCache = (None, None)  # (volume key, VolumePayload): its content hash once
+        self._volumes = VolumeCache()  # an unchanged CT is one array, hashed once
+        self.refinements = node_refinement.RefinementHistory()  # each node's undo stack
 
     def getParameterNode(self):
         return LymphNodeMTLParameterNode(super().getParameterNode())
@@ -395,15 +404,16 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         """Tick the job until it ends (scripts, tests, the self-test); its summary, or raise."""
         return self.server.waitForJob(job, timeout)
 
-    def _startJob(self, case: Case, job: dict, apply, plan, watched: dict, label: str, modelFolder, device):
+    def _startJob(self, case: Case, job: dict, apply, plan, watched: dict, label: str, modelFolder, device,
+                  discard=None):
         """The server job for `job` on the plan's CT; its results are applied on its finishing tick."""
-        serverJob = self.server.job(self._payload(case), job, modelFolder, device)
+        serverJob = self.server.job(self._volumes.payload(case), job, modelFolder, device)
 
         def applyResults(results):
             self.serverInfo = serverJob.health or self.serverInfo
             return apply(plan, results)
 
-        return ModuleJob(serverJob, applyResults, watched, label)
+        return ModuleJob(serverJob, applyResults, watched, label, discard)
 
     def _labels(self):
         labels = self.serverInfo.get("labels")
@@ -414,35 +424,10 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         """The CT (a copy the server job may own) with its IJK->world matrix, and the seeds."""
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise InputError("select a CT volume that has image data")
-        image = self._imageOf(volumeNode)
+        image = self._volumes.image(volumeNode)
         geometry = VolumeGeometry(self._ijkToWorld(volumeNode), image.shape)
         seeds = self.seedsFromMarkups(markupsNode) if markupsNode is not None else []
         return Case(image, geometry, seeds, {"volume": volumeNode.GetName()})
-
-    @staticmethod
-    def _volumeKey(volumeNode):
-        imageData = volumeNode.GetImageData()
-        scalars = imageData.GetPointData().GetScalars()
-        return (volumeNode.GetID(), imageData.GetMTime(), scalars.GetMTime() if scalars else 0,
-                imageData.GetDimensions())
-
-    def _imageOf(self, volumeNode) -> np.ndarray:
-        """A copy of the voxels in a sample type the server takes (the CT's own when it can),
-        made again only when the volume changed: repeated runs on one CT send one array, once."""
-        key = self._volumeKey(volumeNode)
-        if self._imageCache[0] != key:
-            self._imageCache = (None, None)  # release the old copy first
-            voxels = slicer.util.arrayFromVolume(volumeNode)
-            dtype = voxels.dtype if voxels.dtype.name in protocol.DTYPES else np.float32
-            self._imageCache = (key, np.array(voxels, dtype=dtype))
-        return self._imageCache[1]
-
-    def _payload(self, case: Case) -> VolumePayload:
-        """The CT as the server names it; the content hash is computed once per CT and geometry."""
-        key = (self._imageCache[0], case.geometry.ijk_to_ras.tobytes())
-        if self._payloadCache[0] != key or self._payloadCache[1].image is not case.image:
-            self._payloadCache = (key, VolumePayload(case.image, case.geometry.ijk_to_ras))
-        return self._payloadCache[1]
 
     @staticmethod
     def _ijkToLocal(volumeNode) -> np.ndarray:
@@ -540,11 +525,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         volumeNode = plan.volumeNode
         if volumeNode.GetScene() is None:
             raise InputError("the CT was removed from the scene while it was being processed")
-        segmentationNode = plan.segmentationNode
-        if segmentationNode is None:
-            segmentationNode = output_nodes.newSegmentationNode(volumeNode)
-        tableNode = output_nodes.outputTable(plan.tableNode, segmentationNode, volumeNode)
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentationNode, tableNode = output_nodes.outputNodes(plan.segmentationNode, plan.tableNode, volumeNode)
         modified = segmentationNode.StartModify()
         try:
             for result in results:
@@ -553,8 +534,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         finally:
             segmentationNode.EndModify(modified)
         results_table.syncTable(tableNode, segmentationNode, {r.node_id: r for r in results}, self._labels())
-        for node in (segmentationNode, tableNode):
-            output_nodes.placeNextToVolume(node, volumeNode)
+        output_nodes.placeNextToVolume(volumeNode, segmentationNode, tableNode)
         return RunSummary(segmentationNode, tableNode, [r.node_id for r in results], plan.keptIds,
                           plan.keptEditedIds, results=list(results))
 
@@ -610,9 +590,65 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
                                           node_segments.tagsOf(segment).mask_checksum)
         tableNode = output_nodes.outputTable(plan.tableNode, plan.segmentationNode, plan.volumeNode)
         results_table.syncTable(tableNode, plan.segmentationNode, {r.node_id: r for r in results}, self._labels())
-        output_nodes.placeNextToVolume(tableNode, plan.volumeNode)
+        output_nodes.placeNextToVolume(plan.volumeNode, tableNode)
         return RunSummary(plan.segmentationNode, tableNode, [r.node_id for r in results],
                           skippedEmptyIds=plan.skippedEmptyIds, results=list(results), verb="re-classified")
+
+    # --- Refine: prompts on one node, each answered by the server -------------------------------
+    def addClick(self, volumeNode, segmentationNode, nodeId, ras, positive=True, tableNode=None,
+                 modelFolder=None, device="auto", replaceEdited=False, waitForCompletion=True):
+        """A positive or negative click (world RAS) on node `nodeId`: its mask is refined from all its
+        prompts in order; a segment edited by hand is replaced only with replaceEdited. Returns the
+        RunSummary, or the running ModuleJob when not waiting."""
+        change = node_refinement.newClick(segmentationNode, nodeId, ras, positive)
+        plan = self.planPrompt(volumeNode, segmentationNode, tableNode, nodeId, change)
+        job = self.startRefinement(plan, modelFolder, device, replaceEdited)
+        return self.waitForJob(job) if waitForCompletion else job
+
+    def drawLine(self, volumeNode, segmentationNode, ends, nodeId=None, tableNode=None, modelFolder=None,
+                 device="auto", replaceEdited=False, waitForCompletion=True):
+        """A long axis (two world RAS ends) on node `nodeId`, or, with no node, a new node it draws."""
+        line = prompt_markups.newPromptNode(prompt_markups.LINE, ends=ends)
+        change = node_refinement.lineChange(segmentationNode, nodeId, line)
+        job = self.startRefinement(self.planPrompt(volumeNode, segmentationNode, tableNode, nodeId, change),
+                                   modelFolder, device, replaceEdited)
+        return self.waitForJob(job) if waitForCompletion else job
+
+    def planPrompt(self, volumeNode, segmentationNode, tableNode, nodeId, change):
+        """Main thread: a prompt just placed (node_refinement.clickChange, lineChange); its refinement."""
+        return node_refinement.planRefinement(volumeNode, segmentationNode, tableNode,
+                                              lambda: self.caseFromNodes(volumeNode), nodeId, change)
+
+    def startRefinement(self, plan, modelFolder=None, device="auto", replaceEdited=False) -> ModuleJob:
+        """The refine job for the node's whole prompt list; a failure takes the new prompt away."""
+        node_refinement.requireConfirmation(plan, replaceEdited)
+        watched = {"CT": plan.volumeNode, "segmentation": plan.segmentationNode, "output table": plan.tableNode,
+                   "prompt": plan.change.markupsNode}
+        return self._startJob(plan.case, refine_job([plan.prompts]), self.applyRefinement, plan, watched,
+                              "refine", modelFolder, device, plan.change.discard)
+
+    def applyRefinement(self, plan, results) -> RunSummary:
+        """Main thread: the node's new mask, tags and row; what they were is kept for Undo."""
+        node_refinement.checkUnchanged(plan)
+        (result,) = [r for r in results if r.node_id == plan.nodeId]
+        segmentationNode, tableNode = output_nodes.outputNodes(plan.segmentationNode, plan.tableNode,
+                                                               plan.volumeNode)
+        node_segments.writeSegment(segmentationNode, plan.volumeNode, result, MODULE_TERMINOLOGY,
+                                   plan.snapshot.segmentId)
+        results_table.syncTable(tableNode, segmentationNode, {result.node_id: result}, self._labels())
+        output_nodes.placeNextToVolume(plan.volumeNode, segmentationNode, tableNode)
+        plan.change.commit(segmentationNode, plan.nodeId, plan.drawsNode)
+        self.refinements.push(node_refinement.RefinementStep(plan, segmentationNode, tableNode, result))
+        return RunSummary(segmentationNode, tableNode, [result.node_id], results=[result], verb="refined")
+
+    def planUndo(self, segmentationNode, nodeId):
+        """The node's last refinement; its `confirmation` is set when the segment was edited by hand."""
+        return node_refinement.planUndo(self.refinements, segmentationNode, nodeId)
+
+    def undo(self, segmentationNode, nodeId, replaceEdited=False, plan=None) -> str:
+        """The node's last refinement undone: mask, tags and row as they were, its prompt taken away."""
+        return node_refinement.undo(self.refinements, plan or self.planUndo(segmentationNode, nodeId),
+                                    self._labels(), replaceEdited)
 
     # --- segments --------------------------------------------------------------------------------
     @staticmethod
@@ -627,9 +663,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
 
     def isSegmentEdited(self, segmentationNode, segmentId, volumeNode) -> bool:
         """True when the mask is not the one the engine wrote (or the engine never wrote it)."""
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        return node_segments.isEdited(node_segments.tagsOf(segment),
-                                      self.segmentMask(segmentationNode, segmentId, volumeNode))
+        return node_segments.isSegmentEdited(segmentationNode, segmentId, volumeNode)
 
     def resultsFromSegments(self, volumeNode, segmentationNode) -> list:
         """Every lymph-node segment as a NodeResult: its current mask plus the facts in its tags."""
@@ -640,10 +674,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
                 for segmentId in self.lymphNodeSegments(segmentationNode).values()]
 
     def setShow3D(self, segmentationNode, show: bool) -> None:
-        if show:
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        else:
-            segmentationNode.RemoveClosedSurfaceRepresentation()
+        output_nodes.showIn3D(segmentationNode, show)
 
     @staticmethod
     def tableRows(tableNode) -> dict:
@@ -653,28 +684,11 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
     # --- navigation ------------------------------------------------------------------------------
     def jumpToNode(self, tableNode, row: int, segmentationNode=None):
         """Centre the slice views on the node in table row `row` and select its segment."""
-        nodeId = results_table.nodeIdOfRow(tableNode, row)
-        segmentationNode = segmentationNode or tableNode.GetNodeReference(TABLE_SEGMENTATION_REFERENCE)
-        if segmentationNode is None:
-            raise InputError("the table is not linked to a segmentation; run Apply again")
-        return self.jumpToNodeId(segmentationNode, nodeId)
+        return node_navigation.jumpToNode(tableNode, row, segmentationNode)
 
     def jumpToNodeId(self, segmentationNode, nodeId: str):
         """Returns (segment id, RAS centre) of the node, or None when it has no segment."""
-        segmentId = self.lymphNodeSegments(segmentationNode).get(nodeId)
-        if segmentId is None:
-            return None
-        center = segmentationNode.GetSegmentCenterRAS(segmentId)
-        if center is None:  # empty segment: its seed
-            center = node_segments.tagsOf(segmentationNode.GetSegmentation().GetSegment(segmentId)).seed_ras
-        markups = getattr(slicer.modules, "markups", None)
-        if markups is not None and hasattr(markups.logic(), "JumpSlicesToLocation"):
-            markups.logic().JumpSlicesToLocation(*center, True)
-        for editorNode in slicer.util.getNodesByClass("vtkMRMLSegmentEditorNode"):
-            if editorNode.GetSegmentationNode() in (segmentationNode, None):
-                editorNode.SetAndObserveSegmentationNode(segmentationNode)
-                editorNode.SetSelectedSegmentID(segmentId)
-        return segmentId, tuple(center)
+        return node_navigation.jumpToNodeId(segmentationNode, nodeId)
 
     # --- export ----------------------------------------------------------------------------------
     def exportResults(self, segmentationNode, tableNode, volumeNode, folder) -> dict:
@@ -694,8 +708,8 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
 
 
 class LymphNodeMTLTest(ScriptedLoadableModuleTest):
-    """The full path on a phantom CT: process, edit, re-classify, add a seed, process again, with
-    the local inference server (started on first use)."""
+    """The full path on a phantom CT: process, edit, re-classify, refine with a click and undo it, add
+    a seed, process again, with the local inference server (started on first use)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -751,6 +765,14 @@ class LymphNodeMTLTest(ScriptedLoadableModuleTest):
         second = phantom.nodes[1].node_id
         self.assertEqual(repr(after[second]), repr(before[second]))  # repr: NaN equals NaN
         self.assertTrue(np.array_equal(logic.segmentMask(segmentationNode, segments[first], volume), edited))
+
+        self.delayDisplay("Refining node 2 with a click, then undoing it")
+        unrefined = logic.segmentMask(segmentationNode, segments[second], volume)
+        click = np.add(phantom.nodes[1].seed_ras, (1.5, 0.0, 0.0))
+        self.assertEqual(logic.addClick(volume, segmentationNode, second, click, device="cpu").updatedIds, [second])
+        logic.undo(segmentationNode, second)
+        self.assertTrue(np.array_equal(logic.segmentMask(segmentationNode, segments[second], volume), unrefined))
+        self.assertEqual(repr(logic.tableRows(tableNode)[second]), repr(after[second]))
 
         self.delayDisplay("Adding a third seed: only it is processed")
         third = phantom.nodes[2]

@@ -38,7 +38,7 @@ from LymphNodeMTLLib.core.segment_tags import (  # noqa: E402
 from LymphNodeMTLLib.outputs import results_table as csv_table  # noqa: E402
 from LymphNodeMTLLib.outputs import segmentation_writer as segw  # noqa: E402
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
-from LymphNodeMTLSlicerLib import node_segments  # noqa: E402
+from LymphNodeMTLSlicerLib import node_segments, results_table  # noqa: E402
 from dicom_seg_masks import read_dicom_seg_masks  # noqa: E402
 from results_csv import read_results_csv  # noqa: E402
 
@@ -341,7 +341,7 @@ def _scene_state(logic, volume_name="Phantom CT"):
     keys = (TAG_SEED_ID, TAG_SEED_RAS, TAG_PROBABILITY, TAG_MODEL_ID, TERMINOLOGY_TAG, TAG_MASK_HASH)
     segments = {k: (s.GetName(), {t: segment_tag(s, t) for t in keys})
                 for k, s in _segments(seg_node, logic).items()}
-    assert table_node.GetNodeReference(lnmtl.TABLE_SEGMENTATION_REFERENCE) is seg_node
+    assert table_node.GetNodeReference(results_table.TABLE_SEGMENTATION_REFERENCE) is seg_node
     return (segments, _masks(seg_node, volume, logic), logic.tableRows(table_node))
 
 

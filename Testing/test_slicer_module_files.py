@@ -54,6 +54,17 @@ def test_every_widget_the_module_uses_is_in_the_ui(ui):
     assert not missing, f"the module uses widgets the .ui lacks: {sorted(missing)}"
 
 
+def test_every_widget_the_refine_section_uses_is_in_the_ui(ui):
+    """The Refine section's wiring (LymphNodeMTLSlicerLib/refine_controls.py) names its own widgets."""
+    used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", (SLICER_LIB / "refine_controls.py").read_text()))
+    assert {"positivePointButton", "negativePointButton", "longAxisButton", "undoButton", "refineNodeLabel"} <= used
+    missing = used - set(_widgets(ui))
+    assert not missing, f"the Refine section uses widgets the .ui lacks: {sorted(missing)}"
+    refine = next(w for w in ui.iter("widget") if w.get("name") == "refineCollapsibleButton")
+    inside = {w.get("name") for w in refine.iter("widget")}
+    assert used - {"statusLabel", "resultsTableView"} <= inside
+
+
 def test_ui_binds_every_parameter_to_a_widget_of_the_right_kind(ui):
     import slicer_module_stubs
 

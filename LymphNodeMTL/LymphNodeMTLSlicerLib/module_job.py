@@ -1,9 +1,10 @@
-"""One Apply or Re-classify in flight: the server job plus what to do with its results, ticked
+"""One Apply, Re-classify or refinement in flight: the server job plus what to do with its results, ticked
 from the main thread (the widget's QTimer, or the wait loop of a script).
 
 Results are applied on the main thread, only once the server says done, and only when every node
 the job reads or writes is still in the scene: a node deleted meanwhile ends the job with a message
-and nothing is applied. A failed or cancelled job changes nothing.
+and nothing is applied. A failed or cancelled job changes nothing (what its planning placed in the
+scene, such as a refinement's new prompt point, is taken away again).
 """
 
 from LymphNodeMTLLib.server.job_steps import CANCELLED, DONE, FAILED, FINISHED
@@ -20,10 +21,13 @@ class JobFailed(RuntimeError):
 
 
 class ModuleJob:
-    def __init__(self, serverJob, apply, watchedNodes: dict, label: str):
-        """apply(results) -> RunSummary; watchedNodes: role -> MRML node (None: not used)."""
+    def __init__(self, serverJob, apply, watchedNodes: dict, label: str, discard=None):
+        """apply(results) -> RunSummary; watchedNodes: role -> MRML node (None: not used);
+        discard() undoes, once, what planning put in the scene (a placed prompt) when the job
+        ends without applying its results."""
         self.serverJob = serverJob
         self._apply = apply
+        self._discard = discard
         self._watched = {role: node for role, node in watchedNodes.items() if node is not None}
         self.label = label
         self.state = STARTING  # results are applied by the first tick after the server is done
@@ -75,6 +79,9 @@ class ModuleJob:
 
     def _end(self, state, error=None) -> None:
         self.state, self.error = state, error
+        discard, self._discard = self._discard, None
+        if state != DONE and discard is not None:
+            discard()
 
 
 class NothingToDo:

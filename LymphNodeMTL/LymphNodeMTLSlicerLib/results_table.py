@@ -62,13 +62,20 @@ def rowFromFields(nodeId, fields: dict, labels=DEFAULT_LABELS) -> dict:
 def syncTable(tableNode, segmentationNode, updated: dict, labels=DEFAULT_LABELS) -> None:
     """One row per lymph-node segment (review-first order): `updated` results (node id -> NodeResult)
     give new values, other rows keep theirs (or are rebuilt from the segment's tags when missing)."""
+    replaceRows(tableNode, segmentationNode, {nodeId: rowFromResult(result, labels)
+                                              for nodeId, result in updated.items()}, labels)
+
+
+def replaceRows(tableNode, segmentationNode, replaced: dict, labels=DEFAULT_LABELS) -> None:
+    """syncTable with rows given as they are (node id -> row, as tableRows reads them; None: the
+    row the segment's tags give): a row taken before a change brings the table back to what it was."""
     old = tableRows(tableNode)
     segmentation = segmentationNode.GetSegmentation()
     rows = []
     for nodeId, segmentId in lymphNodeSegments(segmentationNode).items():
-        if nodeId in updated:
-            rows.append(rowFromResult(updated[nodeId], labels))
-        elif nodeId in old:
+        if replaced.get(nodeId) is not None:
+            rows.append(replaced[nodeId])
+        elif nodeId in old and nodeId not in replaced:
             rows.append(old[nodeId])
         else:
             rows.append(rowFromFields(nodeId, tagsOf(segmentation.GetSegment(segmentId)).fields, labels))

@@ -90,7 +90,7 @@ class QtTransport:
         self._replies.pop(id(reply), None)
         qt = self._qt
         status = reply.attribute(qt.QNetworkRequest.HttpStatusCodeAttribute)
-        raw = reply.readAll()
+        raw = reply.readAll() if reply.isOpen() else qt.QByteArray()  # an aborted reply is closed
         body = bytes(raw.data()) if hasattr(raw, "data") else bytes(raw)
         error = "" if reply.error() == qt.QNetworkReply.NoError else str(reply.errorString())
         reply.deleteLater()
