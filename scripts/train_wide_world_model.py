@@ -57,6 +57,7 @@ SHARED_CT = REAL_LESIONS.parent / "ct"
 BACKGROUNDS = ["chest_noncontrast_lung1.nrrd", "mediastinum_contrast_crop.nii.gz", "dicom_abdomen_series"]
 STRESS_SEED = 9191
 _BACKGROUNDS: list = []  # read once in the parent; forked workers inherit them
+INTERACTIVE_SETS = ("stress", "real_lesions")
 
 
 def world_caches(n_wide: int, n_wide_real: int, n_spec: int, seed: int, pre, jitter_mm: float, ct_dir: Path,
@@ -129,8 +130,11 @@ def evaluate_three_ways(model_dir: Path, work: Path, args, device: str) -> dict:
     results = {}
     for name, manifest in sets.items():
         t0 = time.perf_counter()
+        # clicks, lines and boxes on the sets that test steering (the in-distribution set keeps its
+        # zero-click figures, comparable with the models before)
+        clicks = args.interactive if engine.config.preprocessing.prompt_channels and name in INTERACTIVE_SETS else 0
         results[name] = evaluate_manifest(engine, manifest, work / f"eval-{name}", n_boot=args.n_boot,
-                                          interactive_clicks=args.interactive if engine.config.preprocessing.prompt_channels else 0)
+                                          interactive_clicks=clicks)
         results[name]["minutes"] = (time.perf_counter() - t0) / 60
         print(f"{name}: " + ", ".join(f"{k} {results[name][k]:.3f}" for k in ("auc", "ece", "dice_mean", "dice_p10")
                                       if k in results[name]) + f", empty masks {results[name]['empty_masks']}",
