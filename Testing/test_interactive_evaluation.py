@@ -41,3 +41,21 @@ def test_evaluate_interactive_reports_clicks_lines_and_boxes(tmp_path, capsys):
     assert np.mean([float(r["dice_after_0_clicks"]) for r in rows]) == pytest.approx(curve[0], abs=1e-3)
     assert "NoC@85" in (out / "report.md").read_text()
     assert "NoC@85" in capsys.readouterr().out.replace("NoC@85 ", "NoC@85")
+
+
+def test_evaluate_interactive_refuses_a_model_that_reads_seeds_only_before_writing(tmp_path, capsys):
+    from LymphNodeMTLLib.network.model_store import ModelConfig, save_model
+    from LymphNodeMTLLib.network.network_config import NetworkConfig
+    from LymphNodeMTLLib.network.node_network import MultiTaskNodeNet
+    from LymphNodeMTLLib.preprocessing.network_input import PreprocessingConfig
+
+    config = ModelConfig("seeds-only", network={"channels": [4, 8]}, preprocessing=PreprocessingConfig(patch_size=16))
+    save_model(tmp_path / "m", config, MultiTaskNodeNet(NetworkConfig(channels=(4, 8))), "a test model")
+    manifest = write_phantom_dataset(tmp_path / "set", n_cases=1, seed=97, nodes_per_case=(1, 1),
+                                     field_of_view_mm=(60.0, 60.0, 40.0))
+    out = tmp_path / "report"
+    assert main(["evaluate", "--manifest", str(manifest), "--out", str(out), "--device", "cpu",
+                 "--model", str(tmp_path / "m"), "--interactive", "2"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reads seeds only" in err[0]
+    assert not out.exists()

@@ -249,6 +249,8 @@ def evaluate_manifest(engine, manifest, out_dir, progress=None, n_boot: int = 10
                       interactive_clicks: int = 0) -> dict:
     """Score `engine` on every node of the manifest; interactive_clicks K > 0 also simulates up to
     K clicks per node with a true mask and tries its line and its box alone."""
+    if interactive_clicks > 0:  # before any case is read: NaN lines and boxes would look like a weak model
+        engine.require_prompt_channels()
     cases = read_manifest(manifest)
     scores: list[NodeScore] = []
     for n, case in enumerate(cases):

@@ -69,17 +69,17 @@ def score_interactively(engine, case: Case, node_id: str, seed_ras, truth: np.nd
         score.dice_by_clicks.append(dice_score(shown, truth))
     if long_axis_ras is not None:
         line = tuple(tuple(float(v) for v in end) for end in np.asarray(long_axis_ras))
-        score.line_dice = _extentdice_score(engine, case, NodePrompts(node_id, line=line), truth)
+        score.line_dice = _dice_from_prompt_alone(engine, case, NodePrompts(node_id, line=line), truth)
     idx = np.argwhere(truth)
     corners = geometry.ijk_to_ras_points(np.array([[a, b, c] for a in (idx[:, 2].min() - 0.5, idx[:, 2].max() + 0.5)
                                                    for b in (idx[:, 1].min() - 0.5, idx[:, 1].max() + 0.5)
                                                    for c in (idx[:, 0].min() - 0.5, idx[:, 0].max() + 0.5)]))
     box = box_from_corners(corners.min(axis=0), corners.max(axis=0))
-    score.box_dice = _extentdice_score(engine, case, NodePrompts(node_id, box=box), truth)
+    score.box_dice = _dice_from_prompt_alone(engine, case, NodePrompts(node_id, box=box), truth)
     return score
 
 
-def _extentdice_score(engine, case: Case, prompts: NodePrompts, truth: np.ndarray) -> float:
+def _dice_from_prompt_alone(engine, case: Case, prompts: NodePrompts, truth: np.ndarray) -> float:
     try:
         result = engine.refine(case, prompts)
     except InputError:

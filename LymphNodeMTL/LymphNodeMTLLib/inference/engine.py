@@ -250,11 +250,16 @@ class NodeEngine:
             for p in prompts.values():
                 p.validate(case.geometry)
         out = [None if (p := prompts.get(seed.node_id)) is None or p.is_seed_only else p for seed in case.seeds]
-        if any(p is not None for p in out) and not self.config.preprocessing.prompt_channels:
-            raise InputError(f"the model {self.model_id} reads seeds only; use a model with prompt channels "
-                             "for lines, boxes and clicks")
+        if any(p is not None for p in out):
+            self.require_prompt_channels()
         self._accepted_prompts = (case.geometry, prompts)
         return out
+
+    def require_prompt_channels(self) -> None:
+        """Refuse, in one line, prompts for a model that reads seeds only."""
+        if not self.config.preprocessing.prompt_channels:
+            raise InputError(f"the model {self.model_id} reads seeds only; use a model with prompt channels "
+                             "for lines, boxes and clicks")
 
     def _follow_prompts(self, case, node_prompts, chained, chosen, views, view_centres, tracker) -> None:
         """Run the prompt chains of the `chained` nodes; their chosen view, views and view centre
