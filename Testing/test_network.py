@@ -279,3 +279,28 @@ def test_default_and_bundled_configs_build_the_base_networks_weights():
     assert {k: tuple(v.shape) for k, v in bundled.state_dict().items()} == saved
     default = MultiTaskNodeNet(NetworkConfig())
     assert sorted(default.state_dict()) == sorted(k for k in saved if not k.startswith("head.refine."))
+
+
+@pytest.mark.parametrize("config", [
+    NetworkConfig(channels=(4, 8)),
+    NetworkConfig(channels=(4, 8), routing_gate={}, task_specific_attention=True, task_aware_attention=True),
+    NetworkConfig(channels=(4, 8), mixed_head=True),
+    NetworkConfig(channels=(4, 8), head="lesion_attention"),
+], ids=["base", "routed-attended", "mixed-head", "lesion-attention"])
+def test_classifying_under_a_mask_from_kept_features_is_forward_under_that_mask(config):
+    """A node re-classified under its next mask reuses its view's head features: the logits are
+    exactly forward's with that mask given, at each row's own spacing."""
+    torch.manual_seed(3)
+    net = MultiTaskNodeNet(config).eval()
+    x = torch.randn(3, 2, 16, 16, 16)
+    mask = torch.zeros(3, 1, 16, 16, 16)
+    mask[0, 0, 5:11, 5:11, 5:11] = 1
+    mask[1, 0, 7:9, 6:12, 8:10] = 1  # row 2: an empty mask
+    spacing, slice_mm = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.0, 5.0, 2.5])
+    with torch.no_grad():
+        feats = net.classification_features(x)
+        expected = net(x, mask, slice_mm=slice_mm, spacing_mm=spacing).metastasis_logit
+        torch.testing.assert_close(net.classify_under(feats, mask, x, slice_mm=slice_mm, spacing_mm=spacing), expected)
+        other = net(x, 1 - mask, slice_mm=slice_mm, spacing_mm=spacing).metastasis_logit
+        assert not torch.allclose(other, expected)  # the mask does move the logit
+        torch.testing.assert_close(net.classify_under(feats, 1 - mask, x, slice_mm=slice_mm, spacing_mm=spacing), other)

@@ -98,11 +98,15 @@ def test_a_click_after_others_runs_one_step_and_gives_what_the_whole_chain_gives
     whole = fresh.refine(case, prompts)
     clicking = NodeEngine(device="cpu")
     clicking.refine(case, prompts.first_clicks(1))
-    calls = []
+    encoder_passes, head_passes = [], []
     network = clicking.network
-    clicking.network = lambda *args, **kwargs: calls.append(args[0].shape[0]) or network(*args, **kwargs)
+    encode, classify_under = network.encode, network.classify_under
+    network.encode = lambda x: encoder_passes.append(x.shape[0]) or encode(x)
+    network.classify_under = lambda *a, **k: head_passes.append(1) or classify_under(*a, **k)
     last = clicking.refine(case, prompts)
-    assert len(calls) == 2  # the new click's step, and the re-classification of its mask
+    # the new click's step is the one encoder pass; its mask is re-classified by the head alone
+    # (the view's head features are remembered from the click before)
+    assert encoder_passes == [1] and head_passes == [1]
     assert np.array_equal(last.mask, whole.mask) and last.probability == whole.probability
 
 

@@ -80,6 +80,9 @@ class NodeEngine:
         self._volume, self._volume_key, self._volume_device = None, None, None
         self._accepted_prompts = None  # (geometry, prompts) last checked: not checked twice
         self._steps = StepMemo()  # prompt-chain steps on the last CT: a new click runs one step
+        # the metastasis head's features per node view on the last CT: re-classifying a node under
+        # its next mask (a click after a click) runs the head alone
+        self._head_features = StepMemo(capacity=8)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shape: autotuned kernels pay off
 
@@ -226,8 +229,7 @@ class NodeEngine:
         for spacing in sorted(set(spacings)):
             group = [k for k, s in enumerate(spacings) if s == spacing]
             mask_patches = self._mask_patches(case, [results[k] for k in group], centres[group], spacing)
-            _, group_logits, _ = self._run_network(case, centres[group], spacing, mask_patches)
-            logits[group] = group_logits
+            logits[group] = self._logits_under(case, centres[group], spacing, mask_patches)
         return logits, spacings, fits
 
     # --- prompts ------------------------------------------------------------------------------
@@ -276,7 +278,9 @@ class NodeEngine:
             first.append((chosen[k].probability, chosen[k].logit) if same else None)
 
         def run(centres, spacing, patch_prompts):
-            probs, logits, _ = self._run_network(case, centres, spacing, None, prompts=patch_prompts, tracker=tracker)
+            # a step's mask alone: its node is re-classified under the chain's final mask
+            probs, logits, _ = self._run_network(case, centres, spacing, None, prompts=patch_prompts, tracker=tracker,
+                                                 mask_only=True)
             return probs, logits
 
         finals = run_chains(run, [node_prompts[k] for k in chained], chain_views, size, threshold, first,
@@ -346,10 +350,11 @@ class NodeEngine:
 
     # --- internals ----------------------------------------------------------------------------
     def _run_network(self, case, centres, spacing, mask_patches, flips=None, tracker=None,
-                     first_view=False, prompts=None):
+                     first_view=False, prompts=None, mask_only=False):
         """Mask probabilities (on the CPU) and metastasis logits for every centre, through patches
         of `spacing` mm; `flips`: per centre, patch dims to flip (flipped back on the way out);
-        `prompts`: per centre, its prompts on the patch grid (PatchPrompts).
+        `prompts`: per centre, its prompts on the patch grid (PatchPrompts); mask_only: the mask
+        branch alone (the logits are zeros).
 
         first_view: also return, per centre, the seed's HU and the like-density signs
         (field_of_view.py), read from the same HU patches.
@@ -366,7 +371,7 @@ class NodeEngine:
                 p, l, hu = self._run_batch(case, centres[start:stop], spacing,
                                            None if mask_patches is None else mask_patches[start:stop],
                                            None if flips is None else flips[start:stop],
-                                           None if prompts is None else prompts[start:stop])
+                                           None if prompts is None else prompts[start:stop], mask_only)
             except torch.OutOfMemoryError:
                 self._recover_from_oom()
                 continue
@@ -383,28 +388,75 @@ class NodeEngine:
                 tracker.advance(len(p))
         return torch.cat(probs), torch.cat(logits).numpy(), first
 
-    def _run_batch(self, case, centres, spacing, mask_patches, flips=None, prompts=None):
+    def _run_batch(self, case, centres, spacing, mask_patches, flips=None, prompts=None, mask_only=False):
+        x, hu = self._network_input(case, centres, spacing, prompts)
+        if flips is not None:
+            x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, flips)])
+        with self._timed("forward"), torch.inference_mode():
+            if mask_only:
+                mask_logits, logit = self.network.segment(x), torch.zeros(x.shape[0])
+            else:
+                given = None if mask_patches is None else mask_patches.to(self.device)
+                out = self.network(x, given, slice_mm=self._slice_mm(case, x), spacing_mm=spacing)
+                mask_logits, logit = out.mask_logits, out.metastasis_logit
+            prob = torch.sigmoid(mask_logits[:, 0]).float()
+            if flips is not None:
+                prob = torch.stack([pi.flip(list(f)) if f else pi for pi, f in zip(prob, flips)])
+            return prob.cpu(), logit.float().cpu(), hu
+
+    def _network_input(self, case, centres, spacing, prompts=None):
+        """(network input, HU patches) of the views of `spacing` mm at `centres`."""
         pre = self.config.preprocessing
         with self._timed("sample_patches"):
             volume = self._volume_on_device(case.image)
             hu = sample_patches(volume, case.geometry, centres, pre.patch_size, spacing)
-            x = network_input(hu, pre, prompts)
-            if flips is not None:
-                x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, flips)])
+            return network_input(hu, pre, prompts), hu
+
+    def _slice_mm(self, case, x) -> torch.Tensor:
+        return torch.full((x.shape[0],), case.geometry.coarsest_spacing_mm, device=self.device)
+
+    def _logits_under(self, case, centres, spacing, mask_patches) -> np.ndarray:
+        """Metastasis logits of the views of `spacing` mm at `centres` under the given mask
+        patches (plain input). The head's features of a view depend on the CT alone: they are
+        computed once per view and CT, so only the head runs again for a node's next mask."""
+        memo = self._head_features.on(case.image)
+        logits, start = [], 0
+        while start < len(centres):
+            stop = min(start + self.batch_size, len(centres))
+            try:
+                logits.append(self._logits_under_batch(case, memo, centres[start:stop], spacing,
+                                                       mask_patches[start:stop]))
+            except torch.OutOfMemoryError:
+                self._recover_from_oom()
+                memo = self._head_features.on(case.image)
+                continue
+            start = stop
+        return np.concatenate(logits)
+
+    def _logits_under_batch(self, case, memo, centres, spacing, mask_patches) -> np.ndarray:
+        keys = [(tuple(float(v) for v in c), float(spacing), case.geometry.ijk_to_ras.tobytes()) for c in centres]
+        found = [memo.get(*key) for key in keys]
+        missing = [k for k, f in enumerate(found) if f is None]
+        if missing:
+            x, _ = self._network_input(case, centres[missing], spacing)
+            with self._timed("forward"), torch.inference_mode():
+                feats = self.network.classification_features(x)
+            for row, k in enumerate(missing):
+                found[k] = ([f[row:row + 1] for f in feats], x[row:row + 1])
+                memo.put(found[k], *keys[k])
         with self._timed("forward"), torch.inference_mode():
-            given = None if mask_patches is None else mask_patches.to(self.device)
-            slice_mm = torch.full((x.shape[0],), case.geometry.coarsest_spacing_mm, device=self.device)
-            out = self.network(x, given, slice_mm=slice_mm, spacing_mm=spacing)
-            prob = torch.sigmoid(out.mask_logits[:, 0]).float()
-            if flips is not None:
-                prob = torch.stack([pi.flip(list(f)) if f else pi for pi, f in zip(prob, flips)])
-            return prob.cpu(), out.metastasis_logit.float().cpu(), hu
+            feats = [torch.cat([f[level] for f, _ in found]) for level in range(len(found[0][0]))]
+            x = torch.cat([xi for _, xi in found])
+            logits = self.network.classify_under(feats, mask_patches.to(self.device), x,
+                                                 slice_mm=self._slice_mm(case, x), spacing_mm=spacing)
+        return logits.float().cpu().numpy()
 
     def clear_volume_cache(self) -> None:
         """Forget the device copy of the CT and what was computed on it (call after editing the CT
         array in place)."""
         self._volume, self._volume_key, self._volume_device = None, None, None
         self._steps = StepMemo()
+        self._head_features = StepMemo(capacity=8)
 
     def _volume_on_device(self, image: np.ndarray) -> torch.Tensor:
         """The CT on the device, copied once per image (re-classifying a node re-uses it)."""

@@ -197,13 +197,51 @@ class MultiTaskNodeNet(nn.Module):
         simulated click needs only the mask)."""
         if not self.segments:
             raise ValueError("this network has no mask branch")
-        feats = self.encode(x)
+        return self.mask_out(self.decode(self._branches(self.encode(x))[SEGMENTATION])[-1])
+
+    def _branches(self, feats: list[torch.Tensor], parts: dict | None = None) -> dict:
+        """Each task's features: the shared ones, routed and task-attended where the config says."""
+        branch = {t: feats for t in self.branch_tasks}
         if self.routing is not None:
-            routed, _ = self.routing(feats[-1])
-            feats = feats[:-1] + [routed[SEGMENTATION]]
+            routed, weights = self.routing(feats[-1])
+            if parts is not None:
+                parts["routing_weights"] = weights
+            branch = {t: feats[:-1] + [routed[t]] for t in self.branch_tasks}
         if self.task_attention is not None:
-            feats = self.task_attention(feats, SEGMENTATION)
-        return self.mask_out(self.decode(feats)[-1])
+            for t in self.task_attention.tasks:
+                branch[t] = self.task_attention(branch[t], t)
+        return branch
+
+    def _classification_branch(self, branch: dict) -> list[torch.Tensor]:
+        cls_feats = branch[CLASSIFICATION]
+        return self.bottom_up(cls_feats) if self.bottom_up is not None else cls_feats
+
+    def _metastasis(self, cls_feats, mask, use_mask, pool_mask, x, spacing_mm, slice_mm, parts: dict):
+        """(metastasis logit (B,), value or None) of the features pooled under `pool_mask`."""
+        if self.config.head == "lesion_attention":
+            res = self.lesion_head(cls_feats, mask, use_mask)
+            parts["lesion_map"] = res["map_logits"]
+            return res["logit"], res["value"]
+        if self.config.mixed_head:
+            return self.head(self._pooled(cls_feats, pool_mask, x, spacing_mm, slice_mm))
+        return self.head(self._pooled(cls_feats, pool_mask, x, spacing_mm, slice_mm)).squeeze(1), None
+
+    def classification_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The features the metastasis head pools, per scale. They depend on the input alone, so a
+        node re-classified under one mask after another (a click after a click) reuses them."""
+        if not self.classifies:
+            raise ValueError("this network has no metastasis head")
+        return self._classification_branch(self._branches(self.encode(x)))
+
+    def classify_under(self, cls_feats: list[torch.Tensor], mask: torch.Tensor, x: torch.Tensor,
+                       slice_mm: torch.Tensor | None = None,
+                       spacing_mm: torch.Tensor | float | None = None) -> torch.Tensor:
+        """(B,) metastasis logits under the given (B, 1, D, H, W) masks, from classification_features
+        of `x`: what forward(x, mask) gives, without the mask branch."""
+        spacing_mm = spacing_of_batch(spacing_mm, x.shape[0], self.config.patch_spacing_mm, x.device)
+        logit, _ = self._metastasis(cls_feats, mask, None, mask.float(), x, spacing_mm,
+                                    slice_mm, {})
+        return logit
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
@@ -217,13 +255,7 @@ class MultiTaskNodeNet(nn.Module):
         spacing_mm = spacing_of_batch(spacing_mm, x.shape[0], self.config.patch_spacing_mm, x.device)
         feats = self.encode(x)
         parts: dict = {}
-        branch = {t: feats for t in self.branch_tasks}
-        if self.routing is not None:
-            routed, parts["routing_weights"] = self.routing(feats[-1])
-            branch = {t: feats[:-1] + [routed[t]] for t in self.branch_tasks}
-        if self.task_attention is not None:
-            for t in self.task_attention.tasks:
-                branch[t] = self.task_attention(branch[t], t)
+        branch = self._branches(feats, parts)
 
         if self.segments:
             stages = self.decode(branch[SEGMENTATION])
@@ -243,18 +275,9 @@ class MultiTaskNodeNet(nn.Module):
             pool_mask = torch.where(use_mask.view(-1, 1, 1, 1, 1), mask.to(predicted.dtype), predicted)
 
         if self.classifies:
-            cls_feats = branch[CLASSIFICATION]
-            if self.bottom_up is not None:
-                cls_feats = self.bottom_up(cls_feats)
-            if self.config.head == "lesion_attention":
-                res = self.lesion_head(cls_feats, mask, use_mask)
-                logit, value = res["logit"], res["value"]
-                parts["lesion_map"] = res["map_logits"]
-            elif self.config.mixed_head:
-                logit, value = self.head(self._pooled(cls_feats, pool_mask, x, spacing_mm, slice_mm))
-            else:
-                logit, value = self.head(self._pooled(cls_feats, pool_mask, x, spacing_mm, slice_mm)).squeeze(1), None
-            parts["metastasis_value"] = value
+            cls_feats = self._classification_branch(branch)
+            logit, parts["metastasis_value"] = self._metastasis(cls_feats, mask, use_mask, pool_mask, x,
+                                                                spacing_mm, slice_mm, parts)
         else:
             logit = mask_logits.new_zeros(x.shape[0])
         if self.short_axis_head is not None:
