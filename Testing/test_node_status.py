@@ -175,3 +175,20 @@ def test_a_mask_of_fat_only_is_no_node_but_a_fatty_hilum_is_part_of_one():
     assert not holds_only_fat(blob, node)
     empty = NodeResult("none", (0.0, 0.0, 0.0), (0, 0, 0), (10, 10, 10), np.zeros((10, 10, 10), bool))
     assert not holds_only_fat(empty, image)
+
+
+@pytest.mark.parametrize("spacing_k,gap_layers,cut", [
+    (0.7, 1, True), (0.7, 2, True), (0.7, 3, False),  # thin slices: the edge band is 2 mm deep (3 layers)
+    (1.5, 1, True), (1.5, 2, False),  # 2 layers hold 2 mm
+    (5.0, 1, True), (5.0, 2, False),  # thick slices: never less than 2 layers
+])
+def test_a_mask_stopping_within_2_mm_of_the_ct_edge_is_cut_by_it(spacing_k, gap_layers, cut):
+    from LymphNodeMTLLib.inference.node_status_rules import node_status_of
+
+    shape = (40, 60, 60)
+    geometry = VolumeGeometry.from_lps((0, 0, 0), (0.8, 0.8, spacing_k), np.eye(3).flatten(), shape)
+    top = shape[0] - gap_layers  # the mask ends gap_layers short of the last slice
+    mask = np.ones((10, 8, 8), bool)
+    result = NodeResult("N", (0.0, 0.0, 0.0), (top - 10, 20, 20), (top, 28, 28), mask)
+    expected = node_status.TOUCHES_FIELD_OF_VIEW if cut else node_status.OK
+    assert node_status_of(result, True, False, geometry, 0.0) == expected

@@ -172,7 +172,7 @@ class NodeEngine:
             with self._timed("uncertainty_total"):
                 self._augment(case, centres, chosen, results, usable, tracker)
         for k, (r, view) in enumerate(zip(results, chosen)):
-            apply_status(r, node_status_of(r, soft_tissue[k], not view.complete, case.geometry.shape_kji,
+            apply_status(r, node_status_of(r, soft_tissue[k], not view.complete, case.geometry,
                                            tta.LOW_AGREEMENT))
         self._count_fields_of_view(results)
         tracker.finish()
@@ -208,7 +208,7 @@ class NodeEngine:
             new.field_of_view_mm = size * spacing
             new.extra["fields_of_view_mm"] = [new.field_of_view_mm]
             measure_node(new, case.image, case.geometry)
-            apply_status(new, node_status_of(new, True, not fit, case.geometry.shape_kji, 0.0))
+            apply_status(new, node_status_of(new, True, not fit, case.geometry, 0.0))
             updated.append(new)
         self._count_fields_of_view(updated)
         return updated

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..core import node_status
+from ..core.geometry import VolumeGeometry
 from ..core.node_result import NodeResult
 
 # Soft tissue at the seed: above lung and air (below -250 HU, also the bottom of the network's HU
@@ -58,24 +59,29 @@ def holds_only_fat(result: NodeResult, image: np.ndarray) -> bool:
 # The network's mask of a node the CT cuts fades just before the CT's edge (it sees air-padding
 # beyond it): a mask this many voxel layers from the edge counts as reaching it.
 EDGE_LAYERS = 2
+# and never less than this far: a node cut by the CT's edge is drawn up to about 2 mm short of it
+# (the patch beyond the edge reads as outside the body), on thin slices more than two layers
+EDGE_MM = 2.0
 
 
-def touches_volume_edge(result: NodeResult, shape_kji) -> bool:
-    """Whether a non-empty mask reaches the CT's outermost EDGE_LAYERS voxel layers (the node is cut)."""
+def touches_volume_edge(result: NodeResult, geometry: VolumeGeometry) -> bool:
+    """Whether a non-empty mask reaches the CT's outermost voxel layers (EDGE_LAYERS, at least
+    EDGE_MM deep): the node is cut."""
     if result.is_empty:
         return False
-    return any(a < EDGE_LAYERS or b > n - EDGE_LAYERS
-               for a, b, n in zip(result.bbox_start_kji, result.bbox_stop_kji, shape_kji))
+    layers = [max(EDGE_LAYERS, math.ceil(EDGE_MM / s - 1e-6)) for s in geometry.spacing[::-1]]
+    return any(a < m or b > n - m
+               for a, b, n, m in zip(result.bbox_start_kji, result.bbox_stop_kji, geometry.shape_kji, layers))
 
 
-def node_status_of(result: NodeResult, seed_in_soft_tissue: bool, cut_by_view: bool, shape_kji,
+def node_status_of(result: NodeResult, seed_in_soft_tissue: bool, cut_by_view: bool, geometry: VolumeGeometry,
                    low_agreement_below: float) -> str:
     """The one status of a node's result (module docstring for the precedence)."""
     if not seed_in_soft_tissue:
         return node_status.SEED_NOT_IN_SOFT_TISSUE
     if result.is_empty:
         return node_status.EMPTY_MASK
-    if cut_by_view or touches_volume_edge(result, shape_kji):
+    if cut_by_view or touches_volume_edge(result, geometry):
         return node_status.TOUCHES_FIELD_OF_VIEW
     if math.isfinite(result.mask_agreement) and result.mask_agreement < low_agreement_below:
         return node_status.LOW_AGREEMENT
