@@ -243,3 +243,13 @@ def import_module_file():
         del sys.modules["LymphNodeMTL"]
         raise
     return module
+
+
+def warm_logic(module):
+    """A Logic of the imported module file whose local server (bundled model, CPU) is started and
+    ready: one per test file, warm for all its tests."""
+    logic = module.LymphNodeMTLLogic()
+    server = logic.localServer()
+    server.ensure("cpu", None)
+    assert server.waitUntilReady() == "ready", server.error
+    return logic

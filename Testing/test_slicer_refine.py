@@ -40,12 +40,7 @@ def phantom():
 
 @pytest.fixture(scope="module")
 def logic():
-    """One Logic for the file; its local server (default model, CPU) stays warm."""
-    logic = lnmtl.LymphNodeMTLLogic()
-    server = logic.localServer()
-    server.ensure("cpu", None)
-    assert server.waitUntilReady() == "ready", server.error
-    return logic
+    return slicer_module_stubs.warm_logic(lnmtl)
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,7 @@ def phantom():
 
 @pytest.fixture(scope="module")
 def logic():
-    """The local server (bundled model, CPU), started once and warm for the file."""
-    logic = lnmtl.LymphNodeMTLLogic()
-    server = logic.localServer()
-    server.ensure("cpu", None)
-    assert server.waitUntilReady() == "ready", server.error
-    return logic
+    return slicer_module_stubs.warm_logic(lnmtl)
 
 
 def _inputs(phantom, count=None):
