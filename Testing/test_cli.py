@@ -264,7 +264,7 @@ def test_predict_output_opens_in_slicer_unchanged(ct_and_seeds, tmp_path, capsys
     (["ablate", "--manifest", "m", "--test-manifest", "t", "--out", "o", "--budget-minutes", "nan"],
      "argument --budget-minutes: must be a number above 0"),
     (["evaluate", "--manifest", "m", "--out", "o", "--device", "mps:1"], "unknown device 'mps:1'"),
-    (["predict", "--volume", "ct.nrrd"], "the following arguments are required: --seeds, --out"),
+    (["predict", "--volume", "ct.nrrd"], "the following arguments are required: --out"),  # --seeds or --prompts: predict says
     (["nonsense"], "invalid choice: 'nonsense'"),
 ])
 def test_bad_arguments_are_one_line_from_the_parser(tmp_path, capsys, monkeypatch, argv, fragment):
