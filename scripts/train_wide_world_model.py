@@ -12,10 +12,11 @@ After training, the model folder is evaluated on (1) the model card's in-distrib
 (scripts/real_lesion_manifest.py, masks and no labels); the figures go into its model card, with
 the recipe and how long each step took.
 
-    # CPU, two cores, within two hours (fine-tuning the bundled network): about 12 min of phantoms
-    # and cache, 65 min of training, 5 of refit and 10-15 of evaluation
-    .venv/bin/python scripts/train_wide_world_model.py --out Resources/Models/phantom-demo \\
-        --init-from Resources/Models/phantom-demo --workers 2
+    # CPU, two cores, as v6 was made (the bundled network widened to read prompts, 8 epochs on
+    # simulated interactions): about 3 min of phantoms and cache, 13-16 min an epoch, 20 of refit and
+    # calibration (about 2.3 h), then 25 of evaluation; --resume goes on from the last epoch
+    .venv/bin/python scripts/train_wide_world_model.py --out work-tmp/v6 \\
+        --init-from Resources/Models/phantom-demo --workers 2 --seed 6 --epochs 8 --minutes 150
     # one GPU with 16 CPU cores, about ten minutes (phantoms and cache on the CPUs take about 3)
     .venv/bin/python scripts/train_wide_world_model.py --out Resources/Models/phantom-demo --device cuda \\
         --init-from Resources/Models/phantom-demo --workers 15 --wide 600 --wide-real 200 --spec 150 \\
