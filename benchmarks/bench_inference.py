@@ -37,6 +37,19 @@ from LymphNodeMTLLib.preprocessing.patch_sampler import sample_patches  # noqa: 
 SPACING = (0.8, 0.8, 1.0)
 
 
+def print_ms_rows(figures: dict, rows) -> None:
+    """One line per (label, key) of `figures`, in milliseconds."""
+    for label, key in rows:
+        print(f"  {label:<44} {figures[key] * 1000:9.1f} ms")
+
+
+def write_figures(figures: dict, path) -> None:
+    """The figures as JSON at `path` (nothing when None)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def big_phantom(shape_kji=(300, 512, 512), seed=0, tile_mm=100.0):
     """A 512x512x300 phantom: fat with noise, tiled with phantom cases (their nodes are the seeds)."""
     rng = np.random.default_rng(seed)
@@ -272,9 +285,7 @@ def main():
     }
     print(f"peak RSS {peak_rss_mib:.0f} MiB (CT {out['ct_mib']:.0f} MiB; target 3 x CT + 1024 = "
           f"{3 * out['ct_mib'] + 1024:.0f} MiB)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_figures(out, args.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Each repeat clicks another point (a new chain step); figures are wall-clock medi
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -31,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "LymphNodeMTL"))
 sys.path.insert(0, str(HERE))
 
-from bench_inference import big_phantom  # noqa: E402
+from bench_inference import big_phantom, print_ms_rows, write_figures  # noqa: E402
 
 from LymphNodeMTLLib.core.case import Case  # noqa: E402
 from LymphNodeMTLLib.core.node_prompts import Click, NodePrompts  # noqa: E402
@@ -140,11 +139,8 @@ def main() -> int:
             ("a node from its long-axis line, engine", "engine_line_s"),
             ("one click, local server round trip", "server_click_round_trip_s"),
             ("  of which the engine (server clock)", "server_click_engine_s")]
-    for label, key in rows:
-        print(f"  {label:<44} {figures[key] * 1000:9.1f} ms")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    print_ms_rows(figures, rows)
+    write_figures(figures, args.json)
     return 0
 
 

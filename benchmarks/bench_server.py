@@ -19,7 +19,6 @@ Prints a table and writes JSON. Timings are wall-clock medians of --repeats runs
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "LymphNodeMTL"))
 sys.path.insert(0, str(HERE))
 
-from bench_inference import big_phantom  # noqa: E402
+from bench_inference import big_phantom, print_ms_rows, write_figures  # noqa: E402
 
 from LymphNodeMTLLib.core.case import Case  # noqa: E402
 from LymphNodeMTLLib.inference.engine import NodeEngine  # noqa: E402
@@ -178,12 +177,9 @@ def main() -> int:
         ("  of which HTTP, JSON, queue, decoding", "remote_one_seed_overhead_s"),
         ("GET /v1/health, remote", "health_s"),
     ]
-    for label, key in rows:
-        print(f"  {label:<44} {figures[key] * 1000:9.1f} ms")
+    print_ms_rows(figures, rows)
     print(f"  {'two servers started (engines loaded)':<44} {figures['two_servers_start_s']:9.1f} s")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(figures, args.json)
     return 0
 
 
