@@ -195,3 +195,24 @@ def test_a_click_beyond_the_widest_view_is_refused(engine):
     beyond = Click(tuple(centre + [0.0, 0.0, reach + 10.0]), True)
     with pytest.raises(InputError, match="beyond the widest view"):
         engine.refine(tall, NodePrompts("big", seed=tuple(centre), clicks=(beyond,)))
+
+
+def test_what_the_engine_remembers_is_forgotten_on_another_ct_or_another_placement():
+    from LymphNodeMTLLib.inference.prompt_chain import StepMemo
+
+    image = np.zeros((4, 4, 4), np.float32)
+    here = VolumeGeometry.from_lps((0, 0, 0), (1.0, 1.0, 1.0), np.eye(3).flatten(), image.shape)
+    same = VolumeGeometry.from_lps((0, 0, 0), (1.0, 1.0, 1.0), np.eye(3).flatten(), image.shape)
+    moved = VolumeGeometry.from_lps((5, 0, 0), (1.0, 1.0, 1.0), np.eye(3).flatten(), image.shape)
+    memo = StepMemo(capacity=2)
+    memo.on(image, here).put("step", "key")
+    assert memo.on(image, same).get("key") == "step"  # a Case rebuilt on the same CT (a server job)
+    assert memo.on(image, moved).get("key") is None  # the same voxels placed elsewhere
+    memo.on(image, here).put("step", "key")
+    assert memo.on(image.copy(), here).get("key") is None  # another array
+    memo.on(image, here).put(1, "a")
+    memo.put(2, "b")
+    memo.put(3, "c")
+    assert memo.get("a") is None and memo.get("c") == 3  # the least recently used goes first
+    memo.clear()
+    assert memo.on(image, here).get("c") is None

@@ -123,7 +123,7 @@ class NodeEngine:
                                    + sum(len(node_prompts[k].clicks) for k in chained))
         views: list[list[PatchView]] = [[] for _ in range(n)]
         soft_tissue = np.ones(n, dtype=bool)  # a prompted node is where the radiologist says it is
-        memo = self._steps.on(case.image)
+        memo = self._steps.on(case.image, case.geometry)
         # a seed-started chain starts from its seed's zero-click views: remembered from the predict
         # or the click before on this CT, so a click runs only its own step
         remembered = {k: memo.get(tuple(centres[k])) for k in seeded if node_prompts[k] is not None}
@@ -284,7 +284,7 @@ class NodeEngine:
             return probs, logits
 
         finals = run_chains(run, [node_prompts[k] for k in chained], chain_views, size, threshold, first,
-                            self._steps.on(case.image))
+                            self._steps.on(case.image, case.geometry))
         for k, view, (prob, logit) in zip(chained, chain_views, finals):
             chosen[k] = patch_view(prob, logit, view.spacing_mm, threshold)
             views[k] = [chosen[k]]
@@ -419,7 +419,7 @@ class NodeEngine:
         """Metastasis logits of the views of `spacing` mm at `centres` under the given mask
         patches (plain input). The head's features of a view depend on the CT alone: they are
         computed once per view and CT, so only the head runs again for a node's next mask."""
-        memo = self._head_features.on(case.image)
+        memo = self._head_features.on(case.image, case.geometry)
         logits, start = [], 0
         while start < len(centres):
             stop = min(start + self.batch_size, len(centres))
@@ -428,13 +428,13 @@ class NodeEngine:
                                                        mask_patches[start:stop]))
             except torch.OutOfMemoryError:
                 self._recover_from_oom()
-                memo = self._head_features.on(case.image)
+                memo = self._head_features.on(case.image, case.geometry)
                 continue
             start = stop
         return np.concatenate(logits)
 
     def _logits_under_batch(self, case, memo, centres, spacing, mask_patches) -> np.ndarray:
-        keys = [(tuple(float(v) for v in c), float(spacing), case.geometry.ijk_to_ras.tobytes()) for c in centres]
+        keys = [(tuple(float(v) for v in c), float(spacing)) for c in centres]
         found = [memo.get(*key) for key in keys]
         missing = [k for k, f in enumerate(found) if f is None]
         if missing:
@@ -455,8 +455,8 @@ class NodeEngine:
         """Forget the device copy of the CT and what was computed on it (call after editing the CT
         array in place)."""
         self._volume, self._volume_key, self._volume_device = None, None, None
-        self._steps = StepMemo()
-        self._head_features = StepMemo(capacity=8)
+        self._steps.clear()
+        self._head_features.clear()
 
     def _volume_on_device(self, image: np.ndarray) -> torch.Tensor:
         """The CT on the device, copied once per image (re-classifying a node re-uses it)."""

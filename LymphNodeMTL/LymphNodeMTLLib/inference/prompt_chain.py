@@ -106,21 +106,27 @@ StepResult = tuple[torch.Tensor, float]  # a step's (N, N, N) patch probability 
 
 
 class StepMemo:
-    """The chain steps computed on one CT, by (prompts so far, view), and the zero-click views of
-    seed-started nodes, by seed: a chain that grows by one click (the next request of a radiologist
-    clicking on) runs only its new step. A step's result depends on nothing else, so a remembered
-    one is exactly what running it again would give."""
+    """What was computed on one CT, least recently used forgotten first: the chain steps by
+    (prompts so far, view), the zero-click views of seed-started nodes by seed, the metastasis
+    head's features by view. A chain that grows by one click (the next request of a radiologist
+    clicking on) runs only its new step. What is remembered depends on the CT and its key alone, so
+    it is exactly what computing it again would give."""
 
     def __init__(self, capacity: int = 128):
         self.capacity = capacity
-        self._owner = None  # the CT array the steps were computed on
+        self._owner = None  # (the CT array, its voxel-to-RAS matrix) the entries were computed on
         self._steps: OrderedDict = OrderedDict()
 
-    def on(self, image) -> "StepMemo":
-        """This memo for the CT `image`: forgets every step of another CT."""
-        if self._owner is not image:
-            self._owner, self._steps = image, OrderedDict()
+    def on(self, image, geometry) -> "StepMemo":
+        """This memo for the CT `image` on `geometry`: forgets everything computed on another CT
+        (another array, or the same array placed elsewhere)."""
+        owner = self._owner
+        if owner is None or owner[0] is not image or not np.array_equal(owner[1], geometry.ijk_to_ras):
+            self._owner, self._steps = (image, np.array(geometry.ijk_to_ras)), OrderedDict()
         return self
+
+    def clear(self) -> None:
+        self._owner, self._steps = None, OrderedDict()
 
     def get(self, *key):
         """What was remembered under `key` (prompts so far and view; or a seed), else None."""
