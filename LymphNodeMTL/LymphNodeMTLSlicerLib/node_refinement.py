@@ -56,7 +56,7 @@ class SegmentSnapshot:
             return True
         if segmentation is None or segmentation.GetSegment(self.segmentId) is None:
             return False
-        return mask_checksum(node_segments.segmentMask(segmentationNode, self.segmentId, volumeNode)) == self.checksum
+        return node_segments.segmentChecksum(segmentationNode, self.segmentId, volumeNode) == self.checksum
 
     def restore(self, segmentationNode, volumeNode, tableNode, nodeId, labels) -> None:
         """Write the mask, name, colour, tags and row back; for none, remove the node's segment."""
@@ -254,7 +254,7 @@ def planUndo(history: RefinementHistory, segmentationNode, nodeId, volumeNode=No
         history.pop(step)
         raise InputError(f"node {nodeId} or its CT was removed from the scene: nothing to undo")
     undo = UndoPlan(step)
-    if mask_checksum(node_segments.segmentMask(segmentationNode, segmentId, volumeNode)) != step.checksum:
+    if node_segments.segmentChecksum(segmentationNode, segmentId, volumeNode) != step.checksum:
         undo.confirmation = (f"The segment of node {nodeId} was edited by hand (or segmented again) since its "
                              "last refinement. Undo the refinement anyway (that change is lost)?")
     return undo

@@ -108,6 +108,11 @@ def isEdited(tags: SegmentTags, mask: np.ndarray) -> bool:
     return not tags.mask_checksum or tags.mask_checksum != mask_checksum(mask)
 
 
+def segmentChecksum(segmentationNode, segmentId, volumeNode) -> str:
+    """The checksum of the segment's mask as it is in the scene: tells whether it changed since."""
+    return mask_checksum(segmentMask(segmentationNode, segmentId, volumeNode))
+
+
 def isSegmentEdited(segmentationNode, segmentId, volumeNode) -> bool:
     """isEdited for a segment as it is in the scene."""
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
