@@ -51,23 +51,34 @@ class BlockingTransport:
         """Nothing is ever in flight."""
 
 
+class _PendingReply:
+    """One request on its way: the reply, the body it sends, its deadline timer, who is told."""
+
+    def __init__(self, reply, data, timer, onReply):
+        self.reply, self.data, self.timer, self.onReply = reply, data, timer, onReply
+        self.settled = False  # answered, timed out or aborted: the reply's finished() is then ignored
+
+
 class QtTransport:
-    """QNetworkAccessManager: requests leave at once, replies call onReply from the event loop."""
+    """QNetworkAccessManager: requests leave at once, replies call onReply from the event loop.
+
+    Every request has a deadline, a single-shot QTimer (the QNetworkRequest.setTransferTimeout of
+    Qt 5.15 is missing from the PythonQt wrappers Slicer ships): when it fires first, the request is
+    aborted and onReply gets a Reply with timed_out set. An aborted request (cancel) calls nothing:
+    Qt 5.15 emits finished() inside abort(), and that reply must not reach the job."""
 
     def __init__(self):
         import qt
 
         self._qt = qt
         self._manager = qt.QNetworkAccessManager()
-        self._replies = {}  # keeps each reply (and its body) alive until it finished
+        self._pending = {}  # id(reply) -> _PendingReply, until it is settled
 
     def send(self, baseUrl, method, path, headers=None, body=None, onReply=None, timeout=REQUEST_TIMEOUT_S):
         qt = self._qt
         request = qt.QNetworkRequest(qt.QUrl(baseUrl + path))
         for key, value in (headers or {}).items():
             request.setRawHeader(qt.QByteArray(key.encode("latin-1")), qt.QByteArray(str(value).encode("latin-1")))
-        if hasattr(request, "setTransferTimeout"):  # Qt >= 5.15
-            request.setTransferTimeout(int(timeout * 1000))
         data = qt.QByteArray(bytes(body)) if body is not None else qt.QByteArray()
         # The verbs' own calls: Qt then knows, e.g., that a HEAD answer has no body to wait for.
         if method == "GET":
@@ -82,23 +93,51 @@ class QtTransport:
             reply = self._manager.post(request, data)
         else:
             reply = self._manager.sendCustomRequest(request, qt.QByteArray(method.encode("ascii")), data)
-        self._replies[id(reply)] = (reply, data)
-        reply.connect("finished()", lambda: self._finished(reply, onReply))
+        timer = qt.QTimer()
+        timer.setSingleShot(True)
+        pending = self._pending[id(reply)] = _PendingReply(reply, data, timer, onReply)
+        timer.connect("timeout()", lambda: self._timedOut(pending, timeout))
+        reply.connect("finished()", lambda: self._finished(pending))
+        timer.start(max(1, int(timeout * 1000)))
         return reply
 
-    def _finished(self, reply, onReply) -> None:
-        self._replies.pop(id(reply), None)
+    def inFlight(self) -> int:
+        """Requests sent and not yet settled."""
+        return len(self._pending)
+
+    def _settle(self, pending) -> bool:
+        """Mark the request settled; False when it already was."""
+        if pending.settled:
+            return False
+        pending.settled = True
+        pending.timer.stop()
+        self._pending.pop(id(pending.reply), None)
+        return True
+
+    def _finished(self, pending) -> None:
+        reply = pending.reply
+        if not self._settle(pending):
+            reply.deleteLater()  # aborted or timed out: its answer was given already, or is unwanted
+            return
         qt = self._qt
         status = reply.attribute(qt.QNetworkRequest.HttpStatusCodeAttribute)
-        raw = reply.readAll() if reply.isOpen() else qt.QByteArray()  # an aborted reply is closed
+        raw = reply.readAll() if reply.isOpen() else qt.QByteArray()
         body = bytes(raw.data()) if hasattr(raw, "data") else bytes(raw)
         error = "" if reply.error() == qt.QNetworkReply.NoError else str(reply.errorString())
         reply.deleteLater()
-        if onReply is not None:
-            onReply(Reply(int(status) if status else 0, _parseJson(body), error))
+        if pending.onReply is not None:
+            pending.onReply(Reply(int(status) if status else 0, _parseJson(body), error))
+
+    def _timedOut(self, pending, timeout) -> None:
+        if not self._settle(pending):
+            return
+        pending.reply.abort()  # its finished() now finds it settled
+        if pending.onReply is not None:
+            pending.onReply(Reply(0, None, f"no answer within {timeout:g} s", timed_out=True))
 
     def abort(self, handle) -> None:
-        if handle is not None and id(handle) in self._replies:
+        pending = self._pending.get(id(handle)) if handle is not None else None
+        if pending is not None and self._settle(pending):
             handle.abort()
 
 
@@ -139,8 +178,9 @@ class ServerJob:
     (CANCELLED).
     """
 
-    def __init__(self, connect, volume, job: dict, unreachable=None):
+    def __init__(self, connect, volume, job: dict, unreachable=None, requestTimeoutS=REQUEST_TIMEOUT_S):
         self._connect = connect
+        self._requestTimeoutS = requestTimeoutS
         self._unreachable = unreachable  # () -> a line about a server that stopped answering
         self._volume, self._job = volume, job
         self.remote = None  # the Lib's RemoteJob, once the server is there
@@ -179,7 +219,7 @@ class ServerJob:
                 return
             self.remote = RemoteJob(connection.send, self._job, self._volume, abort=connection.abort,
                                     describe=connection.describe, advice=MODULE_ADVICE,
-                                    unreachable=self._unreachable)
+                                    request_timeout_s=self._requestTimeoutS, unreachable=self._unreachable)
         self.remote.tick()
 
     def cancel(self) -> None:

@@ -201,12 +201,11 @@ class LocalServer:
     def isAlive(self) -> bool:
         return self._runner is not None and self._runner.isRunning()
 
-    def unreachableMessage(self) -> str:
-        """After a request got no answer: why (the process died, with its last log line)."""
-        end = time.monotonic() + 2.0  # a killed process closes its socket a moment before it is reaped
-        while self.poll() == READY and time.monotonic() < end:
-            time.sleep(0.05)
-        if self.state == FAILED:
+    def unreachableMessage(self):
+        """After a request got no answer: why, when the process died (with its last log line); None
+        while it seems alive. Never waits: a QProcess learns of its death only in the event loop, so
+        the caller asks again on its next ticks (job_steps.RemoteJob does)."""
+        if self.poll() == FAILED:
             return f"{self.error}; nothing was changed. Press Apply again to restart it."
         return None
 

@@ -11,6 +11,8 @@ import time
 
 import slicer
 
+from LymphNodeMTLLib.server.job_steps import REQUEST_TIMEOUT_S
+
 from .module_job import JobCancelled, JobFailed
 from .server_client import BlockingTransport, QtTransport, ServerConnection, ServerJob
 from .server_process import FAILED, READY, LocalServer, sharedLocalServer
@@ -23,6 +25,7 @@ class ServerSession:
         self.url = LOCAL_SERVER
         self.token = ""
         self.pollIntervalS = 0.1
+        self.requestTimeoutS = REQUEST_TIMEOUT_S  # each request's deadline (uploads get at least 600 s)
         self.idle = None  # called between ticks while a script waits (default: events + sleep)
         self.transport = None  # QtTransport inside Slicer, BlockingTransport elsewhere
 
@@ -45,7 +48,7 @@ class ServerSession:
             self.transport = QtTransport() if self.insideSlicerApp() else BlockingTransport()
         if self.url != LOCAL_SERVER:
             connection = ServerConnection(self.url, self.token, self.transport)
-            return ServerJob(lambda: connection, volume, job)
+            return ServerJob(lambda: connection, volume, job, requestTimeoutS=self.requestTimeoutS)
         server = self.localServer()
         server.ensure(device, modelFolder)
 
@@ -57,7 +60,7 @@ class ServerSession:
                 raise RuntimeError(f"{server.error}; press Apply again to retry")
             return None  # still starting
 
-        return ServerJob(connect, volume, job, server.unreachableMessage)
+        return ServerJob(connect, volume, job, server.unreachableMessage, self.requestTimeoutS)
 
     def waitForJob(self, job, timeout=None):
         """Tick a ModuleJob until it ends (scripts, tests, the self-test); its summary, or raise."""

@@ -123,7 +123,8 @@ class InferenceClient:
                 except OSError as e:  # refused, unreachable, timed out
                     self._drop()
                     return Reply(0, None, f"no answer from the server at {self.url} ({e}); "
-                                          "check the URL and that the server is running")
+                                          "check the URL and that the server is running",
+                                 timed_out=isinstance(e, TimeoutError))
             if (response.getheader("Connection") or "").lower() == "close":
                 self._drop()
         parsed = None

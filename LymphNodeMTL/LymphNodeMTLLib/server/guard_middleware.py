@@ -1,7 +1,8 @@
 """Around the whole HTTP app: the token check, one-line 500s and the access log (plain ASGI).
 
 The log names the route template, never the ids or paths in a request, and an unexpected error
-is logged as its type and traceback frames, never its message, so no patient data reaches it.
+is logged as its type and traceback frames, never its message, so no patient data reaches it. A
+client that goes away mid-request (a cancelled upload) is no error: one access line says so.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import hmac
 import logging
 import time
 import traceback
+
+from starlette.requests import ClientDisconnect
 
 from .http_errors import error_response
 
@@ -27,7 +30,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        status = {"code": 500, "started": False}
+        status = {"code": 500, "started": False, "gone": False}
 
         async def send_status(message):
             if message["type"] == "http.response.start":
@@ -41,6 +44,8 @@ class GuardMiddleware:
                                      {"WWW-Authenticate": "Bearer"})(scope, receive, send_status)
                 return
             await self.app(scope, receive, send_status)
+        except ClientDisconnect:
+            status["gone"] = True  # nobody is left to answer
         except Exception as e:
             log.error("unhandled %s\n%s", type(e).__name__, "".join(traceback.format_tb(e.__traceback__)))
             if not status["started"]:
@@ -48,7 +53,8 @@ class GuardMiddleware:
                     scope, receive, send_status)
         finally:
             route = scope.get("route")
-            log.info("%s %s %d %.1f ms", scope["method"], getattr(route, "path", "-"), status["code"],
+            outcome = "client disconnected" if status["gone"] else str(status["code"])
+            log.info("%s %s %s %.1f ms", scope["method"], getattr(route, "path", "-"), outcome,
                      1000 * (time.perf_counter() - t0))
 
     def _authorised(self, scope) -> bool:

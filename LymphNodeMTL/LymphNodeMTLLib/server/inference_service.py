@@ -331,7 +331,7 @@ class InferenceService:
                 job.finished.set()
             elif job.state == RUNNING:
                 job.cancel_requested.set()
-                job.state = CANCELLED  # its results will never be delivered
+                job.state = job.stage = CANCELLED  # its results will never be delivered
             self._cond.notify_all()
         return job
 
@@ -380,9 +380,10 @@ class InferenceService:
         engine = self.engines[job.model]
 
         def progress(stage: str, done: int, total: int) -> None:
-            job.stage, job.done, job.total = stage, int(done), int(total)
-            if job.cancel_requested.is_set():
-                raise JobCancelled  # out of the engine between two batches
+            with self._cond:  # as cancel(): a cancelled job's stage never goes back to a working one
+                if job.cancel_requested.is_set():
+                    raise JobCancelled  # out of the engine between two batches
+                job.stage, job.done, job.total = stage, int(done), int(total)
 
         try:
             case = job.case

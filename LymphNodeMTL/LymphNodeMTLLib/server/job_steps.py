@@ -14,6 +14,7 @@ kind is another body builder, and the steps stay as they are.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +30,9 @@ FINISHED = (DONE, FAILED, CANCELLED)
 REQUEST_TIMEOUT_S = 120.0  # the first health answer waits for the model to load
 UPLOAD_TIMEOUT_S = 600.0
 JOB_FAILED_STATUS = 409  # error_status of a job the server ran and that failed or was cancelled
+# After a request got no answer: how long `unreachable` is asked again, tick by tick, whether the
+# server died (a killed local process closes its socket a moment before its death is noticed).
+UNREACHABLE_GRACE_S = 2.0
 
 
 # --- requests and replies -----------------------------------------------------------------------
@@ -49,12 +53,14 @@ class Request:
 
 
 class Reply:
-    """One HTTP answer: status 0 means no answer at all (refused, reset, timed out)."""
+    """One HTTP answer: status 0 means no answer at all (refused, reset, timed out); `timed_out`:
+    the request's deadline passed (the server may still be working on it)."""
 
-    def __init__(self, status: int, payload=None, error: str = ""):
+    def __init__(self, status: int, payload=None, error: str = "", timed_out: bool = False):
         self.status = int(status or 0)
         self.payload = payload
         self.error = error
+        self.timed_out = timed_out
 
     def json(self) -> dict:
         return self.payload if isinstance(self.payload, dict) else {}
@@ -157,10 +163,13 @@ class RemoteJob:
         volume: a VolumePayload (uploaded once when the server lacks it) or the volume_id of a CT the
             server already holds.
         job_id: follow this already submitted job instead (polls only; job and volume unused).
-        abort: handle -> None, drops a request in flight (on cancel).
+        abort: handle -> None, drops a request in flight (on cancel); its reply, if the transport
+            still delivers one (Qt does, synchronously), is ignored.
         describe: names the server in failure lines.
         poll_wait_s: > 0 makes every poll a long poll of that many seconds (a blocking transport).
-        unreachable: () -> a line about a server that stopped answering (why it did), or None.
+        unreachable: () -> a line about a server that stopped answering (why it did), or None while
+            that is not known; it never waits: after a request without an answer it is asked on each
+            tick for up to UNREACHABLE_GRACE_S before the job fails with the generic line.
 
     tick() sends the next request when none is in flight: a job advances one reply at a time.
     After `finished`: `results` (NodeResults) when state is DONE, else `error` and `error_status`.
@@ -188,6 +197,7 @@ class RemoteJob:
         self.error_status = 0
         self._in_flight = None
         self._deleted = False
+        self._lost = None  # (reply, deadline) while asking `unreachable` why a request got no answer
 
     @property
     def finished(self) -> bool:
@@ -197,7 +207,9 @@ class RemoteJob:
         """Send what the current step needs unless a reply is still awaited."""
         if self.finished or self._in_flight is not None:
             return
-        if self.state == CHECKING:
+        if self._lost is not None:
+            self._judge_lost()
+        elif self.state == CHECKING:
             self._send(health_request(self.timeout_s), self._on_health)
         elif self.state == POLLING:
             self._send(job_state_request(self.job_id, self.poll_wait_s, self.timeout_s), self._on_job_state)
@@ -206,10 +218,14 @@ class RemoteJob:
         """Stop now: no result of this job will be given out; the server job is deleted."""
         if self.finished:
             return
-        # a POST in flight is left to arrive: its answer names the job to delete
-        if self._in_flight not in (None, _SENDING) and self.state != SUBMITTING and self._abort:
-            self._abort(self._in_flight)
+        step, in_flight = self.state, self._in_flight
+        # Cancelled first: a reply the abort delivers at once (Qt's does) is then only ignored.
         self.state = CANCELLED
+        # a POST in flight is left to arrive: its answer names the job to delete
+        if in_flight not in (None, _SENDING) and step != SUBMITTING:
+            self._in_flight = None
+            if self._abort:
+                self._abort(in_flight)
         self._delete_server_job()
 
     # --- sending ------------------------------------------------------------------------------
@@ -218,7 +234,8 @@ class RemoteJob:
 
         def on_reply(reply: Reply) -> None:
             self._in_flight = None
-            handler(reply)
+            if self.state != CANCELLED or handler == self._on_submitted:  # only a POST's answer still counts
+                handler(reply)
 
         handle = self._send_request(request, on_reply)
         if self._in_flight is _SENDING and handle is not None:
@@ -236,9 +253,15 @@ class RemoteJob:
             return True
         if reply.status in ok_statuses:
             return False
-        if reply.status == 0:
-            line = (self._unreachable() if self._unreachable else None) or (
-                f"{self.describe} stopped answering ({reply.error}); check that it runs and {self.advice.retry}")
+        if reply.status == 0 and reply.timed_out:
+            line = (f"{self.describe} did not answer in time ({reply.error}); check that it runs and is not "
+                    f"overloaded, then {self.advice.retry}")
+        elif reply.status == 0 and self._unreachable is not None:
+            self._lost = (reply, time.monotonic() + UNREACHABLE_GRACE_S)
+            self._judge_lost()
+            return True
+        elif reply.status == 0:
+            line = self._stopped_answering(reply)
         elif reply.status in (401, 403):
             line = (f"{self.describe} refused the request ({reply.status}: {reply.error_line()}); "
                     f"{self.advice.token}")
@@ -246,6 +269,18 @@ class RemoteJob:
             line = f"{self.describe} answered {reply.status}: {reply.error_line()}"
         self._fail(line, reply.status)
         return True
+
+    def _stopped_answering(self, reply: Reply) -> str:
+        return f"{self.describe} stopped answering ({reply.error}); check that it runs and {self.advice.retry}"
+
+    def _judge_lost(self) -> None:
+        """Fail with why the server did not answer once that is known, or once the grace is over."""
+        reply, deadline = self._lost
+        line = self._unreachable()
+        if line is None and time.monotonic() < deadline:
+            return  # asked again on the next tick; the caller's event loop runs meanwhile
+        self._lost = None
+        self._fail(line or self._stopped_answering(reply), 0)
 
     def _fail(self, line: str, status: int) -> None:
         self.state, self.error, self.error_status = FAILED, line, status
