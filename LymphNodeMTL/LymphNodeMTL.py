@@ -28,6 +28,7 @@ from LymphNodeMTLSlicerLib import (
     prompt_markups,
     result_export,
     results_table,
+    server_settings,
 )
 from LymphNodeMTLSlicerLib.module_job import ModuleJob, NothingToDo
 from LymphNodeMTLSlicerLib.refine_controls import RefineControls
@@ -51,8 +52,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-SETTINGS_SERVER_URL = "LymphNodeMTL/serverUrl"
-SETTINGS_SERVER_TOKEN = "LymphNodeMTL/serverToken"
 TERMINOLOGY_FILE = Path(__file__).resolve().parent / "Resources" / "LymphNodeMTL.term.json"
 MODULE_TERMINOLOGY = node_segments.terminologyEntry(TERMINOLOGY_FILE)  # segments point to the module's list
 
@@ -156,10 +155,11 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.setInterval(int(self.logic.server.pollIntervalS * 1000))
         self._pollTimer.connect("timeout()", self._pollJob)
 
-        # Server address and token are this computer's settings, not the scene's.
-        settings = qt.QSettings()
-        self.ui.serverUrlLineEdit.text = str(settings.value(SETTINGS_SERVER_URL, LOCAL_SERVER))
-        self.ui.serverTokenLineEdit.text = str(settings.value(SETTINGS_SERVER_TOKEN, ""))
+        # This computer's settings, not the scene's; the token stays in memory (this widget lives as
+        # long as Slicer) unless "remember" is ticked.
+        url, token, remember = server_settings.loadServer(qt.QSettings(), LOCAL_SERVER)
+        self.ui.serverUrlLineEdit.text, self.ui.serverTokenLineEdit.text = url, token
+        self.ui.rememberTokenCheckBox.checked = remember
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -218,8 +218,8 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Machine-level preferences: the last device and model folder used on this computer.
         settings = qt.QSettings()
         if p.device == "auto" and not p.modelFolder:
-            p.device = str(settings.value("LymphNodeMTL/device", "auto"))
-            p.modelFolder = str(settings.value("LymphNodeMTL/modelFolder", ""))
+            p.device = str(settings.value(server_settings.SETTINGS_DEVICE, "auto"))
+            p.modelFolder = str(settings.value(server_settings.SETTINGS_MODEL_FOLDER, ""))
 
     def setParameterNode(self, inputParameterNode: Optional[LymphNodeMTLParameterNode]) -> None:
         if self._parameterNode:
@@ -315,12 +315,10 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Save the settings, tell the Logic where the server is; for a local server, make sure its
         packages are there (one question listing them)."""
         p = self._parameterNode
-        settings = qt.QSettings()
         url = self.ui.serverUrlLineEdit.text.strip() or LOCAL_SERVER
         token = self.ui.serverTokenLineEdit.text.strip()
-        for key, value in (("LymphNodeMTL/device", p.device), ("LymphNodeMTL/modelFolder", p.modelFolder),
-                           (SETTINGS_SERVER_URL, url), (SETTINGS_SERVER_TOKEN, token)):
-            settings.setValue(key, value)
+        server_settings.saveServer(qt.QSettings(), url, token, bool(self.ui.rememberTokenCheckBox.checked),
+                                   p.device, p.modelFolder)
         self.logic.setServer(url, token)
         if url != LOCAL_SERVER:
             return True  # a remote server brings its own packages

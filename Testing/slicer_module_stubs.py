@@ -144,6 +144,9 @@ class QSettings:
     def setValue(self, key, value):
         self.store[key] = value
 
+    def remove(self, key):
+        self.store.pop(key, None)
+
 
 class QTimer:
     """A timer that fires only when a test calls `fire()` (the test plays the event loop)."""

@@ -508,7 +508,8 @@ def test_service_cancel_stops_the_engine_after_the_batch_it_is_in():
     engine.permits.release()
     _until(lambda: job.done == 2)
     service.cancel(job.job_id)
-    assert job.state == "cancelled" and job.stage == "nodes"  # still in its second batch
+    assert job.state == "cancelled" and job.stage == "cancelled"  # at once, though its second batch still runs
+    assert service.job(job.job_id).to_json()["progress"]["stage"] == "cancelled"
     engine.permits.release(5)
     assert job.finished.wait(30)
     assert engine.batches == 2 and job.done == 4 and job.stage == "cancelled" and job.results is None
@@ -646,4 +647,39 @@ def test_an_unexpected_error_is_a_one_line_500_without_its_message(caplog):
     assert status == 500 and "KeyError" in body["error"] and "\n" not in body["error"]
     assert "SECRET-9" not in body["error"] and "SECRET-9" not in caplog.text
     assert "GET /v1/health 500" in caplog.text
+    service.close()
+
+
+def test_an_upload_the_client_abandons_is_one_info_line_and_stores_nothing(caplog):
+    """A cancelled upload: the client goes away mid-body. One access line says so; no error, no
+    traceback, no CT kept."""
+    import asyncio
+    import logging
+
+    from LymphNodeMTLLib.server.app import create_app
+
+    service = _stepped_service()
+    image, matrix = np.zeros((8, 8, 8), np.int16), np.eye(4)
+    vid = protocol.volume_id(image, matrix)
+    headers = [(k.lower().encode(), v.encode()) for k, v in protocol.volume_headers(image, matrix).items()]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT",
+             "scheme": "http", "path": f"/v1/volumes/{vid}", "raw_path": f"/v1/volumes/{vid}".encode(),
+             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5),
+             "headers": headers + [(b"content-length", str(image.nbytes).encode())]}
+    messages = iter([{"type": "http.request", "body": image.tobytes()[:100], "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO, logger="lymphnode_mtl.server"):
+        asyncio.run(create_app(service)(scope, receive, send))
+    lines = [r for r in caplog.records if r.name == "lymphnode_mtl.server"]
+    assert [r.levelname for r in lines] == ["INFO"], [r.getMessage() for r in lines]
+    assert "PUT /v1/volumes/{volume_id} client disconnected" in lines[0].getMessage()
+    assert sent == [] and not service.has_volume(vid)
     service.close()

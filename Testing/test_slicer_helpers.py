@@ -6,6 +6,7 @@ server's life cycle (kept warm, restarted when it died or its settings changed).
 import os
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,42 @@ def test_one_question_then_torch_through_pytorchutils_and_one_pinned_pip_call(mo
     assert "monai" in packages and "fastapi" in packages and "uvicorn" in packages
     assert all(any(op in arg for op in ("==", "<")) for arg in pips[0][:-1])  # pinned
     assert not {p.lower() for p in packages} & {"numpy", "simpleitk", "pydicom", "highdicom", "torch"}
+
+
+def test_slicer_packaging_checks_and_installs_where_slicer_has_it(monkeypatch):
+    """Slicer >= 5.11: pip_check says what is met; pip_ensure installs the tested versions (a
+    constraints file) with Slicer's own packages skipped, after the module's one question."""
+    import slicer
+
+    calls, questions, checked = [], [], []
+    installed = {name: "0.0" for name in dependency_installer.PIP_REQUIREMENTS}
+    installed.update(torch="2.9.0", monai="1.5.0")
+    _versions(monkeypatch, installed)
+
+    def pip_check(requirement):
+        checked.append(requirement)
+        return not requirement.startswith("monai")
+
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, requester=None, **kw):
+        calls.append((requirements, Path(constraints).read_text(), skip_packages, prompt_install, requester))
+
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_check, packaging.pip_ensure = pip_check, pip_ensure
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: pytest.fail("the 5.10 path ran"), raising=False)
+
+    assert dependency_installer.slicerPackaging() is packaging
+    missing = dependency_installer.missingRequirements()
+    assert list(missing) == ["monai"] and "installed: 1.5.0" in missing["monai"]
+    assert "fastapi>=0.165,<1" in checked  # the accepted range, as pip_check reads it
+    with pytest.raises(RuntimeError, match="still not met"):  # the fake installs nothing
+        dependency_installer.ensureRequirements(confirm=lambda text: questions.append(text) or True)
+    assert len(questions) == 1 and len(calls) == 1
+    requirements, constraints, skipped, prompt, requester = calls[0]
+    assert requirements == ["monai>=1.6,<1.7"] and prompt is False and requester == "Lymph Node MTL"
+    assert "monai==1.6.1\n" in constraints and "fastapi==0.165.0\n" in constraints
+    assert {"torch", "numpy", "SimpleITK", "pydicom"} <= set(skipped)
 
 
 def test_declining_installs_nothing(monkeypatch):

@@ -203,6 +203,25 @@ def test_s4ext_and_catalog_entry_agree_with_cmake():
     assert str(int(entry.get("enabled", True))) == fields.get("enabled", "1")
 
 
+def test_catalog_entry_is_formatted_as_the_extensions_index_lint_wants():
+    """The index lints entries with Prettier and its multiline-arrays plugin: two-space indents,
+    every array one element per line (even a single one), a final newline; json.dumps(indent=2)
+    writes exactly that for this entry's flat shape."""
+    text = (ROOT / "LymphNodeMTL.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n", \
+        "LymphNodeMTL.json is not formatted as the Extensions Index lint wants: rewrite it with 2-space indents"
+    assert '"build_dependencies": [\n    "PyTorch"\n  ]' in text
+
+
+def test_cmake_range_is_that_of_the_slicer_versions_supported():
+    """Slicer 5.10's extension template asks for CMake >= 3.20.6, 5.12's sets policies up to 3.28."""
+    match = re.search(r"cmake_minimum_required\(VERSION ([\d.]+)\.\.\.([\d.]+) FATAL_ERROR\)",
+                      EXTENSION_CMAKE.read_text())
+    assert match, "the top-level CMakeLists.txt has no cmake_minimum_required(VERSION min...max FATAL_ERROR)"
+    floor, policies = (tuple(int(v) for v in group.split(".")) for group in match.groups())
+    assert floor >= (3, 20, 6) and policies >= (3, 28, 0)
+
+
 def _s4ext_fields():
     fields = {}
     for line in (ROOT / "LymphNodeMTL.s4ext").read_text().splitlines():

@@ -16,6 +16,7 @@ import slicer_module_stubs  # noqa: E402
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
 
 lnmtl = slicer_module_stubs.import_module_file()
+from LymphNodeMTLSlicerLib import server_settings  # noqa: E402
 
 
 class Field(types.SimpleNamespace):
@@ -46,6 +47,7 @@ def widget(mrml_scene, monkeypatch):
         reclassifyButton=Field(enabled=False), exportButton=Field(enabled=False),
         statusLabel=Field(text=""), progressBar=Field(value=0), show3DCheckBox=Field(checked=False),
         serverUrlLineEdit=Field(text="local"), serverTokenLineEdit=Field(text=""),
+        rememberTokenCheckBox=Field(checked=False),
         resultsTableView=Field())
     widget._pollTimer = lnmtl.qt.QTimer()
     widget._pollTimer.connect("timeout()", widget._pollJob)
@@ -79,7 +81,7 @@ def test_apply_runs_a_job_from_timer_ticks_and_shows_its_results(widget, mrml_sc
     assert p.outputSegmentation is not None and p.outputTable.GetNumberOfRows() == 2
     assert widget.errors == []
     settings = lnmtl.qt.QSettings()
-    assert settings.value(lnmtl.SETTINGS_SERVER_URL) == "local"
+    assert settings.value(server_settings.SETTINGS_SERVER_URL) == "local"
     assert settings.value("LymphNodeMTL/device") == "cpu"
 
 
@@ -105,4 +107,25 @@ def test_a_refused_token_is_one_error_line_and_nothing_is_applied(widget, mrml_s
     (error,) = widget.errors
     assert "refused" in error and "token" in error and "\n" not in error
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
-    assert lnmtl.qt.QSettings().value(lnmtl.SETTINGS_SERVER_TOKEN) == "not-the-token"
+    # the token stays in memory; the plain-text settings get it only when "remember" is ticked
+    assert widget.logic.server.token == "not-the-token"
+    assert lnmtl.qt.QSettings().value(server_settings.SETTINGS_SERVER_TOKEN) is None
+    widget.ui.rememberTokenCheckBox.checked = True
+    widget.onApplyButton()
+    _run_timer(widget)
+    assert lnmtl.qt.QSettings().value(server_settings.SETTINGS_SERVER_TOKEN) == "not-the-token"
+    widget.ui.rememberTokenCheckBox.checked = False  # unticked: taken out of the settings again
+    widget.onApplyButton()
+    _run_timer(widget)
+    assert lnmtl.qt.QSettings().value(server_settings.SETTINGS_SERVER_TOKEN) is None
+    assert widget.ui.serverTokenLineEdit.text == "not-the-token"
+
+
+def test_a_token_stored_without_remember_is_used_once_and_taken_out_of_the_settings(monkeypatch):
+    monkeypatch.setattr(lnmtl.qt.QSettings, "store", {server_settings.SETTINGS_SERVER_TOKEN: "old",
+                                                      server_settings.SETTINGS_SERVER_URL: "https://gpu:8443"})
+    settings = lnmtl.qt.QSettings()
+    assert server_settings.loadServer(settings, "local") == ("https://gpu:8443", "old", False)
+    assert settings.value(server_settings.SETTINGS_SERVER_TOKEN) is None
+    server_settings.saveServer(settings, "https://gpu:8443", "new", True, "cpu", "")
+    assert server_settings.loadServer(settings, "local") == ("https://gpu:8443", "new", True)

@@ -2,12 +2,17 @@
 and installed after one confirmation that lists them.
 
 torch comes from the PyTorch extension (PyTorchUtils picks the build for the GPU); everything else
-from PyPI with min and max pins and --no-deps, in one pip call, so that pip never replaces Slicer's
-own numpy, SimpleITK or pydicom. A remote server needs nothing here: the client side uses numpy only.
+from PyPI at tested versions, so that pip never replaces Slicer's own numpy, SimpleITK or pydicom.
+Slicer >= 5.11 has `slicer.packaging`: its pip_check tells what is met, and pip_ensure installs (with
+its progress dialog and its offer to restart when an imported package changed), the tested versions
+as a constraints file and Slicer's own packages in skip_packages. Slicer 5.10 has none of that: one
+pinned pip call with --no-deps. A remote server needs nothing here: the client side uses numpy only.
 """
 
 import importlib.metadata
 import importlib.util
+import tempfile
+from pathlib import Path
 
 import slicer
 
@@ -39,13 +44,24 @@ PIP_REQUIREMENTS = {
     "h11": ("h11", ">=0.8,<1", "==0.16.0"),
     "click": ("click", ">=7,<9", "==8.5.1"),
 }
+# Never installed or replaced from here: Slicer's own, and torch (the PyTorch extension's).
+SLICER_OWNED = ("torch", "numpy", "SimpleITK", "pydicom", "highdicom")
+REQUESTER = "Lymph Node MTL"  # names the module in slicer.packaging's dialogs
 # What DICOM SEG export needs. Never installed from here: highdicom 0.27 needs pydicom 3, and
 # Slicer 5.10 ships pydicom 2.4 that its own DICOM module relies on.
 DICOM_SEG_NEEDS = ("DICOM SEG export needs highdicom>=0.27 with pydicom>=3 in Slicer's Python "
                    "(Slicer 5.12 ships both). Slicer 5.10 ships pydicom 2.4, which its DICOM module "
-                   "needs: do not upgrade it there; use Slicer's own DICOM export instead (Data module, "
-                   "right-click the segmentation, Export to DICOM, with the QuantitativeReporting "
-                   "extension).")
+                   "needs: do not upgrade it there; export with QuantitativeReporting's DICOM SEG "
+                   "plugin instead (Data module, right-click the segmentation, Export to DICOM).")
+
+
+def slicerPackaging():
+    """Slicer's `slicer.packaging` (Slicer >= 5.11), else None."""
+    try:
+        import slicer.packaging as packaging
+    except ImportError:
+        return None
+    return packaging if hasattr(packaging, "pip_ensure") and hasattr(packaging, "pip_check") else None
 
 
 def _requirement(text: str):
@@ -68,10 +84,12 @@ def unmetRequirement(distribution: str, requirement: str, importName: str):
     version = installedVersion(distribution)
     if version is None or importlib.util.find_spec(importName) is None:
         return f"{requirement} (not installed)"
-    specifier = _requirement(requirement).specifier
-    if not specifier.contains(version, prereleases=True):
-        return f"{requirement} (installed: {version})"
-    return None
+    packaging = slicerPackaging()
+    if packaging is not None:
+        met = packaging.pip_check(requirement)
+    else:
+        met = _requirement(requirement).specifier.contains(version, prereleases=True)
+    return None if met else f"{requirement} (installed: {version})"
 
 
 def missingRequirements() -> dict:
@@ -107,9 +125,23 @@ def installRequirements(missing: dict) -> None:
             askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
         if torch is None:
             raise RuntimeError("PyTorch was not installed")
-    requirements = [name + PIP_REQUIREMENTS[name][2] for name in PIP_REQUIREMENTS if name in missing]
-    if requirements:
-        slicer.util.pip_install([*requirements, "--no-deps"])
+    names = [name for name in PIP_REQUIREMENTS if name in missing]
+    if not names:
+        return
+    packaging = slicerPackaging()
+    if packaging is None:  # Slicer 5.10
+        slicer.util.pip_install([*(name + PIP_REQUIREMENTS[name][2] for name in names), "--no-deps"])
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text(constraintsText())
+        packaging.pip_ensure([name + PIP_REQUIREMENTS[name][1] for name in names], constraints=str(constraints),
+                             skip_packages=list(SLICER_OWNED), prompt_install=False, requester=REQUESTER)
+
+
+def constraintsText() -> str:
+    """The tested versions, one per line (pip's constraints file): what pip_ensure may install."""
+    return "".join(f"{name}{installed}\n" for name, (_import, _accepted, installed) in PIP_REQUIREMENTS.items())
 
 
 def ensureRequirements(confirm=None) -> bool:
@@ -123,8 +155,11 @@ def ensureRequirements(confirm=None) -> bool:
         text, windowTitle="Install Python packages"))
     if not confirm(confirmationText(missing)):
         return False
-    with slicer.util.WaitCursor():
-        installRequirements(missing)
+    if slicerPackaging() is not None:
+        installRequirements(missing)  # slicer.packaging shows its own progress
+    else:
+        with slicer.util.WaitCursor():
+            installRequirements(missing)
     importlib.invalidate_caches()
     still = missingRequirements()
     if still:

@@ -11,7 +11,8 @@ from LymphNodeMTLLib.outputs.results_table import write_results_csv
 from . import dependency_installer
 
 SLICER_DICOM_EXPORT = ("Slicer's own DICOM export also writes DICOM SEG: Data module, right-click the "
-                       "segmentation, Export to DICOM (needs the QuantitativeReporting extension).")
+                       "segmentation, Export to DICOM (Slicer 5.12 does it itself; Slicer 5.10 needs the "
+                       "QuantitativeReporting extension).")
 
 
 def exportResults(segmentationNode, volumeNode, results: list, localGeometry, folder, clinicalUse=False) -> dict:

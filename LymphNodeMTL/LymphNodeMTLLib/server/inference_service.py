@@ -381,9 +381,10 @@ class InferenceService:
 
         def progress(stage: str, done: int, total: int) -> None:
             with self._cond:  # as cancel(): a cancelled job's stage never goes back to a working one
+                job.done, job.total = int(done), int(total)
                 if job.cancel_requested.is_set():
                     raise JobCancelled  # out of the engine between two batches
-                job.stage, job.done, job.total = stage, int(done), int(total)
+                job.stage = stage
 
         try:
             case = job.case
