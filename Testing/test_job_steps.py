@@ -182,6 +182,61 @@ def test_replies_that_arrive_later_and_cancel_at_each_step():
     assert job.state == "cancelled" and job.results is None
 
 
+class AbortAnswersAtOnce(Deferred):
+    """Qt 5.15's QNetworkReply.abort(): finished() is emitted inside abort(), status 0."""
+
+    def abort(self, handle):
+        self.aborted.append(handle[0].method)
+        self.pending.remove(handle)
+        handle[1](Reply(0, None, "Operation canceled"))
+
+
+@pytest.mark.parametrize("step", ["checking", "uploading", "polling"])
+def test_a_reply_the_abort_delivers_at_once_is_ignored(step):
+    """Cancel returns at once: no question whether the server died, no error, one DELETE (none
+    before the job exists)."""
+    server = ScriptedServer()
+    transport = AbortAnswersAtOnce(server)
+    asked = []
+    job = RemoteJob(transport.send, {"kind": "predict"}, VolumePayload(IMAGE, np.eye(4)), abort=transport.abort,
+                    unreachable=lambda: asked.append(1))
+    job.tick()
+    while job.state != step:
+        transport.pump()
+        job.tick()
+    assert transport.pending  # the step's request is out
+    job.cancel()
+    transport.pump()
+    assert job.state == "cancelled" and job.error is None and asked == []
+    assert server.log.count("DELETE /v1/jobs/J") == (1 if step == "polling" else 0)
+
+
+def test_a_server_without_an_answer_is_judged_tick_by_tick(monkeypatch):
+    """`unreachable` never waits: it is asked on each tick until it knows (the local process was
+    seen dead) or the grace is over (then the generic line)."""
+    answers = iter([None, None, "the local server stopped (exit code 9)"])
+    server = ScriptedServer(answers={("GET", "/v1/jobs/J"): Reply(0, None, "Connection closed")})
+    job = RemoteJob(server.blocking, {"kind": "predict"}, "v", unreachable=lambda: next(answers))
+    for _ in range(3):  # health, submit and a poll without an answer in the first: asked twice so far
+        job.tick()
+    assert job.state == "polling" and job.error is None
+    job.tick()
+    assert job.state == "failed" and job.error == "the local server stopped (exit code 9)"
+    assert server.log.count("GET /v1/jobs/J") == 1 and server.log[-1] == "DELETE /v1/jobs/J"
+
+    monkeypatch.setattr(job_steps, "UNREACHABLE_GRACE_S", 0.0)
+    job = _run(RemoteJob(server.blocking, {"kind": "predict"}, "v", unreachable=lambda: None))
+    assert job.error.startswith("the inference server stopped answering (Connection closed)")
+
+
+def test_a_request_past_its_deadline_fails_the_job_with_what_to_do():
+    server = ScriptedServer(answers={("GET", "/v1/health"): Reply(0, None, "no answer within 1 s", timed_out=True)})
+    job = _run(RemoteJob(server.blocking, {"kind": "predict"}, "v", unreachable=lambda: pytest.fail("asked"),
+                         advice=FailureAdvice(retry="press Apply again")))
+    assert job.error == ("the inference server did not answer in time (no answer within 1 s); check that it "
+                         "runs and is not overloaded, then press Apply again")
+
+
 def test_following_a_submitted_job():
     server = ScriptedServer()
     job = _run(RemoteJob(server.blocking, job_id="J"))
