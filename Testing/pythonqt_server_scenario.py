@@ -270,7 +270,7 @@ class Scenario:
             elapsed = ended["at"] - t0
             assert job.state == "failed" and "did not answer in time" in job.error and "Apply again" in job.error, \
                 job.error
-            assert 0.9 <= elapsed < 1.5, elapsed
+            assert 0.9 <= elapsed < 2.0, elapsed  # the deadline, plus a tick or two on a loaded machine
             assert self.transport.qt.inFlight() == 0
             print(f"A server that never answers: the job failed {elapsed:.2f} s after Apply (deadline 1 s): "
                   f"{job.error}", flush=True)

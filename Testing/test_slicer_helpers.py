@@ -253,7 +253,8 @@ def test_local_server_is_kept_warm_and_restarted_when_it_died_or_settings_change
     server.ensure("cpu", None)
     assert len(FakeRunner.started) == 1  # warm: the same process
 
-    server.logPath.write_text("Traceback\nMemoryError: out of memory\n")
+    server.logPath.write_text("Traceback\nMemoryError: out of memory\n"
+                              "2026-01-01 00:00:00,000 INFO lymphnode_mtl.server: GET /v1/jobs/{job_id} 200 1.0 ms\n")
     first.running = False  # it died
     assert server.poll() == "failed"
     assert "stopped (exit code -9)" in server.error and "MemoryError" in server.error

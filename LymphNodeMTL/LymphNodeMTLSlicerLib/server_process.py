@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 LISTENING = re.compile(r"listening on (https?://\S+)")
+ACCESS_LINE = re.compile(r"\bINFO\b.*: (GET|HEAD|PUT|POST|DELETE) /")  # the server's access log
 STOPPED, STARTING, READY, FAILED = "stopped", "starting", "ready", "failed"
 START_TIMEOUT_S = 300.0  # the first start imports torch and loads the model (slow on a cold disk)
 MODULE_DIR = Path(__file__).resolve().parents[1]  # holds LymphNodeMTLLib
@@ -215,10 +216,12 @@ class LocalServer:
         self.error = why + (f" (last log line: {tail})" if tail else "") + f"; log: {self.logPath}"
 
     def logTail(self) -> str:
+        """The log's last line that says something about the process (not a request's access line)."""
         try:
             lines = [line.strip() for line in self.logPath.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
             return ""
+        lines = [line for line in lines if not ACCESS_LINE.search(line)]
         return lines[-1][:300] if lines else ""
 
     def stop(self) -> None:
