@@ -96,8 +96,10 @@ class QtTransport:
         timer = qt.QTimer()
         timer.setSingleShot(True)
         pending = self._pending[id(reply)] = _PendingReply(reply, data, timer, onReply)
-        timer.connect("timeout()", lambda: self._timedOut(pending, timeout))
-        reply.connect("finished()", lambda: self._finished(pending))
+        # The timer's slot names the request by key, not by `pending`: a cycle through Qt's
+        # connection would keep the timer and the body (a whole CT) alive after the request.
+        timer.connect("timeout()", lambda key=id(reply): self._timedOut(key, timeout))
+        reply.connect("finished()", lambda: self._finished(pending))  # freed with the reply (deleteLater)
         timer.start(max(1, int(timeout * 1000)))
         return reply
 
@@ -110,7 +112,8 @@ class QtTransport:
         if pending.settled:
             return False
         pending.settled = True
-        pending.timer.stop()
+        pending.timer.stop()  # freed with `pending` once the reply is deleted, not inside its own signal
+        pending.data = None
         self._pending.pop(id(pending.reply), None)
         return True
 
@@ -128,8 +131,9 @@ class QtTransport:
         if pending.onReply is not None:
             pending.onReply(Reply(int(status) if status else 0, _parseJson(body), error))
 
-    def _timedOut(self, pending, timeout) -> None:
-        if not self._settle(pending):
+    def _timedOut(self, key, timeout) -> None:
+        pending = self._pending.get(key)
+        if pending is None or not self._settle(pending):
             return
         pending.reply.abort()  # its finished() now finds it settled
         if pending.onReply is not None:
