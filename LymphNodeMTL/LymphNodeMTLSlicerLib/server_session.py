@@ -11,7 +11,7 @@ import time
 
 import slicer
 
-from LymphNodeMTLLib.server.job_steps import REQUEST_TIMEOUT_S
+from LymphNodeMTLLib.server import job_steps
 
 from .module_job import JobCancelled, JobFailed
 from .server_client import BlockingTransport, QtTransport, ServerConnection, ServerJob
@@ -25,7 +25,7 @@ class ServerSession:
         self.url = LOCAL_SERVER
         self.token = ""
         self.pollIntervalS = 0.1
-        self.requestTimeoutS = REQUEST_TIMEOUT_S  # each request's deadline (uploads get at least 600 s)
+        self.requestTimeoutS = job_steps.REQUEST_TIMEOUT_S  # each request's deadline (uploads: at least 600 s)
         self.idle = None  # called between ticks while a script waits (default: events + sleep)
         self.transport = None  # QtTransport inside Slicer, BlockingTransport elsewhere
 
