@@ -7,9 +7,10 @@ server is a QProcess started through PythonSlicer; every request goes through QN
 Steps, one line each with its figures:
 - the GIL while Qt idles: a Python thread starves (so no project code may rely on one);
 - Apply, with the round trip of each request;
-- Cancel at five points: health, upload, submit and poll in flight, and between two polls: it
-  returns at once, the job has no error, one DELETE is sent (none before a job exists), and the
-  server says the job is cancelled at once;
+- Cancel at five points: health, upload (of the large CT, 100 ms into it), submit and poll in
+  flight, and between two polls: it returns at once, the job has no error, one DELETE is sent
+  (none before a job exists), the server says the job is cancelled at once, and logs an abandoned
+  upload as one line;
 - the server killed (SIGKILL) while a poll is in flight, and between two polls: the job names its
   exit code and log; Apply again starts a new server;
 - a server that accepts connections and never answers: the job fails at its request deadline;
