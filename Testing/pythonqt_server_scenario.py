@@ -249,7 +249,7 @@ class Scenario:
         assert reported < 1.0, reported
         print(f"Server killed, {when}: the job failed {1000 * reported:.0f} ms later: {job.error}", flush=True)
         t0 = time.monotonic()
-        again = self.start()
+        again = self.start(self.oneSeed())  # one node: the point is the new server
         yield self.until(lambda: again.finished, 300, "Apply again")
         assert again.summary is not None, again.error
         assert server.pid != pid and server.isAlive()
@@ -280,6 +280,13 @@ class Scenario:
             session.setServer("local")
             session.requestTimeoutS = default
 
+    def oneSeed(self):
+        if getattr(self, "_oneSeed", None) is None:
+            node = self.phantom.nodes[0]
+            self._oneSeed = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "One seed")
+            self._oneSeed.AddControlPoint(*node.seed_ras, node.node_id)
+        return self._oneSeed
+
     def largeVolume(self):
         if getattr(self, "_large", None) is None:
             image = np.round(self.phantom.image).astype(np.int16)
@@ -290,11 +297,9 @@ class Scenario:
 
     def largeCt(self):
         volume = self.largeVolume()
-        seeds = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Large CT seeds")
-        seeds.AddControlPoint(*self.phantom.nodes[0].seed_ras, self.phantom.nodes[0].node_id)
         first = len(self.transport.log)
         t0 = time.monotonic()
-        job = self.start(seeds, volume)
+        job = self.start(self.oneSeed(), volume)
         planned = time.monotonic() - t0
         yield self.until(lambda: job.finished, 300, "the large CT's job")
         assert job.summary is not None, job.error
