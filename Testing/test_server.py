@@ -188,7 +188,9 @@ def test_from_file_reads_the_ct_with_the_volume_reader(client, phantom, tmp_path
 
 
 def test_from_file_problems_are_one_line_400s(client, tmp_path):
-    for path, words in ((tmp_path / "missing.nrrd", "not found"), ("relative/ct.nrrd", "absolute")):
+    too_long = tmp_path / ("x" * 300 + ".nrrd")  # a name the file system itself refuses
+    for path, words in ((tmp_path / "missing.nrrd", "not found"), ("relative/ct.nrrd", "absolute"),
+                        (too_long, "cannot read that path")):
         with pytest.raises(ServerError) as err:
             client.volume_from_file(path, "0" * 64)
         assert err.value.status == 400 and words in str(err.value) and "\n" not in str(err.value)

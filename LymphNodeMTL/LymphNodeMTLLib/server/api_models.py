@@ -10,16 +10,26 @@ service and the readers check after them and refuse with 422. A new route declar
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from ..core.node_result import NodeResult
 from ..io.prompt_reader import MAX_CLICKS
 from .inference_service import KINDS
 
+
+
+def _integral_float_as_int(value):
+    """JSON Schema counts 12.0 as an integer; strict pydantic would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 Point = Annotated[list[float], Field(min_length=3, max_length=3, description="[x, y, z] in mm")]
-IndexTriple = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=3, max_length=3)]
+# a voxel index: a CT side has at most 6 digits (protocol.HEADER_PATTERNS)
+Index = Annotated[int, Field(ge=0, le=999_999), BeforeValidator(_integral_float_as_int)]
+IndexTriple = Annotated[list[Index], Field(min_length=3, max_length=3)]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 VOLUME_ID_PATTERN = "^[0-9a-f]{64}$"  # sha256 hex, as protocol.volume_id gives it
 
@@ -71,7 +81,10 @@ class PromptsDocument(_Request):
 
     model_config = ConfigDict(extra="forbid")
     coordinate_system: Annotated[str, Field(pattern="^([Rr][Aa][Ss]|[Ll][Pp][Ss])$", description="RAS or LPS")]
-    nodes: Annotated[dict[Annotated[str, Field(pattern=r"\S")], NodePromptsIn], Field(min_length=1)]
+    # node id -> its prompts; an id needs a non-space character (pydantic says so of the keys it
+    # matches, not of the others: hence additionalProperties)
+    nodes: Annotated[dict[Annotated[str, Field(pattern=r"\S")], NodePromptsIn],
+                     Field(min_length=1, json_schema_extra={"additionalProperties": False})]
 
 
 class JobOptions(_Request):
@@ -91,8 +104,13 @@ class JobIn(_Request):
     options: JobOptions = JobOptions()
 
 
+# an absolute path on the server's own system (the route refuses any other with 400)
+ABSOLUTE_PATH_PATTERN = r"^([A-Za-z]:[\\/]|\\\\)" if os.name == "nt" else "^/"
+
+
 class FromFileIn(_Request):
-    path: Annotated[str, Field(min_length=1, description="absolute path of a CT file or DICOM folder on the server")]
+    path: Annotated[str, Field(min_length=1, json_schema_extra={"pattern": ABSOLUTE_PATH_PATTERN},
+                               description="absolute path of a CT file or DICOM folder on the server")]
 
 
 # --- answers ------------------------------------------------------------------------------------

@@ -42,7 +42,14 @@ from .http_errors import documented, error_response
 MAX_WAIT_S = 30.0  # longest long poll of GET /v1/jobs/{id}?wait=S
 VOLUME_ID = re.compile(VOLUME_ID_PATTERN.strip("^$"))
 
-router = APIRouter()
+router = APIRouter(generate_unique_id_function=lambda route: route.name)  # operationId = the function's name
+
+
+def _links(status: int, field: str, *operations: str) -> dict:
+    """OpenAPI links: the operations that take this answer's `field` as their path parameter."""
+    return {status: {"links": {op: {"operationId": op, "parameters": {field: f"$response.body#/{field}"}}
+                               for op in operations}}}
+
 
 # The upload's body and headers, which the route reads itself (streamed, hashed as they arrive).
 UPLOAD_REQUEST = {
@@ -75,7 +82,8 @@ def has_volume(volume_id: str, service: Service):
 
 
 @router.put("/v1/volumes/{volume_id}", status_code=201, response_model=VolumeOut,
-            responses=documented(400, 413, 422), openapi_extra=UPLOAD_REQUEST)
+            responses=documented(400, 413, 422) | _links(201, "volume_id", "has_volume"),
+            openapi_extra=UPLOAD_REQUEST)
 async def upload_volume(volume_id: Annotated[str, PathParam(pattern=VOLUME_ID_PATTERN)], request: Request,
                         service: Service, settings: Settings):
     """The server's CT boundary: the service checks the CT once as it stores it."""
@@ -118,7 +126,7 @@ async def upload_volume(volume_id: Annotated[str, PathParam(pattern=VOLUME_ID_PA
 
 
 @router.post("/v1/volumes/{volume_id}/from-file", status_code=201, response_model=VolumeOut,
-             responses=documented(400, 403, 422))
+             responses=documented(400, 403, 422) | _links(201, "volume_id", "has_volume"))
 async def volume_from_file(volume_id: str, body: FromFileIn, service: Service, settings: Settings):
     if not settings.allow_from_file:
         return error_response(403, "reading files is only allowed on a server bound to loopback; "
@@ -139,10 +147,14 @@ async def volume_from_file(volume_id: str, body: FromFileIn, service: Service, s
         vid, shape = await run_in_threadpool(read_and_store)
     except InputError as e:
         return error_response(400, str(e))
+    except OSError as e:  # a path the system itself refuses (a name too long, no permission)
+        return error_response(400, f"cannot read that path ({e.strerror or type(e).__name__}); "
+                                   "check the path")
     return VolumeOut(volume_id=vid, shape=shape)
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobAccepted, responses=documented(400, 404, 422))
+@router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
+             responses=documented(400, 404, 422) | _links(202, "job_id", "get_job", "cancel_job"))
 async def submit_job(body: JobIn, service: Service):
     """The server's seed boundary: the service validates the seeds once, at submit."""
 
