@@ -34,5 +34,7 @@ def create_app(service: InferenceService, *, token: str | None = None, max_uploa
     app.add_middleware(GuardMiddleware, token=token)
     add_error_handlers(app)
     app.include_router(router, responses=TOKEN_REFUSED if token else None)
+    # every route that can answer, with its path and methods (a 405's Allow, the schema's tests)
+    app.state.served_routes = [r for r in (*app.router.routes, *router.routes) if hasattr(r, "path_regex")]
     install_openapi(app, token_required=token is not None)
     return app

@@ -7,7 +7,6 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from ..core.errors import InputError
 from .api_models import ErrorOut
@@ -53,12 +52,9 @@ def validation_line(exc: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first.get('msg', 'invalid value')}{more}; see docs/server-api.md"
 
 
-def allowed_methods(app, scope) -> str:
+def allowed_methods(routes, path: str) -> str:
     """The Allow header of a 405: every method some route serves on this path (RFC 9110)."""
-    methods = set()
-    for route in app.router.routes:
-        if route.matches(scope)[0] != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    methods = {m for r in routes if r.path_regex.fullmatch(path) for m in (getattr(r, "methods", None) or ())}
     return ", ".join(sorted(methods))
 
 
@@ -75,7 +71,7 @@ def add_error_handlers(app: FastAPI) -> None:
         detail = (exc.detail if own else None) or _ROUTING_MESSAGES.get(exc.status_code, "request refused")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = allowed_methods(request.app, request.scope)
+            headers["Allow"] = allowed_methods(request.app.state.served_routes, request.url.path)
         return error_response(exc.status_code, detail, headers)
 
     @app.exception_handler(NotFound)
