@@ -2,9 +2,9 @@
 
 In-process: every route the app serves is in the document with the statuses it answers, the upload
 is declared as the clients send it, and the header patterns are the parser's. Then Schemathesis
-(the pinned version of pyproject.toml's test extra) with every check, in its coverage, fuzzing and
-stateful phases, against a real `lymphnode-mtl serve` on loopback, bounded in examples; its
-widenings, and why, are in Testing/schemathesis.toml. No job it can send reaches the engine: a
+(the pinned version of pyproject.toml's test extra) with every check, in its examples, coverage,
+fuzzing and stateful phases, against a real `lymphnode-mtl serve` on loopback, bounded in examples;
+its widenings, and why, are in Testing/schemathesis.toml. No job it can send reaches the engine: a
 job needs a CT on the server, and no generated upload is one (it would have to hash to its URL).
 """
 
@@ -75,6 +75,17 @@ def _can_fail_validation(op) -> bool:
     return bool(constrained) or "application/json" in op.get("requestBody", {}).get("content", {})
 
 
+def test_the_schema_examples_are_requests_the_server_takes(schema):
+    from LymphNodeMTLLib.server import api_models
+
+    _, document = schema
+    examples = {name: body["examples"] for name, body in document["components"]["schemas"].items() if "examples" in body}
+    assert examples
+    for name, bodies in examples.items():
+        for body in bodies:
+            getattr(api_models, name).model_validate(body)
+
+
 def test_without_a_token_the_schema_asks_for_none(service):
     status, document = _asgi(create_app(service), "GET", OPENAPI_PATH)
     assert status == 200 and "security" not in document
@@ -132,7 +143,7 @@ def test_schemathesis_finds_nothing_against_a_real_server(tmp_path):
         run = subprocess.run(
             [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
              "--config-file", str(SCHEMATHESIS_CONFIG), "run", server.url + OPENAPI_PATH,
-             "-H", f"Authorization: Bearer {TOKEN}", "--checks", "all", "--phases", "coverage,fuzzing,stateful",
+             "-H", f"Authorization: Bearer {TOKEN}", "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
              "--max-examples", str(FUZZ_EXAMPLES), "--seed", str(FUZZ_SEED), "--workers", "1", "--no-color"],
             cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S)
     report = run.stdout + run.stderr

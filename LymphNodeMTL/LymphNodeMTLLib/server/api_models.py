@@ -94,7 +94,16 @@ class JobOptions(_Request):
     uncertainty: bool | None = None
 
 
+_EXAMPLE_CT = "9f2c" * 16  # a volume_id: protocol.volume_id of the CT sent before
+
+
 class JobIn(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"volume_id": _EXAMPLE_CT, "kind": "predict", "seeds": [{"id": "N01", "ras": [-31.5, 12.0, 104.25]}],
+         "options": {"uncertainty": True}},
+        {"volume_id": _EXAMPLE_CT, "kind": "refine", "prompts": {"coordinate_system": "RAS", "nodes": {
+            "N01": {"seed": [-31.5, 12.0, 104.25], "clicks": [{"point": [-29.0, 12.0, 104.25], "positive": False}]}}}},
+    ]})
     volume_id: Annotated[str, Field(min_length=1, max_length=200)]
     kind: Literal[KINDS]  # type: ignore[valid-type]
     model: str | None = Field(None, description="a model name of GET /v1/health; null: the default")

@@ -4,7 +4,8 @@ Thin on purpose: each route bounds and parses its request, calls the service, an
 heavy step (hashing a CT, reading a file, the engine itself) off the event loop. Refusals are
 one-line JSON errors (http_errors.py); an InputError or NotFound a route lets through becomes 422
 or 404. A new route is one more decorated function here, taking `service: Service` and
-`settings: Settings` where it needs them (dependencies.py).
+`settings: Settings` where it needs them (dependencies.py), with its bodies as models
+(api_models.py) and its refusals as `responses=documented(...)`: that is all /openapi.json needs.
 """
 
 from __future__ import annotations
