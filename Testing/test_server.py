@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -188,7 +189,9 @@ def test_from_file_reads_the_ct_with_the_volume_reader(client, phantom, tmp_path
 
 
 def test_from_file_problems_are_one_line_400s(client, tmp_path):
-    for path, words in ((tmp_path / "missing.nrrd", "not found"), ("relative/ct.nrrd", "absolute")):
+    too_long = tmp_path / ("x" * 300 + ".nrrd")  # a name the file system itself refuses
+    for path, words in ((tmp_path / "missing.nrrd", "not found"), ("relative/ct.nrrd", "absolute"),
+                        (too_long, "cannot read that path")):
         with pytest.raises(ServerError) as err:
             client.volume_from_file(path, "0" * 64)
         assert err.value.status == 400 and words in str(err.value) and "\n" not in str(err.value)
@@ -415,6 +418,34 @@ def test_the_log_holds_routes_not_patient_data(server, client, volume, phantom):
         assert secret not in log, secret
 
 
+def test_a_finished_job_is_what_the_schema_says(client, volume, phantom):
+    from LymphNodeMTLLib.server.api_models import JobOut, NodeResultOut
+
+    job = client.wait(client.submit_predict(volume, phantom[2][:2]), timeout=300)
+    assert job["state"] == "done" and len(job["results"]) == 2
+    JobOut.model_validate(job, strict=True)  # GET /v1/jobs writes the service's JSON as it is
+    assert set(job) == set(JobOut.model_fields)
+    assert all(set(r) == set(NodeResultOut.model_fields) for r in job["results"])
+
+
+def test_every_answer_the_server_gave_is_in_its_schema(server, client):
+    # runs after the tests above (one module-wide server): each status the log shows for a route
+    # is among that operation's documented responses
+    time.sleep(0.2)  # a line is logged just after its answer is sent
+    answers = set(re.findall(r"lymphnode_mtl\.server: ([A-Z]+) (\S+) (\d{3}) ", server["log"].read_text()))
+    schema = client.request("GET", "/openapi.json")[1]
+    routed = {(m, r, s) for m, r, s in answers if r != "-"}
+    assert {s for _, _, s in routed} >= {"200", "201", "202", "400", "404", "413", "422"}  # the tests' variety
+    for method, route, status in routed:
+        operation = schema["paths"][route].get(method.lower())
+        if operation is None:  # a method the path does not take
+            assert status == "405", (method, route, status)
+        else:
+            assert status in operation["responses"], (method, route, status)
+    # before any route: the token (documented on every operation), no such route or method
+    assert {s for _, r, s in answers if r == "-"} <= {"401", "404", "405"}
+
+
 def test_tls_server_answers_https_and_stops_with_its_parent(tmp_path):
     import shutil
     import ssl
@@ -595,11 +626,12 @@ def test_service_engine_failure_is_a_failed_job_without_the_message(caplog):
 
 
 # --- the HTTP layer in-process (plain ASGI calls, no socket) --------------------------------------
-def _asgi(app, method, path, body=b"", headers=()):
-    """(status, JSON) of one request straight into the ASGI app."""
+def _asgi(app, method, path, body=b"", headers=(), sent=None):
+    """(status, JSON) of one request straight into the ASGI app; `sent` collects its ASGI messages."""
     import asyncio
 
-    sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+    sent = [] if sent is None else sent
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive():
         return messages.pop(0) if messages else {"type": "http.disconnect"}

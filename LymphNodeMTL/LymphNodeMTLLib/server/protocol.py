@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import hashlib
 import math
+import re
 
 import numpy as np
 
@@ -27,6 +28,15 @@ DTYPES = ("int16", "uint16", "int32", "float32", "float64")
 HEADER_SHAPE = "X-LNM-Shape"
 HEADER_DTYPE = "X-LNM-Dtype"
 HEADER_IJK_TO_RAS = "X-LNM-IJK-To-RAS"
+# What the three headers may hold, for the parser and the server's OpenAPI schema alike (the form
+# volume_headers writes). A side of at most 6 digits keeps the byte count within int64.
+_SIDE = "[1-9][0-9]{0,5}"
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?"
+HEADER_PATTERNS = {
+    HEADER_SHAPE: f"^{_SIDE},{_SIDE},{_SIDE}$",
+    HEADER_DTYPE: f"^({'|'.join(DTYPES)})$",
+    HEADER_IJK_TO_RAS: f"^{_NUMBER}(?:,{_NUMBER}){{15}}$",
+}
 
 _FLOAT_FIELDS = tuple(
     f.name for f in dataclasses.fields(NodeResult) if f.type in ("float", float)
@@ -87,20 +97,15 @@ def parse_volume_headers(shape: str | None, dtype: str | None, ijk_to_ras: str |
         raise InputError(
             f"a CT upload needs the headers {HEADER_SHAPE}, {HEADER_DTYPE} and {HEADER_IJK_TO_RAS}"
         )
-    try:
-        shape_kji = tuple(int(s) for s in shape.split(","))
-    except ValueError:
-        shape_kji = ()
-    if len(shape_kji) != 3 or min(shape_kji) < 1:
-        raise InputError(f"{HEADER_SHAPE} must be three positive integers k,j,i")
+    if not re.fullmatch(HEADER_PATTERNS[HEADER_SHAPE], shape):
+        raise InputError(f"{HEADER_SHAPE} must be three positive integers k,j,i (at most 6 digits each)")
     if dtype not in DTYPES:
         raise InputError(f"{HEADER_DTYPE} must be one of {', '.join(DTYPES)}")
-    try:
-        values = [float(v) for v in ijk_to_ras.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 16 or not all(math.isfinite(v) for v in values):
+    values = [float(v) for v in ijk_to_ras.split(",")] \
+        if re.fullmatch(HEADER_PATTERNS[HEADER_IJK_TO_RAS], ijk_to_ras) else []
+    if not values or not all(math.isfinite(v) for v in values):
         raise InputError(f"{HEADER_IJK_TO_RAS} must be 16 comma-separated finite numbers (row-major 4x4)")
+    shape_kji = tuple(int(s) for s in shape.split(","))
     matrix = np.asarray(values, dtype=float).reshape(4, 4)
     if abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
         raise InputError(f"{HEADER_IJK_TO_RAS} is not an invertible IJK->RAS matrix")
