@@ -199,7 +199,13 @@ def _worker_init(job: CohortJob, overwrite: bool, threads: int, parent: int) -> 
 
 
 def _worker_attempt(case: CohortCase) -> _Attempt:
-    return _attempt(_WORKER["job"], case, _WORKER["overwrite"], _WORKER["threads"])
+    try:
+        return _attempt(_WORKER["job"], case, _WORKER["overwrite"], _WORKER["threads"])
+    except KeyboardInterrupt:
+        # SIGTERM (from the parent, or from the parent watch when the parent died): the case has
+        # removed its staging folder on the way out; the worker ends here rather than going back
+        # to wait for cases that will never come
+        os._exit(128 + signal.SIGTERM)
 
 
 def _cpus() -> int:
