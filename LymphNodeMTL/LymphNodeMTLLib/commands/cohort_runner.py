@@ -53,6 +53,15 @@ class CohortJob:
     name = "job"
     columns = ManifestColumns(required_paths=())
     fact_columns: tuple[str, ...] = ()  # the job's own columns in the summary
+    _started = False  # start() has run in this process
+
+    def ensure_started(self, threads: int | None) -> bool:
+        """start() once per process; returns whether it ran now."""
+        if self._started:
+            return False
+        self.start(threads)
+        self._started = True
+        return True
 
     def output_files(self) -> tuple[str, ...]:
         """The files a finished case's folder holds (its run.json lists them)."""
@@ -172,9 +181,7 @@ def _attempt(job: CohortJob, case: CohortCase, overwrite: bool, threads: int | N
     warnings: list[str] = []
     t0 = time.perf_counter()
     try:
-        if not getattr(job, "_started", False):
-            job.start(threads)
-            job._started = True
+        if job.ensure_started(threads):
             t0 = time.perf_counter()  # a case's seconds are its own, not the engine's start
         job.run_case(case, overwrite, warnings.append)
         reason = None

@@ -115,6 +115,9 @@ def predict_cohort(manifest: str | os.PathLike, out_dir: str | os.PathLike, mode
     Returns:
         The CohortRun: one CaseOutcome per case of the shard (status done, already_done, failed
         with its reason, or pending), and the summary's path.
+
+    With workers > 1 the workers are spawned processes, which import the calling script again:
+    call this under `if __name__ == "__main__":` in a script.
     """
     shard = parse_shard(shard) if isinstance(shard, str) else parse_shard(f"{shard[0]}/{shard[1]}")
     job = PredictJob(None if model is None else str(model), device, batch_size, dicom_seg, report, uncertainty)
