@@ -149,6 +149,10 @@ def test_finished_results_of_another_model_are_not_taken_for_this_ones(tmp_path,
     replaced = predict_cohort(manifest, results, device="cpu", uncertainty=False, progress=False, overwrite=True)
     assert replaced.outcomes[0].status == "done"
     assert json.loads(record_path.read_text())["weights_sha256"] != "0" * 64
+    # --overwrite replaces what is not this run's; this model's finished case is still kept
+    record = record_path.read_bytes()
+    kept = predict_cohort(manifest, results, device="cpu", uncertainty=False, progress=False, overwrite=True)
+    assert kept.outcomes[0].status == "already_done" and record_path.read_bytes() == record
 
 
 MANIFESTS = {

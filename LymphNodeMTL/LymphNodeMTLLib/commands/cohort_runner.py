@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import InputError, ModelError
-from ..io.cohort_manifest import CohortCase, ManifestColumns, read_cohort_manifest, select_shard
+from ..io.cohort_manifest import CohortCase, ManifestColumns, parse_shard, read_cohort_manifest, select_shard
 from ..outputs.cohort_summary import (ALREADY_DONE, DONE, FAILED, PENDING, CaseOutcome,
                                       write_cohort_summary)
 from ..outputs.finished_run import finished_record
@@ -128,30 +128,40 @@ def run_cohort(job: CohortJob, manifest, results_dir, *, workers: int = 1, shard
     """
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    shard = parse_shard(f"{shard[0]}/{shard[1]}")
     results_dir = Path(results_dir)
     check_folder_path(results_dir)
     cases = read_cohort_manifest(manifest, job.columns, results_dir)
     mine = select_shard(cases, *shard)
     summary = Path(summary) if summary is not None else results_dir / summary_name(shard)
-    clash = next((c for c in cases if c.out == summary.absolute()), None)
+    clash = next((c for c in cases if c.out == Path(os.path.normpath(summary.absolute()))), None)
     if clash is not None:
         raise InputError(f"case {clash.case_id!r} would write its results into the summary file {summary}; "
                          "give it another 'out' folder")
     identity = job.identity()
-    run = CohortRun([CaseOutcome(c.case_id, c.out) for c in mine], summary, tuple(shard), len(cases))
+    run = CohortRun([CaseOutcome(c.case_id, c.out) for c in mine], summary, shard, len(cases))
     todo = []
     for case, outcome in zip(mine, run.outcomes):
         earlier = finished_record(case.out, job.output_files())
-        if earlier is None or overwrite:
+        if earlier is not None and _same_run(earlier, identity, job.record_inputs(case)):
+            outcome.status, outcome.facts = ALREADY_DONE, _facts(job, case.out)
+        elif earlier is None or overwrite:
             todo.append((case, outcome))
-        elif _same_run(earlier, identity, job.record_inputs(case)):
-            outcome.status, outcome.facts = ALREADY_DONE, job.case_facts(case.out)
         else:
             outcome.status = FAILED
             outcome.reason = (f"{case.out} holds finished results of {_difference(earlier, identity, job.record_inputs(case))}; "
                               "pass --overwrite to replace them, or give the case another 'out' folder")
     _Execution(run, job, progress).execute(todo, workers, overwrite)
     return run
+
+
+def _facts(job: CohortJob, folder: Path) -> dict:
+    """The job's summary figures of a finished case; none where its files cannot be read (a
+    table edited by hand is no reason to stop a cohort)."""
+    try:
+        return job.case_facts(folder)
+    except Exception:  # unreadable, or edited into another shape: the figures stay empty
+        return {}
 
 
 def _same_run(record: dict, identity: dict, inputs: dict) -> bool:
@@ -304,7 +314,7 @@ class _Execution:
             self._say(f"warning: case {case.case_id}: {line}")
         if attempt.reason is None:
             outcome.status, outcome.reason = DONE, ""
-            outcome.facts = self.job.case_facts(case.out)
+            outcome.facts = _facts(self.job, case.out)
         else:
             outcome.status, outcome.reason = FAILED, attempt.reason
             self._say(f"case {case.case_id} failed: {attempt.reason}")
