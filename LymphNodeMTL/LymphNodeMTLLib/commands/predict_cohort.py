@@ -30,6 +30,15 @@ PREDICT_COLUMNS = ManifestColumns(required_paths=("volume",), optional_paths=("s
                                   optional_text=("series_uid",), check_row=_seeds_or_prompts)
 
 
+def model_identity(model) -> dict:
+    """The run.json fields that name the model (any job with a model folder shares them): the
+    folder is checked whole here, once, before any case runs."""
+    from ..network.model_store import default_model_dir, load_model
+
+    loaded = load_model(model or default_model_dir())
+    return {"model_id": loaded.config.model_id, "weights_sha256": loaded.weights_sha256}
+
+
 @dataclass
 class PredictJob(CohortJob):
     """predict_to_folder on one case, with one engine per process."""
@@ -51,10 +60,7 @@ class PredictJob(CohortJob):
         return output_files(self.dicom_seg, self.report)
 
     def identity(self) -> dict:
-        from ..network.model_store import default_model_dir, load_model
-
-        model = load_model(self.model or default_model_dir())  # checked whole, once, before any case
-        return {"model_id": model.config.model_id, "weights_sha256": model.weights_sha256}
+        return model_identity(self.model)
 
     def record_inputs(self, case: CohortCase) -> dict:
         return {name: case.inputs[name] for name in ("volume", "seeds", "prompts")}
