@@ -200,3 +200,14 @@ def test_volume_and_manifest_exclude_each_other(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--volume", "ct.nrrd", "--manifest", "m.csv", "--out", str(tmp_path / "r")])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_predict_cohort_is_a_light_documented_entry_point_of_the_package():
+    code = ("import sys, inspect, LymphNodeMTLLib as L; f = L.predict_cohort; "
+            "assert 'Args:' in f.__doc__ and 'Returns:' in f.__doc__ and 'predict_cohort' in L.__all__; "
+            "assert list(inspect.signature(f).parameters)[:2] == ['manifest', 'out_dir']; "
+            "print(sorted(m for m in ('torch', 'SimpleITK', 'monai') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "LymphNodeMTL")})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"  # torch loads when a cohort runs, not on import
