@@ -418,3 +418,31 @@ def test_evaluate_refuses_a_label_map_on_another_grid(manifest, tmp_path, capsys
     line = one_error_line(err, "is on another voxel grid")
     assert "60x50x14 vs 60x56x14" in line
     assert not out.exists()
+
+
+def test_a_signal_waits_for_the_end_of_the_swap_while_other_threads_run():
+    """A SIGTERM sent to the process reaches whichever thread does not block it (torch's threads, a
+    parent watch), but its handler runs in the main thread: the swap and the cleanup must still
+    run to their end before it is raised."""
+    import threading
+
+    from LymphNodeMTLLib.outputs.output_folder import TerminatedBySignal, _signals_deferred, cleanup_on_signals
+
+    steps = []
+    go = threading.Event()
+
+    def send():  # a thread started before the swap, as torch's are: it does not block signals
+        go.wait()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    with pytest.raises(TerminatedBySignal), cleanup_on_signals():
+        with _signals_deferred():
+            go.set()
+            sender.join()
+            for step in range(3):
+                time.sleep(0.05)  # the main thread runs bytecode: where a handler would run
+                steps.append(step)
+        steps.append("after the block")  # not reached: the signal arrives as the block ends
+    assert steps == [0, 1, 2]

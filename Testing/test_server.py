@@ -583,7 +583,7 @@ def test_service_store_drops_the_least_recently_used_ct_and_counts_aliases_once(
 
 
 def test_parent_watch_tells_a_running_process_from_an_ended_one():
-    from LymphNodeMTLLib.commands.serve import _process_alive
+    from LymphNodeMTLLib.commands.parent_watch import process_alive as _process_alive
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     assert _process_alive(child.pid)

@@ -8,12 +8,18 @@ The Python entry point is `predict_to_folder` (what `lymphnode-mtl predict` runs
     from LymphNodeMTLLib import predict_to_folder
     results = predict_to_folder("ct.nrrd", "seeds.mrk.json", "results/", device="cpu")
 
-It is loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no SimpleITK).
+`predict_cohort` runs it over a cohort manifest, one case per row (`lymphnode-mtl predict
+--manifest`): resumable, failed cases recorded, worker processes, one shard per machine:
+
+    from LymphNodeMTLLib import predict_cohort
+    run = predict_cohort("manifest.csv", "results/", workers=4)   # results/summary.csv
+
+Both are loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no SimpleITK).
 """
 
 from .core.version import __version__
 
-__all__ = ["__version__", "predict_to_folder"]
+__all__ = ["__version__", "predict_to_folder", "predict_cohort"]
 
 
 def __getattr__(name):
@@ -21,4 +27,8 @@ def __getattr__(name):
         from .commands.predict import predict_to_folder
 
         return predict_to_folder
+    if name == "predict_cohort":
+        from .commands.predict_cohort import predict_cohort
+
+        return predict_cohort
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ PROG = "lymphnode-mtl"
 DESCRIPTION = """\
 LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one seed per node.
 
-  predict   segment and classify the nodes of one CT (the main job)
+  predict   segment and classify the nodes of one CT (the main job), or of a cohort manifest
   demo      make a synthetic phantom CT with seeds and run predict on it
   phantom   write a phantom training set (CTs, seeds, masks, labels) in manifest format
   train     train a model folder from a training manifest
@@ -35,7 +35,7 @@ Run `lymphnode-mtl COMMAND --help` for each command's options.
 # command -> (module in this package, one-line help). Each module has add_arguments(parser) and
 # run(args), and may have EPILOG (text under its --help); heavy imports wait for run().
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("predict", "segment and classify the nodes of one CT"),
+    "predict": ("predict_command", "segment and classify the nodes of one CT, or of a cohort"),
     "demo": ("demo", "run predict on a synthetic phantom CT"),
     "phantom": ("phantom", "write a phantom training set in manifest format"),
     "train": ("train", "train a model folder from a training manifest"),
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     from ..outputs.output_folder import TerminatedBySignal, os_error_line
 
     try:
-        _command_module(args.command).run(args)
+        result = _command_module(args.command).run(args)
     except InputError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no partial results were left", file=sys.stderr)
         return 130
-    return 0
+    # a command may end with its own exit code (predict --manifest: 1 when a case failed)
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 if __name__ == "__main__":

@@ -108,12 +108,12 @@ def dicom_seg_sources(volume, case: Case, dicom_headers: list | None):
     return source_datasets(dicom_headers, case.geometry, Path(volume).name)
 
 
-def run_engine(engine: "NodeEngine", case: Case, prompts=None) -> list["NodeResult"]:
+def run_engine(engine: "NodeEngine", case: Case, prompts=None, progress_bar: bool = True) -> list["NodeResult"]:
     """The engine's results for every seed (following each node's prompts), with a progress bar on
-    a terminal."""
+    a terminal (unless progress_bar is False)."""
     from tqdm import tqdm
 
-    with tqdm(total=len(case.seeds), desc="nodes", unit="node", disable=None) as bar:
+    with tqdm(total=len(case.seeds), desc="nodes", unit="node", disable=None if progress_bar else True) as bar:
         def progress(_stage, done, _total):
             bar.update(done - bar.n)
 
@@ -168,6 +168,7 @@ def predict_to_folder(
     uncertainty: bool = True,
     warn: Callable[[str], None] | None = None,
     prompts: str | os.PathLike | None = None,
+    node_progress_bar: bool = True,
 ) -> list["NodeResult"]:
     """Segment and classify the lymph nodes of one CT and write the results into a folder.
 
@@ -200,6 +201,7 @@ def predict_to_folder(
             clicks is segmented from them (each click refining the mask the prompts before it
             gave) and re-classified from its final mask; a node of the prompts without a seed in
             `seeds` takes its prompts' seed, else the middle of its line or box.
+        node_progress_bar: a progress bar over the nodes on a terminal (a cohort shows its own).
 
     Returns:
         One NodeResult per seed, in seed order.
@@ -224,7 +226,7 @@ def predict_to_folder(
         engine = NodeEngine(model, device, batch_size, uncertainty=uncertainty)
     engine.check_prompts(case, node_prompts)  # against this CT and this model, before any work
     with cleanup_on_signals(), folder:
-        results = run_engine(engine, case, node_prompts)
+        results = run_engine(engine, case, node_prompts, node_progress_bar)
         inputs = {"volume": str(volume), "seeds": None if seeds is None else str(seeds),
                   "prompts": None if prompts is None else str(prompts)}
         write_results(folder.staging, case, results, engine, inputs, dicom_seg, report, dicom_sources)
@@ -243,10 +245,13 @@ def print_summary(results, out_dir: Path, names=OUTPUT_FILES) -> None:
         print(f"wrote {out_dir / name}")
 
 
-def add_arguments(p) -> None:
+def add_arguments(p, inputs=None) -> None:
+    """predict's options for one CT; inputs: the group --volume joins (predict_command.py puts
+    --manifest beside it), None: --volume required."""
     from .cli import add_engine_arguments
 
-    p.add_argument("--volume", required=True, metavar="CT", help="CT file or DICOM series folder")
+    (inputs or p).add_argument("--volume", required=inputs is None, metavar="CT",
+                               help="CT file or DICOM series folder")
     p.add_argument("--series-uid", metavar="UID", help="which series, when the DICOM folder holds several")
     p.add_argument("--seeds", metavar="SEEDS", help=".mrk.json or .csv seed file")
     p.add_argument("--prompts", metavar="FILE",

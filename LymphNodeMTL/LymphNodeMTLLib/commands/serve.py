@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from .parent_watch import process_alive, stop_with_parent
 
 TOKEN_ENV = "LYMPHNODE_MTL_TOKEN"
 DEFAULT_MAX_UPLOAD_MB = 2048.0  # a 512x512x1000 float32 CT fits
@@ -102,43 +103,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _process_alive(pid: int) -> bool:
-    if os.name == "nt":
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32
-        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
-        if not handle:
-            return False
-        try:
-            return kernel32.WaitForSingleObject(handle, 0) != 0  # 0: WAIT_OBJECT_0, it has ended
-        finally:
-            kernel32.CloseHandle(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_with_parent(pid: int, every_s: float = 1.0) -> None:
-    """A watcher thread: SIGTERM to ourselves (a clean uvicorn shutdown) once `pid` has ended,
-    so a server whose parent crashed does not hold the GPU forever."""
-    import signal
-    import threading
-    import time
-
-    def watch():
-        while _process_alive(pid):
-            time.sleep(every_s)
-        logging.getLogger("lymphnode_mtl.server").info("parent process ended: stopping")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def run(args) -> None:
     token = resolve_token(args)
     loopback = is_loopback(args.host)
@@ -148,7 +112,7 @@ def run(args) -> None:
     _check_tls(args)
     if args.max_upload_mb <= 0 or args.volume_cache_mb <= 0:
         raise InputError("--max-upload-mb and --volume-cache-mb must be positive")
-    if args.parent_pid is not None and not _process_alive(args.parent_pid):
+    if args.parent_pid is not None and not process_alive(args.parent_pid):
         raise InputError(f"--parent-pid {args.parent_pid} is not a running process")
 
     import uvicorn
@@ -173,7 +137,7 @@ def run(args) -> None:
     if not args.no_warm_up:
         service.warm_up()  # behind the URL line: a client may send its CT meanwhile
     if args.parent_pid is not None:
-        _stop_with_parent(args.parent_pid)
+        stop_with_parent(args.parent_pid)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -13,7 +13,8 @@ did not create. `atomic_output` does the same for one file.
   and left empty is removed too.
 - Publish: the files it replaces are moved aside first; if any move fails, the new files are moved
   back out and the old ones back in, so the folder holds either the old set or the new set. SIGINT,
-  SIGTERM and SIGHUP wait while the swap runs.
+  SIGTERM and SIGHUP wait while the swap runs, and while the staging folder and the lock are
+  removed; a second SIGTERM or SIGHUP during a run's cleanup is ignored.
 - Nothing else in the folder is touched. The run record (run.json) lists the files a run wrote;
   with `overwrite`, an earlier run's listed files that this run does not write are removed with
   the swap (they would describe other results), and without it they refuse the run. A file of
@@ -55,6 +56,10 @@ class TerminatedBySignal(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, _frame):
+    # once: a second SIGTERM (a scheduler's, a parent's) while the first one's cleanup runs must not
+    # cut that cleanup short; cleanup_on_signals puts the handlers back when its block ends
+    for other in _TERMINATING:
+        signal.signal(other, signal.SIG_IGN)
     raise TerminatedBySignal(signum)
 
 
@@ -78,15 +83,25 @@ def cleanup_on_signals():
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT, SIGTERM and SIGHUP back during the swap (POSIX); they arrive right after."""
-    can_block = hasattr(signal, "pthread_sigmask")
-    if can_block:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    """Hold SIGINT, SIGTERM and SIGHUP back during the block; they arrive right after it, to the
+    handlers in place before. Python runs signal handlers in the main thread whichever thread the
+    signal reached, so masking the main thread alone would not hold them back where other threads
+    run (torch's, a parent watch): for the block, handlers that only note the signal. Elsewhere
+    than the main thread no handler interrupts this thread's code anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {}
     try:
+        for signum in _DEFERRED:
+            previous[signum] = signal.signal(signum, lambda number, _frame: pending.append(number))
         yield
     finally:
-        if can_block:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if pending:
+            signal.raise_signal(pending[0])  # now, to the handler that was in place
 
 
 def os_error_line(error: OSError, path, what: str = "write") -> str:
@@ -245,12 +260,15 @@ class OutputFolder:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _close(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging = None
-        self._lock.release()
-        if not self.published:
-            self._remove_created_folders()
+        # signals wait until the staging folder and the lock are gone: a SIGTERM landing here
+        # (a scheduler, a cohort worker whose parent died) must not leave either behind
+        with _signals_deferred():
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
+            self._lock.release()
+            if not self.published:
+                self._remove_created_folders()
 
     def _remove_created_folders(self) -> None:
         for path in reversed(self._created):
