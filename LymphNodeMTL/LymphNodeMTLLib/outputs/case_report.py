@@ -54,6 +54,8 @@ STATUS_TEXT = {
     node_status.TOUCHES_FIELD_OF_VIEW: "mask cut at the field of view or the CT's edge",
     node_status.EMPTY_MASK: "no mask found at the seed",
     node_status.SEED_NOT_IN_SOFT_TISSUE: "seed not on soft tissue (air, lung or bone)",
+    node_status.NOT_FOUND: "no node where the baseline node went",
+    node_status.REGISTRATION_UNCERTAIN: "follow-up CT matches the baseline poorly here: same node?",
     node_status.LOW_AGREEMENT: "uncertain mask: augmented passes disagree",
 }
 
