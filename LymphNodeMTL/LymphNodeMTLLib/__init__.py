@@ -8,12 +8,13 @@ The Python entry point is `predict_to_folder` (what `lymphnode-mtl predict` runs
     from LymphNodeMTLLib import predict_to_folder
     results = predict_to_folder("ct.nrrd", "seeds.mrk.json", "results/", device="cpu")
 
-It is loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no SimpleITK).
+A follow-up CT against a baseline run is `follow_up_to_folder` (what `lymphnode-mtl follow-up`
+runs). Both are loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no SimpleITK).
 """
 
 from .core.version import __version__
 
-__all__ = ["__version__", "predict_to_folder"]
+__all__ = ["__version__", "follow_up_to_folder", "predict_to_folder"]
 
 
 def __getattr__(name):
@@ -21,4 +22,8 @@ def __getattr__(name):
         from .commands.predict import predict_to_folder
 
         return predict_to_folder
+    if name == "follow_up_to_folder":
+        from .commands.follow_up import follow_up_to_folder
+
+        return follow_up_to_folder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
