@@ -127,11 +127,11 @@ def follow_up_to_folder(
     follow_case, follow_headers = load_ct(follow_up, follow_up_series_uid, warn, "--follow-up")
     baseline_nodes = read_baseline_results(baseline_results, baseline_case.image, baseline_case.geometry)
     new_seeds = read_seeds(seeds) if seeds is not None else []
-    if new_seeds:
-        Case(follow_case.image, follow_case.geometry, new_seeds, follow_case.metadata).validate_seeds()
     from ..inference.follow_up_study import check_new_seeds
 
     check_new_seeds(baseline_nodes, new_seeds)
+    if new_seeds:
+        Case(follow_case.image, follow_case.geometry, new_seeds, follow_case.metadata).validate_seeds()
     dicom_sources = None
     if dicom_seg and follow_headers is not None:
         from ..io.dicom_sources import source_datasets

@@ -97,7 +97,8 @@ def run_follow_up(engine, baseline: Case, baseline_nodes: list[NodeResult], foll
     for node, item in zip(baseline_nodes, carried):
         result = by_id.get(node.node_id) or _no_mask(node.node_id, item, follow_up)
         if node.node_id in by_id:
-            _set_status(result, check_found(item, result, baseline, node, follow_up))
+            status = check_found(item, result, baseline, node, follow_up)
+            _set_status(result, status, drop_mask=item.checks.pop("drop_mask", False))
         item.checks.pop("transform", None)
         changes.append(NodeChange(node.node_id, node, result, item))
     changes += [NodeChange(s.node_id, None, by_id[s.node_id]) for s in new_seeds]
@@ -119,14 +120,16 @@ def _baseline_short_axis(node: NodeResult) -> float:
     return node.short_axis_mm if not node.is_empty else math.nan
 
 
-def _set_status(result: NodeResult, status: str) -> None:
+def _set_status(result: NodeResult, status: str, drop_mask: bool = False) -> None:
     from .node_status_rules import apply_status
 
-    if status == node_status.NOT_FOUND:
+    if drop_mask or status == node_status.NOT_FOUND:
         result.extra["mask_voxels_dropped"] = int(result.mask.sum())
         result.mask = np.zeros_like(result.mask)
         result.volume_mm3 = result.short_axis_mm = result.long_axis_mm = 0.0
         result.mean_hu = result.sd_hu = math.nan
+        result.probability = result.probability_low = result.probability_high = math.nan
+        result.predicted_label = node_status.UNKNOWN_LABEL
     apply_status(result, status)
 
 

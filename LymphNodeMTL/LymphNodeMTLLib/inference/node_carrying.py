@@ -7,11 +7,13 @@ For each baseline node with a mask:
 2. the deepest point of its baseline mask (a seed surely inside the node) is mapped into the
    follow-up and given to the engine as the node's seed;
 3. the mask found there is checked against the baseline, in the baseline's frame: a mask lying
-   mostly where the baseline had other soft tissue (a vessel, bowel, another node) is something
-   else, and a mask that does not reach the node's baseline core is not this node. Then the node is
+   partly (MAX_FOREIGN_FRACTION) where the baseline had other soft tissue (a vessel, bowel,
+   another node) is something else, and a mask that does not reach the baseline node's core (its
+   deepest point, towards which a node shrinks) is not this node. Then the node is
    `not_found`, with no mask: a vanished node never gets a mask on something else.
-A node whose neighbourhood matches poorly (local correlation below MIN_LOCAL_CORRELATION) keeps its
-mask but is `registration_uncertain`: the reader decides whether it is the same node. A node
+The local correction is kept only where it raises the neighbourhood's correlation and stays
+within MAX_LOCAL_SHIFT_MM. A node whose neighbourhood matches poorly even so (correlation below
+MIN_LOCAL_CORRELATION) keeps its mask but is `registration_uncertain`: the reader decides whether it is the same node. A node
 mapped outside the follow-up CT is `registration_uncertain` with no mask.
 
 The baseline's seed and long axis, mapped, are where the node was: the seed is the prompt; the
@@ -34,11 +36,14 @@ from ..core.node_result import NodeResult
 from .ct_registration import CtRegistration
 
 LOCAL_MARGIN_MM = 15.0
-MAX_LOCAL_SHIFT_MM = 10.0  # beyond this the local match went astray: uncertain
+MAX_LOCAL_SHIFT_MM = 8.0  # a local correction beyond this went astray: the global transform stands
+MIN_GAIN = 0.01  # of correlation, for the local correction to replace the global transform
 MIN_LOCAL_CORRELATION = 0.5
+LOCAL_SAMPLING, LOCAL_SAMPLING_SEED = 0.2, 20240611  # a fixed sample of the patch: seconds, repeatable
 BASELINE_DILATION_MM = 2.5  # the baseline node grown by the registration's residual error
 SOFT_TISSUE_HU = -30.0  # above: not fat; where the baseline had this outside the node, something else was
-MAX_FOREIGN_FRACTION = 0.35  # of the follow-up mask lying on baseline non-fat outside the node
+MAX_FOREIGN_FRACTION = 0.2  # of the follow-up mask lying on baseline non-fat outside the node
+CORE_RADIUS_MM = 3.0  # the follow-up mask must reach this close to the baseline node's deepest point
 
 
 @dataclass
@@ -82,25 +87,29 @@ def _placed(node_id, seed, centre, geometry: VolumeGeometry, shift, correlation)
     inside = bool(geometry.contains_ras(np.asarray(seed).reshape(1, 3))[0])
     item = CarriedNode(node_id, tuple(float(v) for v in seed) if inside else None, tuple(float(v) for v in centre),
                        shift, correlation)
-    if not inside or shift > MAX_LOCAL_SHIFT_MM or correlation < MIN_LOCAL_CORRELATION:
+    if not inside or correlation < MIN_LOCAL_CORRELATION:
         item.status = node_status.REGISTRATION_UNCERTAIN
     return item
 
 
 def check_found(carried: CarriedNode, result: NodeResult, baseline: Case, node: NodeResult,
                 follow_up: Case) -> str:
-    """Step 3: the follow-up status of a carried node given the engine's result at its seed."""
+    """Step 3: the follow-up status of a carried node given the engine's result at its seed. A mask
+    that fails the checks is dropped (`checks["drop_mask"]`): the node is not_found, or, where the
+    registration is uncertain, registration_uncertain (not found there, but maybe not where it went)."""
+    missing = node_status.REGISTRATION_UNCERTAIN if carried.status == node_status.REGISTRATION_UNCERTAIN \
+        else node_status.NOT_FOUND
     if not node_status.has_usable_mask(result.status) or result.is_empty:
-        carried.checks["reason"] = f"engine: {result.status}"
-        return node_status.NOT_FOUND
+        carried.checks.update(reason=f"engine: {result.status}", drop_mask=True)
+        return missing
     if node.is_empty or "transform" not in carried.checks:
         return carried.status if carried.status != node_status.OK else result.status
     foreign, core_reached = _against_baseline(carried.checks["transform"], result, baseline, node, follow_up.geometry)
     carried.checks.update(foreign_fraction=round(foreign, 3), reaches_baseline_core=core_reached)
     if foreign > MAX_FOREIGN_FRACTION or not core_reached:
-        carried.checks["reason"] = ("mask on other tissue of the baseline" if foreign > MAX_FOREIGN_FRACTION
-                                    else "mask away from the baseline node")
-        return node_status.NOT_FOUND
+        carried.checks.update(reason=("mask on other tissue of the baseline" if foreign > MAX_FOREIGN_FRACTION
+                                      else "mask away from the baseline node"), drop_mask=True)
+        return missing
     if carried.status == node_status.REGISTRATION_UNCERTAIN:
         return node_status.REGISTRATION_UNCERTAIN
     return result.status
@@ -139,7 +148,8 @@ def _local_translation(baseline_image: sitk.Image, follow_up_image: sitk.Image, 
     translation = sitk.TranslationTransform(3)
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsCorrelation()
-    method.SetMetricSamplingStrategy(method.NONE)
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(LOCAL_SAMPLING, LOCAL_SAMPLING_SEED)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=0.02, numberOfIterations=80,
                                                     relaxationFactor=0.6)
@@ -147,9 +157,14 @@ def _local_translation(baseline_image: sitk.Image, follow_up_image: sitk.Image, 
     method.SetSmoothingSigmasPerLevel([1.5, 0.5])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(translation, inPlace=True)
+    at_zero = -float(method.MetricEvaluate(fixed, moving))
     method.Execute(fixed, moving)
-    correlation = -float(method.GetMetricValue())
+    correlation = -float(method.MetricEvaluate(fixed, moving))
     shift = np.asarray(translation.GetOffset(), dtype=float)
+    if correlation < at_zero + MIN_GAIN or np.linalg.norm(shift) > MAX_LOCAL_SHIFT_MM:
+        # the optimiser wandered off (thick slices, little texture): the global transform stands
+        translation.SetOffset((0.0, 0.0, 0.0))
+        correlation, shift = at_zero, np.zeros(3)
     composite = sitk.CompositeTransform(3)
     composite.AddTransform(global_transform)
     composite.AddTransform(translation)  # applied first: the baseline point is shifted, then mapped
@@ -195,7 +210,12 @@ def _against_baseline(transform, result: NodeResult, baseline: Case, node: NodeR
     hu = ndimage.gaussian_filter(baseline.image[tuple(slice(a, b) for a, b in zip(start, stop))].astype(np.float32),
                                  0.7 / geometry.spacing[::-1])
     foreign = in_mask & ~grown & (hu > SOFT_TISSUE_HU)
-    return float(foreign.sum() / in_mask.sum()), bool((in_mask & grown).any())
+    # the node's core: within CORE_RADIUS_MM of its deepest point (a node shrinks towards it)
+    core_kji = np.round(patch.ras_to_ijk_points(_deepest_point(node, geometry))[0][::-1]).astype(int)
+    near_core = np.zeros(patch.shape_kji, dtype=bool)
+    near_core[tuple(np.clip(core_kji, 0, np.asarray(patch.shape_kji) - 1))] = True
+    near_core = ndimage.distance_transform_edt(~near_core, sampling=geometry.spacing[::-1]) <= CORE_RADIUS_MM
+    return float(foreign.sum() / in_mask.sum()), bool((in_mask & near_core & own).any())
 
 
 def _mapped_by_field(transform: sitk.Transform, patch: VolumeGeometry) -> np.ndarray:

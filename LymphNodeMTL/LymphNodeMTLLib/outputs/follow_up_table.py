@@ -37,7 +37,7 @@ def change_row(change) -> dict[str, float | str | None]:
     def at_follow_up(value):
         if after.status == node_status.NOT_FOUND:
             return 0.0
-        return value if node_status.has_usable_mask(after.status) else None
+        return value if node_status.has_usable_mask(after.status) and not after.is_empty else None
 
     row = {"id": change.node_id, "status": change.status, "target": "yes" if change.target else "no",
            "seed_r": after.seed_ras[0], "seed_a": after.seed_ras[1], "seed_s": after.seed_ras[2]}

@@ -34,6 +34,7 @@ SCENARIOS = (recist.COMPLETE_RESPONSE, recist.PARTIAL_RESPONSE, recist.STABLE_DI
 RESPONSE_MARGIN_PERCENT = 8.0  # the truth's sum change keeps this far from -30 % and +20 %
 SIZE_MARGIN_MM = 1.5  # and its short axes this far from 10 mm where the category turns on them
 ATTEMPTS = 12
+INNER_MARGIN_MM = 8.0  # baseline nodes keep the largest motion plus this from the grid's faces
 
 
 @dataclass
@@ -130,7 +131,10 @@ def generate_follow_up_pair(rng: np.random.Generator, n_nodes: int = 5, n_new: i
     geometry = scene.geometry
     clean = TissueScene(scene.hu.copy(), scene.tissue.copy(), geometry,
                         None if scene.original is None else scene.original.copy())
-    free_fat = scene.tissue == FAT
+    if background is not None and field_of_view_mm is not None:
+        # the patient beyond the baseline's field of view moves into the follow-up's: the whole CT
+        clean, _ = phantom_scene(rng, background, spacing, direction, True, None)
+    free_fat = (scene.tissue == FAT) & _inner_region(geometry, max_shift_mm + INNER_MARGIN_MM)
     _, nodes0, renders0, _ = place_nodes(rng, scene.hu, geometry, free_fat, n_nodes, _baseline_features(rng, n_nodes))
     baseline_image, _ = scan_scene(rng, scene, renders0)
     label0 = np.zeros(geometry.shape_kji, dtype=np.int16)
@@ -140,13 +144,26 @@ def generate_follow_up_pair(rng: np.random.Generator, n_nodes: int = 5, n_new: i
     sa0 = {n.node_id: _short_axis(r, geometry) for n, r in zip(nodes0, renders0)}
 
     motion = random_motion(rng, grid_centre_ras(geometry), max_shift_mm, max_angle_deg)
-    moved = _moved_scene(clean, motion)
+    moved = _moved_scene(clean, motion, geometry)
     for _ in range(ATTEMPTS):
         pair = _follow_up(rng, baseline, moved, motion, sa0, scenario, n_new, metadata)
         pair.decisive = _decisive(pair)
         if pair.decisive:
             break
     return pair
+
+
+def _inner_region(geometry, margin_mm: float) -> np.ndarray:
+    """Voxels at least `margin_mm` (at most a third of the extent) from every face of the grid:
+    where baseline nodes go, so the patient's motion does not carry them out of the follow-up."""
+    inside = np.ones(geometry.shape_kji, dtype=bool)
+    for axis, (n, spacing) in enumerate(zip(geometry.shape_kji, geometry.spacing[::-1])):
+        margin = int(min(margin_mm / spacing, n / 3))
+        index = [None, None, None]
+        index[axis] = slice(None)
+        position = np.arange(n)
+        inside &= ((position >= margin) & (position < n - margin))[tuple(index)]
+    return inside
 
 
 def _baseline_features(rng, n_nodes: int) -> list[NodeFeatures]:
@@ -165,14 +182,14 @@ def _short_axis(render, geometry) -> float:
     return float(axial_diameters(render.mask, geometry, render.start_kji).short_axis_mm)
 
 
-def _moved_scene(scene: TissueScene, motion: PatientMotion) -> TissueScene:
-    """The body without nodes as the follow-up sees it (same grid; the patient moved in it)."""
-    geometry = scene.geometry
+def _moved_scene(scene: TissueScene, motion: PatientMotion, geometry) -> TissueScene:
+    """The body without nodes (`scene`, on its own grid) as the follow-up sees it on `geometry`,
+    the baseline's grid: the patient moved in it."""
     shape = geometry.shape_kji
     ijk = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape[::-1]), indexing="ij"), -1)
     ijk = ijk.reshape(-1, 3)  # (i, j, k) in i-major order
     x = motion.to_baseline(geometry.ijk_to_ras_points(ijk))
-    kji = geometry.ras_to_ijk_points(x)[:, ::-1].T
+    kji = scene.geometry.ras_to_ijk_points(x)[:, ::-1].T
     out_shape = tuple(shape[::-1])
 
     def sample(volume, order, fill):
@@ -195,7 +212,8 @@ def _factors(rng, scenario: str, sa0: dict[str, float]) -> dict[str, float]:
     elif scenario == recist.PARTIAL_RESPONSE:
         for k in targets:
             factors[k] = float(rng.uniform(0.45, 0.6))
-        factors[targets[0]] = max(factors[targets[0]], 12.0 / sa0[targets[0]])  # one stays >= 10 mm
+        if targets:  # one stays >= 10 mm, else it would be a complete response
+            factors[targets[0]] = max(factors[targets[0]], 12.0 / sa0[targets[0]])
     elif scenario == recist.PROGRESSIVE_DISEASE:
         for k in targets:
             factors[k] = float(rng.uniform(1.3, 1.5))
