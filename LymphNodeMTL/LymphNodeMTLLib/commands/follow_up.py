@@ -114,7 +114,7 @@ def follow_up_to_folder(
     Returns:
         The study: per node both time points (FollowUpStudy.changes), the registration, the response.
     """
-    from ..io.baseline_results import read_baseline_results
+    from ..outputs.baseline_results import read_baseline_results
     from ..io.seed_reader import read_seeds
 
     if Path(out_dir).absolute() == Path(baseline_results).absolute():

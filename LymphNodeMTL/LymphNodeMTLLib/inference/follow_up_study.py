@@ -32,7 +32,8 @@ class NodeChange:
 
     @property
     def status(self) -> str:
-        return "new" if self.baseline is None and self.follow_up.status == node_status.OK else self.follow_up.status
+        new = self.baseline is None and not node_status.needs_review(self.follow_up.status)
+        return "new" if new else self.follow_up.status
 
     @property
     def measured(self) -> bool:

@@ -103,7 +103,7 @@ def check_found(carried: CarriedNode, result: NodeResult, baseline: Case, node: 
         carried.checks.update(reason=f"engine: {result.status}", drop_mask=True)
         return missing
     if node.is_empty or "transform" not in carried.checks:
-        return carried.status if carried.status != node_status.OK else result.status
+        return carried.status if node_status.needs_review(carried.status) else result.status
     foreign, core_reached = _against_baseline(carried.checks["transform"], result, baseline, node, follow_up.geometry)
     carried.checks.update(foreign_fraction=round(foreign, 3), reaches_baseline_core=core_reached)
     if foreign > MAX_FOREIGN_FRACTION or not core_reached:

@@ -34,6 +34,7 @@ SCENARIOS = (recist.COMPLETE_RESPONSE, recist.PARTIAL_RESPONSE, recist.STABLE_DI
 RESPONSE_MARGIN_PERCENT = 8.0  # the truth's sum change keeps this far from -30 % and +20 %
 SIZE_MARGIN_MM = 1.5  # and its short axes this far from 10 mm where the category turns on them
 ATTEMPTS = 12
+MIN_VISIBLE_MM = 4.5  # a surviving node keeps at least this short axis; smaller, it is gone to the eye
 INNER_MARGIN_MM = 8.0  # baseline nodes keep the largest motion plus this from the grid's faces
 
 
@@ -206,9 +207,9 @@ def _factors(rng, scenario: str, sa0: dict[str, float]) -> dict[str, float]:
     others = [k for k in sa0 if k not in targets]
     factors = {}
     if scenario == recist.COMPLETE_RESPONSE:
-        for k in targets + others:
-            shrink = float(rng.uniform(0.5, 8.0 / sa0[k])) if sa0[k] * 0.5 < 8.0 else 0.0
-            factors[k] = 0.0 if rng.random() < 0.3 else max(min(shrink, 8.0 / sa0[k]), 0.0)
+        for k in targets + others:  # below 8 mm, still visible, or gone
+            low = max(0.5, MIN_VISIBLE_MM / sa0[k])
+            factors[k] = 0.0 if rng.random() < 0.3 or low > 8.0 / sa0[k] else float(rng.uniform(low, 8.0 / sa0[k]))
     elif scenario == recist.PARTIAL_RESPONSE:
         for k in targets:
             factors[k] = float(rng.uniform(0.45, 0.6))
@@ -228,8 +229,8 @@ def _factors(rng, scenario: str, sa0: dict[str, float]) -> dict[str, float]:
             factors[k], vanished_done = 0.0, True
         elif sa0[k] >= recist.PATHOLOGICAL_MM:  # non-target: kept, it does not move the sum
             factors[k] = 1.0
-        else:
-            factors[k] = float(rng.choice([1.0, 0.7, 1.3]))
+        else:  # shrunk only where it stays visible
+            factors[k] = float(rng.choice([1.0, 0.7, 1.3] if 0.7 * sa0[k] >= MIN_VISIBLE_MM else [1.0, 1.3]))
     return factors
 
 

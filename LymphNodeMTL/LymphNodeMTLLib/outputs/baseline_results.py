@@ -17,7 +17,7 @@ from ..core.geometry import VolumeGeometry
 from ..core.measurements import measure_node
 from ..core.node_result import NodeResult
 from ..core.segment_tags import read_segment_tags
-from ..outputs.segmentation_writer import read_segmentation, segment_mask
+from .segmentation_writer import read_segmentation, segment_mask
 
 SEGMENTATION_FILE = "nodes.seg.nrrd"
 
