@@ -201,3 +201,20 @@ def test_bad_follow_up_input_is_refused_with_one_line_and_nothing_written(phanto
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
     assert sorted(p.name for p in paths["r0"].iterdir()) == ["nodes.csv", "nodes.seg.nrrd", "run.json"]
+
+
+def test_a_follow_up_of_another_body_places_no_node_surely(phantom_pair, engine):
+    """Another patient's CT as the follow-up: the CTs do not match once registered, so no node is
+    said found or gone, and the response is not evaluable."""
+    from LymphNodeMTLLib.inference.follow_up_study import run_follow_up
+    from LymphNodeMTLLib.outputs.baseline_results import read_baseline_results
+
+    pair, paths = phantom_pair
+    other = generate_follow_up_pair(np.random.default_rng(4), 5, 1, spacing=(0.8, 0.8, 2.0), direction=np.eye(3))
+    baseline = Case(np.round(pair.baseline.image), pair.baseline.geometry)
+    nodes = read_baseline_results(paths["r0"], baseline.image, baseline.geometry)
+    study = run_follow_up(engine, baseline, nodes, Case(other.follow_up.image, other.follow_up.geometry),
+                          deformable=False)
+    assert study.registration.correlation < 0.9
+    assert {c.status for c in study.changes} == {node_status.REGISTRATION_UNCERTAIN}
+    assert study.response.category == "not_evaluable"

@@ -36,6 +36,7 @@ class CtRegistration:
     transform: sitk.Transform
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    correlation: float = float("nan")  # of the two CTs, registered: low for another patient's CT
 
     def map_ras(self, points_ras) -> np.ndarray:
         """Baseline RAS points (N, 3) -> follow-up RAS points."""
@@ -47,7 +48,7 @@ class CtRegistration:
     def record(self) -> dict:
         """What run.json keeps of it."""
         return {"stages": self.stages, "seconds": round(self.seconds, 3),
-                "kept": [s["name"] for s in self.stages if s["kept"]]}
+                "kept": [s["name"] for s in self.stages if s["kept"]], "correlation": round(self.correlation, 4)}
 
 
 def sitk_image(image: np.ndarray, geometry: VolumeGeometry) -> sitk.Image:
@@ -83,7 +84,8 @@ def register_follow_up(baseline: sitk.Image, follow_up: sitk.Image, deformable: 
             composite.AddTransform(best)
             composite.AddTransform(bspline)  # applied first: baseline -> deformed -> affine
             best = composite
-    return CtRegistration(best, stages, time.perf_counter() - t0)
+    correlation = _correlation(fixed, moving, best, masks)
+    return CtRegistration(best, stages, time.perf_counter() - t0, correlation)
 
 
 def _prepared(image: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
@@ -120,6 +122,18 @@ def _method(fixed: sitk.Image, moving_initial=None, masks=None) -> sitk.ImageReg
     if moving_initial is not None:
         method.SetMovingInitialTransform(moving_initial)
     return method
+
+
+def _correlation(fixed, moving, transform, masks) -> float:
+    """Normalised correlation of the two CTs where both have data, the follow-up registered."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsCorrelation()
+    method.SetMetricFixedMask(masks[0])
+    method.SetMetricMovingMask(masks[1])
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetMovingInitialTransform(transform)
+    method.SetInitialTransform(sitk.TranslationTransform(3))
+    return -float(method.MetricEvaluate(fixed, moving))
 
 
 def _metric(fixed, moving, transform, masks, moving_initial=None) -> float:

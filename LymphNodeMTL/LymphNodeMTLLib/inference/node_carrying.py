@@ -14,7 +14,9 @@ For each baseline node with a mask:
 The local correction is kept only where it raises the neighbourhood's correlation and stays
 within MAX_LOCAL_SHIFT_MM. A node whose neighbourhood matches poorly even so (correlation below
 MIN_LOCAL_CORRELATION) keeps its mask but is `registration_uncertain`: the reader decides whether it is the same node. A node
-mapped outside the follow-up CT is `registration_uncertain` with no mask.
+mapped outside the follow-up CT is `registration_uncertain` with no mask, and so is every node when
+the two CTs as a whole correlate below MIN_GLOBAL_CORRELATION once registered (another patient's CT,
+another body region): then no node is said found or gone for sure.
 
 The baseline's seed and long axis, mapped, are where the node was: the seed is the prompt; the
 long axis is not, since a line fixes the node's extent and a grown node would be cut to its
@@ -39,6 +41,7 @@ LOCAL_MARGIN_MM = 15.0
 MAX_LOCAL_SHIFT_MM = 8.0  # a local correction beyond this went astray: the global transform stands
 MIN_GAIN = 0.01  # of correlation, for the local correction to replace the global transform
 MIN_LOCAL_CORRELATION = 0.5
+MIN_GLOBAL_CORRELATION = 0.9  # the two CTs, registered: a follow-up of the same body reaches 0.99
 LOCAL_SAMPLING, LOCAL_SAMPLING_SEED = 0.2, 20240611  # a fixed sample of the patch: seconds, repeatable
 BASELINE_DILATION_MM = 2.5  # the baseline node grown by the registration's residual error
 SOFT_TISSUE_HU = -30.0  # above: not fat; where the baseline had this outside the node, something else was
@@ -65,6 +68,8 @@ def carry_nodes(baseline: Case, baseline_nodes: list[NodeResult], follow_up: Cas
     baseline_image = _sitk(baseline.image, baseline.geometry)
     follow_up_image = _sitk(follow_up.image, follow_up.geometry)
     carried = []
+    # CTs that do not match as a whole (another patient's, another region): no node is placed surely
+    mismatch = not registration.correlation >= MIN_GLOBAL_CORRELATION
     for node in baseline_nodes:
         if node.is_empty:  # no mask to match: its seed alone, mapped globally
             seed = registration.map_ras(node.seed_ras)[0]
@@ -80,6 +85,10 @@ def carry_nodes(baseline: Case, baseline_nodes: list[NodeResult], follow_up: Cas
                        correlation)
         item.checks["transform"] = transform
         carried.append(item)
+    if mismatch:
+        for item in carried:
+            item.status = node_status.REGISTRATION_UNCERTAIN
+            item.checks["registration"] = f"the CTs correlate {registration.correlation:.2f} registered"
     return carried
 
 
