@@ -218,3 +218,35 @@ def test_a_follow_up_of_another_body_places_no_node_surely(phantom_pair, engine)
     assert study.registration.correlation < 0.9
     assert {c.status for c in study.changes} == {node_status.REGISTRATION_UNCERTAIN}
     assert study.response.category == "not_evaluable"
+
+
+def test_the_server_runs_a_follow_up_job_as_the_command_does(phantom_pair, reference_run):
+    """Through the inference server's service (as the Slicer module would send it): the baseline
+    nodes as masks on the baseline CT, the new nodes as seeds; the same statuses and response."""
+    from LymphNodeMTLLib.core.case import Seed
+    from LymphNodeMTLLib.core.errors import InputError
+    from LymphNodeMTLLib.io.volume_reader import read_volume
+    from LymphNodeMTLLib.outputs.baseline_results import read_baseline_results
+    from LymphNodeMTLLib.server.inference_service import InferenceService
+
+    pair, paths = phantom_pair
+    service = InferenceService(device="cpu")
+    try:
+        image0, geometry0, _ = read_volume(paths["ct0"])
+        image1, geometry1, _ = read_volume(paths["ct1"])
+        baseline_id = service.add_volume(image0, geometry0.ijk_to_ras)
+        follow_id = service.add_volume(image1, geometry1.ijk_to_ras)
+        masks = read_baseline_results(paths["r0"], image0, geometry0)
+        new = [Seed(n.node_id, n.seed_ras) for n in pair.follow_up.nodes if n.node_id in pair.new_ids]
+        with pytest.raises(InputError, match="needs baseline_volume_id"):
+            service.submit("follow_up", follow_id, masks=masks, seeds=new)
+        job = service.submit("follow_up", follow_id, masks=masks, seeds=new, baseline_volume_id=baseline_id,
+                             options={"uncertainty": False})
+        assert job.finished.wait(300) and job.state == "done", job.error
+        summary = job.to_json()["follow_up"]
+        expected = read_table(reference_run)
+        assert {row["id"]: row["status"] for row in summary["nodes"]} == {k: r["status"] for k, r in expected.items()}
+        assert summary["response"]["category"] == pair.response.category
+        assert [r["node_id"] for r in job.results] == list(expected)
+    finally:
+        service.close()

@@ -43,7 +43,8 @@ class SeedIn(BaseModel):
 
 class JobIn(BaseModel):
     volume_id: Annotated[str, Field(min_length=1, max_length=200)]
-    kind: Literal["predict", "classify", "refine"]
+    kind: Literal["predict", "classify", "refine", "follow_up"]
+    baseline_volume_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None  # follow_up
     model: str | None = None
     seeds: list[SeedIn] = []
     masks: list[dict] = []
@@ -146,13 +147,14 @@ async def submit_job(body: JobIn, service: Service):
     """The server's seed boundary: the service validates the seeds once, at submit."""
 
     def submit():
-        masks = [protocol.mask_from_json(m) for m in body.masks] if body.kind == "classify" else []
+        masks = [protocol.mask_from_json(m) for m in body.masks] if body.kind in ("classify", "follow_up") else []
         seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind != "classify" else []
         prompts = {}
         if body.kind == "refine":
             seeds, prompts = merge_seeds_and_prompts(seeds, prompts_from_document(body.prompts,
                                                                                   "the refine job's prompts"))
-        return service.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options, prompts)
+        return service.submit(body.kind, body.volume_id, body.model, seeds, masks, body.options, prompts,
+                              body.baseline_volume_id)
 
     job = await run_in_threadpool(submit)
     return {"job_id": job.job_id, "state": job.state, "ignored_options": job.ignored_options}
