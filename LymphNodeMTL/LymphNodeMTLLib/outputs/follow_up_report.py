@@ -27,6 +27,7 @@ from .case_report import (
     _to_rgb,
     node_views,
     recist_axes,
+    view_centre_and_field,
 )
 from .follow_up_table import change_row
 from .segmentation_writer import atomic_output, probability_color, segment_name
@@ -69,15 +70,18 @@ def _render_header(text: str, width_px: int) -> np.ndarray:
     return _to_rgb(figure)
 
 
-def _axial(case: Case, result):
+def _axial(case: Case, result, field_of_view_mm: float):
     axes = recist_axes(result)
-    return node_views(case, result, axes.slice_s_mm if axes else None)[0], axes
+    return node_views(case, result, axes.slice_s_mm if axes else None, field_of_view_mm)[0], axes
 
 
 def _render_row(baseline: Case, follow_up: Case, change) -> np.ndarray:
     width = 2 * ROW_HEIGHT_IN + TEXT_WIDTH_IN
     figure = _figure(width, ROW_HEIGHT_IN)
     side = ROW_HEIGHT_IN / width
+    # both thumbnails at one scale, so the eye compares sizes as the numbers do
+    field = max(view_centre_and_field(case.geometry, result)[1]
+                for case, result in ((baseline, change.baseline), (follow_up, change.follow_up)) if result is not None)
     for n, (case, result, label) in enumerate(((baseline, change.baseline, "baseline"),
                                                (follow_up, change.follow_up, "follow-up"))):
         ax = figure.add_axes((n * side + 0.004, 0.02, side - 0.008, 0.96))
@@ -86,7 +90,7 @@ def _render_row(baseline: Case, follow_up: Case, change) -> np.ndarray:
         if result is None:
             ax.text(0.5, 0.5, "new at follow-up", ha="center", va="center", transform=ax.transAxes)
             continue
-        view, _ = _axial(case, result)
+        view, _ = _axial(case, result, field)
         h = view.half_width_mm
         ax.imshow(view.ct, cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], extent=(-h, h, -h, h),
                   interpolation="bilinear")
@@ -107,8 +111,8 @@ def _render_row(baseline: Case, follow_up: Case, change) -> np.ndarray:
 
 def _lines(change) -> list[str]:
     row = change_row(change)
-    status = STATUS_TEXT.get(change.follow_up.status, change.status) if change.status != "new" else "new node"
-    return [f"status: {change.status}" + (f" ({status})" if status not in (change.status, "ok") else ""),
+    meaning = STATUS_TEXT.get(change.follow_up.status, change.status)
+    return [f"status: {change.status}" + (f" ({meaning})" if meaning not in (change.status, "ok", "new") else ""),
             f"short axis {_mm(row['baseline_short_axis_mm'])} -> {_mm(row['follow_up_short_axis_mm'])} mm"
             f" ({_signed(row['short_axis_change_mm'], ' mm')}, {_signed(row['short_axis_change_percent'], ' %')})",
             f"long axis {_mm(row['baseline_long_axis_mm'])} -> {_mm(row['follow_up_long_axis_mm'])} mm",
