@@ -49,6 +49,19 @@ def test_the_masks_come_back_measured_also_from_a_cropped_grid(tmp_path):
         assert nodes[0].short_axis_mm == pytest.approx(12.0, abs=1.7)
 
 
+def test_results_made_on_another_ct_are_refused(tmp_path):
+    image = np.full(GEOMETRY.shape_kji, -100.0, dtype=np.float32)
+    mask = _ball((10, 30, 30), 6.0)
+    image[mask] = 45.0
+    result = _result("1", mask)
+    result.mean_hu = 45.0  # as predict measured it on `image`
+    write_segmentation(tmp_path / "nodes.seg.nrrd", [result], GEOMETRY)
+    assert read_baseline_results(tmp_path, image, GEOMETRY)[0].mean_hu == pytest.approx(45.0)
+    other = np.full(GEOMETRY.shape_kji, -100.0, dtype=np.float32)  # no node where the mask lies
+    with pytest.raises(InputError, match="were not made on this baseline CT"):
+        read_baseline_results(tmp_path, other, GEOMETRY)
+
+
 def test_a_folder_without_results_is_refused(tmp_path):
     image = np.zeros(GEOMETRY.shape_kji, dtype=np.float32)
     with pytest.raises(InputError, match="holds no nodes.seg.nrrd"):

@@ -3,7 +3,8 @@ or not), seed, status and probability, on the baseline CT's grid.
 
 The masks come from nodes.seg.nrrd (what predict wrote, or the same file saved by Slicer after
 corrections, possibly on a cropped or larger grid: resampled onto the CT's grid by nearest
-neighbour). Sizes are measured again on the baseline CT, so a corrected mask counts as corrected.
+neighbour). Sizes are measured again on the baseline CT, so a corrected mask counts as corrected;
+results whose nodes' mean HU, measured again, is far from what they say were made on another CT.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from ..core.segment_tags import read_segment_tags
 from .segmentation_writer import read_segmentation, segment_mask
 
 SEGMENTATION_FILE = "nodes.seg.nrrd"
+# the nodes' mean HU as written and as measured again under the same masks: equal on the CT the
+# results were made on (a corrected mask moves it a little), far apart on another CT
+MAX_MEAN_HU_DIFFERENCE = 25.0
 
 
 def read_baseline_results(folder, image: np.ndarray, geometry: VolumeGeometry) -> list[NodeResult]:
@@ -41,7 +45,7 @@ def read_baseline_results(folder, image: np.ndarray, geometry: VolumeGeometry) -
         raise InputError(f"{path} holds no lymph-node segment of this tool; give the results predict wrote")
     if not seg_geometry.same_grid(geometry):
         labelmap = _onto_grid(labelmap, seg_geometry, geometry)
-    results, seen = [], set()
+    results, seen, hu_differences = [], set(), []
     for segment in nodes:
         tags = read_segment_tags(segment["tags"])
         if tags.node_id in seen:
@@ -60,8 +64,15 @@ def read_baseline_results(folder, image: np.ndarray, geometry: VolumeGeometry) -
                 continue  # neither a seed nor a mask: nothing to carry
             seed = tuple(geometry.ijk_to_ras_points(where.mean(axis=0)[::-1])[0])
         result = tags.node_result(mask[box].copy(), tuple(int(v) for v in start), seed)
+        written_hu = result.mean_hu
         measure_node(result, image, geometry)
+        if np.isfinite(written_hu) and np.isfinite(result.mean_hu):
+            hu_differences.append(abs(result.mean_hu - written_hu))
         results.append(result)
+    if hu_differences and float(np.median(hu_differences)) > MAX_MEAN_HU_DIFFERENCE:
+        raise InputError(f"the results in {folder} were not made on this baseline CT (the nodes' mean HU differ "
+                         f"by {np.median(hu_differences):.0f} HU from what the results say); give the CT they "
+                         "were made on as --baseline")
     return results
 
 
