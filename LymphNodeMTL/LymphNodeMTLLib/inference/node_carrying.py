@@ -35,7 +35,7 @@ from ..core import node_status
 from ..core.case import Case, Seed
 from ..core.geometry import VolumeGeometry, lps_to_ras_points
 from ..core.node_result import NodeResult
-from .ct_registration import CtRegistration
+from .ct_registration import HU_RANGE, CtRegistration, sitk_image
 
 LOCAL_MARGIN_MM = 15.0
 MAX_LOCAL_SHIFT_MM = 8.0  # a local correction beyond this went astray: the global transform stands
@@ -131,9 +131,7 @@ def follow_up_seeds(carried: list[CarriedNode]) -> list[Seed]:
 
 # --- local registration ----------------------------------------------------------------------
 def _sitk(image: np.ndarray, geometry: VolumeGeometry) -> sitk.Image:
-    out = sitk.GetImageFromArray(np.ascontiguousarray(image, dtype=np.float32))
-    geometry.apply_to_sitk(out)
-    return sitk.Clamp(out, sitk.sitkFloat32, -1000.0, 400.0)
+    return sitk.Clamp(sitk_image(image, geometry), sitk.sitkFloat32, *HU_RANGE)
 
 
 def _patch_box(node: NodeResult, geometry: VolumeGeometry, margin_mm: float):
