@@ -284,7 +284,7 @@ def _try_place(rng, geometry, free_fat, room: RoomMap, features: NodeFeatures):
         if not free_fat[tuple(voxel_kji)]:
             continue
         centre = _jittered_centre(rng, geometry, voxel_kji, appearance)
-        if _fits(geometry, free_fat, centre, appearance):
+        if fits_in_fat(geometry, free_fat, centre, appearance):
             return centre, appearance
     return None
 
@@ -301,7 +301,7 @@ def _jittered_centre(rng, geometry, voxel_kji, appearance) -> np.ndarray:
     return geometry.ijk_to_ras_points(np.asarray(voxel_kji[::-1], dtype=float) + offset_ijk)[0]
 
 
-def _fits(geometry, free_fat, centre_ras, appearance) -> bool:
+def fits_in_fat(geometry, free_fat, centre_ras, appearance) -> bool:
     """Whether the node and every voxel within 2 mm of it lie in free fat (inside the grid)."""
     core_semi_axes = appearance.semi_axes_mm * (1.0 - appearance.margin_amplitude)  # surely inside
     if not probes_inside(geometry, free_fat, centre_ras, appearance, core_semi_axes):

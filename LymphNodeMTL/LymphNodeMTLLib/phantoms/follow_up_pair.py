@@ -22,7 +22,7 @@ from scipy.spatial.transform import Rotation
 
 from ..core.measurements import axial_diameters
 from ..core import nodal_response as recist
-from .case_generator import _fits, phantom_scene, place_nodes, scan_scene
+from .case_generator import fits_in_fat, phantom_scene, place_nodes, scan_scene
 from .features import NodeFeatures
 from .node_placement import clear_border, features_largest_first
 from .node_renderer import render_node
@@ -251,7 +251,7 @@ def _follow_up(rng, baseline: PhantomCase, moved: TissueScene, motion: PatientMo
             continue
         appearance = replace(node.appearance, semi_axes_mm=node.appearance.semi_axes_mm * factor,
                              rotation=motion.rotation.T @ node.appearance.rotation)
-        while factor > 1.0 and not _fits(geometry, free_fat, centre1, appearance):  # no room to grow so far
+        while factor > 1.0 and not fits_in_fat(geometry, free_fat, centre1, appearance):  # no room to grow so far
             factor = max(1.0, factor - 0.05)
             appearance = replace(appearance, semi_axes_mm=node.appearance.semi_axes_mm * factor)
         render = render_node(scene.hu, geometry, centre1, appearance, spill_allowed=free_fat)
