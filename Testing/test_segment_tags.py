@@ -36,7 +36,8 @@ def _result(status=node_status.OK, probability=0.73456, label=1):
 
 
 def test_status_predicates():
-    assert [s for s in node_status.ALL if node_status.has_usable_mask(s)] == ["ok", "low_agreement"]
+    assert [s for s in node_status.ALL if node_status.has_usable_mask(s)] == ["ok", "low_agreement",
+                                                                               "registration_uncertain"]
     assert [s for s in node_status.ALL if not node_status.needs_review(s)] == ["ok"]
     # a table or segment written before statuses existed: read as ok
     assert node_status.has_usable_mask("") and not node_status.needs_review("")

@@ -14,12 +14,14 @@ The Python entry point is `predict_to_folder` (what `lymphnode-mtl predict` runs
     from LymphNodeMTLLib import predict_cohort
     run = predict_cohort("manifest.csv", "results/", workers=4)   # results/summary.csv
 
-Both are loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no SimpleITK).
+A follow-up CT against a baseline run is `follow_up_to_folder` (what `lymphnode-mtl follow-up`
+runs). All three are loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no
+SimpleITK).
 """
 
 from .core.version import __version__
 
-__all__ = ["__version__", "predict_to_folder", "predict_cohort"]
+__all__ = ["__version__", "follow_up_to_folder", "predict_to_folder", "predict_cohort"]
 
 
 def __getattr__(name):
@@ -31,4 +33,8 @@ def __getattr__(name):
         from .commands.predict_cohort import predict_cohort
 
         return predict_cohort
+    if name == "follow_up_to_folder":
+        from .commands.follow_up import follow_up_to_folder
+
+        return follow_up_to_folder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,12 +54,16 @@ class Case:
             name: how messages call the CT (default: metadata "volume", else "the CT").
             warn: receives each warning line (default: printed on stderr).
         """
+        self.validate_image(name, warn)
+        self.validate_seeds()
+
+    def validate_image(self, name: str | None = None, warn=None) -> None:
+        """The CT half of `validate`: a plausible CT in HU, non-finite voxels outside the body as air."""
         from .ct_plausibility import check_ct_plausibility, stderr_warning
 
         name = name or str(self.metadata.get("volume") or "the CT")
         self.image = check_ct_plausibility(self.image, self.geometry, self.metadata.get("Modality"),
                                            name, warn or stderr_warning)
-        self.validate_seeds()
 
     def validate_seeds(self) -> None:
         """Refuse seed sets the engine cannot place: empty, duplicate ids, outside the CT, two seeds

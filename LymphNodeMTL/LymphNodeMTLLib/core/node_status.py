@@ -13,9 +13,14 @@ TOUCHES_FIELD_OF_VIEW = "touches_field_of_view"  # the mask is still cut at the 
 EMPTY_MASK = "empty_mask"
 SEED_NOT_IN_SOFT_TISSUE = "seed_not_in_soft_tissue"
 LOW_AGREEMENT = "low_agreement"  # test-time augmentation passes disagree: review first
+# at follow-up (inference/node_carrying.py): a baseline node with no node where it went, and one
+# whose surroundings the follow-up does not match well enough to be sure it is the same node
+NOT_FOUND = "not_found"
+REGISTRATION_UNCERTAIN = "registration_uncertain"
 
-ALL = (OK, TOUCHES_FIELD_OF_VIEW, EMPTY_MASK, SEED_NOT_IN_SOFT_TISSUE, LOW_AGREEMENT)
-HAS_USABLE_MASK = (OK, LOW_AGREEMENT)
+ALL = (OK, TOUCHES_FIELD_OF_VIEW, EMPTY_MASK, SEED_NOT_IN_SOFT_TISSUE, LOW_AGREEMENT, NOT_FOUND,
+       REGISTRATION_UNCERTAIN)
+HAS_USABLE_MASK = (OK, LOW_AGREEMENT, REGISTRATION_UNCERTAIN)
 UNKNOWN_LABEL = -1  # predicted_label of a node without a usable mask
 
 

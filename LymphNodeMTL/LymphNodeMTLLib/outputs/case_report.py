@@ -54,6 +54,8 @@ STATUS_TEXT = {
     node_status.TOUCHES_FIELD_OF_VIEW: "mask cut at the field of view or the CT's edge",
     node_status.EMPTY_MASK: "no mask found at the seed",
     node_status.SEED_NOT_IN_SOFT_TISSUE: "seed not on soft tissue (air, lung or bone)",
+    node_status.NOT_FOUND: "no node where the baseline node went",
+    node_status.REGISTRATION_UNCERTAIN: "follow-up CT matches the baseline poorly here: same node?",
     node_status.LOW_AGREEMENT: "uncertain mask: augmented passes disagree",
 }
 
@@ -158,9 +160,9 @@ def ras_to_display(view: str, centre: np.ndarray, ras: np.ndarray) -> np.ndarray
     return np.stack([-ras[:, 1], ras[:, 2]], axis=-1)
 
 
-def node_views(case: Case, result: NodeResult, axial_s_mm: float | None = None) -> list[NodeView]:
-    """Axial, coronal and sagittal thumbnails through the node's centre (axial at `axial_s_mm`)."""
-    geometry = case.geometry
+def view_centre_and_field(geometry: VolumeGeometry, result: NodeResult) -> tuple[np.ndarray, float]:
+    """(the node's centre in RAS, the thumbnails' field of view in mm): the mask's centre and about
+    twice its extent, or its seed and the smallest field for an empty mask."""
     voxels = np.argwhere(result.mask)
     if len(voxels):
         ras = geometry.ijk_to_ras_points((voxels + np.asarray(result.bbox_start_kji))[:, ::-1])
@@ -168,7 +170,16 @@ def node_views(case: Case, result: NodeResult, axial_s_mm: float | None = None) 
         extent = float((ras.max(axis=0) - ras.min(axis=0)).max() + geometry.spacing.max())
     else:
         centre, extent = np.asarray(result.seed_ras, dtype=float), 0.0
-    fov = float(np.clip(2.2 * extent + 10.0, MIN_FIELD_OF_VIEW_MM, MAX_FIELD_OF_VIEW_MM))
+    return centre, float(np.clip(2.2 * extent + 10.0, MIN_FIELD_OF_VIEW_MM, MAX_FIELD_OF_VIEW_MM))
+
+
+def node_views(case: Case, result: NodeResult, axial_s_mm: float | None = None,
+               field_of_view_mm: float | None = None) -> list[NodeView]:
+    """Axial, coronal and sagittal thumbnails through the node's centre (axial at `axial_s_mm`),
+    `field_of_view_mm` wide (default: `view_centre_and_field`'s)."""
+    geometry = case.geometry
+    centre, fov = view_centre_and_field(geometry, result)
+    fov = fov if field_of_view_mm is None else float(field_of_view_mm)
     half = fov / 2.0
     step = fov / THUMBNAIL_PIXELS
     coords = -half + step / 2 + step * np.arange(THUMBNAIL_PIXELS)

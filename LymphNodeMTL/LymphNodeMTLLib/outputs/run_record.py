@@ -26,7 +26,8 @@ def package_versions() -> dict:
     return versions
 
 
-def write_run_record(folder, engine, inputs: dict, n_nodes: int, case_metadata: dict, outputs) -> dict:
+def write_run_record(folder, engine, inputs: dict, n_nodes: int, case_metadata: dict, outputs,
+                     extra: dict | None = None) -> dict:
     """Write run.json into `folder` (a run's staging folder) and return the record.
 
     Args:
@@ -35,8 +36,10 @@ def write_run_record(folder, engine, inputs: dict, n_nodes: int, case_metadata: 
         n_nodes: how many nodes it answered.
         case_metadata: the case's identifiers (DICOM PatientID, ...).
         outputs: the file names the run wrote; a later --overwrite run replaces exactly these.
+        extra: further sections of the record (a follow-up's registration).
     """
     record = _run_record(engine, inputs, n_nodes, case_metadata)
+    record.update(extra or {})
     record["outputs"] = list(outputs)
     (Path(folder) / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return record

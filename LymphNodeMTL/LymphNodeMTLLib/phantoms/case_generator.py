@@ -74,6 +74,23 @@ def generate_phantom_case(
     Raises:
         InputError: when the nodes do not fit into the fat (a background with too little fat).
     """
+    scene, metadata = phantom_scene(rng, background, spacing, direction, chest, field_of_view_mm)
+    geometry = scene.geometry
+
+    free_fat = scene.tissue == FAT
+    label_map, nodes, renders, redraws = place_nodes(rng, scene.hu, geometry, free_fat, n_nodes)
+    image, noise_sigma = scan_scene(rng, scene, renders)
+    metadata.update(
+        noise_sigma_hu=noise_sigma,
+        spacing=tuple(float(s) for s in geometry.spacing),
+        feature_redraws=redraws,
+    )
+    return PhantomCase(image.astype(np.float32), geometry, label_map, nodes, metadata)
+
+
+def phantom_scene(rng, background=None, spacing=None, direction=None, chest: bool | None = None,
+                  field_of_view_mm=None) -> tuple[TissueScene, dict]:
+    """The case's body without nodes, and what it is (arguments as `generate_phantom_case`)."""
     if background is None:
         if field_of_view_mm is None:
             field_of_view_mm = DEFAULT_FIELD_OF_VIEW_MM
@@ -81,25 +98,18 @@ def generate_phantom_case(
         chest = bool(rng.random() < 0.5) if chest is None else bool(chest)
         contrast = bool(rng.random() < 0.5)
         scene = _synthetic_scene(rng, geometry, chest, contrast)
-        metadata = {"background": "synthetic", "chest": chest, "contrast": contrast}
-    else:
-        scene, source = _real_scene(background, field_of_view_mm, spacing, direction)
-        metadata = {"background": source}
-    geometry = scene.geometry
+        return scene, {"background": "synthetic", "chest": chest, "contrast": contrast}
+    scene, source = _real_scene(background, field_of_view_mm, spacing, direction)
+    return scene, {"background": source}
 
-    free_fat = scene.tissue == FAT
-    label_map, nodes, renders, redraws = _place_nodes(rng, scene.hu, geometry, free_fat, n_nodes)
+
+def scan_scene(rng, scene: TissueScene, renders) -> tuple[np.ndarray, float]:
+    """(the CT the scanner gives of the scene with its drawn nodes, the noise SD in HU)."""
     noise_sigma = float(rng.uniform(*NOISE_SIGMA_HU))
     noise = rng.standard_normal(scene.hu.shape, dtype=np.float32)
     if scene.original is not None:  # the real CT keeps its own noise; the nodes get the case's
-        noise = blur_mm(_node_coverage(renders, scene.hu.shape), geometry, BLUR_SIGMA_MM) * noise
-    image = scanned_image(scene, BLUR_SIGMA_MM, noise_sigma * noise)
-    metadata.update(
-        noise_sigma_hu=noise_sigma,
-        spacing=tuple(float(s) for s in geometry.spacing),
-        feature_redraws=redraws,
-    )
-    return PhantomCase(image.astype(np.float32), geometry, label_map, nodes, metadata)
+        noise = blur_mm(_node_coverage(renders, scene.hu.shape), scene.geometry, BLUR_SIGMA_MM) * noise
+    return scanned_image(scene, BLUR_SIGMA_MM, noise_sigma * noise), noise_sigma
 
 
 # --- grid ------------------------------------------------------------------------------------
@@ -213,14 +223,17 @@ def _node_coverage(renders, shape) -> np.ndarray:
 
 
 # --- nodes -----------------------------------------------------------------------------------
-def _place_nodes(rng, hu, geometry, free_fat, n_nodes):
-    """Place and draw `n_nodes` nodes into `hu` (in place), largest first.
+def place_nodes(rng, hu, geometry, free_fat, n_nodes, features=None):
+    """Place and draw `n_nodes` nodes into `hu` (in place), largest first; `features`: the nodes'
+    features (placed in the order given), drawn from the spec's distributions when None. Returns
+    (label map, truth per node and its render, both in mask-value order, feature redraws).
 
     `free_fat` (modified) marks fat not yet taken by a node; a node and the 2 mm around it must
     lie in it. When a node fits nowhere after many positions and orientations its features are
     redrawn (counted in the returned `redraws`); this only happens to very large nodes.
     """
-    features = features_largest_first(rng, n_nodes)
+    if features is None:
+        features = features_largest_first(rng, n_nodes)
     mask_values = rng.permutation(n_nodes) + 1  # so ids say nothing about size
     label_map = np.zeros(geometry.shape_kji, dtype=np.int16)
     clear_border(free_fat)  # nodes keep a voxel off the grid's faces, so none is cut off
@@ -254,8 +267,8 @@ def _place_nodes(rng, hu, geometry, free_fat, n_nodes):
         PhantomNode.drawn(value, centre, seed, f, label, appearance)
         for (value, centre, seed, f, appearance), label in zip(nodes, labels)
     ]
-    truth.sort(key=lambda node: node.mask_value)
-    return label_map, truth, renders, redraws
+    order = sorted(range(len(truth)), key=lambda n: truth[n].mask_value)
+    return label_map, [truth[n] for n in order], [renders[n] for n in order], redraws
 
 
 def _try_place(rng, geometry, free_fat, room: RoomMap, features: NodeFeatures):
@@ -271,7 +284,7 @@ def _try_place(rng, geometry, free_fat, room: RoomMap, features: NodeFeatures):
         if not free_fat[tuple(voxel_kji)]:
             continue
         centre = _jittered_centre(rng, geometry, voxel_kji, appearance)
-        if _fits(geometry, free_fat, centre, appearance):
+        if fits_in_fat(geometry, free_fat, centre, appearance):
             return centre, appearance
     return None
 
@@ -288,7 +301,7 @@ def _jittered_centre(rng, geometry, voxel_kji, appearance) -> np.ndarray:
     return geometry.ijk_to_ras_points(np.asarray(voxel_kji[::-1], dtype=float) + offset_ijk)[0]
 
 
-def _fits(geometry, free_fat, centre_ras, appearance) -> bool:
+def fits_in_fat(geometry, free_fat, centre_ras, appearance) -> bool:
     """Whether the node and every voxel within 2 mm of it lie in free fat (inside the grid)."""
     core_semi_axes = appearance.semi_axes_mm * (1.0 - appearance.margin_amplitude)  # surely inside
     if not probes_inside(geometry, free_fat, centre_ras, appearance, core_semi_axes):

@@ -92,6 +92,7 @@ class JobOptions(_Request):
 
     model_config = ConfigDict(extra="allow")
     uncertainty: bool | None = None
+    deformable: bool | None = Field(None, description="follow_up: allow the B-spline stage (default true)")
 
 
 _EXAMPLE_CT = "9f2c" * 16  # a volume_id: protocol.volume_id of the CT sent before
@@ -107,8 +108,11 @@ class JobIn(_Request):
     volume_id: Annotated[str, Field(min_length=1, max_length=200)]
     kind: Literal[KINDS]  # type: ignore[valid-type]
     model: str | None = Field(None, description="a model name of GET /v1/health; null: the default")
-    seeds: list[SeedIn] = Field([], description="predict; refine: optional")
-    masks: list[NodeMaskIn] = Field([], description="classify: the masks, used as they are")
+    seeds: list[SeedIn] = Field([], description="predict; refine, follow_up: optional (follow_up: nodes new there)")
+    masks: list[NodeMaskIn] = Field([], description="classify: the masks, used as they are; "
+                                                    "follow_up: the baseline nodes, on the baseline CT")
+    baseline_volume_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="follow_up: the baseline CT (uploaded like any CT); volume_id is the follow-up CT")
     prompts: PromptsDocument | None = Field(None, description="refine: per node its seed, line, box, clicks")
     options: JobOptions = JobOptions()
 
@@ -189,6 +193,15 @@ def _result_field(f: dataclasses.Field):
 NodeResultOut = create_model("NodeResultOut", **{f.name: _result_field(f) for f in dataclasses.fields(NodeResult)})
 
 
+class FollowUpOut(BaseModel):
+    """What a finished follow_up job adds to its results (the follow-up nodes)."""
+
+    nodes: list[dict[str, Any]] = Field(description="per node the row of the follow-up nodes.csv")
+    response: dict[str, Any] = Field(description="as response.json: the suggested RECIST 1.1 nodal response")
+    registration: dict[str, Any] = Field(description="the registration's stages and metrics")
+    baseline: list[NodeResultOut] = Field(description="the baseline nodes as measured")  # type: ignore[valid-type]
+
+
 class JobOut(BaseModel):
     job_id: str
     state: JobState
@@ -199,6 +212,7 @@ class JobOut(BaseModel):
     queue_position: int | None = Field(description="0 = next; null unless queued")
     error: str | None
     results: list[NodeResultOut] | None  # type: ignore[valid-type]
+    follow_up: FollowUpOut | None = Field(None, description="follow_up jobs: both time points and the response")
     ignored_options: list[str]
     submitted_at: float
     started_at: float | None

@@ -29,6 +29,7 @@ from .job_steps import (
     VolumePayload,
     cancel_request,
     classify_job,
+    follow_up_job,
     health_request,
     job_state_request,
     predict_job,
@@ -210,6 +211,13 @@ class InferenceClient:
     def submit_classify(self, volume_id: str, masks: list[NodeResult], model: str | None = None,
                         options=None) -> str:
         return self._submit(dict(classify_job(masks, model, options), volume_id=volume_id))
+
+    def submit_follow_up(self, volume_id: str, baseline_volume_id: str, masks: list[NodeResult], seeds=(),
+                         model: str | None = None, options=None) -> str:
+        """The baseline nodes (masks on the CT baseline_volume_id) carried into the CT volume_id; the
+        finished job's "follow_up" holds both time points per node and the suggested response."""
+        return self._submit(dict(follow_up_job(baseline_volume_id, masks, seeds, model, options),
+                                 volume_id=volume_id))
 
     def _submit(self, body: dict) -> str:
         return self._answer(self.send(submit_request(body)))[1]["job_id"]

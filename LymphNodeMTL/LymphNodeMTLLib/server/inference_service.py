@@ -31,9 +31,10 @@ from . import protocol
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
-KINDS = ("predict", "classify", "refine")
+KINDS = ("predict", "classify", "refine", "follow_up")
 # job options passed on to the engine when its method takes them (others are reported as ignored)
 ENGINE_OPTIONS = ("uncertainty",)
+FOLLOW_UP_OPTIONS = ("deformable",)  # read by the follow_up job itself
 KEEP_FINISHED_JOBS = 256  # finished jobs kept for their results; older ones are forgotten
 
 log = logging.getLogger("lymphnode_mtl.server")
@@ -123,6 +124,8 @@ class Job:
     masks: list[NodeResult] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     prompts: dict = field(default_factory=dict)
+    baseline: Case | None = None  # follow_up: the baseline CT its masks (the baseline nodes) lie on
+    summary: dict | None = None  # follow_up: both time points per node, the response, the registration
     state: str = QUEUED
     stage: str = QUEUED
     done: int = 0
@@ -148,6 +151,7 @@ class Job:
             "queue_position": self.queue_position,
             "error": self.error,
             "results": self.results,
+            "follow_up": self.summary,
             "ignored_options": list(self.ignored_options),
             "submitted_at": self.submitted_at,
             "started_at": self.started_at,
@@ -260,9 +264,12 @@ class InferenceService:
 
     # --- jobs ---------------------------------------------------------------------------------
     def submit(self, kind: str, volume_id: str, model: str | None = None, seeds=(), masks=(),
-               options: dict | None = None, prompts: dict | None = None) -> Job:
+               options: dict | None = None, prompts: dict | None = None,
+               baseline_volume_id: str | None = None) -> Job:
         """Queue a job; InputError for input the engine would refuse, NotFound for unknown names.
-        A refine job segments `seeds` (core.case.Seed) with `prompts` (node id -> NodePrompts)."""
+        A refine job segments `seeds` (core.case.Seed) with `prompts` (node id -> NodePrompts). A
+        follow_up job carries the baseline nodes `masks`, on the CT `baseline_volume_id`, into the
+        CT `volume_id`, and segments `seeds` there as new nodes."""
         if kind not in KINDS:
             raise InputError(f"kind must be one of {', '.join(KINDS)}")
         name, engine = self.engine(model)
@@ -272,8 +279,11 @@ class InferenceService:
         job = Job(uuid.uuid4().hex, kind, volume_id, name, case, list(masks), options, dict(prompts or {}))
         method = engine.classify_masks if kind == "classify" else engine.predict
         accepted = inspect.signature(method).parameters
-        job.ignored_options = sorted(k for k in options if k not in ENGINE_OPTIONS or k not in accepted)
-        if kind != "classify":
+        job.ignored_options = sorted(k for k in options if (k not in ENGINE_OPTIONS or k not in accepted)
+                                     and not (kind == "follow_up" and k in FOLLOW_UP_OPTIONS))
+        if kind == "follow_up":
+            self._check_follow_up(job, baseline_volume_id)
+        elif kind != "classify":
             # the server's one seed check: refused now, not in the queue; the engine trusts it
             case.validate_seeds()
             job.total = len(case.seeds)
@@ -291,6 +301,21 @@ class InferenceService:
             self._forget_old_jobs()
             self._cond.notify_all()
         return job
+
+    def _check_follow_up(self, job: Job, baseline_volume_id: str | None) -> None:
+        from ..inference.follow_up_study import check_new_seeds
+
+        if not baseline_volume_id:
+            raise InputError("a follow_up job needs baseline_volume_id, the baseline CT its masks lie on")
+        if not job.masks:
+            raise InputError("a follow_up job needs the baseline nodes as masks")
+        baseline = self.volumes.get(baseline_volume_id)
+        _check_masks(job.masks, baseline.geometry.shape_kji)
+        check_new_seeds(job.masks, job.case.seeds)
+        if job.case.seeds:
+            job.case.validate_seeds()
+        job.baseline = Case(baseline.image, baseline.geometry)
+        job.total = len(job.masks) + len(job.case.seeds)
 
     def warm_up(self) -> None:
         """Queue one small predict per engine on a synthetic CT, so the first real job does not pay
@@ -397,7 +422,9 @@ class InferenceService:
                 kwargs["progress"] = progress
             if job.cancel_requested.is_set():
                 raise JobCancelled
-            if job.kind != "classify":
+            if job.kind == "follow_up":
+                results, job.summary = _follow_up(engine, job)
+            elif job.kind != "classify":
                 results = method(case, **kwargs)
             else:
                 results = method(case, job.masks, **kwargs)
@@ -430,6 +457,20 @@ class InferenceService:
         finished = [j for j in self._jobs.values() if j.state in FINISHED and j.finished.is_set()]
         for job in finished[: max(0, len(finished) - KEEP_FINISHED_JOBS)]:
             del self._jobs[job.job_id]
+
+
+def _follow_up(engine, job: Job) -> tuple[list[NodeResult], dict]:
+    """A follow_up job's run: the baseline masks re-classified and measured on the baseline CT (as
+    the baseline results read from a folder are), then the follow-up study of commands/follow_up.py."""
+    from ..inference.follow_up_study import run_follow_up
+    from ..outputs.follow_up_table import change_row
+
+    baseline_nodes = engine.classify_masks(job.baseline, job.masks)
+    study = run_follow_up(engine, job.baseline, baseline_nodes, job.case, job.case.seeds,
+                          bool(job.options.get("deformable", True)))
+    summary = {"nodes": [change_row(c) for c in study.changes], "response": study.response.as_dict(),
+               "registration": study.registration.record(), "baseline": [protocol.result_to_json(n) for n in baseline_nodes]}
+    return study.follow_up_results(), protocol.json_safe(summary)
 
 
 def _check_masks(masks: list[NodeResult], shape_kji) -> None:

@@ -123,6 +123,16 @@ def classify_job(masks: list[NodeResult], model: str | None = None, options=None
     return _job("classify", model, options, masks=[protocol.mask_to_json(m) for m in masks])
 
 
+def follow_up_job(baseline_volume_id: str, masks: list[NodeResult], seeds=(), model: str | None = None,
+                  options=None) -> dict:
+    """The POST /v1/jobs body (without volume_id, the follow-up CT's) that carries the baseline nodes
+    (their masks on the CT `baseline_volume_id`) into the follow-up CT; `seeds`: nodes new there."""
+    body = predict_job(seeds, model, options)
+    body.update(kind="follow_up", baseline_volume_id=baseline_volume_id,
+                masks=[protocol.mask_to_json(m) for m in masks])
+    return body
+
+
 def refine_job(prompts, model: str | None = None, options=None) -> dict:
     """The POST /v1/jobs body that segments nodes from their prompts (core.node_prompts.NodePrompts:
     seed, line, box, clicks in order), in the prompts file's JSON form."""

@@ -189,14 +189,14 @@ def mask_from_json(obj: dict) -> NodeResult:
     return NodeResult(node_id, seed, start, stop, mask)
 
 
-def _json_safe(value):
+def json_safe(value):
     """JSON-ready copy: numpy values to Python, non-finite floats to null."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -218,7 +218,7 @@ def result_to_json(result: NodeResult) -> dict:
         elif f.name == "model":
             out[f.name] = None if value is None else dataclasses.asdict(value)
         else:
-            out[f.name] = _json_safe(value)
+            out[f.name] = json_safe(value)
     return out
 
 

@@ -162,7 +162,10 @@ async def submit_job(body: JobIn, service: Service):
     def submit():
         service.engine(body.model)  # unknown names (404) before what is wrong with the rest (422)
         service.volumes.get(body.volume_id)
-        masks = [protocol.mask_from_json(m.model_dump()) for m in body.masks] if body.kind == "classify" else []
+        if body.baseline_volume_id:
+            service.volumes.get(body.baseline_volume_id)
+        masks = ([protocol.mask_from_json(m.model_dump()) for m in body.masks]
+                 if body.kind in ("classify", "follow_up") else [])
         seeds = [Seed(s.id, tuple(s.ras)) for s in body.seeds] if body.kind != "classify" else []
         prompts = {}
         if body.kind == "refine":
@@ -170,7 +173,8 @@ async def submit_job(body: JobIn, service: Service):
             seeds, prompts = merge_seeds_and_prompts(seeds, prompts_from_document(document,
                                                                                   "the refine job's prompts"))
         options = body.options.model_dump(exclude_unset=True)
-        return service.submit(body.kind, body.volume_id, body.model, seeds, masks, options, prompts)
+        return service.submit(body.kind, body.volume_id, body.model, seeds, masks, options, prompts,
+                              body.baseline_volume_id)
 
     job = await run_in_threadpool(submit)
     return JobAccepted(job_id=job.job_id, state=job.state, ignored_options=job.ignored_options)
