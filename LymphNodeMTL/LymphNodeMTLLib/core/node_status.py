@@ -12,7 +12,7 @@ OK = "ok"
 TOUCHES_FIELD_OF_VIEW = "touches_field_of_view"  # the mask is still cut at the widest view (or the CT's edge)
 EMPTY_MASK = "empty_mask"
 SEED_NOT_IN_SOFT_TISSUE = "seed_not_in_soft_tissue"
-LOW_AGREEMENT = "low_agreement"  # test-time augmentation passes disagree: review first
+LOW_AGREEMENT = "low_agreement"  # the mask is unstable under a threshold change: review first
 
 ALL = (OK, TOUCHES_FIELD_OF_VIEW, EMPTY_MASK, SEED_NOT_IN_SOFT_TISSUE, LOW_AGREEMENT)
 HAS_USABLE_MASK = (OK, LOW_AGREEMENT)

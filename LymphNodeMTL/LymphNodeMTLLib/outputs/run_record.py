@@ -26,17 +26,20 @@ def package_versions() -> dict:
     return versions
 
 
-def write_run_record(folder, engine, inputs: dict, n_nodes: int, case_metadata: dict, outputs) -> dict:
+def write_run_record(folder, engine, inputs: dict, n_nodes: int, case_metadata: dict, outputs,
+                     extra: dict | None = None) -> dict:
     """Write run.json into `folder` (a run's staging folder) and return the record.
 
     Args:
         engine: the NodeEngine that ran (model, device, batch size, timings, fallbacks).
         inputs: what the run read, e.g. {"volume": path, "seeds": path}.
         n_nodes: how many nodes it answered.
-        case_metadata: the case's identifiers (DICOM PatientID, ...).
+        case_metadata: the case: its CT's grid and identifiers (DICOM PatientID, ...).
         outputs: the file names the run wrote; a later --overwrite run replaces exactly these.
+        extra: further entries (e.g. what a DICOM SEG references).
     """
     record = _run_record(engine, inputs, n_nodes, case_metadata)
+    record.update(extra or {})
     record["outputs"] = list(outputs)
     (Path(folder) / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
