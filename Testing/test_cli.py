@@ -349,3 +349,24 @@ def test_predict_to_folder_is_the_packages_light_entry_point():
                          env={"PYTHONPATH": os.pathsep.join(sys.path)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_demo_truth_lines_say_outcome_and_prediction_in_words():
+    """A drawn outcome that differs from its true P (benign at P 0.73) is said as a random draw,
+    beside the predicted label in the same words, so the lines do not read as a contradiction."""
+    from types import SimpleNamespace
+
+    from LymphNodeMTLLib.commands.demo import truth_lines
+    from LymphNodeMTLLib.core.node_result import NodeResult
+
+    def result(node_id, probability, label, status="ok"):
+        return NodeResult(node_id, (0.0, 0.0, 0.0), (0, 0, 0), (1, 1, 1), np.ones((1, 1, 1), bool),
+                          probability=probability, predicted_label=label, status=status)
+
+    phantom = [SimpleNamespace(node_id="N1", probability=0.73, label=0),
+               SimpleNamespace(node_id="N2", probability=0.10, label=1)]
+    lines = truth_lines([result("N1", 0.65, 1), result("N2", float("nan"), -1, "empty_mask")], phantom)
+    assert "drawn at random" in " ".join(lines[:2])
+    n1 = lines[-2].split()
+    assert n1 == ["N1", "0.65", "metastatic", "0.73", "benign"]
+    assert lines[-1].split() == ["N2", "—", "(empty_mask)", "0.10", "metastatic"]

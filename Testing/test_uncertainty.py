@@ -62,8 +62,8 @@ def test_a_blob_against_a_same_density_slab_is_less_stable(sphere, blob_on_slab)
     assert np.isfinite(blob_on_slab.probability)  # a usable mask, with a probability
 
 
-@pytest.mark.xfail(strict=False, reason="model v6's mask of this blob is stable at 0.96 (the sphere's 0.98); the "
-                   "four augmented passes it replaced agreed at 0.84, also above their 0.80 threshold")
+@pytest.mark.xfail(strict=False, reason="model v6's mask of this blob is stable at 0.92 (the sphere's 0.95), above "
+                   "0.87; the four augmented passes it replaced agreed at 0.84, also above their 0.80")
 def test_a_blob_against_a_same_density_slab_is_flagged_for_review(blob_on_slab):
     assert blob_on_slab.status == node_status.LOW_AGREEMENT
 
@@ -99,9 +99,9 @@ def _ball(n=32, radius=6.0):
 
 def test_a_sharp_edge_is_stable_and_a_fading_one_is_not():
     distance, radius = _ball()
-    sharp = np.clip(0.5 - 2.0 * (distance - radius), 0.0, 1.0)  # 0 to 1 within half a voxel
-    fading = np.clip(0.5 - 0.08 * (distance - radius), 0.0, 1.0)  # over 12 voxels
-    assert threshold_stability(sharp, 1.0) > 0.95
+    sharp = np.where(distance <= radius, 0.98, 0.02)  # from near 1 to near 0 at the edge
+    fading = np.clip(0.5 - 0.25 * (distance - radius), 0.0, 1.0)  # from 0.9 to 0.1 over 3.2 voxels
+    assert threshold_stability(sharp, 1.0) == 1.0
     assert threshold_stability(fading, 1.0) < LOW_STABILITY
 
 

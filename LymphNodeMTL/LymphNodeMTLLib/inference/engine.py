@@ -537,8 +537,8 @@ def _mask_reach_mm(result: NodeResult, geometry: VolumeGeometry, centre_ras) -> 
 
 
 class _ProgressTracker:
-    """Progress in nodes, over all passes: the first view, wider views and augmentation passes
-    are counted as patches and reported as the share of `nodes` done, never going back."""
+    """Progress in nodes, over all passes: the first view, wider views and prompt steps are
+    counted as patches and reported as the share of `nodes` done, never going back."""
 
     def __init__(self, progress: Progress | None, nodes: int, planned_patches: int):
         self.progress, self.nodes = progress, nodes

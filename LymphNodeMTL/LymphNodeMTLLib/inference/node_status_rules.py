@@ -3,7 +3,7 @@
 In order of precedence: a seed not on soft tissue, an empty mask (also a mask the network drew in
 fat only, holds_only_fat, and a fragment too small to be a node, is_fragment: the engine empties
 both), a mask cut by the field of view
-or by the CT's own edge, disagreeing test-time augmentation passes, else ok. A node whose status
+or by the CT's own edge, a mask unstable under a threshold change (mask_confidence.py), else ok. A node whose status
 leaves no usable mask gets no probability and no label, so no output can show a confident-looking
 number for it; the network's own figure stays in `network_probability` for evaluation.
 """

@@ -22,10 +22,18 @@ TIMING_STAGES = (
 LABEL_WORDS = {0: "benign", 1: "metastatic"}
 
 
+def _interval(r) -> str | None:
+    if math.isfinite(r.probability_low) and math.isfinite(r.probability_high):
+        return f"{r.probability_low:.2f}-{r.probability_high:.2f}"
+    return None
+
+
 def table_lines(results) -> list[str]:
     """One line per node, highest probability first; a node without a probability (its status
-    says why) last, with dashes, never a number."""
-    lines = [f"{'node':>8} {'probability':>11} {'interval':>11} {'label':>10} {'short mm':>9} {'long mm':>8} "
+    says why) last, with dashes, never a number. The interval column appears when a node has one."""
+    with_interval = any(node_status.has_usable_mask(r.status) and _interval(r) for r in results)
+    interval_head = f" {'interval':>11}" if with_interval else ""
+    lines = [f"{'node':>8} {'probability':>11}{interval_head} {'label':>10} {'short mm':>9} {'long mm':>8} "
              f"{'volume mm3':>11}  status"]
 
     def order(r):
@@ -34,10 +42,9 @@ def table_lines(results) -> list[str]:
     for r in sorted(results, key=order):
         usable = node_status.has_usable_mask(r.status) and not math.isnan(r.probability)
         probability = f"{r.probability:.3f}" if usable else "—"
-        interval = (f"{r.probability_low:.2f}-{r.probability_high:.2f}"
-                    if usable and math.isfinite(r.probability_low) and math.isfinite(r.probability_high) else "—")
+        interval = f" {(_interval(r) if usable else None) or '—':>11}" if with_interval else ""
         label = LABEL_WORDS.get(int(r.predicted_label), "—") if usable else "—"
-        lines.append(f"{r.node_id:>8} {probability:>11} {interval:>11} {label:>10} {r.short_axis_mm:>9.1f} "
+        lines.append(f"{r.node_id:>8} {probability:>11}{interval} {label:>10} {r.short_axis_mm:>9.1f} "
                      f"{r.long_axis_mm:>8.1f} {r.volume_mm3:>11.0f}  {r.status}")
     return lines
 
