@@ -30,7 +30,7 @@ TABLE_COLUMNS = (
     ("probability_high", "optional", "", "Upper end of the probability's interval where the engine gives one"),
     ("label", "string", "", "Predicted class at the model's threshold"),
     ("mask_agreement", "optional", "", "Stability of the mask under a threshold change (Dice of the masks at "
-                                       "probability 0.1 and 0.9); below 0.87: low_agreement"),
+                                       "probability 0.1 and 0.9); below 0.861: low_agreement"),
     ("volume_mm3", "double", "mm3", "Volume of the node mask"),
     ("short_axis_mm", "double", "mm", "RECIST short axis, in the axial plane"),
     ("long_axis_mm", "double", "mm", "RECIST long axis, in the axial plane"),

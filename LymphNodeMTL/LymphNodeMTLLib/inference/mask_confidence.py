@@ -21,7 +21,7 @@ import numpy as np
 from .seed_component import keep_seed_component
 
 STABILITY_THRESHOLDS = (0.1, 0.9)
-LOW_STABILITY = 0.87
+LOW_STABILITY = 0.861
 
 
 def seed_component_above(probability: np.ndarray, threshold: float, spacing_mm: float) -> np.ndarray:
