@@ -45,7 +45,7 @@ from LymphNodeMTLLib.core.case import Case, Seed  # noqa: E402
 from LymphNodeMTLLib.core.node_status import OK  # noqa: E402
 from LymphNodeMTLLib.inference.engine import NodeEngine  # noqa: E402
 from LymphNodeMTLLib.inference.node_status_rules import min_mask_volume_mm3  # noqa: E402
-from LymphNodeMTLLib.inference.seed_component import keep_seed_component  # noqa: E402
+from LymphNodeMTLLib.inference.mask_confidence import dice, seed_component_above, threshold_stability  # noqa: E402
 from LymphNodeMTLLib.io.training_manifest import read_manifest  # noqa: E402
 from LymphNodeMTLLib.io.volume_reader import read_volume  # noqa: E402
 
@@ -57,19 +57,8 @@ ALL_AXES = (0, 1, 2)
 BAD_DICE, GOOD_DICE = 0.5, 0.8
 
 
-def seed_mask(probability: np.ndarray, threshold: float, spacing_mm: float) -> np.ndarray:
-    n = probability.shape[-1]
-    return keep_seed_component(probability > threshold, np.full(3, (n - 1) / 2.0), (spacing_mm,) * 3)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
-
-
 def one_pass_signals(probability: np.ndarray, mask: np.ndarray, spacing_mm: float) -> dict:
-    out = {f"stab_{lo:g}_{hi:g}": dice(seed_mask(probability, lo, spacing_mm), seed_mask(probability, hi, spacing_mm))
-           for lo, hi in STABILITY_PAIRS}
+    out = {f"stab_{lo:g}_{hi:g}": threshold_stability(probability, spacing_mm, (lo, hi)) for lo, hi in STABILITY_PAIRS}
     band = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
     out["margin"] = float(np.abs(2.0 * probability[band] - 1.0).mean()) if band.any() else float("nan")
     near = ndimage.binary_dilation(mask, iterations=2)
@@ -90,7 +79,7 @@ def node_signals(engine: NodeEngine, case: Case, results, nodes) -> list[dict]:
     for spacing in sorted(set(spacing_of.values())):
         group = [k for k in usable if spacing_of[k] == spacing]
         plain, plain_logits, _ = engine._run_network(case, centres[group], spacing, None)
-        masks = {k: seed_mask(plain[row].numpy(), threshold, spacing) for row, k in enumerate(group)}
+        masks = {k: seed_component_above(plain[row].numpy(), threshold, spacing) for row, k in enumerate(group)}
         offsets = {k: tta.pass_offsets(masks[k], spacing) for k in group}
         jobs = [(k, p) for k in group for p in range(len(tta.PASSES))] + [(k, None) for k in group]
         pass_centres = np.array([centres[k] + (offsets[k][p][::-1] * spacing if p is not None else 0.0)
@@ -106,7 +95,7 @@ def node_signals(engine: NodeEngine, case: Case, results, nodes) -> list[dict]:
             signal = {"agree4": tta.mean_pairwise_dice([masks[k]] + pass_masks, [zero] + offsets[k])}
             for p, m in enumerate(pass_masks):
                 signal[f"agree_p{p + 1}"] = tta.mean_pairwise_dice([masks[k], m], [zero, offsets[k][p]])
-            signal["agree_flip"] = dice(masks[k], seed_mask(probs[flip_row].numpy(), threshold, spacing))
+            signal["agree_flip"] = dice(masks[k], seed_component_above(probs[flip_row].numpy(), threshold, spacing))
             signal.update(one_pass_signals(plain[row].numpy(), masks[k], spacing))
             signal["patch_voxels"] = int(masks[k].sum())
             rows[k] = signal
