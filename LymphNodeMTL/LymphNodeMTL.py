@@ -71,8 +71,8 @@ class LymphNodeMTL(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Segments lymph nodes from one seed per node and estimates each node's probability of metastasis.
 Place seeds (one click per node), choose the CT, press Apply: you get one segment per node
-("LN &lt;id&gt;", coloured green to red by probability) and a table of status, probability (with
-its interval), mask agreement, short and long axis, volume and mean HU, nodes to review first on
+("LN &lt;id&gt;", coloured green to red by probability) and a table of status, probability, mask
+agreement (how stable the mask is), short and long axis, volume and mean HU, nodes to review first on
 top. Edit a segment and press Re-classify to update its probability from your mask; add seeds and
 press Apply again to process only the new nodes. Under Refine, pick a node (row or segment) and add
 positive (O) or negative points (T toggles) or a long axis (L; with no node it draws one): segment

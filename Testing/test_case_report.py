@@ -156,3 +156,18 @@ def test_predict_report_flag(tmp_path, capsys):
                  "--device", "cpu", "--overwrite"])
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["nodes.csv", "nodes.seg.nrrd", "run.json"]
+
+
+def test_every_text_line_of_a_row_stays_inside_it():
+    """The last line of a node's text (mask agreement, field of view) ends above the row's bottom
+    edge: neither cut off nor touching the next node's name."""
+    from LymphNodeMTLLib.outputs.case_report import _render_row
+
+    geometry = next(iter(ENCODINGS.values()))
+    case, results = node_case(geometry)
+    result = results[0]
+    result.mask_agreement, result.field_of_view_mm = 0.93, 48.0
+    row = _render_row(case, result)
+    text_column = row[:, int(3 * ROW_HEIGHT_IN * DPI) + 4:]
+    inked = np.flatnonzero((text_column < 200).any(axis=(1, 2)))
+    assert row.shape[0] - 1 - inked.max() >= 4  # a margin of white pixel rows at the bottom

@@ -4,12 +4,13 @@ and nothing written."""
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from geometry_cases import SPHERE_CENTRE_RAS, other_lattice_encodings, sphere_volume
-from LymphNodeMTLLib.commands.cli import main
+from LymphNodeMTLLib.commands.cli import COMMANDS, main
 from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.io.seed_reader import write_markups_json
 from LymphNodeMTLLib.io.volume_reader import read_volume, write_volume
@@ -54,6 +55,18 @@ def expect_refusal(args, capsys, out_dir, fragment):
     assert not any((out_dir / name).exists() for name in ("nodes.seg.nrrd", "nodes.csv", "run.json"))
 
 
+def ct_geometry_of(path):
+    return read_volume(path)[1]
+
+
+def test_top_level_help_lists_each_command_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for name in COMMANDS:
+        assert len(re.findall(rf"^\s+{name}\s", text, flags=re.MULTILINE)) == 1, name
+
+
 def test_help_speaks_plainly(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
@@ -82,7 +95,7 @@ def test_predict_writes_all_outputs(ct_and_seeds, tmp_path, capsys):
     for r in rows[:1]:
         assert 0.0 <= float(r["probability"]) <= 1.0
         assert r["predicted_label"] in ("0", "1")
-        assert float(r["probability_low"]) <= float(r["probability"]) <= float(r["probability_high"])
+        assert r["probability_low"] == r["probability_high"] == ""  # no interval: it took four more passes
         assert 0.9 <= float(r["mask_agreement"]) <= 1.0 and float(r["field_of_view_mm"]) == 48.0
     assert rows[1]["probability"] == rows[1]["predicted_label"] == rows[1]["probability_low"] == ""
 
@@ -92,6 +105,16 @@ def test_predict_writes_all_outputs(ct_and_seeds, tmp_path, capsys):
     assert {"torch", "monai", "SimpleITK", "numpy"} <= set(record["packages"])
     assert {"sample_patches", "forward", "paste_back", "measurements", "write_outputs"} <= set(record["timings_s"])
     assert record["fields_of_view_mm"]["4R"] == 48.0 and record["uncertainty"] is True
+    assert record["case"]["source"] == "image file" and record["case"]["seeds"] == 2
+    assert record["case"]["size_ijk"] == list(ct_geometry_of(ct).shape_kji[::-1])
+
+    # the printed table has nodes.csv's status and label; a timing line ends the summary
+    table = {line.split()[0]: line for line in stdout.splitlines()[1:3]}
+    assert table["4R"].endswith(" ok") and (" benign " in table["4R"] or " metastatic " in table["4R"])
+    assert table["7"].endswith(rows[1]["status"]) and "—" in table["7"]
+    assert re.fullmatch(r"time: read [\d.]+ s, first view [\d.]+ s(, zoom [\d.]+ s)?, uncertainty [\d.]+ s, "
+                        r"write [\d.]+ s",
+                        stdout.splitlines()[-1])
 
     labelmap, geometry, segments = read_segmentation(out / "nodes.seg.nrrd")
     _, ct_geometry, _ = read_volume(ct)
@@ -326,3 +349,24 @@ def test_predict_to_folder_is_the_packages_light_entry_point():
                          env={"PYTHONPATH": os.pathsep.join(sys.path)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_demo_truth_lines_say_outcome_and_prediction_in_words():
+    """A drawn outcome that differs from its true P (benign at P 0.73) is said as a random draw,
+    beside the predicted label in the same words, so the lines do not read as a contradiction."""
+    from types import SimpleNamespace
+
+    from LymphNodeMTLLib.commands.demo import truth_lines
+    from LymphNodeMTLLib.core.node_result import NodeResult
+
+    def result(node_id, probability, label, status="ok"):
+        return NodeResult(node_id, (0.0, 0.0, 0.0), (0, 0, 0), (1, 1, 1), np.ones((1, 1, 1), bool),
+                          probability=probability, predicted_label=label, status=status)
+
+    phantom = [SimpleNamespace(node_id="N1", probability=0.73, label=0),
+               SimpleNamespace(node_id="N2", probability=0.10, label=1)]
+    lines = truth_lines([result("N1", 0.65, 1), result("N2", float("nan"), -1, "empty_mask")], phantom)
+    assert "drawn at random" in " ".join(lines[:2])
+    n1 = lines[-2].split()
+    assert n1 == ["N1", "0.65", "metastatic", "0.73", "benign"]
+    assert lines[-1].split() == ["N2", "—", "(empty_mask)", "0.10", "metastatic"]

@@ -3,6 +3,7 @@ and placed on the CT grid by their frame positions, equal the .seg.nrrd masks, f
 series and for phantoms on oblique and flipped sagittal grids; dciodvfy finds no errors; labels,
 descriptions, codes and algorithm identification are right."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -51,7 +52,11 @@ def predict_with_dicom_seg(volume, seeds, out, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "nodes.dcm" in captured.out
-    return out / "nodes.dcm"
+    # what the SEG references is said on stderr where it is no DICOM series, and in run.json always
+    synthetic = "synthetic CT series" in captured.err
+    references = json.loads((out / "run.json").read_text())["dicom_seg_references"]
+    assert references.startswith("synthetic CT series" if synthetic else "the source DICOM series")
+    return out / "nodes.dcm", synthetic
 
 
 def assert_seg_matches_seg_nrrd(out: Path, geometry, node_ids, require_voxels=True):
@@ -114,7 +119,8 @@ def test_real_dicom_series(tmp_path, capsys):
     seeds = tmp_path / "seeds.csv"
     write_seeds_csv(seeds, DICOM_SEEDS)
     out = tmp_path / "out"
-    path = predict_with_dicom_seg(DICOM_SERIES, seeds, out, capsys)
+    path, synthetic = predict_with_dicom_seg(DICOM_SERIES, seeds, out, capsys)
+    assert not synthetic
     _, geometry, _ = read_volume(DICOM_SERIES)
     # real anatomy without nodes: the demo model may leave both masks empty, which is no error here
     assert_seg_matches_seg_nrrd(out, geometry, ["a", "b"], require_voxels=False)
@@ -213,7 +219,8 @@ def test_phantom_nrrd_on_a_non_axial_grid(name, tmp_path, capsys):
     seeds = tmp_path / "seeds.csv"
     write_seeds_csv(seeds, phantom.to_case().seeds)
     out = tmp_path / "out"
-    path = predict_with_dicom_seg(ct, seeds, out, capsys)
+    path, synthetic = predict_with_dicom_seg(ct, seeds, out, capsys)
+    assert synthetic  # an NRRD CT: the SEG's source series is made up, and the user is told
     _, geometry, _ = read_volume(ct)
     ids = [n.node_id for n in phantom.nodes]
     assert_seg_matches_seg_nrrd(out, geometry, ids)

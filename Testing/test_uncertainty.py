@@ -1,14 +1,16 @@
-"""Test-time augmentation: the passes agree on a clean 20 mm sphere and disagree on a 12 mm blob
-centred on the face of a same-density slab (flagged low_agreement, still with a probability); the reported mask
-and probability are the plain pass's."""
+"""Uncertainty from the one pass a node already has: the mask's stability under a threshold change
+is high on a clean 20 mm sphere and lower on a 12 mm blob centred on the face of a same-density
+slab; the reported mask and probability are those without it; a fragment is an empty mask."""
 
 import numpy as np
 import pytest
 from LymphNodeMTLLib.core import node_status
 from LymphNodeMTLLib.core.case import Case, Seed
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.inference import test_time_augmentation as tta
+from LymphNodeMTLLib.core.node_result import NodeResult
 from LymphNodeMTLLib.inference.engine import NodeEngine
+from LymphNodeMTLLib.inference.mask_confidence import LOW_STABILITY, threshold_stability
+from LymphNodeMTLLib.inference.node_status_rules import is_fragment, min_mask_volume_mm3, node_status_of
 
 SPACING = (0.8, 0.8, 1.0)
 SHAPE_KJI = (70, 90, 90)
@@ -49,49 +51,89 @@ def blob_on_slab(engines):
     return engines[0].predict(_case(True, 4, 6.0))[0]
 
 
-def test_passes_agree_on_a_clean_sphere(sphere):
+def test_a_clean_sphere_has_a_stable_mask(sphere):
     result, _ = sphere
-    assert result.mask_agreement >= 0.93  # v5 0.96, v6 0.945; the review threshold is 0.80
+    assert result.mask_agreement >= 0.9
     assert result.status == node_status.OK
-    assert result.probability_low <= result.probability <= result.probability_high
 
 
-def test_passes_agree_less_on_a_blob_against_a_same_density_slab(sphere, blob_on_slab):
-    assert blob_on_slab.mask_agreement < sphere[0].mask_agreement - 0.1
+def test_a_blob_against_a_same_density_slab_is_less_stable(sphere, blob_on_slab):
+    assert blob_on_slab.mask_agreement < sphere[0].mask_agreement
+    assert np.isfinite(blob_on_slab.probability)  # a usable mask, with a probability
 
 
-@pytest.mark.xfail(strict=False, reason="bundled model v6 agrees with itself at 0.84 on this blob (v5: 0.83, "
-                   "v4: 0.33-0.40), above the 0.80 review threshold")
+@pytest.mark.xfail(strict=False, reason="model v6's mask of this blob is stable at 0.92 (the sphere's 0.95), above "
+                   "0.861; the four augmented passes it replaced agreed at 0.84, also above their 0.80")
 def test_a_blob_against_a_same_density_slab_is_flagged_for_review(blob_on_slab):
-    assert blob_on_slab.mask_agreement < tta.LOW_AGREEMENT
     assert blob_on_slab.status == node_status.LOW_AGREEMENT
-    # still a usable mask: the probability and its interval are given
-    assert 0.0 <= blob_on_slab.probability_low <= blob_on_slab.probability <= blob_on_slab.probability_high <= 1.0
-    assert blob_on_slab.predicted_label in (0, 1)
 
 
-def test_the_reported_mask_and_probability_are_the_plain_pass(sphere):
-    augmented, plain = sphere
-    np.testing.assert_array_equal(augmented.mask, plain.mask)
-    assert augmented.bbox_start_kji == plain.bbox_start_kji
-    assert augmented.probability == pytest.approx(plain.probability, abs=1e-6)
-    assert np.isnan(plain.mask_agreement) and np.isnan(plain.probability_low)
+def test_the_reported_mask_and_probability_are_those_without_uncertainty(sphere):
+    measured, plain = sphere
+    np.testing.assert_array_equal(measured.mask, plain.mask)
+    assert measured.bbox_start_kji == plain.bbox_start_kji
+    assert measured.probability == pytest.approx(plain.probability, abs=1e-6)
+    assert np.isnan(plain.mask_agreement)
 
 
-def test_mean_pairwise_dice_compares_masks_on_their_own_offsets():
-    mask = np.zeros((12, 12, 12), bool)
-    mask[4:8, 4:8, 4:8] = True
-    moved = np.roll(mask, -2, axis=2)  # the same voxels seen from a seed moved 2 voxels along x
-    assert tta.mean_pairwise_dice([mask, moved], [np.zeros(3, int), np.array([0, 0, 2])]) == 1.0
-    assert tta.mean_pairwise_dice([mask, moved], [np.zeros(3, int), np.zeros(3, int)]) == pytest.approx(0.5)
-    assert tta.mean_pairwise_dice([mask, np.zeros_like(mask)], [np.zeros(3, int)] * 2) == 0.0
+def test_uncertainty_costs_no_network_pass(engines):
+    """The flag is read from the pass the node already had: the same number of forward calls."""
+    calls = []
+    for engine in engines:
+        original = engine.network.forward
+        engine.network.forward = lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k)
+        try:
+            calls.clear()
+            engine.predict(_case(False, 5, 8.0))
+            counted = len(calls)
+        finally:
+            del engine.network.forward
+        engine.counted = counted
+    assert engines[0].counted == engines[1].counted
 
 
-def test_seed_jitter_stays_inside_small_nodes():
-    small = np.zeros((48, 48, 48), bool)
-    small[22:26, 22:26, 22:26] = True  # 4 voxels across
-    assert max(np.abs(o).max() for o in tta.pass_offsets(small, 1.0)) == 1
-    large = np.zeros((48, 48, 48), bool)
-    large[4:44, 4:44, 4:44] = True
-    assert max(np.abs(o).max() for o in tta.pass_offsets(large, 1.0)) == 2  # the 2 mm limit
-    assert max(np.abs(o).max() for o in tta.pass_offsets(large, 2.0)) == 1
+def _ball(n=32, radius=6.0):
+    z, y, x = np.meshgrid(*[np.arange(n) - (n - 1) / 2.0] * 3, indexing="ij")
+    return np.sqrt(z**2 + y**2 + x**2), radius
+
+
+def test_a_sharp_edge_is_stable_and_a_fading_one_is_not():
+    distance, radius = _ball()
+    sharp = np.where(distance <= radius, 0.98, 0.02)  # from near 1 to near 0 at the edge
+    fading = np.clip(0.5 - 0.25 * (distance - radius), 0.0, 1.0)  # from 0.9 to 0.1 over 3.2 voxels
+    assert threshold_stability(sharp, 1.0) == 1.0
+    assert threshold_stability(fading, 1.0) < LOW_STABILITY
+
+
+def test_a_bridge_to_a_neighbour_makes_the_mask_unstable():
+    """A neighbour joined at probability 0.5 by a thin bridge belongs to the mask at the low
+    threshold and not at the high one."""
+    distance, radius = _ball()
+    p = np.where(distance <= radius, 0.95, 0.02)
+    p[14:18, 14:18, 16:31] = np.maximum(p[14:18, 14:18, 16:31], 0.5)  # bridge along x
+    p[8:24, 8:24, 26:32] = 0.95  # the neighbour, as large as the node
+    assert threshold_stability(p, 1.0) < LOW_STABILITY
+
+
+def test_two_empty_masks_agree():
+    assert threshold_stability(np.zeros((8, 8, 8)), 1.0) == 1.0
+
+
+def _result(mask):
+    return NodeResult("1", (0.0, 0.0, 0.0), (10, 10, 10), tuple(10 + s for s in mask.shape), mask)
+
+
+def test_a_fragment_is_an_empty_mask():
+    """A few voxels left of a node the network lost: empty_mask, never a probability."""
+    geometry, _, _ = _grid()  # 0.8 x 0.8 x 1.0 mm voxels: 0.64 mm^3
+    fragment = np.zeros((3, 3, 3), bool)
+    fragment[1, 1, :2] = True  # 2 voxels, 1.3 mm^3
+    node = np.ones((4, 4, 4), bool)  # 64 voxels, 41 mm^3: a 4.3 mm ball's volume
+    assert is_fragment(_result(fragment), geometry, 1.0)
+    assert not is_fragment(_result(node), geometry, 1.0)
+    # seen at a coarse view, the same mask is what is left of something larger
+    assert node.sum() * 0.64 < min_mask_volume_mm3(2.08)
+    assert is_fragment(_result(node), geometry, 2.08)
+    assert not is_fragment(_result(np.zeros((2, 2, 2), bool)), geometry, 1.0)  # empty: already said
+    emptied = _result(np.zeros((3, 3, 3), bool))
+    assert node_status_of(emptied, True, False, geometry, LOW_STABILITY) == node_status.EMPTY_MASK

@@ -1,7 +1,8 @@
 """Inference benchmark: stage breakdown, seeds 1/10/50/200, batch sizes, precisions, and MONAI
 sliding-window inference of the same network over the whole CT for comparison, in one run; then
 the cost of the field-of-view zoom (a case of mixed node sizes, 3-80 mm, against the fixed finest
-window) and of the test-time augmentation (uncertainty) passes, each on its own.
+window) and of the uncertainty (each mask's stability under a threshold change, no further pass),
+each on its own.
 
     .venv/bin/python benchmarks/bench_inference.py --device cpu --json work-tmp/bench-cpu.json
     python benchmarks/bench_inference.py --device cuda --precision fp32,bf16 --channels-last --compile

@@ -25,10 +25,12 @@ TABLE_COLUMNS = (
                              "touches_field_of_view, empty_mask, seed_not_in_soft_tissue"),
     ("probability", "optional", "", "Metastasis probability (demonstration model, not clinical); "
                                     "empty when the node has no usable mask"),
-    ("probability_low", "optional", "", "Lower end of the probability over the augmented passes"),
-    ("probability_high", "optional", "", "Upper end of the probability over the augmented passes"),
+    ("probability_low", "optional", "", "Lower end of the probability's interval where the engine gives one "
+                                        "(engines since the one-pass uncertainty give none)"),
+    ("probability_high", "optional", "", "Upper end of the probability's interval where the engine gives one"),
     ("label", "string", "", "Predicted class at the model's threshold"),
-    ("mask_agreement", "optional", "", "Mean pairwise Dice of the augmented passes' masks"),
+    ("mask_agreement", "optional", "", "Stability of the mask under a threshold change (Dice of the masks at "
+                                       "probability 0.1 and 0.9); below 0.861: low_agreement"),
     ("volume_mm3", "double", "mm3", "Volume of the node mask"),
     ("short_axis_mm", "double", "mm", "RECIST short axis, in the axial plane"),
     ("long_axis_mm", "double", "mm", "RECIST long axis, in the axial plane"),

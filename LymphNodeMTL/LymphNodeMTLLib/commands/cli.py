@@ -17,18 +17,9 @@ from ..core.version import __version__
 
 PROG = "lymphnode-mtl"
 
-DESCRIPTION = """\
-LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one seed per node.
-
-  predict   segment and classify the nodes of one CT (the main job), or of a cohort manifest
-  follow-up find a baseline's nodes again in a follow-up CT: change and RECIST 1.1 nodal response
-  demo      make a synthetic phantom CT with seeds and run predict on it
-  phantom   write a phantom training set (CTs, seeds, masks, labels) in manifest format
-  train     train a model folder from a training manifest
-  evaluate  score a model folder on a manifest (AUC, Dice, calibration, plots)
-  ablate    train the published components' variants and compare them in one table
-  serve     keep the engine resident behind an HTTP API (for the Slicer module or a GPU server)
-
+DESCRIPTION = "LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one seed per node."
+# under the command list (which argparse prints from COMMANDS)
+EPILOG = """\
 The bundled model is trained on synthetic phantoms: a demonstration, not a clinical model.
 Run `lymphnode-mtl COMMAND --help` for each command's options.
 """
@@ -116,8 +107,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="nodes per network pass, at least 1 (default: 64 on GPU, 8 on CPU)")
     p.add_argument("--no-uncertainty", action="store_true",
-                   help="skip the test-time augmentation passes (mask agreement, probability "
-                        "interval): about 5x faster on the CPU")
+                   help="skip the mask agreement (each mask's stability under a threshold change, "
+                        "read from the pass the node already had: milliseconds) and its low_agreement flag")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing results in DIR (they may hold edited masks; off by default); "
                         "other files in DIR are never touched")
@@ -128,10 +119,10 @@ def _command_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description=DESCRIPTION,
+    parser = OneLineParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (_module, help_text) in COMMANDS.items():
         module = _command_module(name)
         p = sub.add_parser(name, help=help_text, description=help_text,

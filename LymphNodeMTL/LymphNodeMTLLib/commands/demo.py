@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from ..core import node_status
+from ..outputs.console_summary import LABEL_WORDS
 from ..outputs.output_folder import cleanup_on_signals
 from ..outputs.status_notice import print_status_notice
 from .predict import OUTPUT_FILES, load_case, output_folder, print_summary, run_engine, write_results
@@ -36,6 +37,25 @@ def write_demo_inputs(out_dir: Path, seed: int, n_nodes: int):
     return ct, seeds, truth, case
 
 
+def truth_lines(results, phantom_nodes) -> list[str]:
+    """The phantom's truth beside each prediction, in words: the true probability P the phantom
+    drew its outcome from, and that outcome (a node of P 0.73 is benign in 27 of 100 draws, so a
+    benign outcome beside P 0.73 is no contradiction)."""
+    truth_by_id = {n.node_id: n for n in phantom_nodes}
+    lines = ["phantom truth beside the prediction; each node's outcome was drawn at random with its true",
+             "probability P, so an outcome may differ from what P (or a good prediction) suggests:",
+             f"  {'node':>6} {'predicted P':>11} {'predicted':>11} {'true P':>7} {'drawn outcome':>14}"]
+    for r in results:
+        n = truth_by_id[r.node_id]
+        if node_status.has_usable_mask(r.status):
+            predicted, label = f"{r.probability:.2f}", LABEL_WORDS.get(int(r.predicted_label), "—")
+        else:
+            predicted, label = "—", f"({r.status})"
+        lines.append(f"  {r.node_id:>6} {predicted:>11} {label:>11} {n.probability:>7.2f} "
+                     f"{LABEL_WORDS[int(n.label)]:>14}")
+    return lines
+
+
 def add_arguments(d) -> None:
     from .cli import add_engine_arguments, positive_int
 
@@ -64,13 +84,10 @@ def run(args) -> None:
         write_results(folder.staging, case, results, engine,
                       {"volume": str(final["volume"]), "seeds": str(final["seeds"])})
         folder.publish()
-    print_summary(results, out_dir)
+    print_summary(results, out_dir, OUTPUT_FILES)
     print_status_notice(results)
-    truth_by_id = {n.node_id: n for n in phantom.nodes}
-    print("\nphantom truth (true probability P and drawn label) next to the prediction:")
-    for r in results:
-        n = truth_by_id[r.node_id]
-        predicted = f"{r.probability:.2f}" if node_status.has_usable_mask(r.status) else f"— ({r.status})"
-        print(f"  {r.node_id}: predicted {predicted}, true P {n.probability:.2f}, label {n.label}")
+    print()
+    for line in truth_lines(results, phantom.nodes):
+        print(line)
     print(f"\ninputs: {final['volume']}, {final['seeds']}, {final['truth']}")
     print(f"open {final['volume']} and {out_dir / 'nodes.seg.nrrd'} in 3D Slicer to review the masks")

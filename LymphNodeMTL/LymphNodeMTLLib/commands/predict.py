@@ -7,7 +7,6 @@ CLI does nothing but parse its arguments for it.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..core.case import Case
 from ..core.errors import InputError
+from ..outputs.console_summary import print_summary
 from ..outputs.output_folder import OutputFolder, cleanup_on_signals
 from ..outputs.run_record import RECORD_NAME
 from ..outputs.status_notice import print_status_notice
@@ -148,8 +148,33 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
         write_case_report(folder, case, results, engine.model_id, engine.config.clinical_use)
     engine.timings["write_outputs"] = time.perf_counter() - t0
     engine.timings["read_inputs"] = case.metadata.get("read_s", 0.0)
-    meta = {k: v for k, v in case.metadata.items() if k != "read_s"}
-    return write_run_record(folder, engine, inputs, len(results), meta, output_files(dicom_seg, report))
+    extra = {"dicom_seg_references": dicom_seg_reference(dicom_sources)} if dicom_seg else {}
+    return write_run_record(folder, engine, inputs, len(results), case_record(case, dicom_sources is not None),
+                            output_files(dicom_seg, report), extra)
+
+
+# Said on stderr and in run.json when a SEG is written for a CT that was not read from DICOM.
+SYNTHETIC_SOURCE_NOTE = ("the CT was not read from DICOM, so nodes.dcm references a synthetic CT series made for it "
+                         "(new study UID, PatientID ANONYMOUS): a PACS will not link it to the patient's study; "
+                         "give the DICOM series folder as --volume for a SEG that references it")
+
+
+def dicom_seg_reference(dicom_sources) -> str:
+    """What the DICOM SEG references, for run.json."""
+    if dicom_sources is None:
+        return f"synthetic CT series: {SYNTHETIC_SOURCE_NOTE}"
+    return f"the source DICOM series {dicom_sources[0].get('SeriesInstanceUID', '')}".strip()
+
+
+def case_record(case: Case, from_dicom: bool = False) -> dict:
+    """run.json's `case`: the CT's grid (and its DICOM identifiers when it came from DICOM)."""
+    geometry = case.geometry
+    record = {"source": "DICOM series" if from_dicom or "SeriesInstanceUID" in case.metadata else "image file",
+              "size_ijk": [int(v) for v in geometry.shape_kji[::-1]],
+              "spacing_mm": [round(float(v), 4) for v in geometry.spacing],
+              "seeds": len(case.seeds)}
+    record.update({k: v for k, v in case.metadata.items() if k != "read_s"})
+    return record
 
 
 def predict_to_folder(
@@ -192,8 +217,8 @@ def predict_to_folder(
         engine: a NodeEngine to reuse (then model, device and batch_size are ignored).
         dicom_seg: also write nodes.dcm, a DICOM SEG referencing the CT series.
         report: also write report.png and report.html for review.
-        uncertainty: run the test-time augmentation passes (mask agreement, probability interval,
-            status low_agreement); about 5x the network time on a CPU.
+        uncertainty: say how stable each mask is under a threshold change (mask agreement,
+            status low_agreement), from the pass each node already had: milliseconds.
         warn: receives warning lines (e.g. non-finite voxels outside the body read as air);
             default: printed on stderr.
         prompts: a prompts file (io/prompt_reader.py): per node id a seed, a long-axis line, a box
@@ -220,6 +245,8 @@ def predict_to_folder(
     case, dicom_headers, node_prompts = load_case(volume, seeds, series_uid, warn, prompts)
     # before the network: a source series that does not match the CT is refused now
     dicom_sources = dicom_seg_sources(volume, case, dicom_headers) if dicom_seg else None
+    if dicom_seg and dicom_sources is None:
+        folder.warn(SYNTHETIC_SOURCE_NOTE)
     if engine is None:
         from ..inference.engine import NodeEngine
 
@@ -232,17 +259,6 @@ def predict_to_folder(
         write_results(folder.staging, case, results, engine, inputs, dicom_seg, report, dicom_sources)
         folder.publish()
     return results
-
-
-def print_summary(results, out_dir: Path, names=OUTPUT_FILES) -> None:
-    print(f"{'node':>8} {'probability':>11} {'short mm':>9} {'long mm':>8} {'volume mm3':>11}")
-    # nodes without a probability (their status says why) last, and shown as a dash, never a number
-    for r in sorted(results, key=lambda r: (math.isnan(r.probability), 0.0 if math.isnan(r.probability) else -r.probability)):
-        probability = "—" if math.isnan(r.probability) else f"{r.probability:.3f}"
-        print(f"{r.node_id:>8} {probability:>11} {r.short_axis_mm:>9.1f} {r.long_axis_mm:>8.1f} "
-              f"{r.volume_mm3:>11.0f}")
-    for name in names:
-        print(f"wrote {out_dir / name}")
 
 
 def add_arguments(p, inputs=None) -> None:

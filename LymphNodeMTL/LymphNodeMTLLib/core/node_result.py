@@ -32,8 +32,8 @@ class NodeResult:
     sd_hu: float = float("nan")
     # what the engine can say about this result (core/node_status.py) and how sure it is
     status: str = "ok"
-    mask_agreement: float = float("nan")  # mean pairwise Dice of the test-time augmentation passes
-    probability_low: float = float("nan")  # interval of the probability over those passes
+    mask_agreement: float = float("nan")  # the mask's stability under a threshold change (mask_confidence.py)
+    probability_low: float = float("nan")  # an interval of the probability, where an engine gives one
     probability_high: float = float("nan")
     field_of_view_mm: float = float("nan")  # edge of the patch the mask was taken from
     # what the network said of a node whose status clears its probability (evaluation scores it)

@@ -12,7 +12,7 @@ OK = "ok"
 TOUCHES_FIELD_OF_VIEW = "touches_field_of_view"  # the mask is still cut at the widest view (or the CT's edge)
 EMPTY_MASK = "empty_mask"
 SEED_NOT_IN_SOFT_TISSUE = "seed_not_in_soft_tissue"
-LOW_AGREEMENT = "low_agreement"  # test-time augmentation passes disagree: review first
+LOW_AGREEMENT = "low_agreement"  # the mask is unstable under a threshold change: review first
 # at follow-up (inference/node_carrying.py): a baseline node with no node where it went, and one
 # whose surroundings the follow-up does not match well enough to be sure it is the same node
 NOT_FOUND = "not_found"

@@ -3,8 +3,9 @@
 predict():          seeds -> patches (one batched grid_sample per field of view) -> network ->
                     a wider field of view for nodes that need one (field_of_view.py) -> masks
                     pasted back into the CT grid by bounding box -> overlaps resolved -> seed
-                    component kept -> measurements -> optional test-time augmentation
-                    (test_time_augmentation.py) -> a status per node (node_status_rules.py).
+                    component kept -> measurements -> optional uncertainty (the mask's stability under a
+                    threshold change, mask_confidence.py: no further pass) -> a status per node
+                    (node_status_rules.py).
                     Nodes with a line, a box or clicks run as prompt chains instead
                     (prompt_chain.py) and are re-classified from their final masks.
 refine():           one node from its prompts (the server's and the Slicer module's click).
@@ -33,7 +34,6 @@ from ..core.node_result import NodeResult
 from ..network.model_store import LoadedModel, default_model_dir, load_model
 from ..preprocessing.network_input import network_input
 from ..preprocessing.patch_sampler import sample_patches, volume_tensor
-from . import test_time_augmentation as tta
 from .field_of_view import (
     PatchView,
     choose_view,
@@ -42,8 +42,9 @@ from .field_of_view import (
     patch_view,
     spacing_that_holds,
 )
+from .mask_confidence import LOW_STABILITY, threshold_stability
 from .mask_pasting import PastedProbability, paste_patch_probability
-from .node_status_rules import apply_status, holds_only_fat, in_soft_tissue, node_status_of, seed_hu
+from .node_status_rules import apply_status, holds_only_fat, in_soft_tissue, is_fragment, node_status_of, seed_hu
 from .overlap_resolution import resolve_overlaps
 from .prompt_chain import StepMemo, choose_prompt_view, run_chains
 from .seed_component import keep_seed_component
@@ -58,10 +59,11 @@ class NodeEngine:
         model_dir: model folder; None for the bundled default.
         device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "cuda:N".
         batch_size: patches per forward pass; None picks one for the device.
-        uncertainty: also run the test-time augmentation passes (mask agreement, probability
-            interval, `low_agreement` status); about 1 + 4 passes of the network per node. Off
-            here so library callers (evaluation, training checks) pay only for what they use;
-            the predict command turns it on.
+        uncertainty: also say how sure the network is of each mask (mask_agreement: its
+            stability under a threshold change; `low_agreement` status), read from the pass the
+            node already had (mask_confidence.py): milliseconds a node. Off here so library
+            callers (evaluation, training checks) get the statuses they always had; the predict
+            command turns it on.
     """
 
     def __init__(self, model_dir=None, device: str = "auto", batch_size: int | None = None,
@@ -119,8 +121,7 @@ class NodeEngine:
         n = len(centres)
         chained = [k for k, p in enumerate(node_prompts) if p is not None]
         seeded = [k for k in range(n) if node_prompts[k] is None or not node_prompts[k].has_extent]
-        tracker = _ProgressTracker(progress, n, n * (1 + len(tta.PASSES) * self.uncertainty)
-                                   + sum(len(node_prompts[k].clicks) for k in chained))
+        tracker = _ProgressTracker(progress, n, n + sum(len(node_prompts[k].clicks) for k in chained))
         views: list[list[PatchView]] = [[] for _ in range(n)]
         soft_tissue = np.ones(n, dtype=bool)  # a prompted node is where the radiologist says it is
         memo = self._steps.on(case.image, case.geometry)
@@ -160,6 +161,9 @@ class NodeEngine:
                 if node_prompts[k] is None and holds_only_fat(r, case.image):
                     r.extra["fat_only_mask_voxels"] = int(r.mask.sum())
                     r.mask[...] = False
+                if node_prompts[k] is None and is_fragment(r, case.geometry, chosen[k].spacing_mm):
+                    r.extra["fragment_mask_voxels"] = int(r.mask.sum())
+                    r.mask[...] = False
                 measure_node(r, case.image, case.geometry)
         if chained:  # a prompted mask is read as a corrected one is: on the plain input
             logits, _, _ = self._mask_logits(case, [results[k] for k in chained])
@@ -168,12 +172,13 @@ class NodeEngine:
                 results[k].extra["prompts"] = len(node_prompts[k].clicks)
         usable = [k for k, (r, view) in enumerate(zip(results, chosen))
                   if node_prompts[k] is None and soft_tissue[k] and view.complete and not r.is_empty]
-        if self.uncertainty and usable:
+        if self.uncertainty:
             with self._timed("uncertainty_total"):
-                self._augment(case, centres, chosen, results, usable, tracker)
+                for k in usable:
+                    results[k].mask_agreement = threshold_stability(chosen[k].probability.numpy(),
+                                                                    chosen[k].spacing_mm)
         for k, (r, view) in enumerate(zip(results, chosen)):
-            apply_status(r, node_status_of(r, soft_tissue[k], not view.complete, case.geometry,
-                                           tta.LOW_AGREEMENT))
+            apply_status(r, node_status_of(r, soft_tissue[k], not view.complete, case.geometry, LOW_STABILITY))
         self._count_fields_of_view(results)
         tracker.finish()
         return results
@@ -325,28 +330,6 @@ class NodeEngine:
 
     def _count_fields_of_view(self, results) -> None:
         self.last_fields_of_view_mm = {str(r.node_id): float(r.field_of_view_mm) for r in results}
-
-    # --- uncertainty --------------------------------------------------------------------------
-    def _augment(self, case, centres, chosen, results, usable, tracker) -> None:
-        """Mask agreement and probability interval of the usable nodes (test_time_augmentation)."""
-        threshold = self.config.mask_threshold
-        for spacing in sorted({chosen[k].spacing_mm for k in usable}):
-            group = [k for k in usable if chosen[k].spacing_mm == spacing]
-            offsets = {k: tta.pass_offsets(chosen[k].mask, spacing) for k in group}
-            jobs = [(k, p) for k in group for p in range(len(tta.PASSES))]
-            pass_centres = np.array([centres[k] + offsets[k][p][::-1] * spacing for k, p in jobs])
-            flips = [tta.PASSES[p].flip_dims for _, p in jobs]
-            probs, logits, _ = self._run_network(case, pass_centres, spacing, None, flips=flips,
-                                                 tracker=tracker)
-            for k in group:
-                rows = [row for row, (kk, _) in enumerate(jobs) if kk == k]
-                masks = [chosen[k].mask] + [tta.pass_mask(probs[row].numpy(), offsets[k][p], threshold, spacing)
-                                            for row, p in zip(rows, range(len(tta.PASSES)))]
-                agreement = tta.mean_pairwise_dice(masks, [np.zeros(3, int)] + offsets[k])
-                pass_probs = [self._probability(chosen[k].logit)] + [self._probability(logits[row]) for row in rows]
-                r = results[k]
-                r.mask_agreement = agreement
-                r.probability_low, r.probability_high = float(min(pass_probs)), float(max(pass_probs))
 
     # --- internals ----------------------------------------------------------------------------
     def _run_network(self, case, centres, spacing, mask_patches, flips=None, tracker=None,
@@ -554,8 +537,8 @@ def _mask_reach_mm(result: NodeResult, geometry: VolumeGeometry, centre_ras) -> 
 
 
 class _ProgressTracker:
-    """Progress in nodes, over all passes: the first view, wider views and augmentation passes
-    are counted as patches and reported as the share of `nodes` done, never going back."""
+    """Progress in nodes, over all passes: the first view, wider views and prompt steps are
+    counted as patches and reported as the share of `nodes` done, never going back."""
 
     def __init__(self, progress: Progress | None, nodes: int, planned_patches: int):
         self.progress, self.nodes = progress, nodes

@@ -3,7 +3,8 @@
 One row per node, nodes to review first (any status but ok, core/node_status.py), then highest
 metastasis probability first: axial, coronal and sagittal thumbnails centred on the node with its
 mask outline (and, on the axial one, the RECIST short axis and that slice's long axis), next to the
-status (in a red box when it is not ok), the probability with its interval and the mask agreement,
+status (in a red box when it is not ok), the probability (with an interval where there is one) and
+the mask agreement,
 the axes, the volume and the HU statistics. A node without a usable mask shows "—" for its
 probability. A one-line header names the model and, for a model not cleared for clinical use, says so.
 
@@ -43,6 +44,9 @@ THUMBNAIL_PIXELS = 128
 MIN_FIELD_OF_VIEW_MM, MAX_FIELD_OF_VIEW_MM = 40.0, 160.0
 ROW_HEIGHT_IN, DPI = 2.0, 100
 TEXT_WIDTH_IN = 3.2
+# The five measurement lines (8.5 pt, va="top"), in row heights: the last ends about 7 pt above
+# the row's bottom edge, clear of the next node's name
+LINES_TOP, LINE_PITCH = 0.50, 0.095
 NOT_CLINICAL = "NOT FOR CLINICAL USE"
 VIEWS = ("axial", "coronal", "sagittal")
 _LABEL_BOX = {"facecolor": "black", "alpha": 0.5, "edgecolor": "none", "pad": 1.0}
@@ -56,7 +60,7 @@ STATUS_TEXT = {
     node_status.SEED_NOT_IN_SOFT_TISSUE: "seed not on soft tissue (air, lung or bone)",
     node_status.NOT_FOUND: "no node where the baseline node went",
     node_status.REGISTRATION_UNCERTAIN: "follow-up CT matches the baseline poorly here: same node?",
-    node_status.LOW_AGREEMENT: "uncertain mask: augmented passes disagree",
+    node_status.LOW_AGREEMENT: "uncertain mask edge",
 }
 
 
@@ -80,7 +84,7 @@ def status_text(result: NodeResult) -> str:
 
 
 def probability_text(result: NodeResult) -> str:
-    """'0.734 (0.70-0.76)' with the augmentation interval where known; '—' when unknown."""
+    """'0.734 (0.70-0.76)' with the interval where known; '—' when unknown."""
     p = result.probability
     if p is None or not math.isfinite(p):
         return NO_VALUE
@@ -296,8 +300,8 @@ def _render_row(case: Case, result: NodeResult) -> np.ndarray:
     figure.text(text_x, 0.64, f"metastasis probability {probability_text(result)}",
                 fontsize=10, va="top", color="black",
                 bbox={"facecolor": color, "alpha": 0.45, "edgecolor": "none", "pad": 2})
-    for line, y in zip(_measurement_lines(result, axes_mm), (0.49, 0.38, 0.27, 0.16, 0.05)):
-        figure.text(text_x, y, line, fontsize=8.5, va="top")
+    for n, line in enumerate(_measurement_lines(result, axes_mm)):
+        figure.text(text_x, LINES_TOP - n * LINE_PITCH, line, fontsize=8.5, va="top")
     return _to_rgb(figure)
 
 

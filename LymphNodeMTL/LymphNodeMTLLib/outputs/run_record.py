@@ -34,9 +34,9 @@ def write_run_record(folder, engine, inputs: dict, n_nodes: int, case_metadata: 
         engine: the NodeEngine that ran (model, device, batch size, timings, fallbacks).
         inputs: what the run read, e.g. {"volume": path, "seeds": path}.
         n_nodes: how many nodes it answered.
-        case_metadata: the case's identifiers (DICOM PatientID, ...).
+        case_metadata: the case: its CT's grid and identifiers (DICOM PatientID, ...).
         outputs: the file names the run wrote; a later --overwrite run replaces exactly these.
-        extra: further sections of the record (a follow-up's registration).
+        extra: further sections of the record (a follow-up's registration, what a DICOM SEG references).
     """
     record = _run_record(engine, inputs, n_nodes, case_metadata)
     record.update(extra or {})

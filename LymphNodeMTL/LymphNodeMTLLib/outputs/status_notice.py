@@ -1,7 +1,7 @@
 """The lines a command prints on stderr about nodes whose result needs a reader's eye.
 
 Nodes without a usable mask (no probability, no label) are listed with their status, and nodes
-with a probability but disagreeing test-time augmentation passes after them, so a run that
+with a probability but an unstable mask (low_agreement) after them, so a run that
 worked (exit code 0) never passes over such a node in silence.
 """
 

@@ -1,4 +1,8 @@
-"""Uncertainty per node from test-time augmentation: the same node looked at a few more times,
+"""The four test-time augmentation passes the engine used for its uncertainty until the one-pass
+mask stability (inference/mask_confidence.py) replaced them; kept here as the baseline that
+compare_uncertainty_signals.py scores the candidates against.
+
+Uncertainty per node from test-time augmentation: the same node looked at a few more times,
 with the seed moved within the node and the patch flipped, through the same field of view.
 
 A node whose edge is clear gives the same mask however it is looked at; one that merges with a
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .seed_component import keep_seed_component
+from LymphNodeMTLLib.inference.seed_component import keep_seed_component
 
 # Seed jitter: at most this far (the training jitter), and well inside the node (a share of the
 # radius of a ball of the node's volume), at least one patch voxel.
