@@ -21,7 +21,8 @@ DESCRIPTION = """\
 LymphNodeMTL: lymph-node masks and metastasis probabilities from a CT and one seed per node.
 
   predict   segment and classify the nodes of one CT (the main job), or of a cohort manifest
-  follow-up find a baseline's nodes again in a follow-up CT: change and RECIST 1.1 nodal response
+  follow-up find a baseline's nodes again in a follow-up CT (or a cohort manifest of pairs):
+            change and RECIST 1.1 nodal response
   demo      make a synthetic phantom CT with seeds and run predict on it
   phantom   write a phantom training set (CTs, seeds, masks, labels) in manifest format
   train     train a model folder from a training manifest
@@ -37,7 +38,7 @@ Run `lymphnode-mtl COMMAND --help` for each command's options.
 # run(args), and may have EPILOG (text under its --help); heavy imports wait for run().
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict_command", "segment and classify the nodes of one CT, or of a cohort"),
-    "follow-up": ("follow_up", "carry a baseline's nodes into a follow-up CT: change and nodal response"),
+    "follow-up": ("follow_up_command", "carry a baseline's nodes into a follow-up CT, or a cohort's: change"),
     "demo": ("demo", "run predict on a synthetic phantom CT"),
     "phantom": ("phantom", "write a phantom training set in manifest format"),
     "train": ("train", "train a model folder from a training manifest"),

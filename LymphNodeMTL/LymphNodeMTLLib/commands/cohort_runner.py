@@ -119,7 +119,7 @@ def summary_name(shard: tuple[int, int]) -> str:
 
 def run_cohort(job: CohortJob, manifest, results_dir, *, workers: int = 1, shard=(1, 1),
                overwrite: bool = False, summary=None, progress: bool | None = None) -> CohortRun:
-    """Run `job` on every case of `manifest` (its `shard`: (K, N)) into `results_dir`.
+    """Run `job` on every case of `manifest` (its `shard`: (K, N) or "K/N") into `results_dir`.
 
     Refuses in one line (InputError), before any case runs: a bad manifest, an unusable results
     folder, a bad model (job.identity()). Then no case's failure stops the others. Returns the
@@ -128,7 +128,7 @@ def run_cohort(job: CohortJob, manifest, results_dir, *, workers: int = 1, shard
     """
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
-    shard = parse_shard(f"{shard[0]}/{shard[1]}")
+    shard = parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
     results_dir = Path(results_dir)
     check_folder_path(results_dir)
     cases = read_cohort_manifest(manifest, job.columns, results_dir)
