@@ -13,7 +13,7 @@ The runner does the rest:
 - failures: a case whose input is refused (InputError, ModelError) or whose run raises is recorded
   with one line and the others go on.
 - workers: `workers` processes (spawned: no state shared with this one), each starting the job
-  once (its engine) and then taking one case at a time; torch's threads divided among them. A
+  once (its engine) and then taking one case at a time; the CPU threads divided among them. A
   worker that dies (killed, out of memory) fails the cases it held; a fresh pool takes the rest.
   Workers stop when this process ends, however it ends.
 - shards: the K-th of N shares of the manifest's rows (io/cohort_manifest.py), for a SLURM array or
@@ -77,8 +77,8 @@ class CohortJob:
         raise NotImplementedError
 
     def start(self, threads: int | None) -> None:
-        """Make what every case reuses (the engine), once per process. threads: torch's intra-op
-        threads for this process (None: torch's default)."""
+        """Make what every case reuses (the engine), once per process. threads: this process's
+        share of the CPU threads, for torch and SimpleITK (None: their defaults)."""
 
     def run_case(self, case: CohortCase, overwrite: bool, warn) -> None:
         """Run one case into case.out, all or nothing; a refused input raises InputError."""

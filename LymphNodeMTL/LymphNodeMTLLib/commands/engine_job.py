@@ -33,12 +33,16 @@ class EngineJob(CohortJob):
         return model_identity(self.model)
 
     def start(self, threads: int | None) -> None:
+        import SimpleITK as sitk
         import torch
 
         from ..inference.engine import NodeEngine
 
         if threads is not None:
+            # the process's share of the CPUs, for the network and for SimpleITK's filters and
+            # registrations alike (each would take every core by default, times the workers)
             torch.set_num_threads(threads)
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         self._engine = NodeEngine(self.model, self.device, self.batch_size, uncertainty=self.uncertainty)
 
     def engine_for_case(self):
