@@ -216,7 +216,8 @@ def add_arguments(p, inputs=None) -> None:
     p.add_argument("--baseline-results", required=single, metavar="DIR0",
                    help="the folder predict wrote for the baseline CT (nodes.seg.nrrd)")
     p.add_argument("--follow-up", required=single, metavar="CT1", help="follow-up CT file or DICOM series folder")
-    p.add_argument("--out", required=True, metavar="DIR1", help="folder for the follow-up results (created)")
+    p.add_argument("--out", required=True, metavar="DIR1",
+                   help="folder for the follow-up results (created); with --manifest, the cohort's: a folder per case")
     p.add_argument("--seeds", metavar="SEEDS", help="nodes new at follow-up: .mrk.json or .csv seed file")
     p.add_argument("--baseline-series-uid", metavar="UID", help="which baseline series, when the folder holds several")
     p.add_argument("--follow-up-series-uid", metavar="UID", help="which follow-up series, when the folder holds several")
