@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from geometry_cases import SPHERE_CENTRE_RAS, other_lattice_encodings, sphere_volume
+from LymphNodeMTLLib.commands.cli import main
 from LymphNodeMTLLib.core.case import Seed
 from LymphNodeMTLLib.io.seed_reader import write_markups_json
 from LymphNodeMTLLib.io.volume_reader import write_volume
@@ -52,3 +53,22 @@ def write_cohort(folder, n_cases: int, bad: dict[int, str] | None = None, seed: 
         writer.writeheader()
         writer.writerows(rows)
     return manifest
+
+
+def assert_refused_in_one_line(argv: list[str], capsys, fragment: str, results: Path) -> None:
+    """The command line `argv` ends with exit code 2 and one line on stderr holding `fragment`,
+    before any work: nothing at `results`."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], err
+    assert not Path(results).exists()
+
+
+def assert_manifest_refused(command: str, text: str, fragment: str, folder: Path, capsys, options=()) -> None:
+    """`command --manifest` on a manifest holding `text` is refused in one line holding `fragment`,
+    nothing written."""
+    manifest, results = Path(folder) / "manifest.csv", Path(folder) / "results"
+    manifest.write_text(text)
+    assert_refused_in_one_line([command, "--manifest", str(manifest), "--out", str(results), *options], capsys,
+                               fragment, results)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cohort_cases import BAD_CASES, write_cohort
+from cohort_cases import BAD_CASES, assert_manifest_refused, assert_refused_in_one_line, write_cohort
 from LymphNodeMTLLib.commands.cli import main
 from LymphNodeMTLLib.commands.predict_cohort import predict_cohort
 from LymphNodeMTLLib.io.cohort_manifest import CohortCase, select_shard
@@ -170,15 +170,7 @@ MANIFESTS = {
 
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_a_bad_manifest_is_refused_in_one_line_before_any_work(tmp_path, capsys, name):
-    text, fragment = MANIFESTS[name]
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text(text)
-    results = tmp_path / "results"
-    code = main(["predict", "--manifest", str(manifest), "--out", str(results), *FAST])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and fragment in lines[0], err
-    assert not results.exists()
+    assert_manifest_refused("predict", *MANIFESTS[name], tmp_path, capsys, FAST)
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -190,10 +182,7 @@ def test_a_bad_manifest_is_refused_in_one_line_before_any_work(tmp_path, capsys,
 def test_options_that_do_not_fit_a_cohort_are_refused(tmp_path, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.csv").write_text("case_id,volume,seeds\na,ct.nrrd,s.csv\n")
-    code = main(["predict", *argv, "--out", "results", *FAST])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and fragment in err, err
-    assert not (tmp_path / "results").exists()
+    assert_refused_in_one_line(["predict", *argv, "--out", "results", *FAST], capsys, fragment, tmp_path / "results")
 
 
 def test_volume_and_manifest_exclude_each_other(tmp_path, capsys):

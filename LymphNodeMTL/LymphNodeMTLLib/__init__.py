@@ -15,13 +15,14 @@ The Python entry point is `predict_to_folder` (what `lymphnode-mtl predict` runs
     run = predict_cohort("manifest.csv", "results/", workers=4)   # results/summary.csv
 
 A follow-up CT against a baseline run is `follow_up_to_folder` (what `lymphnode-mtl follow-up`
-runs). All three are loaded on first use, so `import LymphNodeMTLLib` stays light (no torch, no
-SimpleITK).
+runs), and `follow_up_cohort` runs it over a manifest of pairs as predict_cohort does
+(`lymphnode-mtl follow-up --manifest`). All are loaded on first use, so `import LymphNodeMTLLib`
+stays light (no torch, no SimpleITK).
 """
 
 from .core.version import __version__
 
-__all__ = ["__version__", "follow_up_to_folder", "predict_to_folder", "predict_cohort"]
+__all__ = ["__version__", "follow_up_cohort", "follow_up_to_folder", "predict_to_folder", "predict_cohort"]
 
 
 def __getattr__(name):
@@ -37,4 +38,8 @@ def __getattr__(name):
         from .commands.follow_up import follow_up_to_folder
 
         return follow_up_to_folder
+    if name == "follow_up_cohort":
+        from .commands.follow_up_cohort import follow_up_cohort
+
+        return follow_up_cohort
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,8 @@ Run `lymphnode-mtl COMMAND --help` for each command's options.
 # run(args), and may have EPILOG (text under its --help); heavy imports wait for run().
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict_command", "segment and classify the nodes of one CT, or of a cohort"),
-    "follow-up": ("follow_up", "carry a baseline's nodes into a follow-up CT: change and nodal response"),
+    "follow-up": ("follow_up_command",
+                  "carry a baseline's nodes into a follow-up CT (or a cohort of pairs): change, response"),
     "demo": ("demo", "run predict on a synthetic phantom CT"),
     "phantom": ("phantom", "write a phantom training set in manifest format"),
     "train": ("train", "train a model folder from a training manifest"),

@@ -13,7 +13,7 @@ The runner does the rest:
 - failures: a case whose input is refused (InputError, ModelError) or whose run raises is recorded
   with one line and the others go on.
 - workers: `workers` processes (spawned: no state shared with this one), each starting the job
-  once (its engine) and then taking one case at a time; torch's threads divided among them. A
+  once (its engine) and then taking one case at a time; the CPU threads divided among them. A
   worker that dies (killed, out of memory) fails the cases it held; a fresh pool takes the rest.
   Workers stop when this process ends, however it ends.
 - shards: the K-th of N shares of the manifest's rows (io/cohort_manifest.py), for a SLURM array or
@@ -77,8 +77,8 @@ class CohortJob:
         raise NotImplementedError
 
     def start(self, threads: int | None) -> None:
-        """Make what every case reuses (the engine), once per process. threads: torch's intra-op
-        threads for this process (None: torch's default)."""
+        """Make what every case reuses (the engine), once per process. threads: this process's
+        share of the CPU threads, for torch and SimpleITK (None: their defaults)."""
 
     def run_case(self, case: CohortCase, overwrite: bool, warn) -> None:
         """Run one case into case.out, all or nothing; a refused input raises InputError."""
@@ -119,7 +119,7 @@ def summary_name(shard: tuple[int, int]) -> str:
 
 def run_cohort(job: CohortJob, manifest, results_dir, *, workers: int = 1, shard=(1, 1),
                overwrite: bool = False, summary=None, progress: bool | None = None) -> CohortRun:
-    """Run `job` on every case of `manifest` (its `shard`: (K, N)) into `results_dir`.
+    """Run `job` on every case of `manifest` (its `shard`: (K, N) or "K/N") into `results_dir`.
 
     Refuses in one line (InputError), before any case runs: a bad manifest, an unusable results
     folder, a bad model (job.identity()). Then no case's failure stops the others. Returns the
@@ -128,7 +128,7 @@ def run_cohort(job: CohortJob, manifest, results_dir, *, workers: int = 1, shard
     """
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
-    shard = parse_shard(f"{shard[0]}/{shard[1]}")
+    shard = parse_shard(shard if isinstance(shard, str) else f"{shard[0]}/{shard[1]}")
     results_dir = Path(results_dir)
     check_folder_path(results_dir)
     cases = read_cohort_manifest(manifest, job.columns, results_dir)

@@ -204,14 +204,20 @@ def print_summary(study, out_dir: Path, names) -> None:
         print(f"wrote {out_dir / name}")
 
 
-def add_arguments(p) -> None:
+def add_arguments(p, inputs=None) -> None:
+    """follow-up's options for one pair of CTs; inputs: the group --baseline joins
+    (follow_up_command.py puts --manifest beside it; run() then asks for the other two inputs),
+    None: all three inputs required."""
     from .cli import add_engine_arguments
 
-    p.add_argument("--baseline", required=True, metavar="CT0", help="baseline CT file or DICOM series folder")
-    p.add_argument("--baseline-results", required=True, metavar="DIR0",
+    single = inputs is None
+    (inputs or p).add_argument("--baseline", required=single, metavar="CT0",
+                               help="baseline CT file or DICOM series folder")
+    p.add_argument("--baseline-results", required=single, metavar="DIR0",
                    help="the folder predict wrote for the baseline CT (nodes.seg.nrrd)")
-    p.add_argument("--follow-up", required=True, metavar="CT1", help="follow-up CT file or DICOM series folder")
-    p.add_argument("--out", required=True, metavar="DIR1", help="folder for the follow-up results (created)")
+    p.add_argument("--follow-up", required=single, metavar="CT1", help="follow-up CT file or DICOM series folder")
+    p.add_argument("--out", required=True, metavar="DIR1",
+                   help="folder for the follow-up results (created); with --manifest, the cohort's: a folder per case")
     p.add_argument("--seeds", metavar="SEEDS", help="nodes new at follow-up: .mrk.json or .csv seed file")
     p.add_argument("--baseline-series-uid", metavar="UID", help="which baseline series, when the folder holds several")
     p.add_argument("--follow-up-series-uid", metavar="UID", help="which follow-up series, when the folder holds several")
@@ -222,6 +228,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
+    # beside --manifest (follow_up_command.py) argparse cannot ask for these two itself
+    missing = [flag for flag, value in (("--baseline-results DIR0", args.baseline_results),
+                                        ("--follow-up CT1", args.follow_up)) if not value]
+    if missing:
+        raise InputError(f"--baseline needs {' and '.join(missing)} beside it (or --manifest CSV for a cohort)")
     study = follow_up_to_folder(args.baseline, args.baseline_results, args.follow_up, args.out, args.seeds,
                                 args.model, args.device, args.batch_size, args.overwrite,
                                 baseline_series_uid=args.baseline_series_uid,

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.node_status import has_usable_mask, needs_review
-from ..io.cohort_manifest import CohortCase, ManifestColumns, parse_shard
+from ..io.cohort_manifest import CohortCase, ManifestColumns
 from .cohort_options import cohort_exit_code, refuse_single_case_options
-from .cohort_runner import CohortJob, CohortRun, run_cohort
+from .cohort_runner import CohortRun, run_cohort
+from .engine_job import EngineJob
 from .predict import output_files, predict_to_folder
 
 
@@ -30,25 +31,9 @@ PREDICT_COLUMNS = ManifestColumns(required_paths=("volume",), optional_paths=("s
                                   optional_text=("series_uid",), check_row=_seeds_or_prompts)
 
 
-def model_identity(model) -> dict:
-    """The run.json fields that name the model (any job with a model folder shares them): the
-    folder is checked whole here, once, before any case runs."""
-    from ..network.model_store import default_model_dir, load_model
-
-    loaded = load_model(model or default_model_dir())
-    return {"model_id": loaded.config.model_id, "weights_sha256": loaded.weights_sha256}
-
-
 @dataclass
-class PredictJob(CohortJob):
+class PredictJob(EngineJob):
     """predict_to_folder on one case, with one engine per process."""
-
-    model: str | None = None
-    device: str = "auto"
-    batch_size: int | None = None
-    dicom_seg: bool = False
-    report: bool = False
-    uncertainty: bool = True
 
     name = "predict"
     columns = PREDICT_COLUMNS
@@ -59,25 +44,12 @@ class PredictJob(CohortJob):
     def output_files(self) -> tuple[str, ...]:
         return output_files(self.dicom_seg, self.report)
 
-    def identity(self) -> dict:
-        return model_identity(self.model)
-
     def record_inputs(self, case: CohortCase) -> dict:
         return {name: case.inputs[name] for name in ("volume", "seeds", "prompts")}
 
-    def start(self, threads: int | None) -> None:
-        import torch
-
-        from ..inference.engine import NodeEngine
-
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self._engine = NodeEngine(self.model, self.device, self.batch_size, uncertainty=self.uncertainty)
-
     def run_case(self, case: CohortCase, overwrite: bool, warn) -> None:
-        self._engine.timings.clear()  # run.json's timings are this case's (the engine is reused)
         inputs = case.inputs
-        predict_to_folder(inputs["volume"], inputs["seeds"], case.out, engine=self._engine,
+        predict_to_folder(inputs["volume"], inputs["seeds"], case.out, engine=self.engine_for_case(),
                           overwrite=overwrite, series_uid=inputs["series_uid"], dicom_seg=self.dicom_seg,
                           report=self.report, warn=warn, prompts=inputs["prompts"], node_progress_bar=False)
 
@@ -125,7 +97,6 @@ def predict_cohort(manifest: str | os.PathLike, out_dir: str | os.PathLike, mode
     With workers > 1 the workers are spawned processes, which import the calling script again:
     call this under `if __name__ == "__main__":` in a script.
     """
-    shard = parse_shard(shard) if isinstance(shard, str) else parse_shard(f"{shard[0]}/{shard[1]}")
     job = PredictJob(None if model is None else str(model), device, batch_size, dicom_seg, report, uncertainty)
     return run_cohort(job, manifest, out_dir, workers=workers, shard=shard, overwrite=overwrite,
                       summary=summary, progress=progress)
