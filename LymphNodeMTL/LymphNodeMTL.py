@@ -82,7 +82,8 @@ top. Edit a segment and press Re-classify to update its probability from your ma
 press Apply again to process only the new nodes. Under Refine, pick a node (row or segment) and add
 positive (O) or negative points (T toggles) or a long axis (L; with no node it draws one): segment
 and row follow each prompt, and Undo (Ctrl+Z) steps back. Edited segments are never overwritten
-unless you ask. The engine runs in an inference server: by default one on this computer (started on
+unless you ask. Follow-up: baseline CT, its results and a later CT give the nodes there and both time
+points per node (a row click shows both CTs; Re-measure takes corrections). The engine runs in an inference server: by default one on this computer (started on
 first use, stopped when Slicer quits); Advanced settings take a shared server's address and token.
 <p><b>The bundled model was trained on synthetic phantoms only: it is a demonstration, not a
 clinical tool, and must not be used for diagnosis.</b> Use your own model folder for real work.</p>
@@ -183,7 +184,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refine = RefineControls(self.ui, self.logic, lambda: self._parameterNode, self._prepareServer,
                                      self._startJob, lambda: self._job is not None)
         self.followUp = FollowUpControls(self.ui, self.logic, lambda: self._parameterNode, self._prepareServer,
-                                         self._startJob)
+                                         self._startJob, self.refine)
 
         self.initializeParameterNode()
 

@@ -220,8 +220,9 @@ def test_widget_section_applies_on_the_timer_row_click_shows_both_cts_and_remeas
     widget._parameterNode = lnmtl.LymphNodeMTLParameterNode(None)
     widget._parameterNode.device = "cpu"
     monkeypatch.setattr(lnmtl.dependency_installer, "ensureRequirements", lambda: True)
+    refine = Field()  # the Refine section: which node it follows
     controls = widget.followUp = lnmtl.FollowUpControls(widget.ui, logic, lambda: widget._parameterNode,
-                                                  widget._prepareServer, widget._startJob)
+                                                        widget._prepareServer, widget._startJob, refine)
     ui = widget.ui
     assert not ui.followUpApplyButton.enabled  # no baseline results chosen yet
     ui.followUpBaselineSegmentationSelector.setCurrentNode(baseline_seg)
@@ -257,7 +258,11 @@ def test_widget_section_applies_on_the_timer_row_click_shows_both_cts_and_remeas
     yellow_centre = slicer.util.arrayFromVTKMatrix(views["Yellow"][0].GetSliceToRAS())[:3, 3]
     assert np.linalg.norm(red_centre - truth.follow_up_centre_ras) <= 3.0
     assert np.linalg.norm(yellow_centre - truth.baseline_centre_ras) <= 3.0
-    assert ui.statusLabel.text == f"Node {node_id}: Red view: follow-up CT; Yellow view: baseline CT"
+    assert ui.statusLabel.text == (f"Node {node_id}: Red view: follow-up CT; Yellow view: baseline CT; "
+                                   "Refine works on it in the follow-up CT")
+    p = widget._parameterNode
+    assert p.inputVolume is follow_up and p.outputSegmentation is nodes["followUpSegmentation"]
+    assert refine.calls == [("follow", (node_id,))]
 
     # a correction at follow-up, then Re-measure: that row's follow-up columns change
     _erase(nodes["followUpSegmentation"], follow_up, logic, node_id, keep_half=True)
@@ -270,3 +275,20 @@ def test_widget_section_applies_on_the_timer_row_click_shows_both_cts_and_remeas
     assert {k: v for k, v in after.items() if k != node_id} == {k: v for k, v in rows.items() if k != node_id}
     assert not math.isnan(follow_up_table.response(table_node)["follow_up_sum_mm"])
     assert ui.followUpResponseLabel.text == follow_up_table.responseLine(follow_up_table.response(table_node))
+
+    # a Refine click on the other carried node (as the section's click would send it), then Re-measure
+    other = next(f for f in pair.fates if f.fate == "shrunk" and f.node_id != node_id)
+    seg_node = nodes["followUpSegmentation"]
+    unrefined = logic.segmentMask(seg_node, logic.lymphNodeSegments(seg_node)[other.node_id], follow_up)
+    click = np.add(other.follow_up_centre_ras, (0.0, 0.0, 2.0))
+    assert logic.addClick(follow_up, seg_node, other.node_id, click, device="cpu").updatedIds == [other.node_id]
+    refined = logic.segmentMask(seg_node, logic.lymphNodeSegments(seg_node)[other.node_id], follow_up)
+    assert not np.array_equal(refined, unrefined)
+    controls.remeasure()
+    _run_timer(widget)
+    assert not errors, errors
+    assert ui.statusLabel.text == "1 node(s) re-measured at follow-up."
+    again = {r["id"]: r for r in follow_up_table.readRows(table_node)}
+    assert again[other.node_id]["follow_up_volume_mm3"] == pytest.approx(
+        refined.sum() * float(np.prod(pair.follow_up.geometry.spacing)), rel=0.01)
+    assert again[node_id] == after[node_id]

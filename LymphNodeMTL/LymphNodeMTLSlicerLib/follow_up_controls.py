@@ -1,7 +1,8 @@
 """The module panel's Follow-up section, wired to the Logic: the baseline CT, its results (a
 segmentation of an earlier Apply) and the follow-up CT; Apply runs the follow_up job, Re-measure
 the classify job on the follow-up segments corrected since; a click on a row shows the node in both
-CTs; the suggested response is stated as a suggestion.
+CTs and points the Refine section at the carried node (its clicks then refine it in the follow-up
+CT); the suggested response is stated as a suggestion.
 
 Qt wiring only, like the module's Widget (which owns it): the jobs run on the widget's job timer,
 one at a time, as Apply's do.
@@ -10,15 +11,15 @@ one at a time, as Apply's do.
 import slicer
 from slicer.i18n import tr as _
 
-from . import follow_up_nodes, follow_up_table
+from . import follow_up_nodes, follow_up_table, output_nodes
 
 
 class FollowUpControls:
-    def __init__(self, ui, logic, parameters, prepareServer, startJob):
+    def __init__(self, ui, logic, parameters, prepareServer, startJob, refine=None):
         """ui: the panel's widgets; parameters() -> the module's parameter node (model folder, device);
         prepareServer() -> False when no job can start; startJob(job, showResult, text): the
-        widget's job runner."""
-        self.ui, self.logic = ui, logic
+        widget's job runner; refine: the Refine section (RefineControls)."""
+        self.ui, self.logic, self.refine = ui, logic, refine
         self._parameters, self._prepareServer, self._startJob = parameters, prepareServer, startJob
         self._running = False
         ui.followUpTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._showTable)
@@ -77,6 +78,19 @@ class FollowUpControls:
         with slicer.util.tryWithErrorDisplay(_("Cannot show the node."), waitCursor=True):
             shown = follow_up_nodes.showRow(tableNode, str(nodeId))
             views = {follow_up_nodes.FOLLOW_UP_VIEW: _("follow-up CT"), follow_up_nodes.BASELINE_VIEW: _("baseline CT")}
-            self.ui.statusLabel.text = _("Node {id}: ").format(id=nodeId) + "; ".join(
-                _("{view} view: {ct}").format(view=view, ct=views[view]) for view in shown) if shown else _(
-                "Node {id} has no segment to show.").format(id=nodeId)
+            parts = [_("{view} view: {ct}").format(view=view, ct=views[view]) for view in shown]
+            if self.refine is not None and self._refineOnFollowUp(tableNode, str(nodeId)):
+                parts.append(_("Refine works on it in the follow-up CT"))
+            self.ui.statusLabel.text = _("Node {id}: ").format(id=nodeId) + "; ".join(parts)
+
+    def _refineOnFollowUp(self, tableNode, nodeId: str) -> bool:
+        """The module's CT and segmentation become the follow-up ones, so that the Refine section's
+        clicks refine the carried node (Re-measure then takes the refined mask)."""
+        p = self._parameters()
+        if p is None:
+            return False
+        nodes = follow_up_table.references(tableNode)
+        p.inputVolume, p.outputSegmentation = nodes["followUpVolume"], nodes["followUpSegmentation"]
+        p.outputTable = output_nodes.linkedTable(nodes["followUpSegmentation"])  # None: a refinement makes one
+        self.refine.follow(nodeId)
+        return True
