@@ -129,7 +129,7 @@ def test_follow_up_job_gives_the_follow_up_segmentation_table_and_response_and_r
     assert {r["id"]: r for r in follow_up_table.readRows(summary.tableNode)} == after
 
 
-def test_follow_up_refuses_the_baseline_ct_as_follow_up_and_a_segmentation_without_nodes(mrml_scene, pair, logic):
+def test_follow_up_refuses_the_baseline_ct_as_follow_up_a_segmentation_without_nodes_and_a_results_table(mrml_scene, pair, logic):
     import slicer
 
     baseline = _volume(pair.baseline, "CT baseline")
@@ -138,6 +138,13 @@ def test_follow_up_refuses_the_baseline_ct_as_follow_up_and_a_segmentation_witho
         logic.followUp(baseline, empty, _volume(pair.follow_up, "CT follow-up"))
     with pytest.raises(lnmtl.InputError, match="another CT than the baseline"):
         logic.followUp(baseline, empty, baseline)
+    results_table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "results")
+    seeds = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Seeds")
+    seeds.AddControlPoint(*pair.baseline.nodes[0].seed_ras, pair.baseline.nodes[0].node_id)
+    baseline_seg = logic.process(baseline, seeds, device="cpu").segmentationNode
+    with pytest.raises(lnmtl.InputError, match="'results' is not a follow-up table"):
+        logic.followUp(baseline, baseline_seg, _volume(pair.follow_up, "CT 2"), results_table)
+    assert results_table.GetTable().GetNumberOfColumns() == 0  # nothing written
     with pytest.raises(lnmtl.InputError, match="follow-up table"):
         logic.remeasureFollowUp(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode"))
 

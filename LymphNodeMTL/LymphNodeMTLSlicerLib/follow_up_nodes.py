@@ -39,6 +39,8 @@ def planFollowUp(baseline: ReclassificationPlan, followUpVolume, tableNode=None)
     if not baseline.results:
         raise InputError("the baseline segmentation has no lymph-node segment with a mask: select the results "
                          "of an Apply on the baseline CT")
+    if tableNode is not None and not follow_up_table.isFollowUpTable(tableNode):
+        raise InputError(f"the table '{tableNode.GetName()}' is not a follow-up table: choose none to create one")
     plan = FollowUpPlan(baseline, followUpVolume, tableNode)
     if tableNode is not None:
         plan.segmentationNode = follow_up_table.reference(tableNode, "followUpSegmentation")

@@ -79,6 +79,11 @@ def references(tableNode) -> dict:
     return nodes
 
 
+def isFollowUpTable(tableNode) -> bool:
+    """Whether a follow-up run wrote the table (a results table must not be overwritten by one)."""
+    return tableNode.GetAttribute(RESPONSE_ATTRIBUTE) is not None
+
+
 def setResponse(tableNode, response: dict) -> None:
     tableNode.SetAttribute(RESPONSE_ATTRIBUTE, json.dumps(response))
 
