@@ -15,12 +15,13 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from LymphNodeMTLLib.core.case import Case, Seed
+from LymphNodeMTLLib.core.case import Case
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.core.geometry import VolumeGeometry
-from LymphNodeMTLLib.server.job_steps import classify_job, predict_job, refine_job
+from LymphNodeMTLLib.server.job_steps import classify_job, follow_up_job, predict_job, refine_job
 from LymphNodeMTLSlicerLib import (
     dependency_installer,
+    follow_up_nodes,
     node_navigation,
     node_refinement,
     node_segments,
@@ -28,8 +29,12 @@ from LymphNodeMTLSlicerLib import (
     prompt_markups,
     result_export,
     results_table,
+    seed_markups,
     server_settings,
+    volume_cache,
 )
+from LymphNodeMTLSlicerLib.follow_up_controls import FollowUpControls
+from LymphNodeMTLSlicerLib.follow_up_job import FollowUpServerJob
 from LymphNodeMTLSlicerLib.module_job import ModuleJob, NothingToDo
 from LymphNodeMTLSlicerLib.refine_controls import RefineControls
 from LymphNodeMTLSlicerLib.run_plans import PredictionPlan, ReclassificationPlan, RunSummary
@@ -77,7 +82,8 @@ top. Edit a segment and press Re-classify to update its probability from your ma
 press Apply again to process only the new nodes. Under Refine, pick a node (row or segment) and add
 positive (O) or negative points (T toggles) or a long axis (L; with no node it draws one): segment
 and row follow each prompt, and Undo (Ctrl+Z) steps back. Edited segments are never overwritten
-unless you ask. The engine runs in an inference server: by default one on this computer (started on
+unless you ask. Follow-up: baseline CT, its results and a later CT give the nodes there and both time
+points per node (a row click shows both CTs; Re-measure takes corrections). The engine runs in an inference server: by default one on this computer (started on
 first use, stopped when Slicer quits); Advanced settings take a shared server's address and token.
 <p><b>The bundled model was trained on synthetic phantoms only: it is a demonstration, not a
 clinical tool, and must not be used for diagnosis.</b> Use your own model folder for real work.</p>
@@ -138,6 +144,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showResult = None  # main-thread callback for its summary
         self._pollTimer = None
         self.refine = None  # the Refine section's wiring (RefineControls)
+        self.followUp = None  # the Follow-up section's (FollowUpControls)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -176,6 +183,8 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.refine = RefineControls(self.ui, self.logic, lambda: self._parameterNode, self._prepareServer,
                                      self._startJob, lambda: self._job is not None)
+        self.followUp = FollowUpControls(self.ui, self.logic, lambda: self._parameterNode, self._prepareServer,
+                                         self._startJob, self.refine)
 
         self.initializeParameterNode()
 
@@ -250,6 +259,7 @@ class LymphNodeMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = haveInputs
         self.ui.reclassifyButton.enabled = haveResults and not running
         self.ui.exportButton.enabled = haveResults and not running
+        self.followUp and self.followUp.updateButtons(running)
 
     # --- buttons ---------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
@@ -423,42 +433,9 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise InputError("select a CT volume that has image data")
         image = self._volumes.image(volumeNode)
-        geometry = VolumeGeometry(self._ijkToWorld(volumeNode), image.shape)
-        seeds = self.seedsFromMarkups(markupsNode) if markupsNode is not None else []
+        geometry = VolumeGeometry(volume_cache.ijkToWorld(volumeNode), image.shape)
+        seeds = seed_markups.seedsFromMarkups(markupsNode) if markupsNode is not None else []
         return Case(image, geometry, seeds, {"volume": volumeNode.GetName()})
-
-    @staticmethod
-    def _ijkToLocal(volumeNode) -> np.ndarray:
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        return slicer.util.arrayFromVTKMatrix(matrix)
-
-    @staticmethod
-    def _ijkToWorld(volumeNode) -> np.ndarray:
-        """IJK -> world RAS: the volume's matrix under its (linear) parent transforms."""
-        ijkToRas = LymphNodeMTLLogic._ijkToLocal(volumeNode)
-        transformNode = volumeNode.GetParentTransformNode()
-        if transformNode is not None:
-            if not transformNode.IsTransformToWorldLinear():
-                raise InputError(f"the CT '{volumeNode.GetName()}' is under a non-linear transform; "
-                                 "harden the transform first (Data module, right-click, Harden transform)")
-            toWorld = vtk.vtkMatrix4x4()
-            transformNode.GetMatrixTransformToWorld(toWorld)
-            ijkToRas = slicer.util.arrayFromVTKMatrix(toWorld) @ ijkToRas
-        return ijkToRas
-
-    @staticmethod
-    def seedsFromMarkups(markupsNode) -> list:
-        """Placed control points in world RAS; id = the point's label, or its 1-based index."""
-        seeds = []
-        for index in range(markupsNode.GetNumberOfControlPoints()):
-            if markupsNode.GetNthControlPointPositionStatus(index) != markupsNode.PositionDefined:
-                continue  # a point still being placed
-            ras = [0.0, 0.0, 0.0]
-            markupsNode.GetNthControlPointPositionWorld(index, ras)
-            label = markupsNode.GetNthControlPointLabel(index).strip() or str(index + 1)
-            seeds.append(Seed(label, (float(ras[0]), float(ras[1]), float(ras[2]))))
-        return seeds
 
     @staticmethod
     def initializeSeedsNode(markupsNode) -> None:
@@ -549,13 +526,15 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         job = self.startReclassification(plan, modelFolder, device)
         return self.waitForJob(job) if waitForCompletion else job
 
-    def startReclassification(self, plan: ReclassificationPlan, modelFolder=None, device="auto") -> ModuleJob:
+    def startReclassification(self, plan: ReclassificationPlan, modelFolder=None, device="auto",
+                              apply=None) -> ModuleJob:
+        """apply(plan, results): what the new facts update (default applyReclassification)."""
+        apply = apply or self.applyReclassification
         watched = {"CT": plan.volumeNode, "segmentation": plan.segmentationNode, "output table": plan.tableNode}
         if not plan.results:
-            return ModuleJob(NothingToDo(), lambda results: self.applyReclassification(plan, results), watched,
-                             "classify")
-        return self._startJob(plan.case, classify_job(plan.results), self.applyReclassification, plan, watched,
-                              "classify", modelFolder, device)
+            return ModuleJob(NothingToDo(), lambda results: apply(plan, results), watched, "classify")
+        return self._startJob(plan.case, classify_job(plan.results), apply, plan, watched, "classify",
+                              modelFolder, device)
 
     def planReclassification(self, volumeNode, segmentationNode, tableNode=None, segmentIds=None):
         """Main thread: read the masks of the segments to re-classify."""
@@ -648,6 +627,32 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         return node_refinement.undo(self.refinements, plan or self.planUndo(segmentationNode, nodeId),
                                     self._labels(), replaceEdited)
 
+    # --- Follow-up: the baseline nodes carried into a later CT, both time points ------------------
+    def followUp(self, baselineVolume, baselineSegmentation, followUpVolume, tableNode=None, modelFolder=None,
+                 device="auto", waitForCompletion=True):
+        """The baseline segmentation's nodes carried into the follow-up CT by the server: a follow-up segmentation
+        and a table of both time points (follow_up_nodes.py). The RunSummary, or the running ModuleJob."""
+        segmentIds = list(self.lymphNodeSegments(baselineSegmentation).values()) if baselineSegmentation else None
+        plan = follow_up_nodes.planFollowUp(self.planReclassification(baselineVolume, baselineSegmentation, None,
+                                                                      segmentIds), followUpVolume, tableNode)
+        baseline = self._volumes.payload(plan.baseline.case)  # before the follow-up CT replaces the cached one
+        serverJob = FollowUpServerJob(lambda volume, body: self.server.job(volume, body, modelFolder, device),
+                                      baseline, self._volumes.payload(self.caseFromNodes(followUpVolume)),
+                                      follow_up_job(baseline.volume_id, plan.baseline.results))
+        job = ModuleJob(serverJob, lambda results: follow_up_nodes.applyFollowUp(
+            plan, serverJob.summary, results, MODULE_TERMINOLOGY), plan.watched(), "follow_up")
+        return self.waitForJob(job) if waitForCompletion else job
+
+    def remeasureFollowUp(self, tableNode, modelFolder=None, device="auto", waitForCompletion=True):
+        """Follow-up segments corrected since their row was written (edited, or refined by clicks)
+        classified and measured again: their follow-up columns and the suggested response updated."""
+        nodes = follow_up_nodes.follow_up_table.references(tableNode)
+        plan = self.planReclassification(nodes["followUpVolume"], nodes["followUpSegmentation"], tableNode,
+                                         follow_up_nodes.correctedSegmentIds(tableNode))
+        job = self.startReclassification(plan, modelFolder, device, lambda plan, results: (
+            follow_up_nodes.applyRemeasure(plan, results, MODULE_TERMINOLOGY)))
+        return self.waitForJob(job) if waitForCompletion else job
+
     # --- segments --------------------------------------------------------------------------------
     @staticmethod
     def lymphNodeSegments(segmentationNode) -> dict:
@@ -694,7 +699,7 @@ class LymphNodeMTLLogic(ScriptedLoadableModuleLogic):
         if segmentationNode is None:
             raise InputError("nothing to export: run Apply first")
         # the volume's own grid (not world): DICOM positions are those of the source images
-        geometry = VolumeGeometry(self._ijkToLocal(volumeNode), slicer.util.arrayFromVolume(volumeNode).shape)
+        geometry = VolumeGeometry(volume_cache.ijkToLocal(volumeNode), slicer.util.arrayFromVolume(volumeNode).shape)
         return result_export.exportResults(segmentationNode, volumeNode,
                                            self.resultsFromSegments(volumeNode, segmentationNode), geometry,
                                            folder, bool(self.serverInfo.get("clinical_use", False)))

@@ -7,6 +7,7 @@ server is a QProcess started through PythonSlicer; every request goes through QN
 Steps, one line each with its figures:
 - the GIL while Qt idles: a Python thread starves (so no project code may rely on one);
 - Apply, with the round trip of each request;
+- Follow-up: a phantom pair's baseline Apply, then the follow_up job (only the new CT uploaded);
 - Cancel at five points: health, upload (of the large CT, 100 ms into it), submit and poll in
   flight, and between two polls: it returns at once, the job has no error, one DELETE is sent
   (none before a job exists), the server says the job is cancelled at once, and logs an abandoned
@@ -35,7 +36,9 @@ import slicer_module_stubs  # noqa: E402
 
 lnmtl = slicer_module_stubs.import_module_file()
 from LymphNodeMTLLib.phantoms.case_generator import generate_phantom_case  # noqa: E402
+from LymphNodeMTLLib.phantoms.follow_up_pair import generate_follow_up_pair  # noqa: E402
 from LymphNodeMTLLib.server.client import InferenceClient  # noqa: E402
+from LymphNodeMTLSlicerLib import follow_up_table  # noqa: E402
 from LymphNodeMTLSlicerLib.server_client import QtTransport  # noqa: E402
 from slicer_harness import SlicerHarness  # noqa: E402
 
@@ -140,6 +143,7 @@ class Scenario:
     # --- the steps ------------------------------------------------------------------------------
     def run(self):
         yield from self.apply()
+        yield from self.followUp()
         yield from self.cancelAt("health")
         yield from self.cancelAt("upload", self.largeVolume(), delay_ms=100)  # mid-body: the server sees it go
         yield from self.largeCt()
@@ -163,6 +167,34 @@ class Scenario:
             assert type(self.logic.localServer()._runner).__name__ == "QProcessRunner"
             print(f"{what}: {len(self.phantom.nodes)} nodes in {time.monotonic() - t0:.2f} s; round trips "
                   + roundTrips(self.transport.log[first:]), flush=True)
+
+    def followUp(self):
+        """Follow-up: the baseline's Apply, then through Qt the baseline CT made sure of (a volume-only
+        step: the server holds it already) and the follow_up job on the follow-up CT, uploaded."""
+        pair = generate_follow_up_pair(np.random.default_rng(1), 3, 0, spacing=(1.0, 1.0, 2.0), direction=np.eye(3),
+                                       field_of_view_mm=(128.0, 128.0, 80.0), max_shift_mm=8.0, max_angle_deg=5.0)
+        baseline, follow_up = (slicer.util.addVolumeFromArray(np.round(case.image).astype(np.int16),
+                                                              case.geometry.ijk_to_ras, name=name)
+                               for case, name in ((pair.baseline, "CT baseline"), (pair.follow_up, "CT follow-up")))
+        seeds = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Baseline seeds")
+        for node in pair.baseline.nodes:
+            seeds.AddControlPoint(*node.seed_ras, node.node_id)
+        job = self.start(seeds, baseline)
+        yield self.until(lambda: job.finished, 300, "the baseline's Apply")
+        assert job.summary is not None, job.error
+        first, t0 = len(self.transport.log), time.monotonic()
+        job = self.job = self.logic.followUp(baseline, job.summary.segmentationNode, follow_up, device="cpu",
+                                             waitForCompletion=False)
+        yield self.until(lambda: job.finished, 300, "the follow-up job")
+        assert job.summary is not None, job.error
+        sent = [(method, path.split("/")[2]) for method, path, *_ in self.transport.log[first:] if method != "GET"]
+        # the baseline CT is on the server since its Apply: asked for, not sent again; the follow-up CT goes up
+        assert sent == [("HEAD", "volumes"), ("HEAD", "volumes"), ("PUT", "volumes"), ("POST", "jobs")], sent
+        response = follow_up_table.response(job.summary.tableNode)
+        assert response["category"] == pair.response.category, response
+        print(f"Follow-up: {len(job.summary.updatedIds)} nodes carried in {time.monotonic() - t0:.2f} s "
+              f"(the follow-up CT uploaded), response {response['category']}; round trips "
+              + roundTrips(self.transport.log[first:]), flush=True)
 
     def cancelAt(self, point, volume=None, delay_ms=0):
         t, before, outcome = self.transport, len(self.transport.log), {}

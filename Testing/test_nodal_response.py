@@ -3,6 +3,7 @@
 import math
 
 from LymphNodeMTLLib.core import nodal_response as recist
+from LymphNodeMTLLib.core import node_status
 from LymphNodeMTLLib.core.nodal_response import nodal_response
 
 BASELINE = {"a": 20.0, "b": 16.0, "small": 8.0}  # targets a and b: sum 36 mm
@@ -61,3 +62,33 @@ def test_without_target_nodes():
     assert nodal_response({"nt": 12.0}, {"nt": 9.0}).category == recist.COMPLETE_RESPONSE
     as_dict = nodal_response(BASELINE, {"a": 20.0, "b": 16.0, "small": 8.0}).as_dict()
     assert as_dict["note"] == recist.SUGGESTION and as_dict["category"] == recist.STABLE_DISEASE
+
+
+# --- the response from a follow-up table's rows (outputs/follow_up_table.py), as the Slicer table keeps it
+def _row(node_id, before, after, status="ok"):
+    from LymphNodeMTLLib.outputs.follow_up_table import with_changes
+
+    row = {"id": node_id, "status": status, "baseline_short_axis_mm": before, "baseline_long_axis_mm": before + 5,
+           "baseline_volume_mm3": 1000.0, "follow_up_short_axis_mm": after,
+           "follow_up_long_axis_mm": None if after is None else after + 5, "follow_up_volume_mm3": 500.0}
+    return with_changes(row, status != node_status.REGISTRATION_UNCERTAIN)  # as NodeChange.measured
+
+
+def test_a_remeasured_row_replaces_only_the_follow_up_time_point_and_the_response_follows_it():
+    import types
+
+    from LymphNodeMTLLib.outputs.follow_up_table import remeasured_row, response_of_rows
+
+    rows = [_row("1", 20.0, 18.0), _row("2", 16.0, 15.0), _row("3", 8.0, None, "registration_uncertain")]
+    assert rows[0]["short_axis_change_mm"] == -2.0 and rows[2]["short_axis_change_mm"] is None
+    assert response_of_rows(rows).category == recist.STABLE_DISEASE
+    corrected = types.SimpleNamespace(status="ok", is_empty=False, short_axis_mm=9.0, long_axis_mm=12.0,
+                                      volume_mm3=300.0, probability=0.2)
+    rows[0] = remeasured_row(rows[0], corrected)
+    assert (rows[0]["baseline_short_axis_mm"], rows[0]["follow_up_short_axis_mm"]) == (20.0, 9.0)
+    assert rows[0]["short_axis_change_mm"] == -11.0 and rows[0]["volume_change_percent"] == -70.0
+    response = response_of_rows(rows)  # (9 + 15) / 36: -33 %
+    assert response.category == recist.PARTIAL_RESPONSE and response.follow_up_sum_mm == 24.0
+    rows[1] = remeasured_row(rows[1], None)  # erased: not found, size 0
+    assert rows[1]["status"] == "not_found" and rows[1]["follow_up_short_axis_mm"] == 0.0
+    assert response_of_rows(rows).follow_up_sum_mm == 9.0

@@ -1,6 +1,6 @@
 """The module's server jobs inside a real PythonQt (Slicer's own PythonQt revision, Qt's event loop
 in C++, the GIL held while Qt idles): pythonqt_server_scenario.py run by pythonqt_host, one host
-launch for all its steps (cancel at five points, a killed server, a server that never answers, a
+launch for all its steps (Apply, Follow-up with its two CTs, cancel at five points, a killed server, a server that never answers, a
 large CT, the GIL). Skipped, with the reason, where that host is not there."""
 
 from pythonqt_host import run_scenario

@@ -65,6 +65,17 @@ def test_every_widget_the_refine_section_uses_is_in_the_ui(ui):
     assert used - {"statusLabel", "resultsTableView"} <= inside
 
 
+def test_every_widget_the_follow_up_section_uses_is_in_the_ui_inside_its_section(ui):
+    """The Follow-up section's wiring (LymphNodeMTLSlicerLib/follow_up_controls.py) names its own widgets."""
+    used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", (SLICER_LIB / "follow_up_controls.py").read_text()))
+    assert {"followUpApplyButton", "followUpRemeasureButton", "followUpTableView", "followUpResponseLabel"} <= used
+    widgets = _widgets(ui)
+    assert not used - set(widgets), f"the Follow-up section uses widgets the .ui lacks: {sorted(used - set(widgets))}"
+    section = next(w for w in ui.iter("widget") if w.get("name") == "followUpCollapsibleButton")
+    assert used - {"statusLabel"} <= {w.get("name") for w in section.iter("widget")}
+    assert {widgets[name] for name in used if name.endswith("Selector")} == {"qMRMLNodeComboBox"}
+
+
 def test_ui_binds_every_parameter_to_a_widget_of_the_right_kind(ui):
     import slicer_module_stubs
 

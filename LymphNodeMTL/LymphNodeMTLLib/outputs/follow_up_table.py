@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from ..core import nodal_response as recist
 from ..core import node_status
 from .output_folder import atomic_output
 
@@ -44,7 +45,17 @@ def change_row(change) -> dict[str, float | str | None]:
     for name in ("short_axis_mm", "long_axis_mm", "volume_mm3"):
         row[f"baseline_{name}"] = getattr(before, name) if before is not None and not before.is_empty else None
         row[f"follow_up_{name}"] = at_follow_up(getattr(after, name))
-    measured = change.measured  # an uncertain registration shows its sizes, not a change
+    row["baseline_probability"] = before.probability if before is not None else None
+    row["follow_up_probability"] = after.probability
+    carried = change.carried
+    row["local_correlation"] = carried.local_correlation if carried is not None else None
+    row["local_shift_mm"] = carried.local_shift_mm if carried is not None else None
+    return with_changes(row, change.measured)  # an uncertain registration shows its sizes, not a change
+
+
+def with_changes(row: dict, measured: bool) -> dict:
+    """The row's change columns from its two time points; none when the follow-up size does not
+    count (`measured` False) or a time point has no size."""
     b_sa, a_sa = row["baseline_short_axis_mm"], row["follow_up_short_axis_mm"]
     comparable = measured and b_sa is not None and a_sa is not None
     row["short_axis_change_mm"] = a_sa - b_sa if comparable else None
@@ -53,12 +64,46 @@ def change_row(change) -> dict[str, float | str | None]:
     row["long_axis_change_mm"] = a_la - b_la if comparable and b_la is not None and a_la is not None else None
     b_v, a_v = row["baseline_volume_mm3"], row["follow_up_volume_mm3"]
     row["volume_change_percent"] = (100.0 * (a_v - b_v) / b_v if comparable and b_v and a_v is not None else None)
-    row["baseline_probability"] = before.probability if before is not None else None
-    row["follow_up_probability"] = after.probability
-    carried = change.carried
-    row["local_correlation"] = carried.local_correlation if carried is not None else None
-    row["local_shift_mm"] = carried.local_shift_mm if carried is not None else None
     return row
+
+
+def remeasured_row(row: dict, result) -> dict:
+    """The row with its follow-up time point measured again from `result` (the radiologist's corrected
+    mask, classified; None: the mask was erased, the node is not found) and its changes recomputed.
+    A corrected mask is the radiologist's: its size counts whatever the registration said."""
+    row = dict(row)
+    if result is None or result.is_empty:
+        row.update(status=node_status.NOT_FOUND, follow_up_probability=None)
+        for name in ("short_axis_mm", "long_axis_mm", "volume_mm3"):
+            row[f"follow_up_{name}"] = 0.0
+        return with_changes(row, True)
+    usable = node_status.has_usable_mask(result.status)
+    row["status"] = result.status
+    for name in ("short_axis_mm", "long_axis_mm", "volume_mm3"):
+        row[f"follow_up_{name}"] = getattr(result, name) if usable else None
+    row["follow_up_probability"] = result.probability if usable else None
+    return with_changes(row, usable)
+
+
+def response_of_rows(rows: list[dict]) -> recist.NodalResponse:
+    """The nodal response from the table's rows (change_row's or remeasured_row's): the sizes that
+    count at follow-up, as nodal_response_of takes them from a study. Rows with no baseline size are
+    nodes new at follow-up."""
+
+    def after(row):
+        if row["status"] == node_status.NOT_FOUND:
+            return 0.0
+        counts = row.get("short_axis_change_mm") is not None or row["baseline_short_axis_mm"] is None
+        return _size(row["follow_up_short_axis_mm"]) if counts else math.nan
+
+    baseline = [r for r in rows if r["baseline_volume_mm3"] is not None]
+    new = [r for r in rows if r["baseline_volume_mm3"] is None]
+    return recist.nodal_response({r["id"]: _size(r["baseline_short_axis_mm"]) for r in baseline},
+                                 {r["id"]: after(r) for r in baseline}, {r["id"]: after(r) for r in new})
+
+
+def _size(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def write_follow_up_csv(path, changes) -> Path:
@@ -69,7 +114,7 @@ def write_follow_up_csv(path, changes) -> Path:
             writer = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()
             for change in changes:
-                writer.writerow({k: _format(k, v) for k, v in change_row(change).items()})
+                writer.writerow({k: format_cell(k, v) for k, v in change_row(change).items()})
     return path
 
 
@@ -83,7 +128,8 @@ def write_response_json(path, study) -> Path:
     return path
 
 
-def _format(column: str, value) -> str:
+def format_cell(column: str, value) -> str:
+    """A value as the CSV (and the module's table) shows it: fixed decimals, empty when not known."""
     if value is None or isinstance(value, str):
         return value or ""
     if not math.isfinite(float(value)):
