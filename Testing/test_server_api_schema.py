@@ -11,6 +11,7 @@ job needs a CT on the server, and no generated upload is one (it would have to h
 from __future__ import annotations
 
 import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_schemathesis_finds_nothing_against_a_real_server(tmp_path):
     with open(tmp_path / "server.log", "w") as log, start_server(
             ["--port", "0", "--device", "cpu", "--no-warm-up", "--token-file", str(tmp_path / "token.txt"),
              "--max-upload-mb", "1"], stderr=log, timeout=120) as server:
-        assert server.url, (tmp_path / "server.log").read_text()
+        assert server.url, (tmp_path / "server.log").read_text(encoding="utf-8", errors="replace")
         client = InferenceClient(server.url, token=TOKEN)
         assert client.health()["status"] == "ok"
         client.close()
@@ -145,11 +146,13 @@ def test_schemathesis_finds_nothing_against_a_real_server(tmp_path):
              "--config-file", str(SCHEMATHESIS_CONFIG), "run", server.url + OPENAPI_PATH,
              "-H", f"Authorization: Bearer {TOKEN}", "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
              "--max-examples", str(FUZZ_EXAMPLES), "--seed", str(FUZZ_SEED), "--workers", "1", "--no-color"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S)
+            cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=FUZZ_TIMEOUT_S,
+            # its report has non-ASCII marks: UTF-8 whatever the machine's locale (CI's may be C)
+            env=dict(os.environ, PYTHONUTF8="1", PYTHONIOENCODING="utf-8"))
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-6000:]
     summary = report.strip().splitlines()[-1]
     assert re.search(r"\b(passed|warnings?) in\b", summary) and "failure" not in summary, report[-3000:]
     tested = re.search(r"(\d+) generated, (\d+) passed", report)
     assert tested and int(tested[2]) == int(tested[1]) > 50, report[-3000:]
-    assert "unhandled" not in (tmp_path / "server.log").read_text()  # no 500 behind a passing check
+    assert "unhandled" not in (tmp_path / "server.log").read_text(encoding="utf-8", errors="replace")  # no 500 behind a passing check
