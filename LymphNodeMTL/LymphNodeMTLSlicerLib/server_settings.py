@@ -16,8 +16,8 @@ def _flag(value) -> bool:
 
 
 def loadServer(settings, defaultUrl: str):
-    """(url, token, remember); a token an earlier version stored without "remember" is handed back
-    for this session and taken out of the file."""
+    """(url, token, remember); a token an earlier version stored without "remember" is used while
+    Slicer runs and taken out of the file."""
     remember = _flag(settings.value(SETTINGS_REMEMBER_TOKEN, "false"))
     token = str(settings.value(SETTINGS_SERVER_TOKEN, "") or "")
     if not remember:
