@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LymphNodeMTL"))
@@ -68,6 +69,21 @@ def one_pass_signals(probability: np.ndarray, mask: np.ndarray, spacing_mm: floa
     return out
 
 
+def flipped_probabilities(engine: NodeEngine, case: Case, centres: np.ndarray, spacing: float, flips) -> torch.Tensor:
+    """Mask probabilities of the views at `centres`, each through its patch flipped along `flips`
+    (patch dims) and flipped back: the engine's own input and network, batch by batch."""
+    probs = []
+    for start in range(0, len(centres), engine.batch_size):
+        x, _ = engine._network_input(case, centres[start:start + engine.batch_size], spacing)
+        batch_flips = flips[start:start + engine.batch_size]
+        x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, batch_flips)])
+        with torch.inference_mode():
+            out = engine.network(x, None, slice_mm=engine._slice_mm(case, x), spacing_mm=spacing)
+            prob = torch.sigmoid(out.mask_logits[:, 0]).float()
+        probs.append(torch.stack([pi.flip(list(f)) if f else pi for pi, f in zip(prob, batch_flips)]).cpu())
+    return torch.cat(probs)
+
+
 def node_signals(engine: NodeEngine, case: Case, results, nodes) -> list[dict]:
     """Per usable node, the plain pass again and every candidate (module docstring)."""
     size = engine.config.preprocessing.patch_size
@@ -85,7 +101,7 @@ def node_signals(engine: NodeEngine, case: Case, results, nodes) -> list[dict]:
         pass_centres = np.array([centres[k] + (offsets[k][p][::-1] * spacing if p is not None else 0.0)
                                  for k, p in jobs])
         flips = [tta.PASSES[p].flip_dims if p is not None else ALL_AXES for _, p in jobs]
-        probs, _, _ = engine._run_network(case, pass_centres, spacing, None, flips=flips)
+        probs = flipped_probabilities(engine, case, pass_centres, spacing, flips)
         for row, k in enumerate(group):
             rows_k = [j for j, (kk, p) in enumerate(jobs) if kk == k and p is not None]
             flip_row = next(j for j, (kk, p) in enumerate(jobs) if kk == k and p is None)

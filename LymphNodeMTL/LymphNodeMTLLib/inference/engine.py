@@ -332,11 +332,10 @@ class NodeEngine:
         self.last_fields_of_view_mm = {str(r.node_id): float(r.field_of_view_mm) for r in results}
 
     # --- internals ----------------------------------------------------------------------------
-    def _run_network(self, case, centres, spacing, mask_patches, flips=None, tracker=None,
+    def _run_network(self, case, centres, spacing, mask_patches, tracker=None,
                      first_view=False, prompts=None, mask_only=False):
         """Mask probabilities (on the CPU) and metastasis logits for every centre, through patches
-        of `spacing` mm; `flips`: per centre, patch dims to flip (flipped back on the way out);
-        `prompts`: per centre, its prompts on the patch grid (PatchPrompts); mask_only: the mask
+        of `spacing` mm; `prompts`: per centre, its prompts on the patch grid (PatchPrompts); mask_only: the mask
         branch alone (the logits are zeros).
 
         first_view: also return, per centre, the seed's HU and the like-density signs
@@ -353,7 +352,6 @@ class NodeEngine:
             try:
                 p, l, hu = self._run_batch(case, centres[start:stop], spacing,
                                            None if mask_patches is None else mask_patches[start:stop],
-                                           None if flips is None else flips[start:stop],
                                            None if prompts is None else prompts[start:stop], mask_only)
             except torch.OutOfMemoryError:
                 self._recover_from_oom()
@@ -371,10 +369,8 @@ class NodeEngine:
                 tracker.advance(len(p))
         return torch.cat(probs), torch.cat(logits).numpy(), first
 
-    def _run_batch(self, case, centres, spacing, mask_patches, flips=None, prompts=None, mask_only=False):
+    def _run_batch(self, case, centres, spacing, mask_patches, prompts=None, mask_only=False):
         x, hu = self._network_input(case, centres, spacing, prompts)
-        if flips is not None:
-            x = torch.stack([xi.flip([d + 1 for d in f]) if f else xi for xi, f in zip(x, flips)])
         with self._timed("forward"), torch.inference_mode():
             if mask_only:
                 mask_logits, logit = self.network.segment(x), torch.zeros(x.shape[0])
@@ -383,8 +379,6 @@ class NodeEngine:
                 out = self.network(x, given, slice_mm=self._slice_mm(case, x), spacing_mm=spacing)
                 mask_logits, logit = out.mask_logits, out.metastasis_logit
             prob = torch.sigmoid(mask_logits[:, 0]).float()
-            if flips is not None:
-                prob = torch.stack([pi.flip(list(f)) if f else pi for pi, f in zip(prob, flips)])
             return prob.cpu(), logit.float().cpu(), hu
 
     def _network_input(self, case, centres, spacing, prompts=None):
