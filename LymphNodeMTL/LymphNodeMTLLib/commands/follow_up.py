@@ -17,6 +17,8 @@ from ..core.case import Case
 from ..core.errors import InputError
 from ..outputs.output_folder import OutputFolder, cleanup_on_signals
 from ..outputs.run_record import RECORD_NAME
+from .predict import (DICOM_SEG_FILE, REPORT_FILES, case_record, dicom_seg_reference, dicom_seg_sources,
+                      synthetic_source_note)
 
 if TYPE_CHECKING:
     from ..inference.engine import NodeEngine
@@ -53,8 +55,6 @@ example:
 """
 
 OUTPUT_FILES = ("nodes.seg.nrrd", "nodes.csv", "response.json", RECORD_NAME)
-DICOM_SEG_FILE = "nodes.dcm"
-REPORT_FILES = ("report.png", "report.html")
 
 
 def output_files(dicom_seg: bool = False, report: bool = False) -> tuple[str, ...]:
@@ -130,13 +130,13 @@ def follow_up_to_folder(
     from ..inference.follow_up_study import check_new_seeds
 
     check_new_seeds(baseline_nodes, new_seeds)
+    follow_case = Case(follow_case.image, follow_case.geometry, new_seeds, follow_case.metadata)
     if new_seeds:
-        Case(follow_case.image, follow_case.geometry, new_seeds, follow_case.metadata).validate_seeds()
-    dicom_sources = None
-    if dicom_seg and follow_headers is not None:
-        from ..io.dicom_sources import source_datasets
-
-        dicom_sources = source_datasets(follow_headers, follow_case.geometry, Path(follow_up).name)
+        follow_case.validate_seeds()
+    # before the network: a source series that does not match the CT is refused now
+    dicom_sources = dicom_seg_sources(follow_up, follow_case, follow_headers) if dicom_seg else None
+    if dicom_seg and dicom_sources is None:
+        folder.warn(synthetic_source_note("--follow-up"))
     if engine is None:
         from ..inference.engine import NodeEngine
 
@@ -182,7 +182,10 @@ def _write(folder: Path, baseline: Case, follow_up: Case, study, engine, inputs,
                for c in study.changes if c.carried is not None}
     extra = {"registration": study.registration.record(), "carried_nodes": carried,
              "response": study.response.as_dict()}
-    write_run_record(folder, engine, inputs, len(results), metadata, output_files(dicom_seg, report), extra)
+    if dicom_seg:
+        extra["dicom_seg_references"] = dicom_seg_reference(dicom_sources, "--follow-up")
+    write_run_record(folder, engine, inputs, len(results), case_record(follow_up, dicom_sources is not None),
+                     output_files(dicom_seg, report), extra)
 
 
 def _finite(value: float):

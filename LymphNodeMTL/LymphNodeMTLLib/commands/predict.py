@@ -148,21 +148,23 @@ def write_results(folder: Path, case: Case, results, engine, inputs: dict, dicom
         write_case_report(folder, case, results, engine.model_id, engine.config.clinical_use)
     engine.timings["write_outputs"] = time.perf_counter() - t0
     engine.timings["read_inputs"] = case.metadata.get("read_s", 0.0)
-    extra = {"dicom_seg_references": dicom_seg_reference(dicom_sources)} if dicom_seg else {}
+    extra = {"dicom_seg_references": dicom_seg_reference(dicom_sources, "--volume")} if dicom_seg else {}
     return write_run_record(folder, engine, inputs, len(results), case_record(case, dicom_sources is not None),
                             output_files(dicom_seg, report), extra)
 
 
-# Said on stderr and in run.json when a SEG is written for a CT that was not read from DICOM.
-SYNTHETIC_SOURCE_NOTE = ("the CT was not read from DICOM, so nodes.dcm references a synthetic CT series made for it "
-                         "(new study UID, PatientID ANONYMOUS): a PACS will not link it to the patient's study; "
-                         "give the DICOM series folder as --volume for a SEG that references it")
+def synthetic_source_note(option: str) -> str:
+    """Said on stderr and in run.json when a SEG is written for a CT that was not read from DICOM;
+    option: the command's option that names that CT."""
+    return ("the CT was not read from DICOM, so nodes.dcm references a synthetic CT series made for it "
+            "(new study UID, PatientID ANONYMOUS): a PACS will not link it to the patient's study; "
+            f"give the DICOM series folder as {option} for a SEG that references it")
 
 
-def dicom_seg_reference(dicom_sources) -> str:
+def dicom_seg_reference(dicom_sources, option: str) -> str:
     """What the DICOM SEG references, for run.json."""
     if dicom_sources is None:
-        return f"synthetic CT series: {SYNTHETIC_SOURCE_NOTE}"
+        return f"synthetic CT series: {synthetic_source_note(option)}"
     return f"the source DICOM series {dicom_sources[0].get('SeriesInstanceUID', '')}".strip()
 
 
@@ -246,7 +248,7 @@ def predict_to_folder(
     # before the network: a source series that does not match the CT is refused now
     dicom_sources = dicom_seg_sources(volume, case, dicom_headers) if dicom_seg else None
     if dicom_seg and dicom_sources is None:
-        folder.warn(SYNTHETIC_SOURCE_NOTE)
+        folder.warn(synthetic_source_note("--volume"))
     if engine is None:
         from ..inference.engine import NodeEngine
 
