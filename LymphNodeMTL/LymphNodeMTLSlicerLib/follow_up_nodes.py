@@ -11,7 +11,7 @@ import slicer
 from LymphNodeMTLLib.core.errors import InputError
 from LymphNodeMTLLib.outputs.follow_up_table import remeasured_row, response_of_rows
 
-from . import follow_up_table, node_segments, output_nodes
+from . import follow_up_table, node_navigation, node_segments, output_nodes
 from .run_plans import ReclassificationPlan, RunSummary
 
 # Which slice view shows which CT when a row is clicked (Slicer's default layout has both).
@@ -143,10 +143,6 @@ def showRow(tableNode, nodeId: str) -> dict:
 
 
 def _centre(segmentationNode, nodeId: str):
-    segmentId = node_segments.lymphNodeSegments(segmentationNode).get(nodeId)
-    if segmentId is None:
-        return None
-    centre = segmentationNode.GetSegmentCenterRAS(segmentId)
-    if centre is None:  # empty (not found): where it was looked for
-        centre = node_segments.tagsOf(segmentationNode.GetSegmentation().GetSegment(segmentId)).seed_ras
+    found = node_navigation.nodeCentre(segmentationNode, nodeId)
+    centre = found[1] if found is not None else None
     return tuple(float(v) for v in centre) if centre is not None else None

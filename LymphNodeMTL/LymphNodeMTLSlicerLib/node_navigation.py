@@ -16,14 +16,24 @@ def jumpToNode(tableNode, row: int, segmentationNode=None):
     return jumpToNodeId(segmentationNode, nodeId)
 
 
-def jumpToNodeId(segmentationNode, nodeId: str):
-    """Returns (segment id, RAS centre) of the node, or None when it has no segment."""
+def nodeCentre(segmentationNode, nodeId: str):
+    """(segment id, RAS centre) of the node's segment, or None when it has no segment; an empty
+    segment (a node not found) is centred on its seed, where it was looked for."""
     segmentId = node_segments.lymphNodeSegments(segmentationNode).get(nodeId)
     if segmentId is None:
         return None
     center = segmentationNode.GetSegmentCenterRAS(segmentId)
-    if center is None:  # empty segment: its seed
+    if center is None:
         center = node_segments.tagsOf(segmentationNode.GetSegmentation().GetSegment(segmentId)).seed_ras
+    return segmentId, center
+
+
+def jumpToNodeId(segmentationNode, nodeId: str):
+    """Returns (segment id, RAS centre) of the node, or None when it has no segment."""
+    found = nodeCentre(segmentationNode, nodeId)
+    if found is None:
+        return None
+    segmentId, center = found
     markups = getattr(slicer.modules, "markups", None)
     if markups is not None and hasattr(markups.logic(), "JumpSlicesToLocation"):
         markups.logic().JumpSlicesToLocation(*center, True)
