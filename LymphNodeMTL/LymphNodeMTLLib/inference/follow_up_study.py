@@ -81,11 +81,13 @@ def run_follow_up(engine, baseline: Case, baseline_nodes: list[NodeResult], foll
     check_new_seeds(baseline_nodes, list(new_seeds))
     timings = {}
     t0 = time.perf_counter()
-    registration = register_follow_up(sitk_image(baseline.image, baseline.geometry),
-                                      sitk_image(follow_up.image, follow_up.geometry), deformable)
+    # each CT as SimpleITK reads it, made once: the registration and the node carrying share it
+    baseline_image = sitk_image(baseline.image, baseline.geometry)
+    follow_up_image = sitk_image(follow_up.image, follow_up.geometry)
+    registration = register_follow_up(baseline_image, follow_up_image, deformable)
     timings["registration"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    carried = carry_nodes(baseline, baseline_nodes, follow_up, registration)
+    carried = carry_nodes(baseline, baseline_nodes, follow_up, registration, baseline_image, follow_up_image)
     timings["carry_nodes"] = time.perf_counter() - t0
     seeds = follow_up_seeds(carried) + list(new_seeds)
     by_id = {}

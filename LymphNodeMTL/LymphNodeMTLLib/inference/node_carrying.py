@@ -35,7 +35,7 @@ from ..core import node_status
 from ..core.case import Case, Seed
 from ..core.geometry import VolumeGeometry, lps_to_ras_points
 from ..core.node_result import NodeResult
-from .ct_registration import HU_RANGE, CtRegistration, sitk_image
+from .ct_registration import HU_RANGE, CtRegistration
 
 LOCAL_MARGIN_MM = 15.0
 MAX_LOCAL_SHIFT_MM = 8.0  # a local correction beyond this went astray: the global transform stands
@@ -62,11 +62,11 @@ class CarriedNode:
     checks: dict = field(default_factory=dict)
 
 
-def carry_nodes(baseline: Case, baseline_nodes: list[NodeResult], follow_up: Case,
-                registration: CtRegistration) -> list[CarriedNode]:
-    """Where each baseline node went (steps 1-2 of the module doc)."""
-    baseline_image = _sitk(baseline.image, baseline.geometry)
-    follow_up_image = _sitk(follow_up.image, follow_up.geometry)
+def carry_nodes(baseline: Case, baseline_nodes: list[NodeResult], follow_up: Case, registration: CtRegistration,
+                baseline_image: sitk.Image, follow_up_image: sitk.Image) -> list[CarriedNode]:
+    """Where each baseline node went (steps 1-2 of the module doc); baseline_image, follow_up_image:
+    the two CTs as the registration read them (ct_registration.sitk_image)."""
+    baseline_image, follow_up_image = _clamped(baseline_image), _clamped(follow_up_image)
     carried = []
     # CTs that do not match as a whole (another patient's, another region): no node is placed surely
     mismatch = not registration.correlation >= MIN_GLOBAL_CORRELATION
@@ -130,8 +130,8 @@ def follow_up_seeds(carried: list[CarriedNode]) -> list[Seed]:
 
 
 # --- local registration ----------------------------------------------------------------------
-def _sitk(image: np.ndarray, geometry: VolumeGeometry) -> sitk.Image:
-    return sitk.Clamp(sitk_image(image, geometry), sitk.sitkFloat32, *HU_RANGE)
+def _clamped(image: sitk.Image) -> sitk.Image:
+    return sitk.Clamp(image, sitk.sitkFloat32, *HU_RANGE)
 
 
 def _patch_box(node: NodeResult, geometry: VolumeGeometry, margin_mm: float):
