@@ -14,7 +14,8 @@ from LymphNodeMTLLib.evaluation.evaluator import (
     summarise,
     summarise_by_slice_thickness,
 )
-from LymphNodeMTLLib.evaluation.mask_overlap import dice_score, hd95_mm
+from LymphNodeMTLLib.core.mask_dice import dice_score
+from LymphNodeMTLLib.evaluation.mask_overlap import hd95_mm
 from LymphNodeMTLLib.phantoms.dataset_writer import write_phantom_dataset
 
 LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0])

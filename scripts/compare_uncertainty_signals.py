@@ -46,7 +46,8 @@ from LymphNodeMTLLib.core.case import Case, Seed  # noqa: E402
 from LymphNodeMTLLib.core.node_status import OK  # noqa: E402
 from LymphNodeMTLLib.inference.engine import NodeEngine  # noqa: E402
 from LymphNodeMTLLib.inference.node_status_rules import min_mask_volume_mm3  # noqa: E402
-from LymphNodeMTLLib.inference.mask_confidence import dice, seed_component_above, threshold_stability  # noqa: E402
+from LymphNodeMTLLib.core.mask_dice import dice_score  # noqa: E402
+from LymphNodeMTLLib.inference.mask_confidence import seed_component_above, threshold_stability  # noqa: E402
 from LymphNodeMTLLib.io.training_manifest import read_manifest  # noqa: E402
 from LymphNodeMTLLib.io.volume_reader import read_volume  # noqa: E402
 
@@ -111,7 +112,8 @@ def node_signals(engine: NodeEngine, case: Case, results, nodes) -> list[dict]:
             signal = {"agree4": tta.mean_pairwise_dice([masks[k]] + pass_masks, [zero] + offsets[k])}
             for p, m in enumerate(pass_masks):
                 signal[f"agree_p{p + 1}"] = tta.mean_pairwise_dice([masks[k], m], [zero, offsets[k][p]])
-            signal["agree_flip"] = dice(masks[k], seed_component_above(probs[flip_row].numpy(), threshold, spacing))
+            flipped = seed_component_above(probs[flip_row].numpy(), threshold, spacing)
+            signal["agree_flip"] = dice_score(masks[k], flipped)
             signal.update(one_pass_signals(plain[row].numpy(), masks[k], spacing))
             signal["patch_voxels"] = int(masks[k].sum())
             rows[k] = signal
@@ -137,7 +139,7 @@ def collect(manifest: Path, out: Path, first: int, limit: int) -> None:
                     continue
                 row = {"set": manifest.parent.name, "case_index": n, "case_id": mcase.case_id,
                        "node_id": node.node_id, "status": r.status,
-                       "dice": dice(r.full_mask(geometry.shape_kji), truth),
+                       "dice": dice_score(r.full_mask(geometry.shape_kji), truth),
                        "volume_mm3": r.volume_mm3, "true_volume_mm3": float(truth.sum() * np.prod(geometry.spacing)),
                        "short_axis_mm": r.short_axis_mm, "field_of_view_mm": r.field_of_view_mm, **signal}
                 if fields is None:

@@ -34,7 +34,8 @@ from ..core.node_status import has_usable_mask
 from ..io.training_manifest import check_same_grid, read_manifest
 from ..io.volume_reader import read_volume
 from .interactive_scoring import score_interactively, summarise_interactive
-from .mask_overlap import dice_score, hd95_mm
+from ..core.mask_dice import dice_score
+from .mask_overlap import hd95_mm
 from .node_scores import SHORT_AXIS_RULE_MM, NodeScore
 
 # Upper bounds (mm) of the slice-thickness strata; the last stratum is open-ended. Thin-slice CT

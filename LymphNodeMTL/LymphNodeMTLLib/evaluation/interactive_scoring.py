@@ -20,7 +20,7 @@ from ..core.case import Case
 from ..core.errors import InputError
 from ..core.node_prompts import Click, NodePrompts, box_from_corners
 from ..core.simulated_click import error_region_click
-from .mask_overlap import dice_score
+from ..core.mask_dice import dice_score
 
 NOC_TARGETS = (0.85, 0.90)
 

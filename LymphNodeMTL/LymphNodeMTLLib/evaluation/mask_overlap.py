@@ -1,15 +1,11 @@
-"""How well a mask overlaps its truth, on the CT grid: Dice and the 95th-percentile surface distance."""
+"""How far a mask lies from its truth, on the CT grid: the 95th-percentile surface distance (Dice
+is core/mask_dice.py, which the engine shares)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
-
-
-def dice_score(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / denom) if denom else 1.0
 
 
 def hd95_mm(a: np.ndarray, b: np.ndarray, spacing_kji) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.mask_dice import dice_score
 from .seed_component import keep_seed_component
 
 STABILITY_THRESHOLDS = (0.1, 0.9)
@@ -31,16 +32,10 @@ def seed_component_above(probability: np.ndarray, threshold: float, spacing_mm: 
     return keep_seed_component(probability > threshold, np.full(3, (n - 1) / 2.0), (spacing_mm,) * 3)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; two empty masks agree (1)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
-
-
 def threshold_stability(probability: np.ndarray, spacing_mm: float,
                         thresholds: tuple[float, float] = STABILITY_THRESHOLDS) -> float:
     """Dice of the seed components of an (N, N, N) patch probability above the low and the high
     threshold (module docstring)."""
     low, high = thresholds
-    return dice(seed_component_above(probability, low, spacing_mm),
+    return dice_score(seed_component_above(probability, low, spacing_mm),
                 seed_component_above(probability, high, spacing_mm))
